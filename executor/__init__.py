@@ -1,0 +1,50 @@
+"""executor: durable async workflows on one machine, with one SQLite file as the only infrastructure."""
+
+from __future__ import annotations
+
+from executor.client import Client, RunStatus
+from executor.config import Config, DatabaseConfig, EngineConfig
+from executor.engine.engine import Engine, EngineCrashed
+from executor.engine.instance import WorkflowContext
+from executor.errors import (
+    ConfigError,
+    ExecutorError,
+    NonDeterminismError,
+    PayloadError,
+    RateLimited,
+    ResultTimeout,
+    RunCancelled,
+    RunNotFound,
+    RunParked,
+    StepFailed,
+    StoreError,
+    WorkflowFailed,
+)
+from executor.registry import Registry, RetryPolicy, step, workflow
+
+__all__ = [
+    "Client",
+    "Config",
+    "ConfigError",
+    "DatabaseConfig",
+    "Engine",
+    "EngineConfig",
+    "EngineCrashed",
+    "ExecutorError",
+    "NonDeterminismError",
+    "PayloadError",
+    "RateLimited",
+    "Registry",
+    "ResultTimeout",
+    "RetryPolicy",
+    "RunCancelled",
+    "RunNotFound",
+    "RunParked",
+    "RunStatus",
+    "StepFailed",
+    "StoreError",
+    "WorkflowContext",
+    "WorkflowFailed",
+    "step",
+    "workflow",
+]

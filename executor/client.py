@@ -1,0 +1,262 @@
+"""The client: start, watch and manage runs from any process that can open the database file.
+
+It needs no running engine: runs started here are picked up by whichever engine works on the same
+file. Every call is one short transaction, safe while engines run.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from executor import codec, config, errors, registry
+from executor.store import repository as repo
+from executor.store.database import Database
+
+_RESULT_POLL_MIN_S = 0.01
+_RESULT_POLL_MAX_S = 0.5
+
+
+@dataclass(frozen=True, slots=True)
+class RunStatus:
+    id: str
+    workflow: str
+    version: str | None
+    status: str  # running | parked | succeeded | failed | cancelled
+    shard: int
+    created_at: float
+    updated_at: float
+    finished_at: float | None
+    events: int  # journal results recorded so far
+    error: dict[str, Any] | None
+
+    @property
+    def finished(self) -> bool:
+        return self.status in repo.FINISHED
+
+    def to_dict(self) -> dict[str, Any]:
+        return {f: getattr(self, f) for f in self.__slots__}
+
+
+def _status(row: repo.RunRow) -> RunStatus:
+    return RunStatus(
+        id=row.id,
+        workflow=row.workflow,
+        version=row.version,
+        status=row.status,
+        shard=row.shard,
+        created_at=row.created_at,
+        updated_at=row.updated_at,
+        finished_at=row.finished_at,
+        events=row.last_seq,
+        error=None if row.error is None else codec.decode(row.error),
+    )
+
+
+class Client:
+    """Start and manage runs in one database file.
+
+    `registry`: when given, workflows are checked at start() (known name, number of arguments);
+    with `strict=False`, names it does not know are let through for the engine to resolve.
+    """
+
+    def __init__(
+        self,
+        database: config.DatabaseConfig | str | Path,
+        *,
+        reg: registry.Registry | None = None,
+        strict: bool = False,
+        payload_limit_bytes: int = codec.DEFAULT_LIMIT_BYTES,
+        shards: int | None = None,
+    ) -> None:
+        if not isinstance(database, config.DatabaseConfig):
+            database = config.DatabaseConfig(path=Path(database))
+        self.db_cfg = database
+        self.registry = reg if reg is not None else registry.default_registry
+        self.strict = strict
+        self.payload_limit_bytes = payload_limit_bytes
+        self._shards = shards
+        self._db: Database | None = None
+
+    async def open(self) -> Client:
+        if self._db is None:
+            self._db = await Database.open(self.db_cfg, shards=self._shards)
+        return self
+
+    async def close(self) -> None:
+        if self._db is not None:
+            await self._db.close()
+            self._db = None
+
+    async def __aenter__(self) -> Client:
+        return await self.open()
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    @property
+    def db(self) -> Database:
+        if self._db is None:
+            raise errors.ExecutorError("the client is not open: use `async with Client(...)`")
+        return self._db
+
+    # -- starting runs --
+
+    def _resolve(self, workflow: str | registry.WorkflowDef[Any]) -> tuple[
+        str, str | None, registry.WorkflowDef[Any] | None
+    ]:
+        if isinstance(workflow, registry.WorkflowDef):
+            return workflow.name, workflow.version, workflow
+        if not isinstance(workflow, str) or not workflow:
+            raise errors.RegistryError(f"workflow must be a name or a @workflow, got {workflow!r}")
+        known = self.registry.workflows.get(workflow)
+        if known is None and self.strict:
+            self.registry.workflow(workflow)  # raises, listing the known names
+        return workflow, (known.version if known else None), known
+
+    def _new_run(
+        self,
+        name: str,
+        version: str | None,
+        wf: registry.WorkflowDef[Any] | None,
+        args: Sequence[Any],
+        key: str | None,
+        shard_key: str | None,
+        index: int | None = None,
+    ) -> repo.NewRun:
+        if not isinstance(args, list | tuple):
+            raise errors.PayloadError(
+                f"arguments of {name}{'' if index is None else f' (run #{index})'} must be a"
+                f" list or tuple, got {type(args).__name__}"
+            )
+        if wf is not None:
+            wf.check_args(args)
+        where = f"{name} arguments" + ("" if index is None else f" (run #{index})")
+        blob = codec.encode(list(args), what=where, limit=self.payload_limit_bytes)
+        if key is not None and not isinstance(key, str):
+            raise errors.ExecutorError(f"idempotency_key must be a string, got {key!r}")
+        run_id = str(uuid.uuid4())
+        shard = repo.shard_of(shard_key if shard_key is not None else run_id, self.db.shards)
+        return repo.NewRun(run_id, name, version, shard, blob, key)
+
+    async def start(
+        self,
+        workflow: str | registry.WorkflowDef[Any],
+        *args: Any,
+        idempotency_key: str | None = None,
+        shard_key: str | None = None,
+    ) -> str:
+        """Start a run; return its id. The same idempotency_key returns the same run."""
+        name, version, wf = self._resolve(workflow)
+        new = self._new_run(name, version, wf, args, idempotency_key, shard_key)
+        ids = await self.db.run(repo.create_runs, [new], time.time())
+        return ids[0]
+
+    async def start_many(
+        self,
+        workflow: str | registry.WorkflowDef[Any],
+        args_list: Iterable[Sequence[Any]],
+        *,
+        idempotency_keys: Sequence[str | None] | None = None,
+        shard_keys: Sequence[str | None] | None = None,
+    ) -> list[str]:
+        """Start many runs of one workflow in one transaction; return their ids in order."""
+        name, version, wf = self._resolve(workflow)
+        batch = []
+        for i, args in enumerate(args_list):
+            key = idempotency_keys[i] if idempotency_keys is not None else None
+            skey = shard_keys[i] if shard_keys is not None else None
+            batch.append(self._new_run(name, version, wf, args, key, skey, index=i))
+        if not batch:
+            return []
+        return await self.db.run(repo.create_runs, batch, time.time())
+
+    # -- watching --
+
+    async def status(self, run_id: str) -> RunStatus:
+        row = await self.db.run(repo.get_run, run_id)
+        if row is None:
+            raise errors.RunNotFound(f"no run with id {run_id!r} in {self.db.path}")
+        return _status(row)
+
+    async def result(self, run_id: str, timeout: float | None = None) -> Any:
+        """Wait for the run to finish and return its result.
+
+        Raises WorkflowFailed, RunCancelled, RunParked, or ResultTimeout after `timeout` seconds.
+        """
+        deadline = None if timeout is None else time.monotonic() + timeout
+        delay = _RESULT_POLL_MIN_S
+        while True:
+            row = await self.db.run(repo.get_run, run_id)
+            if row is None:
+                raise errors.RunNotFound(f"no run with id {run_id!r} in {self.db.path}")
+            if row.status == repo.SUCCEEDED:
+                return None if row.result is None else codec.decode(row.result)
+            if row.status == repo.FAILED:
+                raise errors.WorkflowFailed(run_id, codec.decode(row.error or b"{}"))
+            if row.status == repo.CANCELLED:
+                raise errors.RunCancelled(f"run {run_id} was cancelled")
+            if row.status == repo.PARKED:
+                err = codec.decode(row.error or b"{}")
+                raise errors.RunParked(f"run {run_id} is parked: {err.get('message')}")
+            if deadline is not None and time.monotonic() >= deadline:
+                raise errors.ResultTimeout(f"run {run_id} did not finish within {timeout}s")
+            wait = delay if deadline is None else min(delay, max(0.0, deadline - time.monotonic()))
+            await asyncio.sleep(wait)
+            delay = min(_RESULT_POLL_MAX_S, delay * 1.5)
+
+    async def list(self, status: str | None = None, limit: int = 100) -> list[RunStatus]:
+        """Runs, newest first, optionally of one status."""
+        if status is not None and status not in (repo.RUNNING, repo.PARKED, *repo.FINISHED):
+            raise errors.ExecutorError(f"unknown status {status!r}")
+        if limit < 1:
+            raise errors.ExecutorError(f"limit must be at least 1, got {limit}")
+        return [_status(r) for r in await self.db.run(repo.list_runs, status, limit)]
+
+    async def stats(self) -> dict[str, Any]:
+        """Per shard: queued, in flight, replay backlog, oldest queued age, timers; runs by status."""
+        return await self.db.run(repo.stats, time.time())
+
+    # -- changing runs --
+
+    async def cancel(self, run_id: str) -> bool:
+        """Cancel a run; False if it had already finished. It stops at its next step."""
+        if await self.db.run(repo.cancel_run, run_id, time.time()):
+            return True
+        await self.status(run_id)  # raises RunNotFound for an unknown id
+        return False
+
+    async def resume(self, run_id: str) -> bool:
+        """Replay a parked run again (after deploying fixed code)."""
+        return await self.db.run(repo.resume_run, run_id, time.time())
+
+    async def fail(self, run_id: str, reason: str = "failed by an operator") -> bool:
+        """Fail a parked run for good."""
+        return await self.db.run(repo.fail_parked_run, run_id, reason, time.time())
+
+    # -- operator functions: each one transaction --
+
+    def _check_shard(self, shard: int) -> None:
+        if not 0 <= shard < self.db.shards:
+            raise errors.ExecutorError(f"shard must be from 0 to {self.db.shards - 1}, got {shard}")
+
+    async def bump_epoch(self) -> int:
+        """Make every running engine stop claiming, drain and exit; return the new epoch."""
+        return await self.db.run(repo.bump_epoch)
+
+    async def fail_pending_tasks(self, shard: int) -> int:
+        self._check_shard(shard)
+        return await self.db.run(repo.fail_pending_tasks, shard, time.time())
+
+    async def clear_task_queue(self, shard: int) -> int:
+        self._check_shard(shard)
+        return await self.db.run(repo.clear_task_queue, shard, time.time())
+
+    async def clear_replay_queue(self, shard: int) -> int:
+        self._check_shard(shard)
+        return await self.db.run(repo.clear_replay_queue, shard, time.time())

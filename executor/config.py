@@ -1,0 +1,512 @@
+"""Configuration: frozen dataclasses with the embedded defaults.
+
+This module is a leaf: the store, the engine and the daemon all read their settings from these
+types, and only the loader (below the dataclasses) knows about files and the environment.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import json
+import math
+import os
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any, Literal
+
+from executor.errors import ConfigError
+
+Durability = Literal["normal", "full"]
+LoopKind = Literal["auto", "uvloop", "asyncio"]
+LogLevel = Literal["debug", "info", "warning", "error"]
+LogFormat = Literal["auto", "text", "json"]
+
+
+@dataclass(frozen=True, slots=True)
+class DatabaseConfig:
+    path: Path = Path("executor.sqlite")
+    # normal: a power loss may lose the last commits (WAL not yet checkpointed to disk); a process
+    # crash loses nothing. full: fsync on every commit.
+    durability: Durability = "normal"
+    busy_timeout_s: float = 5.0
+    # Let the group read the database files (mode 0640 instead of 0600).
+    group_readable: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class EngineConfig:
+    shards: int = 8
+    concurrency: int = 100  # slots per shard
+    poll_interval_s: float = 0.1
+    flush_interval_s: float = 0.002  # group-commit window for step results
+    drain_timeout_s: float = 30.0
+    heartbeat_interval_s: float = 2.0
+    lease_s: float = 15.0
+    hydration_cache_entries: int = 100_000
+    hydration_cache_entry_max_bytes: int = 64 * 1024
+    instance_cache_size: int = 10_000  # live workflow instances kept in memory; 0 = always replay
+    payload_limit_bytes: int = 1024 * 1024
+    # After this long without being able to write, the engine drains and exits non-zero.
+    write_failure_limit_s: float = 60.0
+
+
+@dataclass(frozen=True, slots=True)
+class DaemonConfig:
+    workflows: tuple[str, ...] = ()
+    loop: LoopKind = "auto"
+
+
+@dataclass(frozen=True, slots=True)
+class LogConfig:
+    level: LogLevel = "info"
+    format: LogFormat = "auto"
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    database: DatabaseConfig = field(default_factory=DatabaseConfig)
+    engine: EngineConfig = field(default_factory=EngineConfig)
+    daemon: DaemonConfig = field(default_factory=DaemonConfig)
+    log: LogConfig = field(default_factory=LogConfig)
+
+    def replace(self, **sections: object) -> Config:
+        return dataclasses.replace(self, **sections)  # type: ignore[arg-type]
+
+
+# --- Loader ---------------------------------------------------------------------------------------
+#
+# Precedence, lowest first: the embedded defaults above, the base file, its drop-ins in lexical
+# order, then EXECUTOR_<SECTION>_<FIELD> environment variables. Each value is validated where it is
+# read, so an error names the file (or variable) that holds it, even if a later source overrides it.
+
+# Read when it exists and no path was given; tests monkeypatch it so they never touch the real /etc.
+DEFAULT_CONFIG_PATH = Path("/etc/executor/executor.toml")
+DROPIN_DIR_NAME = "executor.d"
+CONFIG_PATH_ENV = "EXECUTOR_CONFIG"
+ENV_PREFIX = "EXECUTOR_"
+# EXECUTOR_* variables that are not settings, so the "unknown variable" check must skip them.
+RESERVED_ENV = frozenset({CONFIG_PATH_ENV})
+DEFAULT_SOURCE = "default"
+
+# Changes to these take effect on SIGHUP; any other changed key needs a restart.
+LIVE_KEYS = frozenset({"log.level", "log.format", "engine.concurrency", "engine.poll_interval_s"})
+
+_KIB = 1024
+_GIB = 1024 * 1024 * 1024
+_MAX_SHOWN_CHARS = 80  # long offending values are cut so each error stays one readable line
+_ENV_TRUE = frozenset({"true", "1", "yes"})
+_ENV_FALSE = frozenset({"false", "0", "no"})
+
+_SECTIONS: dict[str, type[DatabaseConfig | EngineConfig | DaemonConfig | LogConfig]] = {
+    "database": DatabaseConfig,
+    "engine": EngineConfig,
+    "daemon": DaemonConfig,
+    "log": LogConfig,
+}
+
+
+@dataclass(frozen=True, slots=True)
+class LoadedConfig:
+    """The effective configuration, the files it came from, and where each key was set."""
+
+    config: Config
+    files: tuple[Path, ...]
+    # "engine.concurrency" -> a file path, an environment variable name, or "default".
+    sources: Mapping[str, str]
+
+
+class _Invalid(Exception):
+    """A value does not fit its key; the caller adds the origin and the key."""
+
+    def __init__(self, expected: str, got: str | None = None, suffix: str = "") -> None:
+        super().__init__(expected)
+        self.expected = expected
+        self.got = got  # replaces the shown value when only a part of it is wrong
+        self.suffix = suffix  # e.g. "[2]" for one bad list entry
+
+
+class _Spec:
+    """How one key's value is checked, and how its environment variable is read."""
+
+    expected = "a value"
+    # What the environment variable may hold, when it differs from the TOML form.
+    env_expected: str | None = None
+
+    def parse(self, value: object) -> object:
+        raise NotImplementedError
+
+    def from_env(self, text: str) -> object:
+        return text
+
+    def fail(self) -> _Invalid:
+        return _Invalid(self.expected)
+
+
+class _Int(_Spec):
+    def __init__(self, low: int, high: int | None = None) -> None:
+        self.low = low
+        self.high = high
+        self.expected = (
+            f"an integer >= {low}" if high is None else f"an integer from {low} to {high}"
+        )
+
+    def parse(self, value: object) -> object:
+        # bool is an int subclass, but `concurrency = true` is a mistake, not 1.
+        if (
+            type(value) is not int
+            or value < self.low
+            or (self.high is not None and value > self.high)
+        ):
+            raise self.fail()
+        return value
+
+    def from_env(self, text: str) -> object:
+        try:
+            return int(text.strip())
+        except ValueError:
+            return text
+
+
+class _Seconds(_Spec):
+    expected = "a number of seconds greater than 0"
+
+    def parse(self, value: object) -> object:
+        # bool is an int subclass, but `lease_s = true` is a mistake, not 1 second.
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise self.fail()
+        seconds = float(value)
+        if not math.isfinite(seconds) or seconds <= 0:
+            raise self.fail()
+        return seconds
+
+    def from_env(self, text: str) -> object:
+        try:
+            return float(text.strip())
+        except ValueError:
+            return text
+
+
+class _Bool(_Spec):
+    expected = "true or false"
+    env_expected = "true, false, yes, no, 1 or 0"
+
+    def parse(self, value: object) -> object:
+        if type(value) is not bool:
+            raise self.fail()
+        return value
+
+    def from_env(self, text: str) -> object:
+        word = text.strip().lower()
+        if word in _ENV_TRUE:
+            return True
+        if word in _ENV_FALSE:
+            return False
+        return text
+
+
+class _Choice(_Spec):
+    def __init__(self, *choices: str) -> None:
+        self.choices = choices
+        self.expected = "one of " + ", ".join(f'"{choice}"' for choice in choices)
+
+    def parse(self, value: object) -> object:
+        if value not in self.choices:
+            raise self.fail()
+        return value
+
+
+class _Path(_Spec):
+    expected = "a non-empty path string"
+
+    def parse(self, value: object) -> object:
+        if not isinstance(value, str) or not value or "\0" in value:
+            raise self.fail()
+        return Path(value)
+
+
+class _Modules(_Spec):
+    expected = "a list of dotted module names"
+    env_expected = "a comma-separated list of dotted module names"
+    item_expected = 'a dotted module name like "myapp.workflows"'
+
+    def parse(self, value: object) -> object:
+        if not isinstance(value, list):
+            raise self.fail()
+        for index, item in enumerate(value):
+            if not isinstance(item, str) or not all(
+                part.isidentifier() for part in item.split(".")
+            ):
+                raise _Invalid(self.item_expected, _show(item), f"[{index}]")
+        return tuple(value)
+
+    def from_env(self, text: str) -> object:
+        # An empty variable means "no modules", which lets the environment clear a file's list.
+        return [item.strip() for item in text.split(",")] if text.strip() else []
+
+
+_KEYS: dict[str, _Spec] = {
+    "database.path": _Path(),
+    "database.durability": _Choice("normal", "full"),
+    "database.busy_timeout_s": _Seconds(),
+    "database.group_readable": _Bool(),
+    "engine.shards": _Int(1, 4096),
+    "engine.concurrency": _Int(1, 100_000),
+    "engine.poll_interval_s": _Seconds(),
+    "engine.flush_interval_s": _Seconds(),
+    "engine.drain_timeout_s": _Seconds(),
+    "engine.heartbeat_interval_s": _Seconds(),
+    "engine.lease_s": _Seconds(),
+    "engine.hydration_cache_entries": _Int(0),
+    "engine.hydration_cache_entry_max_bytes": _Int(0),
+    "engine.instance_cache_size": _Int(0),
+    "engine.payload_limit_bytes": _Int(_KIB, _GIB),
+    "engine.write_failure_limit_s": _Seconds(),
+    "daemon.workflows": _Modules(),
+    "daemon.loop": _Choice("auto", "uvloop", "asyncio"),
+    "log.level": _Choice("debug", "info", "warning", "error"),
+    "log.format": _Choice("auto", "text", "json"),
+}
+
+
+def env_var_for(key: str) -> str:
+    """The environment variable that sets a dotted key, e.g. EXECUTOR_ENGINE_CONCURRENCY."""
+    return ENV_PREFIX + key.replace(".", "_").upper()
+
+
+_ENV_KEYS = {env_var_for(key): key for key in _KEYS}
+
+
+def load_config(
+    config_path: Path | None = None, env: Mapping[str, str] | None = None
+) -> LoadedConfig:
+    """Read the base file, its drop-ins and the environment; validate; freeze."""
+    env = os.environ if env is None else env
+    base = _base_file(config_path, env)
+    files: list[Path] = []
+    if base is not None:
+        files.append(base)
+        dropins = base.parent / DROPIN_DIR_NAME
+        if dropins.is_dir():
+            # Dot-files are editor and package-manager leftovers, not configuration.
+            found = (
+                p for p in dropins.glob("*.toml") if p.is_file() and not p.name.startswith(".")
+            )
+            files.extend(sorted(found, key=lambda p: p.name))
+
+    values: dict[str, object] = {}
+    sources = dict.fromkeys(_KEYS, DEFAULT_SOURCE)
+    for path in files:
+        for key, value in _read_file(path).items():
+            values[key] = value
+            sources[key] = str(path)
+    for key, (name, value) in _read_env(env).items():
+        values[key] = value
+        sources[key] = name
+
+    config = _build(values)
+    _check_cross_fields(config, sources, files)
+    return LoadedConfig(config=config, files=tuple(files), sources=MappingProxyType(sources))
+
+
+def render_config(loaded: LoadedConfig) -> str:
+    """The effective configuration as TOML, every key annotated with where it was set."""
+    if loaded.files:
+        lines = ["# Files read, in order:"] + [f"#   {path}" for path in loaded.files]
+    else:
+        lines = ["# No config file found: embedded defaults and the environment only."]
+    for section_name in _SECTIONS:
+        section = getattr(loaded.config, section_name)
+        lines += ["", f"[{section_name}]"]
+        for item in dataclasses.fields(section):
+            key = f"{section_name}.{item.name}"
+            value = _toml_value(getattr(section, item.name))
+            lines.append(f"{item.name} = {value}  # from {loaded.sources[key]}")
+    return "\n".join(lines) + "\n"
+
+
+def diff_live(old: Config, new: Config) -> tuple[list[str], list[str]]:
+    """Split the keys that differ into (applied live on SIGHUP, needing a restart)."""
+    live: list[str] = []
+    restart: list[str] = []
+    for section_name in _SECTIONS:
+        old_section = getattr(old, section_name)
+        new_section = getattr(new, section_name)
+        for item in dataclasses.fields(old_section):
+            if getattr(old_section, item.name) != getattr(new_section, item.name):
+                key = f"{section_name}.{item.name}"
+                (live if key in LIVE_KEYS else restart).append(key)
+    return live, restart
+
+
+def _base_file(config_path: Path | None, env: Mapping[str, str]) -> Path | None:
+    if config_path is not None:
+        if not config_path.exists():
+            raise ConfigError(f"{config_path}: config file not found")
+        return config_path
+    from_env = env.get(CONFIG_PATH_ENV, "")
+    if from_env:
+        path = Path(from_env)
+        if not path.exists():
+            raise ConfigError(f"{CONFIG_PATH_ENV}: config file not found: {path}")
+        return path
+    # Read at call time (not bound as a default argument) so tests can monkeypatch it.
+    if DEFAULT_CONFIG_PATH.exists():
+        return DEFAULT_CONFIG_PATH
+    return None
+
+
+def _read_file(path: Path) -> dict[str, object]:
+    """Parse one TOML file into validated {dotted key: value}."""
+    try:
+        with path.open("rb") as handle:
+            document = tomllib.load(handle)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: invalid TOML: {exc}") from exc
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: invalid TOML: not UTF-8 ({exc.reason})") from exc
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read: {exc.strerror or exc}") from exc
+
+    values: dict[str, object] = {}
+    for section_name, table in document.items():
+        if section_name not in _SECTIONS and not isinstance(table, dict):
+            raise ConfigError(f"{path}: {section_name}: unknown key{_top_level_hint(section_name)}")
+        if section_name not in _SECTIONS:
+            raise ConfigError(f"{path}: {section_name}: unknown section{_hint(section_name)}")
+        if not isinstance(table, dict):
+            raise ConfigError(f"{path}: {section_name}: expected a table, got {_show(table)}")
+        for name, value in table.items():
+            key = f"{section_name}.{name}"
+            spec = _KEYS.get(key)
+            if spec is None:
+                raise ConfigError(f"{path}: {key}: unknown key{_hint(key)}")
+            values[key] = _parse(spec, value, str(path), key, _show(value), from_env=False)
+    return values
+
+
+def _read_env(env: Mapping[str, str]) -> dict[str, tuple[str, object]]:
+    """Validated {dotted key: (variable name, value)} from EXECUTOR_* variables."""
+    values: dict[str, tuple[str, object]] = {}
+    for name in sorted(env):
+        if not name.startswith(ENV_PREFIX) or name in RESERVED_ENV:
+            continue
+        key = _ENV_KEYS.get(name)
+        if key is None:
+            raise ConfigError(f"{name}: unknown setting{_hint(name, list(_ENV_KEYS))}")
+        text = env[name]
+        spec = _KEYS[key]
+        value = _parse(spec, spec.from_env(text), name, key, _show(text), from_env=True)
+        values[key] = (name, value)
+    return values
+
+
+def _parse(
+    spec: _Spec, value: object, origin: str, key: str, shown: str, *, from_env: bool
+) -> object:
+    try:
+        return spec.parse(value)
+    except _Invalid as exc:
+        got = shown if exc.got is None else exc.got
+        expected = exc.expected
+        if from_env and not exc.suffix and spec.env_expected is not None:
+            expected = spec.env_expected
+        raise ConfigError(f"{origin}: {key}{exc.suffix}: expected {expected}, got {got}") from None
+
+
+def _build(values: Mapping[str, object]) -> Config:
+    sections: dict[str, object] = {}
+    for section_name, section_type in _SECTIONS.items():
+        prefix = section_name + "."
+        # Any: every value was checked against its key's spec, which mypy cannot follow.
+        changes: dict[str, Any] = {
+            k.removeprefix(prefix): v for k, v in values.items() if k.startswith(prefix)
+        }
+        sections[section_name] = dataclasses.replace(section_type(), **changes)
+    return Config().replace(**sections)
+
+
+def _check_cross_fields(config: Config, sources: Mapping[str, str], files: list[Path]) -> None:
+    lease_key, heartbeat_key = "engine.lease_s", "engine.heartbeat_interval_s"
+    lease, heartbeat = config.engine.lease_s, config.engine.heartbeat_interval_s
+    if lease > heartbeat:
+        return
+    # Lead with whichever source was applied last: that is the change that broke the pair.
+    order = {DEFAULT_SOURCE: 0} | {str(path): rank for rank, path in enumerate(files, 1)}
+    env_rank = len(files) + 1
+    lease_rank = order.get(sources[lease_key], env_rank)
+    heartbeat_rank = order.get(sources[heartbeat_key], env_rank)
+    origin = sources[heartbeat_key] if heartbeat_rank > lease_rank else sources[lease_key]
+    raise ConfigError(
+        f"{origin}: {lease_key}: expected more than {heartbeat_key} "
+        f"({heartbeat} from {sources[heartbeat_key]}), "
+        f"got {lease} (from {sources[lease_key]})"
+    )
+
+
+def _hint(name: str, candidates: list[str] | None = None) -> str:
+    if candidates is None:
+        candidates = list(_SECTIONS) if "." not in name else list(_KEYS)
+    close = difflib.get_close_matches(name, candidates, n=1)
+    if close:
+        return f" (did you mean {close[0]}?)"
+    if "." not in name and candidates == list(_SECTIONS):
+        return " (expected one of " + ", ".join(_SECTIONS) + ")"
+    return ""
+
+
+def _top_level_hint(name: str) -> str:
+    # `concurrency = 5` above any [section] header is a common slip; point at the right table.
+    matches = [key for key in _KEYS if key.endswith("." + name)]
+    if matches:
+        section, _, _ = matches[0].partition(".")
+        return f" (settings go in a section: did you mean {matches[0]}, under [{section}]?)"
+    return " (settings go in a section: " + ", ".join(f"[{s}]" for s in _SECTIONS) + ")"
+
+
+def _show(value: object) -> str:
+    """An offending value as the user wrote it (TOML-like), on one short line."""
+    if isinstance(value, bool):
+        text = "true" if value else "false"
+    elif isinstance(value, str):
+        text = json.dumps(value, ensure_ascii=False)
+    elif isinstance(value, list):
+        text = "[" + ", ".join(_show(item) for item in value) + "]"
+    elif isinstance(value, dict):
+        text = "a table"
+    else:
+        text = str(value)
+    if len(text) > _MAX_SHOWN_CHARS:
+        text = text[: _MAX_SHOWN_CHARS - 3] + "..."
+    return text
+
+
+def _toml_value(value: object) -> str:
+    """A config value as a TOML literal, so render_config's output loads back unchanged."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    if isinstance(value, Path):
+        return _toml_string(str(value))
+    if isinstance(value, str):
+        return _toml_string(value)
+    if isinstance(value, tuple):
+        return "[" + ", ".join(_toml_value(item) for item in value) + "]"
+    raise TypeError(f"no TOML form for {type(value).__name__}")
+
+
+def _toml_string(text: str) -> str:
+    # TOML forbids raw control characters (including DEL) in basic strings; JSON allows DEL.
+    escaped = []
+    for char in text:
+        if char in ('"', "\\"):
+            escaped.append("\\" + char)
+        elif ord(char) < 0x20 or ord(char) == 0x7F:
+            escaped.append(f"\\u{ord(char):04x}")
+        else:
+            escaped.append(char)
+    return '"' + "".join(escaped) + '"'

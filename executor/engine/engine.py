@@ -1,0 +1,611 @@
+"""The engine: claims tasks into per-shard slot pools, runs steps, records results in groups,
+and replays workflows to turn results into new steps.
+
+Work moves through a pipeline of named background tasks, each batching one kind of database
+transaction (a transaction is one thread hop, see store.database):
+
+    dispatch  claims queued tasks for shards with free slots, oldest workflow first
+    (steps)   one asyncio task per claimed step, holding one slot of its shard
+    flush     records finished steps many per transaction (group commit)
+    replay    feeds recorded results to workflow code; commits the steps it asks for next
+    timers    fires durable sleeps that are due
+    heartbeat proves we are alive, notices a newer epoch, reclaims dead engines' tasks
+
+If any of them dies, the engine stops and `wait()` raises: nothing runs half-supervised.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import logging
+import os
+import random
+import socket
+import time
+from collections.abc import Callable, Coroutine
+from typing import Any
+
+from executor import codec, config, errors, registry
+from executor.engine.cache import HydrationCache, InstanceCache
+from executor.engine.instance import Delivery, RunInfo, WorkflowInstance, describe
+from executor.store import repository as repo
+from executor.store.database import Database
+
+log = logging.getLogger("executor.engine")
+
+REPLAY_BATCH = 512  # runs per replay transaction
+TIMER_BATCH = 1000
+FLUSH_RETRY_MAX_S = 2.0
+_CANCELLED_RUN = "run-cancelled"
+
+
+class State(enum.Enum):
+    NEW = "new"
+    RUNNING = "running"
+    DRAINING = "draining"
+    STOPPED = "stopped"
+
+
+class EngineCrashed(errors.ExecutorError):
+    """A background task of the engine died; the engine stopped."""
+
+
+class Engine:
+    """Runs workflows from one database file. Use `async with Engine(...)` or start()/stop()."""
+
+    def __init__(
+        self,
+        cfg: config.EngineConfig | None = None,
+        db_cfg: config.DatabaseConfig | None = None,
+        *,
+        reg: registry.Registry | None = None,
+        on_finish: Callable[[str, str], None] | None = None,
+    ) -> None:
+        self.cfg = cfg or config.EngineConfig()
+        self.db_cfg = db_cfg or config.DatabaseConfig()
+        self.registry = reg or registry.default_registry
+        self.on_finish = on_finish
+        self.state = State.NEW
+        self.engine_id = 0
+        self.epoch = 0
+        self.concurrency = self.cfg.concurrency
+        self.poll_interval_s = self.cfg.poll_interval_s
+        self.db: Database | None = None
+        self.fatal: BaseException | None = None
+        self.stop_reason = ""
+        self.hydration = HydrationCache(
+            self.cfg.hydration_cache_entries, self.cfg.hydration_cache_entry_max_bytes
+        )
+        self.instances = InstanceCache(self.cfg.instance_cache_size, self._close_instance)
+        self._shards: range = range(0)
+        self._busy: list[int] = []
+        self._hungry: set[int] = set()
+        self._inflight: dict[tuple[int, int], asyncio.Task[None]] = {}
+        self._cancel_reasons: dict[tuple[int, int], str] = {}
+        self._results: list[repo.Outcome] = []
+        self._events: dict[int, list[Delivery]] = {}
+        self._token = 0
+        self._rng = random.Random()
+        self._draining = asyncio.Event()
+        self._flush_done = False
+        self._dispatch_wake = asyncio.Event()
+        self._flush_wake = asyncio.Event()
+        self._replay_wake = asyncio.Event()
+        self._timer_wake = asyncio.Event()
+        self._heartbeat_stop = asyncio.Event()
+        self._tasks: dict[str, asyncio.Task[None]] = {}
+        self._lifecycle: asyncio.Task[None] | None = None
+        self._write_failing_since: float | None = None
+        self.counters = {"steps": 0, "retries": 0, "replays": 0, "full_replays": 0, "finished": 0}
+
+    # -- public lifecycle --
+
+    async def start(self) -> None:
+        """Open the database, take a new epoch and start working."""
+        if self.state is not State.NEW:
+            raise errors.ExecutorError("an Engine can be started once")
+        self.db = await Database.open(self.db_cfg, shards=self.cfg.shards)
+        self._shards = range(self.db.shards)
+        self._busy = [0] * self.db.shards
+        self._hungry = set(self._shards)
+        self.engine_id, self.epoch = await self.db.run(
+            repo.register_engine, os.getpid(), socket.gethostname(), time.time()
+        )
+        self._token = self.engine_id << 32
+        self.state = State.RUNNING
+        log.info(
+            "engine %d started on %s: epoch %d, %d shards x %d slots",
+            self.engine_id, self.db.path, self.epoch, self.db.shards, self.concurrency,
+        )
+        loops: dict[str, Callable[[], Coroutine[Any, Any, None]]] = {
+            "dispatch": self._dispatch_loop,
+            "flush": self._flush_loop,
+            "replay": self._replay_loop,
+            "timers": self._timer_loop,
+            "heartbeat": self._heartbeat_loop,
+        }
+        for name, fn in loops.items():
+            self._tasks[name] = asyncio.create_task(fn(), name=f"executor.{name}")
+        self._lifecycle = asyncio.create_task(self._supervise(), name="executor.lifecycle")
+
+    def request_stop(self, reason: str = "stop requested") -> None:
+        """Begin a graceful drain (safe to call from a signal handler set with add_signal_handler)."""
+        if not self._draining.is_set():
+            self.stop_reason = reason
+            self._draining.set()
+            for event in (self._dispatch_wake, self._replay_wake, self._timer_wake):
+                event.set()
+
+    async def wait(self) -> None:
+        """Wait until the engine has stopped; raise EngineCrashed if it stopped because of a fault."""
+        if self._lifecycle is None:
+            return
+        await asyncio.shield(self._lifecycle)
+        if self.fatal is not None:
+            raise EngineCrashed(f"engine stopped: {self.fatal!r}") from self.fatal
+
+    async def stop(self, reason: str = "stop requested") -> None:
+        """Drain (in-flight steps get drain_timeout_s to finish) and stop."""
+        self.request_stop(reason)
+        await self.wait()
+
+    async def __aenter__(self) -> Engine:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop("leaving the engine's context")
+
+    @property
+    def draining(self) -> bool:
+        return self._draining.is_set()
+
+    def set_concurrency(self, slots_per_shard: int) -> None:
+        """Change the slots per shard live; shrinking lets extra in-flight steps finish."""
+        self.concurrency = slots_per_shard
+        self._hungry = set(self._shards)
+        self._dispatch_wake.set()
+
+    def set_poll_interval(self, seconds: float) -> None:
+        self.poll_interval_s = seconds
+
+    def load(self) -> dict[str, int]:
+        """A cheap snapshot of what the engine holds now (for STATUS= lines and logs)."""
+        return {
+            "in_flight": len(self._inflight),
+            "slots": self.concurrency * len(self._shards),
+            "unflushed": len(self._results),
+            "live_workflows": len(self.instances),
+            **self.counters,
+        }
+
+    # -- supervision and the ordered shutdown --
+
+    async def _supervise(self) -> None:
+        drain_wait = asyncio.create_task(self._draining.wait(), name="executor.drain-wait")
+        pending = {drain_wait, *self._tasks.values()}
+        done, _ = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+        for task in done:
+            if task is drain_wait:
+                continue
+            exc = None if task.cancelled() else task.exception()
+            if exc is not None or not self.draining:
+                self.fatal = exc or RuntimeError(f"{task.get_name()} returned unexpectedly")
+                log.critical(
+                    "background task %s died; stopping the engine", task.get_name(),
+                    exc_info=exc,
+                )
+                self.request_stop(f"{task.get_name()} died")
+        await drain_wait
+        await self._shutdown()
+
+    async def _shutdown(self) -> None:
+        assert self.db is not None
+        self.state = State.DRAINING
+        started = time.monotonic()
+        log.info("draining (%s): stopped claiming; %d steps in flight",
+                 self.stop_reason, len(self._inflight))
+        for name in ("dispatch", "replay", "timers"):
+            await self._join(name, timeout_s=5.0)
+        if self._inflight:
+            _, late = await asyncio.wait(
+                list(self._inflight.values()), timeout=self.cfg.drain_timeout_s
+            )
+            if late:
+                log.warning("drain timeout: cancelling %d steps; they go back to the queue",
+                            len(late))
+                for task in late:
+                    task.cancel()
+                await asyncio.wait(late, timeout=5.0)
+        self._flush_done = True
+        self._flush_wake.set()
+        await self._join("flush", timeout_s=max(10.0, self.cfg.write_failure_limit_s))
+        self._heartbeat_stop.set()
+        await self._join("heartbeat", timeout_s=5.0)
+        try:
+            released = await self.db.run(repo.stop_engine, self.engine_id, time.time())
+            if released:
+                log.info("released %d unfinished tasks to the queue", released)
+        except errors.StoreError as exc:
+            # Our claims come back after the lease, when another engine reclaims them.
+            log.error("could not release claims: %s", exc)
+        self.instances.clear()
+        await self.db.close()
+        self.state = State.STOPPED
+        log.info("engine %d stopped after %.2fs of draining", self.engine_id,
+                 time.monotonic() - started)
+
+    async def _join(self, name: str, timeout_s: float) -> None:
+        task = self._tasks[name]
+        if not task.done():
+            done, _ = await asyncio.wait([task], timeout=timeout_s)
+            if not done:
+                log.error("%s did not stop within %.0fs; cancelling it", name, timeout_s)
+                task.cancel()
+                await asyncio.wait([task])
+        if not task.cancelled() and task.exception() is not None and self.fatal is None:
+            self.fatal = task.exception()
+
+    @staticmethod
+    async def _wait(event: asyncio.Event, timeout_s: float, *, clear: bool = True) -> None:
+        if not event.is_set():
+            try:
+                async with asyncio.timeout(timeout_s):
+                    await event.wait()
+            except TimeoutError:
+                pass
+        if clear:
+            event.clear()
+
+    # -- dispatch: claim tasks and run steps --
+
+    async def _dispatch_loop(self) -> None:
+        assert self.db is not None
+        next_poll = 0.0
+        while not self.draining:
+            now = time.monotonic()
+            poll = now >= next_poll
+            if poll:
+                next_poll = now + self.poll_interval_s
+                self._hungry = set(self._shards)
+            cap = self.concurrency
+            wants = [(s, cap - self._busy[s]) for s in sorted(self._hungry) if self._busy[s] < cap]
+            if wants or poll:
+                self._token += 1
+                claimed = await self.db.run(
+                    repo.claim, self.engine_id, self.epoch, self._token, wants, time.time()
+                )
+                if claimed is None:
+                    log.warning("epoch moved past ours (%d): draining", self.epoch)
+                    self.request_stop("a newer epoch took over")
+                    return
+                got: dict[int, int] = {}
+                for c in claimed:
+                    got[c.shard] = got.get(c.shard, 0) + 1
+                    self._spawn(c)
+                for shard, wanted in wants:
+                    if got.get(shard, 0) < wanted:
+                        self._hungry.discard(shard)
+            await self._wait(self._dispatch_wake, max(0.0, next_poll - time.monotonic()))
+
+    def _spawn(self, c: repo.Claimed) -> None:
+        self._busy[c.shard] += 1
+        key = (c.run_rid, c.pos)
+        self._inflight[key] = asyncio.create_task(self._run_step(c), name=f"step:{c.name}")
+
+    async def _run_step(self, c: repo.Claimed) -> None:
+        outcome = None
+        key = (c.run_rid, c.pos)
+        try:
+            outcome = await self._execute(c)
+        finally:
+            del self._inflight[key]
+            self._busy[c.shard] -= 1
+            if outcome is not None:
+                self._results.append(outcome)
+                self._flush_wake.set()
+            if c.shard in self._hungry:
+                self._dispatch_wake.set()
+
+    async def _execute(self, c: repo.Claimed) -> repo.Outcome | None:
+        try:
+            st = self.registry.step(c.name)
+        except errors.RegistryError as exc:
+            return repo.Outcome(repo.DONE, c.run_rid, c.pos, c.token, repo.FAILED,
+                                error=describe(exc))
+        try:
+            args = codec.decode(c.args)
+            if st.is_async:
+                call = st.fn(*args)
+            else:
+                call = asyncio.to_thread(st.fn, *args)
+            if st.timeout_s is None:
+                value = await call
+            else:
+                async with asyncio.timeout(st.timeout_s):
+                    value = await call
+            blob = codec.encode(value, what=f"result of step {c.name}",
+                                limit=self.cfg.payload_limit_bytes)
+            self.counters["steps"] += 1
+            return repo.Outcome(repo.DONE, c.run_rid, c.pos, c.token, repo.SUCCEEDED, blob)
+        except asyncio.CancelledError as exc:
+            task = asyncio.current_task()
+            if task is None or not task.cancelling():
+                return self._failed(c, st, exc)  # raised by the step's own code
+            if self._cancel_reasons.pop((c.run_rid, c.pos), None) == _CANCELLED_RUN:
+                # Fenced away (the run is not running): this just deletes the task row.
+                return repo.Outcome(repo.DONE, c.run_rid, c.pos, c.token, repo.FAILED,
+                                    error=repo.error_blob("Cancelled", "the run was cancelled"))
+            raise  # drain: the claim is released when the engine stops
+        except errors.RateLimited as exc:
+            delay = exc.retry_after if exc.retry_after is not None else 1.0
+            return repo.Outcome(repo.RELEASE, c.run_rid, c.pos, c.token,
+                                error=describe(exc), not_before=time.time() + delay)
+        except BaseException as exc:  # noqa: BLE001 - KeyboardInterrupt/SystemExit from a step too
+            return self._failed(c, st, exc)
+
+    def _failed(
+        self, c: repo.Claimed, st: registry.StepDef[Any, Any], exc: BaseException
+    ) -> repo.Outcome:
+        error = describe(exc)
+        if c.attempt < st.retry.max_attempts and st.retry.retryable(type(exc).__name__, exc):
+            delay = st.retry.backoff_s(c.attempt, self._rng)
+            self.counters["retries"] += 1
+            log.info("step %s failed (attempt %d of %d), retrying in %.2fs: %r",
+                     c.name, c.attempt, st.retry.max_attempts, delay, exc)
+            return repo.Outcome(repo.RETRY, c.run_rid, c.pos, c.token, error=error,
+                                not_before=time.time() + delay)
+        return repo.Outcome(repo.DONE, c.run_rid, c.pos, c.token, repo.FAILED, error=error)
+
+    # -- flush: group commit of outcomes --
+
+    async def _flush_loop(self) -> None:
+        assert self.db is not None
+        backoff = 0.0
+        while True:
+            if not self._results:
+                if self._flush_done:
+                    return
+                await self._wait(self._flush_wake, self.poll_interval_s)
+                continue
+            # Let more results join this transaction: one commit for many steps.
+            await asyncio.sleep(backoff or self.cfg.flush_interval_s)
+            batch, self._results = self._results, []
+            try:
+                events = await self.db.run(repo.record, batch, time.time())
+            except errors.StoreError as exc:
+                self._results = batch + self._results  # keep them; nothing is lost
+                backoff = min(FLUSH_RETRY_MAX_S, max(0.05, backoff * 2))
+                self._write_failed(exc)
+                continue
+            backoff = 0.0
+            self._write_ok()
+            self._push(events)
+
+    def _write_failed(self, exc: errors.StoreError) -> None:
+        now = time.monotonic()
+        if self._write_failing_since is None:
+            self._write_failing_since = now
+            log.error("cannot write the database; holding results and retrying: %s", exc)
+        elif now - self._write_failing_since > self.cfg.write_failure_limit_s:
+            raise errors.StoreWriteError(
+                f"could not write the database for {self.cfg.write_failure_limit_s:.0f}s"
+                f" (engine.write_failure_limit_s): {exc}"
+            ) from exc
+
+    def _write_ok(self) -> None:
+        if self._write_failing_since is not None:
+            log.warning("database writable again after %.1fs",
+                        time.monotonic() - self._write_failing_since)
+            self._write_failing_since = None
+
+    def _push(self, events: list[repo.Event]) -> None:
+        if not events:
+            return
+        for e in events:
+            self._events.setdefault(e.run_rid, []).append(
+                Delivery(e.pos, e.seq, e.status, e.result, e.error, e.finished_at)
+            )
+        self._replay_wake.set()
+
+    # -- timers --
+
+    async def _timer_loop(self) -> None:
+        assert self.db is not None
+        while not self.draining:
+            await self._wait(self._timer_wake, self.poll_interval_s)
+            if self.draining:
+                return
+            try:
+                events = await self.db.run(repo.fire_timers, time.time(), TIMER_BATCH)
+            except errors.StoreError as exc:
+                log.error("could not fire timers: %s", exc)
+                continue
+            self._push(events)
+
+    # -- heartbeat, epochs, reclaiming --
+
+    async def _heartbeat_loop(self) -> None:
+        assert self.db is not None
+        while not self._heartbeat_stop.is_set():
+            await self._wait(self._heartbeat_stop, self.cfg.heartbeat_interval_s, clear=False)
+            if self._heartbeat_stop.is_set():
+                return
+            try:
+                hb = await self.db.run(
+                    repo.heartbeat, self.engine_id, "draining" if self.draining else "running",
+                    time.time(), self.cfg.lease_s,
+                )
+            except errors.StoreError as exc:
+                log.error("heartbeat failed: %s", exc)
+                continue
+            if hb.epoch != self.epoch and not self.draining:
+                log.warning("epoch moved from %d to %d: draining", self.epoch, hb.epoch)
+                self.request_stop("a newer epoch took over")
+            if hb.reclaimed:
+                log.warning("reclaimed %d tasks from engines whose lease ran out", hb.reclaimed)
+                self._hungry = set(self._shards)
+                self._dispatch_wake.set()
+            for key in hb.orphaned:
+                task = self._inflight.get(key)
+                if task is not None:
+                    self._cancel_reasons[key] = _CANCELLED_RUN
+                    task.cancel()
+
+    # -- replay: feed results to workflow code, commit what it asks for --
+
+    async def _replay_loop(self) -> None:
+        assert self.db is not None
+        next_poll = 0.0
+        while not self.draining:
+            await self._wait(self._replay_wake, max(0.0, next_poll - time.monotonic()))
+            if self.draining:
+                return
+            todo: dict[int, int] = {}  # run -> highest seq we know of (0: unknown)
+            polled: list[tuple[int, int]] = []
+            if time.monotonic() >= next_poll:
+                next_poll = time.monotonic() + self.poll_interval_s
+                polled = await self.db.run(repo.pending_replays, REPLAY_BATCH * 4)
+            # Taken after the poll: events of every flush the poll saw are in memory by now
+            # (the flusher pushes them before this task resumes), so a result of our own never
+            # forces a full replay.
+            events, self._events = self._events, {}
+            for rid, evs in events.items():
+                todo[rid] = max(e.seq for e in evs)
+            for rid, seq in polled:
+                inst = self.instances.get(rid)
+                if inst is not None and inst.last_seq >= seq:
+                    continue  # consumed already; its commit deletes the entry
+                todo[rid] = max(todo.get(rid, 0), seq)
+            rids = sorted(todo)  # oldest workflows first
+            for i in range(0, len(rids), REPLAY_BATCH):
+                chunk = rids[i : i + REPLAY_BATCH]
+                await self._replay_chunk(chunk, todo, events)
+                if self.draining:
+                    return
+
+    async def _replay_chunk(
+        self, chunk: list[int], todo: dict[int, int], events: dict[int, list[Delivery]]
+    ) -> None:
+        assert self.db is not None
+        live: dict[int, list[Delivery]] = {}
+        need_load: list[int] = []
+        for rid in chunk:
+            inst = self.instances.get(rid)
+            if inst is not None:
+                evs = sorted(
+                    (e for e in events.get(rid, ()) if e.seq > inst.last_seq),
+                    key=lambda e: e.seq,
+                )
+                expected = inst.last_seq
+                contiguous = True
+                for e in evs:
+                    expected += 1
+                    if e.seq != expected:
+                        contiguous = False
+                        break
+                if contiguous and expected >= todo[rid]:
+                    live[rid] = evs
+                    continue
+                self.instances.pop(rid)
+                inst.close()
+            need_load.append(rid)
+        snapshots = await self.db.run(repo.load_runs, need_load) if need_load else {}
+        outputs: list[repo.ReplayOutput] = []
+        touched: dict[int, WorkflowInstance | None] = {}
+        run_ids: dict[int, str] = {}
+        for rid in chunk:
+            self.counters["replays"] += 1
+            if rid in live:
+                inst = self.instances.get(rid)
+                for d in live[rid]:
+                    inst.deliver(d)
+            else:
+                snap = snapshots.get(rid)
+                if snap is None:
+                    continue
+                if snap.status != repo.RUNNING:
+                    outputs.append(repo.ReplayOutput(rid, snap.shard, snap.last_seq, []))
+                    continue
+                self.counters["full_replays"] += 1
+                run_ids[rid] = snap.id
+                built = self._build(snap)
+                if isinstance(built, repo.ReplayOutput):
+                    outputs.append(built)
+                    touched[rid] = None
+                    continue
+                inst = built
+            outputs.append(self._output(inst))
+            touched[rid] = inst
+        try:
+            await self.db.run(repo.commit_replays, outputs, time.time())
+        except errors.StoreError as exc:
+            # The replay entries are still there: a later poll replays these runs from scratch.
+            log.error("could not commit %d replays: %s", len(outputs), exc)
+            for rid, maybe in touched.items():
+                self.instances.pop(rid)
+                if maybe is not None:
+                    maybe.close()
+            return
+        queued_shards: set[int] = set()
+        for out in outputs:
+            inst = touched.get(out.run_rid)
+            if out.new_steps:
+                queued_shards.add(out.shard)
+            if out.finished is not None or out.parked is not None:
+                if inst is not None:
+                    self.instances.pop(out.run_rid)
+                    inst.close()
+                    self._finished(inst.run.id, out)
+                elif out.run_rid in run_ids:
+                    self._finished(run_ids[out.run_rid], out)
+            elif inst is not None:
+                self.instances.put(out.run_rid, inst)
+        if queued_shards:
+            self._hungry |= queued_shards
+            self._dispatch_wake.set()
+        if any(s.kind == "sleep" for out in outputs for s in out.new_steps):
+            self._timer_wake.set()
+
+    def _build(self, snap: repo.RunSnapshot) -> WorkflowInstance | repo.ReplayOutput:
+        run = RunInfo(snap.rid, snap.id, snap.shard, snap.created_at)
+        try:
+            wf = self.registry.workflow(snap.workflow)
+            args = codec.decode(snap.args)
+        except errors.ExecutorError as exc:
+            log.error("run %s: %s", snap.id, exc)
+            return repo.ReplayOutput(snap.rid, snap.shard, snap.last_seq, [],
+                                     finished=repo.FAILED, error=describe(exc))
+        journal = {e.pos: e for e in snap.journal}
+        inst = WorkflowInstance(run, wf, args, self.registry, self.hydration,
+                                self.cfg.payload_limit_bytes, journal)
+        inst.replay(snap.journal)
+        return inst
+
+    def _output(self, inst: WorkflowInstance) -> repo.ReplayOutput:
+        steps = inst.take_steps()
+        out = repo.ReplayOutput(inst.run.rid, inst.run.shard, inst.last_seq, steps)
+        if inst.nondeterminism is not None:
+            out.new_steps = []
+            out.parked = describe(inst.nondeterminism)
+            log.error("%s; run parked", inst.nondeterminism)
+            return out
+        status, result, error = inst.outcome()
+        if status is not None:
+            out.new_steps = []
+            out.finished, out.result, out.error = status, result, error
+        return out
+
+    def _finished(self, run_id: str, out: repo.ReplayOutput) -> None:
+        self.counters["finished"] += 1
+        if self.on_finish is not None:
+            status = out.finished or repo.PARKED
+            try:
+                self.on_finish(run_id, status)
+            except Exception:
+                log.exception("on_finish callback failed")
+
+    @staticmethod
+    def _close_instance(inst: WorkflowInstance) -> None:
+        inst.close()

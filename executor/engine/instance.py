@@ -1,0 +1,336 @@
+"""A workflow instance: one run's workflow code, driven deterministically from its journal.
+
+The workflow coroutine runs on a private, minimal event loop (`_InstanceLoop`) that executes
+callbacks only when the engine drives it, in FIFO order, and has no clock and no I/O. The engine
+feeds it journal events one at a time, in the order they were recorded, and runs it until it is
+quiet after each one. Whatever the real event loop is doing, the code therefore sees the same
+sequence of wake-ups on the first run and on every replay, so `asyncio.gather`, `asyncio.wait`
+with FIRST_COMPLETED and the like replay identically.
+
+An instance is either fed live (kept in memory, given each new result as it is recorded) or
+rebuilt from the journal (full replay after a restart or an eviction). Both paths go through
+`deliver`, so they cannot disagree.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import datetime as dt
+import logging
+import random
+import time
+import traceback
+import uuid
+from collections import deque
+from collections.abc import Callable
+from typing import Any, NamedTuple, TypeVar
+
+from executor import codec, errors, registry
+from executor.engine.cache import HydrationCache
+from executor.store import repository as repo
+
+log = logging.getLogger("executor.workflow")
+
+T = TypeVar("T")
+
+_TRACEBACK_LIMIT_CHARS = 8192
+
+
+class _InstanceLoop(asyncio.AbstractEventLoop):
+    """Just enough of an event loop for Futures and Tasks, run by hand."""
+
+    def __init__(self, workflow: str) -> None:
+        self._ready: deque[asyncio.Handle] = deque()
+        self._workflow = workflow
+        self._closed = False
+        self.now_s = 0.0
+
+    # -- what Futures and Tasks need --
+    def call_soon(  # type: ignore[override]
+        self, callback: Callable[..., object], *args: Any, context: contextvars.Context | None = None
+    ) -> asyncio.Handle:
+        handle = asyncio.Handle(callback, args, self, context)
+        self._ready.append(handle)
+        return handle
+
+    def create_future(self) -> asyncio.Future[Any]:
+        return asyncio.Future(loop=self)
+
+    def create_task(  # type: ignore[override]
+        self, coro: Any, *, name: str | None = None, context: contextvars.Context | None = None
+    ) -> asyncio.Task[Any]:
+        return asyncio.Task(coro, loop=self, name=name, context=context)
+
+    def get_debug(self) -> bool:
+        return False
+
+    def is_running(self) -> bool:
+        return True
+
+    def is_closed(self) -> bool:
+        return self._closed
+
+    def time(self) -> float:
+        return self.now_s
+
+    def call_exception_handler(self, context: dict[str, Any]) -> None:
+        if self._closed:
+            return
+        exc = context.get("exception")
+        log.error(
+            "workflow %s: %s", self._workflow, context.get("message"), exc_info=exc
+        )
+
+    def default_exception_handler(self, context: dict[str, Any]) -> None:
+        self.call_exception_handler(context)
+
+    # -- what must not be used from workflow code --
+    def _not_durable(self, *args: Any, **kwargs: Any) -> Any:
+        raise errors.WorkflowUsageError(
+            f"workflow {self._workflow}: asyncio timers (asyncio.sleep, wait_for with a"
+            " timeout, ...) and I/O cannot be replayed; use ctx.sleep() and do I/O in steps"
+        )
+
+    call_later = call_at = call_soon_threadsafe = run_in_executor = _not_durable  # type: ignore[assignment]
+    create_connection = create_server = getaddrinfo = _not_durable  # type: ignore[assignment]
+
+    def run_until_quiet(self) -> None:
+        outer = asyncio.events._get_running_loop()
+        asyncio.events._set_running_loop(self)
+        try:
+            ready = self._ready
+            while ready:
+                handle = ready.popleft()
+                if not handle._cancelled:
+                    handle._run()
+        finally:
+            asyncio.events._set_running_loop(outer)
+
+    def close(self) -> None:
+        self._closed = True
+        self._ready.clear()
+
+
+class RunInfo(NamedTuple):
+    rid: int
+    id: str
+    shard: int
+    created_at: float
+
+
+class Delivery(NamedTuple):
+    """A recorded journal event, as the instance needs it."""
+
+    pos: int
+    seq: int
+    status: str
+    result: bytes | None
+    error: bytes | None
+    finished_at: float
+
+
+class WorkflowContext:
+    """The `ctx` every workflow function receives as its first argument."""
+
+    __slots__ = ("_inst", "run_id", "workflow")
+
+    def __init__(self, inst: WorkflowInstance, run_id: str, workflow: str) -> None:
+        self._inst = inst
+        self.run_id = run_id
+        self.workflow = workflow
+
+    def step(self, fn: registry.StepDef[Any, T] | Callable[..., Any], *args: Any) -> asyncio.Future[T]:
+        """Schedule a durable step; await the returned future for its result.
+
+        Positions are assigned when this is called, so `asyncio.gather(ctx.step(a), ctx.step(b))`
+        gives a before b on every replay.
+        """
+        if not isinstance(fn, registry.StepDef):
+            name = f"{getattr(fn, '__module__', '?')}.{getattr(fn, '__qualname__', repr(fn))}"
+            found = self._inst.registry.steps.get(name)
+            if found is None or found.fn is not fn:
+                raise errors.WorkflowUsageError(f"{name} is not a step: decorate it with @step")
+            fn = found
+        return self._inst.schedule("step", fn.name, list(args), None)
+
+    def sleep(self, seconds: float) -> asyncio.Future[None]:
+        """A durable timer: survives restarts; the workflow resumes after `seconds`."""
+        if not isinstance(seconds, int | float) or seconds < 0:
+            raise errors.WorkflowUsageError(f"ctx.sleep: seconds must be >= 0, got {seconds!r}")
+        return self._inst.schedule("sleep", "sleep", [float(seconds)], float(seconds))
+
+    def time(self) -> float:
+        """The workflow's clock: when the event it is reacting to was recorded (same on replay)."""
+        return self._inst.loop.now_s
+
+    def now(self) -> dt.datetime:
+        """`time()` as an aware UTC datetime."""
+        return dt.datetime.fromtimestamp(self._inst.loop.now_s, dt.UTC)
+
+    def random(self) -> float:
+        """A random float in [0, 1), the same sequence on every replay of this run."""
+        return self._inst.rng.random()
+
+    def uuid(self) -> uuid.UUID:
+        """A random UUID (version 4), the same on every replay of this run."""
+        return uuid.UUID(int=self._inst.rng.getrandbits(128), version=4)
+
+
+class WorkflowInstance:
+    """One run's workflow code, its journal position, and what it asked for since last taken."""
+
+    def __init__(
+        self,
+        run: RunInfo,
+        wf: registry.WorkflowDef[Any],
+        args: list[Any],
+        reg: registry.Registry,
+        cache: HydrationCache,
+        payload_limit: int,
+        journal: dict[int, repo.JournalEntry] | None = None,
+    ) -> None:
+        self.run = run
+        self.wf = wf
+        self.registry = reg
+        self.cache = cache
+        self.payload_limit = payload_limit
+        self.loop = _InstanceLoop(wf.name)
+        self.loop.now_s = run.created_at
+        self.rng = random.Random(run.id)
+        self.ctx = WorkflowContext(self, run.id, wf.name)
+        self.journal = journal or {}
+        self.last_seq = 0
+        self.next_pos = 0
+        self.pending: dict[int, tuple[str, asyncio.Future[Any]]] = {}
+        self.new_steps: list[repo.NewStep] = []
+        self.nondeterminism: errors.NonDeterminismError | None = None
+        self._closing = False
+        context = contextvars.copy_context()
+        context.run(registry.current_context.set, self.ctx)
+        self.main = self.loop.create_task(self._body(args), name=f"workflow:{run.id}", context=context)
+        self.loop.run_until_quiet()
+
+    async def _body(self, args: list[Any]) -> Any:
+        return await self.wf.fn(self.ctx, *args)
+
+    # -- called from the workflow code (through ctx) --
+    def schedule(
+        self, kind: str, name: str, args: list[Any], sleep_s: float | None
+    ) -> asyncio.Future[Any]:
+        if self._closing:
+            raise errors.WorkflowUsageError("the workflow is being unloaded")
+        pos = self.next_pos
+        self.next_pos += 1
+        blob = codec.encode(args, what=f"{name} arguments", limit=self.payload_limit)
+        fp = codec.fingerprint(blob)
+        entry = self.journal.get(pos)
+        if entry is not None:
+            if entry.kind != kind or entry.name != name or entry.fingerprint != fp:
+                self._mismatch(
+                    pos,
+                    f"{entry.kind} {entry.name} (args fingerprint {entry.fingerprint})",
+                    f"{kind} {name} (args fingerprint {fp})",
+                )
+        elif self.nondeterminism is None:
+            fire_at = None if sleep_s is None else self._real_now() + sleep_s
+            self.new_steps.append(repo.NewStep(pos, kind, name, fp, blob, fire_at))
+        fut: asyncio.Future[Any] = self.loop.create_future()
+        self.pending[pos] = (name, fut)
+        return fut
+
+    def _real_now(self) -> float:
+        # Only used to store a new timer's due time, once; replays read it from the journal.
+        return time.time()
+
+    def _mismatch(self, pos: int, journal: str, code: str) -> None:
+        err = errors.NonDeterminismError(self.run.id, pos, journal, code)
+        if self.nondeterminism is None:
+            self.nondeterminism = err
+        raise err
+
+    # -- called by the engine --
+    def deliver(self, d: Delivery) -> None:
+        """Hand one recorded event to the code and run it until it is quiet."""
+        if d.seq <= self.last_seq:
+            return
+        self.last_seq = d.seq
+        self.loop.now_s = d.finished_at
+        waiting = self.pending.pop(d.pos, None)
+        if waiting is None:
+            if self.nondeterminism is None and not self.main.done():
+                entry = self.journal.get(d.pos)
+                what = f"{entry.kind} {entry.name}" if entry else "a result"
+                self.nondeterminism = errors.NonDeterminismError(
+                    self.run.id, d.pos, f"{what} (result #{d.seq})", "nothing at that position yet"
+                )
+            return
+        name, fut = waiting
+        if fut.done():  # cancelled by the workflow code itself
+            return
+        if d.status == repo.SUCCEEDED:
+            value = None if d.result is None else self.cache.get((self.run.rid, d.pos), d.result)
+            fut.set_result(value)
+        else:
+            error = codec.decode(d.error) if d.error is not None else {}
+            fut.set_exception(errors.StepFailed(name, error))
+        self.loop.run_until_quiet()
+
+    def replay(self, entries: list[repo.JournalEntry]) -> None:
+        """Feed every recorded journal entry, in recorded order (full replay)."""
+        done = [e for e in entries if e.seq is not None]
+        done.sort(key=lambda e: e.seq or 0)
+        for e in done:
+            assert e.seq is not None and e.finished_at is not None
+            self.deliver(Delivery(e.pos, e.seq, e.status, e.result, e.error, e.finished_at))
+        if self.main.done() and self.nondeterminism is None:
+            extra = [p for p in self.journal if p >= self.next_pos]
+            if extra:
+                e = self.journal[min(extra)]
+                self.nondeterminism = errors.NonDeterminismError(
+                    self.run.id, e.pos, f"{e.kind} {e.name}", "the workflow to return"
+                )
+
+    def take_steps(self) -> list[repo.NewStep]:
+        steps, self.new_steps = self.new_steps, []
+        return steps
+
+    def outcome(self) -> tuple[str | None, bytes | None, bytes | None]:
+        """(succeeded | failed | None while running, result, error)."""
+        if not self.main.done():
+            return None, None, None
+        if self.main.cancelled():
+            return repo.FAILED, None, repo.error_blob("Cancelled", "the workflow was cancelled")
+        exc = self.main.exception()
+        if exc is None:
+            try:
+                blob = codec.encode(self.main.result(), what=f"{self.wf.name} result",
+                                    limit=self.payload_limit)
+            except errors.PayloadError as perr:
+                return repo.FAILED, None, repo.error_blob("PayloadError", str(perr))
+            return repo.SUCCEEDED, blob, None
+        return repo.FAILED, None, describe(exc)
+
+    def close(self) -> None:
+        """Unwind the code (its finally blocks run) and free the loop."""
+        self._closing = True
+        if not self.main.done():
+            self.main.cancel()
+            self.loop.run_until_quiet()
+        for _, fut in self.pending.values():
+            fut.cancel()
+        self.pending.clear()
+        if self.main.done() and not self.main.cancelled():
+            self.main.exception()  # retrieved: no "never retrieved" warning at GC
+        self.loop.close()
+
+
+def describe(exc: BaseException) -> bytes:
+    """An error as stored in the journal and on runs: type, message, traceback (truncated)."""
+    tb = "".join(traceback.format_exception(exc))
+    if len(tb) > _TRACEBACK_LIMIT_CHARS:
+        tb = "...\n" + tb[-_TRACEBACK_LIMIT_CHARS:]
+    extra: dict[str, Any] = {"traceback": tb}
+    if isinstance(exc, errors.StepFailed):
+        extra["step"] = exc.step
+    return repo.error_blob(type(exc).__name__, str(exc), **extra)

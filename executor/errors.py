@@ -1,0 +1,110 @@
+"""Every error this package raises derives from ExecutorError.
+
+The class docstring is the default message, so `raise RunNotFound()` still says something useful.
+Driver errors (sqlite3, orjson) never escape on their own: they are wrapped and kept on __cause__.
+"""
+
+from __future__ import annotations
+
+
+class ExecutorError(Exception):
+    """An executor error."""
+
+    def __init__(self, message: str | None = None) -> None:
+        super().__init__(message or (self.__doc__ or type(self).__name__).strip())
+
+    @property
+    def message(self) -> str:
+        return str(self.args[0])
+
+
+class ConfigError(ExecutorError):
+    """The configuration is invalid."""
+
+
+class StoreError(ExecutorError):
+    """The database could not be read or written."""
+
+
+class StoreBusy(StoreError):
+    """Another process held the database's write lock for longer than busy_timeout."""
+
+
+class StoreWriteError(StoreError):
+    """The database cannot be written (read-only file, full disk, I/O error)."""
+
+
+class SchemaError(StoreError):
+    """The database file cannot be used by this version of executor."""
+
+
+class PayloadError(ExecutorError):
+    """A payload could not be serialized, or is larger than the configured limit."""
+
+
+class RegistryError(ExecutorError):
+    """A workflow or step is unknown, or registered twice."""
+
+
+class RunNotFound(ExecutorError):
+    """No run with that id."""
+
+
+class WorkflowFailed(ExecutorError):
+    """The run ended in failure."""
+
+    def __init__(self, run_id: str, error: dict[str, object]) -> None:
+        self.run_id = run_id
+        self.error = error
+        super().__init__(f"run {run_id} failed: {error.get('type')}: {error.get('message')}")
+
+
+class RunCancelled(ExecutorError):
+    """The run was cancelled."""
+
+
+class RunParked(ExecutorError):
+    """The run is parked: its code no longer matches its journal (see the run's error)."""
+
+
+class ResultTimeout(ExecutorError, TimeoutError):
+    """The run did not finish within the timeout."""
+
+
+class StepFailed(ExecutorError):
+    """A step failed for good (retries exhausted or a non-retryable error).
+
+    Raised inside the workflow at the step's await, so the workflow can catch it.
+    """
+
+    def __init__(self, step: str, error: dict[str, object]) -> None:
+        self.step = step
+        self.error = error
+        self.error_type = str(error.get("type", "Exception"))
+        super().__init__(f"step {step} failed: {self.error_type}: {error.get('message')}")
+
+
+class NonDeterminismError(ExecutorError):
+    """The workflow code no longer matches the run's journal."""
+
+    def __init__(self, run_id: str, position: int, journal: str, code: str) -> None:
+        self.run_id = run_id
+        self.position = position
+        self.journal = journal
+        self.code = code
+        super().__init__(
+            f"run {run_id}: nondeterminism at position {position}: "
+            f"the journal holds {journal}, the code asked for {code}"
+        )
+
+
+class WorkflowUsageError(ExecutorError):
+    """A workflow did something that cannot be replayed (e.g. asyncio.sleep instead of ctx.sleep)."""
+
+
+class RateLimited(ExecutorError):
+    """The remote API asked us to slow down; the step is retried after `retry_after` seconds."""
+
+    def __init__(self, retry_after: float | None = None, message: str | None = None) -> None:
+        self.retry_after = retry_after
+        super().__init__(message or f"rate limited; retry after {retry_after}s")

@@ -1,0 +1,234 @@
+"""@workflow and @step: the user's functions, registered by name.
+
+A daemon finds a step by the name stored in its task row, so names must be stable across
+deploys; the default is the function's module and qualified name.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import random
+from collections.abc import Awaitable, Callable
+from contextvars import ContextVar
+from dataclasses import dataclass, field
+from typing import Any, Generic, ParamSpec, Protocol, TypeVar, overload
+
+from executor import errors
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+@dataclass(frozen=True, slots=True)
+class RetryPolicy:
+    """How a failed step attempt is retried: exponential backoff with jitter."""
+
+    max_attempts: int = 3
+    initial_backoff_s: float = 1.0
+    max_backoff_s: float = 60.0
+    multiplier: float = 2.0
+    jitter: float = 0.2  # +/- this fraction of the delay, so retries of a burst spread out
+    non_retryable: tuple[type[BaseException], ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.max_attempts < 1:
+            raise errors.RegistryError("RetryPolicy.max_attempts must be at least 1")
+        if self.initial_backoff_s < 0 or self.max_backoff_s < 0 or self.multiplier < 1:
+            raise errors.RegistryError("RetryPolicy: backoffs must be >= 0 and multiplier >= 1")
+        if not 0 <= self.jitter <= 1:
+            raise errors.RegistryError("RetryPolicy.jitter must be between 0 and 1")
+
+    def backoff_s(self, attempt: int, rng: random.Random | None = None) -> float:
+        """Delay before attempt `attempt + 1`, after attempt `attempt` (1-based) failed."""
+        base = min(self.max_backoff_s, self.initial_backoff_s * self.multiplier ** (attempt - 1))
+        spread = base * self.jitter
+        return max(0.0, base + (rng or random).uniform(-spread, spread))
+
+    def retryable(self, exc_type: str, exc: BaseException | None) -> bool:
+        if exc is not None:
+            return not isinstance(exc, self.non_retryable)
+        return all(t.__name__ != exc_type for t in self.non_retryable)
+
+
+DEFAULT_RETRY = RetryPolicy()
+
+
+class _StepScheduler(Protocol):
+    def step(self, fn: StepDef[Any, Any], *args: Any) -> Awaitable[Any]: ...
+
+
+# The workflow context of the workflow code running now (set by the engine around each
+# activation), so that `await my_step(x)` inside a workflow schedules a durable step.
+current_context: ContextVar[_StepScheduler | None] = ContextVar("executor_context", default=None)
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class StepDef(Generic[P, R]):
+    fn: Callable[P, Any]
+    name: str
+    retry: RetryPolicy
+    timeout_s: float | None
+    is_async: bool
+
+    def __call__(self, *args: P.args, **kwargs: P.kwargs) -> Awaitable[R]:
+        # Inside a workflow this schedules the durable step; outside one it just calls the
+        # function, so steps stay testable as plain code.
+        ctx = current_context.get()
+        if ctx is not None:
+            if kwargs:
+                raise errors.WorkflowUsageError(
+                    f"step {self.name}: pass arguments positionally (they are stored as a list)"
+                )
+            return ctx.step(self, *args)
+        if self.is_async:
+            return self.fn(*args, **kwargs)  # type: ignore[no-any-return]
+        return asyncio.to_thread(self.fn, *args, **kwargs)
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class WorkflowDef(Generic[R]):
+    fn: Callable[..., Awaitable[R]]
+    name: str
+    version: str | None
+    arity: tuple[int, int | None]  # min and max positional arguments after ctx
+
+    def check_args(self, args: tuple[Any, ...] | list[Any]) -> None:
+        low, high = self.arity
+        if len(args) < low or (high is not None and len(args) > high):
+            want = f"{low}" if low == high else f"{low} to {high if high is not None else 'any'}"
+            raise errors.RegistryError(
+                f"workflow {self.name} takes {want} arguments after ctx, got {len(args)}"
+            )
+
+
+@dataclass
+class Registry:
+    workflows: dict[str, WorkflowDef[Any]] = field(default_factory=dict)
+    steps: dict[str, StepDef[Any, Any]] = field(default_factory=dict)
+
+    def add_workflow(self, wf: WorkflowDef[Any]) -> None:
+        old = self.workflows.get(wf.name)
+        if old is not None and old.fn is not wf.fn and _origin(old.fn) != _origin(wf.fn):
+            raise errors.RegistryError(f"workflow name {wf.name!r} is registered twice")
+        self.workflows[wf.name] = wf
+
+    def add_step(self, st: StepDef[Any, Any]) -> None:
+        old = self.steps.get(st.name)
+        if old is not None and old.fn is not st.fn and _origin(old.fn) != _origin(st.fn):
+            raise errors.RegistryError(f"step name {st.name!r} is registered twice")
+        self.steps[st.name] = st
+
+    def workflow(self, name: str) -> WorkflowDef[Any]:
+        try:
+            return self.workflows[name]
+        except KeyError:
+            raise errors.RegistryError(
+                f"unknown workflow {name!r}; known: {sorted(self.workflows) or 'none'}"
+                " (is its module listed in daemon.workflows?)"
+            ) from None
+
+    def step(self, name: str) -> StepDef[Any, Any]:
+        try:
+            return self.steps[name]
+        except KeyError:
+            raise errors.RegistryError(f"unknown step {name!r}") from None
+
+
+def _origin(fn: Callable[..., Any]) -> tuple[str, str]:
+    # Re-importing a module (tests, reloads) re-registers the same function: not a clash.
+    return (getattr(fn, "__module__", ""), getattr(fn, "__qualname__", ""))
+
+
+default_registry = Registry()
+
+
+def _default_name(fn: Callable[..., Any]) -> str:
+    return f"{fn.__module__}.{fn.__qualname__}"
+
+
+def _arity(fn: Callable[..., Any]) -> tuple[int, int | None]:
+    params = list(inspect.signature(fn).parameters.values())[1:]  # after ctx
+    low = 0
+    high: int | None = 0
+    for p in params:
+        if p.kind is p.VAR_POSITIONAL:
+            high = None
+        elif p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD):
+            if high is not None:
+                high += 1
+            if p.default is p.empty:
+                low += 1
+    return low, high
+
+
+@overload
+def workflow(fn: Callable[..., Awaitable[R]], /) -> WorkflowDef[R]: ...
+@overload
+def workflow(
+    *, name: str | None = None, version: str | None = None, registry: Registry | None = None
+) -> Callable[[Callable[..., Awaitable[R]]], WorkflowDef[R]]: ...
+
+
+def workflow(
+    fn: Callable[..., Awaitable[R]] | None = None,
+    /,
+    *,
+    name: str | None = None,
+    version: str | None = None,
+    registry: Registry | None = None,
+) -> WorkflowDef[R] | Callable[[Callable[..., Awaitable[R]]], WorkflowDef[R]]:
+    """Register `async def f(ctx, *args)` as a workflow (usable bare or with arguments)."""
+
+    def wrap(f: Callable[..., Awaitable[R]]) -> WorkflowDef[R]:
+        if not inspect.iscoroutinefunction(f):
+            raise errors.RegistryError(f"workflow {_default_name(f)} must be an async def")
+        wf = WorkflowDef(f, name or _default_name(f), version, _arity(f))
+        (registry or default_registry).add_workflow(wf)
+        return wf
+
+    return wrap(fn) if fn is not None else wrap
+
+
+@overload
+def step(fn: Callable[P, Awaitable[R]], /) -> StepDef[P, R]: ...
+@overload
+def step(fn: Callable[P, R], /) -> StepDef[P, R]: ...
+@overload
+def step(
+    *,
+    name: str | None = None,
+    retry: RetryPolicy | None = None,
+    timeout: float | None = None,
+    registry: Registry | None = None,
+) -> Callable[[Callable[P, Any]], StepDef[P, Any]]: ...
+
+
+def step(
+    fn: Callable[P, Any] | None = None,
+    /,
+    *,
+    name: str | None = None,
+    retry: RetryPolicy | None = None,
+    timeout: float | None = None,
+    registry: Registry | None = None,
+) -> StepDef[P, Any] | Callable[[Callable[P, Any]], StepDef[P, Any]]:
+    """Register a step: an async def, or a plain function (which then runs in a thread).
+
+    `timeout` is per attempt, in seconds; an attempt over it is cancelled and counts as failed.
+    """
+    if timeout is not None and timeout <= 0:
+        raise errors.RegistryError("step timeout must be > 0 seconds")
+
+    def wrap(f: Callable[P, Any]) -> StepDef[P, Any]:
+        st: StepDef[P, Any] = StepDef(
+            f,
+            name or _default_name(f),
+            retry or DEFAULT_RETRY,
+            timeout,
+            inspect.iscoroutinefunction(f),
+        )
+        (registry or default_registry).add_step(st)
+        return st
+
+    return wrap(fn) if fn is not None else wrap

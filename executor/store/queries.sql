@@ -1,0 +1,212 @@
+-- Every SQL statement the package runs, by name. executor/store/sql.py loads this file into
+-- a mapping; a block starts with a line "-- name: NAME" and runs to the next one.
+
+-- name: select_epoch
+SELECT value FROM meta WHERE key = 'epoch';
+
+-- name: bump_epoch
+UPDATE meta SET value = value + 1 WHERE key = 'epoch' RETURNING value;
+
+-- name: select_shards
+SELECT value FROM meta WHERE key = 'shards';
+
+-- name: insert_shards
+INSERT INTO meta (key, value) VALUES ('shards', :shards);
+
+-- name: max_rid
+SELECT coalesce(max(rid), 0) FROM runs;
+
+-- name: insert_run
+INSERT INTO runs (id, workflow, version, shard, status, args, idempotency_key, created_at, updated_at)
+VALUES (:id, :workflow, :version, :shard, 'running', :args, :key, :now, :now)
+ON CONFLICT (idempotency_key) DO NOTHING;
+
+-- name: run_id_by_key
+SELECT id FROM runs WHERE idempotency_key = ?;
+
+-- name: queue_new_runs
+INSERT INTO replays (run_rid, shard, seq, created_at)
+SELECT rid, shard, 0, created_at FROM runs WHERE rid > ?;
+
+-- name: claim_tasks
+UPDATE tasks
+SET claim_token = :token, claim_engine = :engine, claim_epoch = :epoch, claimed_at = :now
+WHERE (run_rid, pos) IN (
+    SELECT run_rid, pos FROM tasks
+    WHERE shard = :shard AND claim_token IS NULL AND not_before <= :now
+    ORDER BY run_rid, pos
+    LIMIT :limit
+)
+RETURNING run_rid, pos, attempt;
+
+-- name: start_attempt
+UPDATE steps SET attempts = attempts + 1
+WHERE run_rid = ? AND pos = ?
+RETURNING name, args;
+
+-- name: delete_claimed_task
+DELETE FROM tasks WHERE run_rid = ? AND pos = ? AND claim_token = ?;
+
+-- name: delete_queued_task
+DELETE FROM tasks WHERE run_rid = ? AND pos = ? AND claim_token IS NULL;
+
+-- name: delete_timer
+DELETE FROM timers WHERE run_rid = ? AND pos = ?;
+
+-- name: record_step
+UPDATE steps
+SET status = :status, result = :result, error = :error, finished_at = :now,
+    seq = (SELECT last_seq + 1 FROM runs WHERE rid = :rid)
+WHERE run_rid = :rid AND pos = :pos AND status = 'pending'
+  AND EXISTS (SELECT 1 FROM runs WHERE rid = :rid AND status = 'running')
+RETURNING seq;
+
+-- name: advance_run
+UPDATE runs SET last_seq = :seq, updated_at = :now WHERE rid = :rid RETURNING shard;
+
+-- name: queue_replay
+INSERT INTO replays (run_rid, shard, seq, created_at) VALUES (:rid, :shard, :seq, :now)
+ON CONFLICT (run_rid) DO UPDATE SET seq = max(seq, excluded.seq);
+
+-- name: retry_task
+UPDATE tasks
+SET claim_token = NULL, claim_engine = NULL, claim_epoch = NULL, claimed_at = NULL,
+    attempt = attempt + :bump, not_before = :not_before
+WHERE run_rid = :rid AND pos = :pos AND claim_token = :token;
+
+-- name: note_step_error
+UPDATE steps SET error = ? WHERE run_rid = ? AND pos = ?;
+
+-- name: due_timers
+SELECT run_rid, pos FROM timers WHERE fire_at <= ? ORDER BY fire_at LIMIT ?;
+
+-- name: next_timer
+SELECT min(fire_at) FROM timers;
+
+-- name: select_run_for_replay
+SELECT rid, id, workflow, version, shard, status, args, created_at, last_seq FROM runs WHERE rid = ?;
+
+-- name: select_journal
+SELECT pos, kind, name, fingerprint, status, result, error, seq, finished_at
+FROM steps WHERE run_rid = ? ORDER BY pos;
+
+-- name: insert_step
+INSERT OR IGNORE INTO steps (run_rid, pos, kind, name, fingerprint, args, status, created_at)
+VALUES (?, ?, ?, ?, ?, ?, 'pending', ?);
+
+-- name: insert_task
+INSERT INTO tasks (run_rid, pos, shard) VALUES (?, ?, ?);
+
+-- name: insert_timer
+INSERT OR IGNORE INTO timers (run_rid, pos, shard, fire_at) VALUES (?, ?, ?, ?);
+
+-- name: finish_run
+UPDATE runs SET status = :status, result = :result, error = :error, finished_at = :now,
+    updated_at = :now
+WHERE rid = :rid AND status = 'running';
+
+-- name: park_run
+UPDATE runs SET status = 'parked', error = :error, updated_at = :now
+WHERE rid = :rid AND status = 'running';
+
+-- name: delete_queued_tasks_of_run
+DELETE FROM tasks WHERE run_rid = ? AND claim_token IS NULL;
+
+-- name: delete_timers_of_run
+DELETE FROM timers WHERE run_rid = ?;
+
+-- name: delete_replay_through
+DELETE FROM replays WHERE run_rid = ? AND seq <= ?;
+
+-- name: delete_replay
+DELETE FROM replays WHERE run_rid = ?;
+
+-- name: pending_replays
+SELECT run_rid, seq FROM replays ORDER BY run_rid LIMIT ?;
+
+-- name: insert_engine
+INSERT INTO engines (epoch, pid, host, state, started_at, heartbeat_at)
+VALUES (?, ?, ?, 'running', ?, ?);
+
+-- name: heartbeat
+UPDATE engines SET heartbeat_at = ?, state = ? WHERE id = ? AND state IN ('running', 'draining');
+
+-- name: expire_engines
+UPDATE engines SET state = 'dead'
+WHERE state IN ('running', 'draining') AND heartbeat_at < ? AND id != ?
+RETURNING id;
+
+-- name: release_engine_claims
+UPDATE tasks
+SET claim_token = NULL, claim_engine = NULL, claim_epoch = NULL, claimed_at = NULL
+WHERE claim_engine = ? AND claim_token IS NOT NULL;
+
+-- name: stop_engine
+UPDATE engines SET state = 'stopped', heartbeat_at = ? WHERE id = ?;
+
+-- name: orphaned_claims
+SELECT t.run_rid, t.pos FROM tasks AS t JOIN runs AS r ON r.rid = t.run_rid
+WHERE t.claim_engine = ? AND t.claim_token IS NOT NULL AND r.status != 'running';
+
+-- name: select_run_by_id
+SELECT rid, id, workflow, version, shard, status, result, error, created_at, updated_at,
+       finished_at, last_seq
+FROM runs WHERE id = ?;
+
+-- name: list_runs
+SELECT rid, id, workflow, version, shard, status, result, error, created_at, updated_at,
+       finished_at, last_seq
+FROM runs WHERE (:status IS NULL OR status = :status)
+ORDER BY rid DESC LIMIT :limit;
+
+-- name: cancel_run
+UPDATE runs SET status = 'cancelled', finished_at = :now, updated_at = :now,
+    error = :error
+WHERE id = :id AND status IN ('running', 'parked')
+RETURNING rid;
+
+-- name: resume_run
+UPDATE runs SET status = 'running', error = NULL, updated_at = :now
+WHERE id = :id AND status = 'parked'
+RETURNING rid, shard, last_seq;
+
+-- name: fail_parked_run
+UPDATE runs SET status = 'failed', error = :error, finished_at = :now, updated_at = :now
+WHERE id = :id AND status = 'parked'
+RETURNING rid;
+
+-- name: queued_tasks_of_shard
+SELECT run_rid, pos FROM tasks WHERE shard = ? AND claim_token IS NULL ORDER BY run_rid, pos;
+
+-- name: replays_of_shard
+SELECT run_rid FROM replays WHERE shard = ?;
+
+-- name: delete_replays_of_shard
+DELETE FROM replays WHERE shard = ?;
+
+-- name: fail_running_run
+UPDATE runs SET status = 'failed', error = :error, finished_at = :now, updated_at = :now
+WHERE rid = :rid AND status = 'running';
+
+-- name: stats_tasks
+SELECT shard,
+       sum(claim_token IS NULL AND not_before <= :now) AS queued,
+       sum(claim_token IS NULL AND not_before > :now) AS waiting,
+       sum(claim_token IS NOT NULL) AS in_flight,
+       min(CASE WHEN claim_token IS NULL THEN run_rid END) AS oldest_rid
+FROM tasks GROUP BY shard;
+
+-- name: stats_replays
+SELECT shard, count(*) FROM replays GROUP BY shard;
+
+-- name: stats_timers
+SELECT shard, count(*), sum(fire_at <= :now) FROM timers GROUP BY shard;
+
+-- name: stats_runs
+SELECT status, count(*) FROM runs GROUP BY status;
+
+-- name: created_at_of_rid
+SELECT created_at FROM runs WHERE rid = ?;
+
+-- name: list_engines
+SELECT id, epoch, pid, host, state, started_at, heartbeat_at FROM engines ORDER BY id;

@@ -1,0 +1,553 @@
+"""Every transaction the engine and the client run, as plain functions of a sqlite3 connection.
+
+Each public function here is one transaction (or one read) and runs on the database thread through
+`Database.run`. The fencing that keeps the invariants lives here:
+
+- a result is written only if the task still carries the claim that ran it, the step is still
+  pending and the run is still running (invariant 1: at most once, never overwritten);
+- the task row is deleted in the same transaction that records its result (invariant 3);
+- recording a result always queues a replay entry in the same transaction, and a replay entry is
+  deleted only by the transaction that commits what its replay produced (invariant 2).
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+import zlib
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any, NamedTuple
+
+import orjson
+
+from executor.store.database import transaction
+from executor.store.sql import Q
+
+# Run statuses.
+RUNNING = "running"
+PARKED = "parked"
+SUCCEEDED = "succeeded"
+FAILED = "failed"
+CANCELLED = "cancelled"
+FINISHED = frozenset({SUCCEEDED, FAILED, CANCELLED})
+
+
+def shard_of(key: str, shards: int) -> int:
+    """Stable shard of a run id or shard key (crc32: the same in every process and release)."""
+    return zlib.crc32(key.encode()) % shards
+
+
+def error_blob(kind: str, message: str, **extra: Any) -> bytes:
+    return orjson.dumps({"type": kind, "message": message, **extra})
+
+
+# --- starting runs -------------------------------------------------------------------------------
+
+
+class NewRun(NamedTuple):
+    id: str
+    workflow: str
+    version: str | None
+    shard: int
+    args: bytes
+    idempotency_key: str | None
+
+
+@transaction
+def create_runs(conn: sqlite3.Connection, runs: Sequence[NewRun], now: float) -> list[str]:
+    """Insert runs and their first replay entries; return each run's id (an existing one for a
+    repeated idempotency key)."""
+    before = conn.execute(Q["max_rid"]).fetchone()[0]
+    conn.executemany(
+        Q["insert_run"],
+        [
+            {
+                "id": r.id,
+                "workflow": r.workflow,
+                "version": r.version,
+                "shard": r.shard,
+                "args": r.args,
+                "key": r.idempotency_key,
+                "now": now,
+            }
+            for r in runs
+        ],
+    )
+    conn.execute(Q["queue_new_runs"], (before,))
+    ids = []
+    for r in runs:
+        if r.idempotency_key is None:
+            ids.append(r.id)
+        else:
+            ids.append(conn.execute(Q["run_id_by_key"], (r.idempotency_key,)).fetchone()[0])
+    return ids
+
+
+# --- engines and epochs --------------------------------------------------------------------------
+
+
+@transaction
+def register_engine(conn: sqlite3.Connection, pid: int, host: str, now: float) -> tuple[int, int]:
+    """Take a new epoch (so older engines drain) and register; return (engine id, epoch)."""
+    epoch = conn.execute(Q["bump_epoch"]).fetchone()[0]
+    cur = conn.execute(Q["insert_engine"], (epoch, pid, host, now, now))
+    assert cur.lastrowid is not None
+    return cur.lastrowid, epoch
+
+
+@transaction
+def bump_epoch(conn: sqlite3.Connection) -> int:
+    return int(conn.execute(Q["bump_epoch"]).fetchone()[0])
+
+
+class Heartbeat(NamedTuple):
+    epoch: int
+    reclaimed: int  # tasks released from engines whose lease ran out
+    orphaned: list[tuple[int, int]]  # our in-flight tasks whose run is no longer running
+
+
+@transaction
+def heartbeat(
+    conn: sqlite3.Connection, engine_id: int, state: str, now: float, lease_s: float
+) -> Heartbeat:
+    conn.execute(Q["heartbeat"], (now, state, engine_id))
+    epoch = conn.execute(Q["select_epoch"]).fetchone()[0]
+    dead = [row[0] for row in conn.execute(Q["expire_engines"], (now - lease_s, engine_id))]
+    reclaimed = 0
+    for other in dead:
+        reclaimed += conn.execute(Q["release_engine_claims"], (other,)).rowcount
+    orphaned = [(r, p) for r, p in conn.execute(Q["orphaned_claims"], (engine_id,))]
+    return Heartbeat(epoch, reclaimed, orphaned)
+
+
+@transaction
+def stop_engine(conn: sqlite3.Connection, engine_id: int, now: float) -> int:
+    """Release whatever the engine still holds and mark it stopped; return tasks released."""
+    released = conn.execute(Q["release_engine_claims"], (engine_id,)).rowcount
+    conn.execute(Q["stop_engine"], (now, engine_id))
+    return released
+
+
+# --- claiming ------------------------------------------------------------------------------------
+
+
+class Claimed(NamedTuple):
+    run_rid: int
+    pos: int
+    shard: int
+    attempt: int
+    name: str
+    args: bytes
+    token: int
+
+
+@transaction
+def claim(
+    conn: sqlite3.Connection,
+    engine_id: int,
+    epoch: int,
+    token: int,
+    wants: Sequence[tuple[int, int]],
+    now: float,
+) -> list[Claimed] | None:
+    """Claim up to n queued tasks for each (shard, n), oldest workflow first.
+
+    Returns None, claiming nothing, when the stored epoch has moved past ours: we must drain.
+    Tasks are marked in flight, never deleted.
+    """
+    if conn.execute(Q["select_epoch"]).fetchone()[0] != epoch:
+        return None
+    out: list[Claimed] = []
+    for shard, limit in wants:
+        if limit <= 0:
+            continue
+        rows = conn.execute(
+            Q["claim_tasks"],
+            {
+                "token": token,
+                "engine": engine_id,
+                "epoch": epoch,
+                "now": now,
+                "shard": shard,
+                "limit": limit,
+            },
+        ).fetchall()
+        for run_rid, pos, attempt in rows:
+            name, args = conn.execute(Q["start_attempt"], (run_rid, pos)).fetchone()
+            out.append(Claimed(run_rid, pos, shard, attempt, name, args, token))
+    # RETURNING gives rows in no particular order; keep FIFO for the dispatcher.
+    out.sort(key=lambda c: (c.run_rid, c.pos))
+    return out
+
+
+# --- recording results ---------------------------------------------------------------------------
+
+# Outcome kinds.
+DONE = 0  # the step finished (succeeded, or failed for good): record it in the journal
+RETRY = 1  # the attempt failed and will be retried after not_before
+RELEASE = 2  # give the task back to the queue without using an attempt (drain, rate limit)
+TIMER = 3  # a durable sleep is due
+
+
+@dataclass(slots=True)
+class Outcome:
+    kind: int
+    run_rid: int
+    pos: int
+    token: int | None = None  # the claim that ran it (None for timers and operator actions)
+    status: str = SUCCEEDED  # for DONE/TIMER: succeeded | failed
+    result: bytes | None = None
+    error: bytes | None = None
+    not_before: float = 0.0  # for RETRY/RELEASE
+
+
+class Event(NamedTuple):
+    """A journal entry that was just recorded: the workflow has not seen it yet."""
+
+    run_rid: int
+    pos: int
+    seq: int
+    status: str
+    result: bytes | None
+    error: bytes | None
+    finished_at: float
+
+
+def _record(conn: sqlite3.Connection, o: Outcome, now: float) -> Event | None:
+    row = conn.execute(
+        Q["record_step"],
+        {"status": o.status, "result": o.result, "error": o.error, "now": now, "rid": o.run_rid,
+         "pos": o.pos},
+    ).fetchone()
+    if row is None:
+        return None  # step already recorded, or the run is no longer running: drop it
+    seq = row[0]
+    shard = conn.execute(Q["advance_run"], {"seq": seq, "now": now, "rid": o.run_rid}).fetchone()[0]
+    conn.execute(Q["queue_replay"], {"rid": o.run_rid, "shard": shard, "seq": seq, "now": now})
+    return Event(o.run_rid, o.pos, seq, o.status, o.result, o.error, now)
+
+
+@transaction
+def record(conn: sqlite3.Connection, outcomes: Iterable[Outcome], now: float) -> list[Event]:
+    """Apply a batch of step outcomes in one transaction; return the journal events written.
+
+    Each outcome is fenced on its claim token: one whose task was reclaimed, released or already
+    recorded changes nothing.
+    """
+    events: list[Event] = []
+    for o in outcomes:
+        if o.kind == DONE:
+            if conn.execute(Q["delete_claimed_task"], (o.run_rid, o.pos, o.token)).rowcount:
+                event = _record(conn, o, now)
+                if event is not None:
+                    events.append(event)
+        elif o.kind == RETRY or o.kind == RELEASE:
+            changed = conn.execute(
+                Q["retry_task"],
+                {"bump": 1 if o.kind == RETRY else 0, "not_before": o.not_before,
+                 "rid": o.run_rid, "pos": o.pos, "token": o.token},
+            ).rowcount
+            if changed and o.error is not None:
+                conn.execute(Q["note_step_error"], (o.error, o.run_rid, o.pos))
+        elif o.kind == TIMER:
+            event = _record_fired(conn, o.run_rid, o.pos, now)
+            if event is not None:
+                events.append(event)
+        else:  # pragma: no cover
+            raise ValueError(f"unknown outcome kind {o.kind}")
+    return events
+
+
+def fire_timers(conn: sqlite3.Connection, now: float, limit: int) -> list[Event]:
+    """Record every due durable sleep (up to limit) as finished."""
+    # Look before taking the write lock: most polls find nothing due.
+    if not conn.execute(Q["due_timers"], (now, 1)).fetchone():
+        return []
+    return _fire_due_timers(conn, now, limit)
+
+
+@transaction
+def _fire_due_timers(conn: sqlite3.Connection, now: float, limit: int) -> list[Event]:
+    events = []
+    for run_rid, pos in conn.execute(Q["due_timers"], (now, limit)).fetchall():
+        event = _record_fired(conn, run_rid, pos, now)
+        if event is not None:
+            events.append(event)
+    return events
+
+
+def _record_fired(conn: sqlite3.Connection, run_rid: int, pos: int, now: float) -> Event | None:
+    if not conn.execute(Q["delete_timer"], (run_rid, pos)).rowcount:
+        return None
+    return _record(conn, Outcome(TIMER, run_rid, pos), now)
+
+
+def next_timer(conn: sqlite3.Connection) -> float | None:
+    row = conn.execute(Q["next_timer"]).fetchone()
+    return None if row is None or row[0] is None else float(row[0])
+
+
+# --- replays -------------------------------------------------------------------------------------
+
+
+class JournalEntry(NamedTuple):
+    pos: int
+    kind: str
+    name: str
+    fingerprint: str
+    status: str
+    result: bytes | None
+    error: bytes | None
+    seq: int | None
+    finished_at: float | None
+
+
+class RunSnapshot(NamedTuple):
+    rid: int
+    id: str
+    workflow: str
+    version: str | None
+    shard: int
+    status: str
+    args: bytes
+    created_at: float
+    last_seq: int
+    journal: list[JournalEntry]
+
+
+def pending_replays(conn: sqlite3.Connection, limit: int) -> list[tuple[int, int]]:
+    """(run rid, seq) of queued replays, oldest run first."""
+    return [(r, s) for r, s in conn.execute(Q["pending_replays"], (limit,))]
+
+
+def load_runs(conn: sqlite3.Connection, rids: Iterable[int]) -> dict[int, RunSnapshot]:
+    """Everything a full replay needs, for each run (missing runs are left out)."""
+    conn.execute("BEGIN")  # one consistent snapshot across the run rows and their journals
+    try:
+        out = {}
+        for rid in rids:
+            row = conn.execute(Q["select_run_for_replay"], (rid,)).fetchone()
+            if row is None:
+                continue
+            journal = [JournalEntry(*j) for j in conn.execute(Q["select_journal"], (rid,))]
+            out[rid] = RunSnapshot(*row, journal)
+    finally:
+        conn.execute("COMMIT")
+    return out
+
+
+class NewStep(NamedTuple):
+    pos: int
+    kind: str  # step | sleep
+    name: str
+    fingerprint: str
+    args: bytes | None
+    fire_at: float | None  # for sleeps
+
+
+@dataclass(slots=True)
+class ReplayOutput:
+    """What one replay of one run produced."""
+
+    run_rid: int
+    shard: int
+    consumed_seq: int
+    new_steps: list[NewStep]
+    finished: str | None = None  # succeeded | failed
+    result: bytes | None = None
+    error: bytes | None = None
+    parked: bytes | None = None  # the nondeterminism error
+
+
+@transaction
+def commit_replays(conn: sqlite3.Connection, outputs: Sequence[ReplayOutput], now: float) -> int:
+    """Commit what a batch of replays produced, deleting the replay entries they consumed.
+
+    Replays are deterministic, so two engines replaying the same run produce the same steps:
+    INSERT OR IGNORE makes a second copy harmless. Returns the number of tasks queued.
+    """
+    queued = 0
+    for out in outputs:
+        for s in out.new_steps:
+            inserted = conn.execute(
+                Q["insert_step"],
+                (out.run_rid, s.pos, s.kind, s.name, s.fingerprint, s.args, now),
+            ).rowcount
+            if not inserted:
+                continue
+            if s.kind == "sleep":
+                conn.execute(Q["insert_timer"], (out.run_rid, s.pos, out.shard, s.fire_at))
+            else:
+                conn.execute(Q["insert_task"], (out.run_rid, s.pos, out.shard))
+                queued += 1
+        if out.finished is not None:
+            changed = conn.execute(
+                Q["finish_run"],
+                {"status": out.finished, "result": out.result, "error": out.error, "now": now,
+                 "rid": out.run_rid},
+            ).rowcount
+            if changed:
+                # Steps the workflow started but never awaited are abandoned with it.
+                conn.execute(Q["delete_queued_tasks_of_run"], (out.run_rid,))
+                conn.execute(Q["delete_timers_of_run"], (out.run_rid,))
+            conn.execute(Q["delete_replay"], (out.run_rid,))
+        elif out.parked is not None:
+            conn.execute(Q["park_run"], {"error": out.parked, "now": now, "rid": out.run_rid})
+            conn.execute(Q["delete_replay"], (out.run_rid,))
+        else:
+            conn.execute(Q["delete_replay_through"], (out.run_rid, out.consumed_seq))
+    return queued
+
+
+# --- client and operator -------------------------------------------------------------------------
+
+
+class RunRow(NamedTuple):
+    rid: int
+    id: str
+    workflow: str
+    version: str | None
+    shard: int
+    status: str
+    result: bytes | None
+    error: bytes | None
+    created_at: float
+    updated_at: float
+    finished_at: float | None
+    last_seq: int
+
+
+def get_run(conn: sqlite3.Connection, run_id: str) -> RunRow | None:
+    row = conn.execute(Q["select_run_by_id"], (run_id,)).fetchone()
+    return None if row is None else RunRow(*row)
+
+
+def list_runs(conn: sqlite3.Connection, status: str | None, limit: int) -> list[RunRow]:
+    return [RunRow(*r) for r in conn.execute(Q["list_runs"], {"status": status, "limit": limit})]
+
+
+@transaction
+def cancel_run(conn: sqlite3.Connection, run_id: str, now: float) -> bool:
+    """Cancel a running or parked run: its queued tasks, timers and replay entry go away.
+
+    In-flight tasks stay until their engine notices (heartbeat) and cancels them; their results
+    are then dropped by the fence, since the run is no longer running.
+    """
+    row = conn.execute(
+        Q["cancel_run"],
+        {"id": run_id, "now": now, "error": error_blob("Cancelled", "cancelled by request")},
+    ).fetchone()
+    if row is None:
+        return False
+    rid = row[0]
+    conn.execute(Q["delete_queued_tasks_of_run"], (rid,))
+    conn.execute(Q["delete_timers_of_run"], (rid,))
+    conn.execute(Q["delete_replay"], (rid,))
+    return True
+
+
+@transaction
+def resume_run(conn: sqlite3.Connection, run_id: str, now: float) -> bool:
+    """Put a parked run back to running, with a replay entry so it is replayed against new code."""
+    row = conn.execute(Q["resume_run"], {"id": run_id, "now": now}).fetchone()
+    if row is None:
+        return False
+    rid, shard, seq = row
+    conn.execute(Q["queue_replay"], {"rid": rid, "shard": shard, "seq": seq, "now": now})
+    return True
+
+
+@transaction
+def fail_parked_run(conn: sqlite3.Connection, run_id: str, reason: str, now: float) -> bool:
+    row = conn.execute(
+        Q["fail_parked_run"],
+        {"id": run_id, "now": now, "error": error_blob("FailedByOperator", reason)},
+    ).fetchone()
+    return row is not None
+
+
+@transaction
+def fail_pending_tasks(conn: sqlite3.Connection, shard: int, now: float) -> int:
+    """Force-fail every queued task of a shard, so each workflow sees the failure and finishes."""
+    failed = 0
+    error = error_blob(
+        "ForceFailed", f"failed by an operator: fail_pending_tasks(shard={shard})"
+    )
+    for run_rid, pos in conn.execute(Q["queued_tasks_of_shard"], (shard,)).fetchall():
+        conn.execute(Q["delete_queued_task"], (run_rid, pos))
+        if _record(conn, Outcome(DONE, run_rid, pos, status=FAILED, error=error), now):
+            failed += 1
+    return failed
+
+
+@transaction
+def clear_task_queue(conn: sqlite3.Connection, shard: int, now: float) -> int:
+    """Delete every queued task of a shard. The runs they belonged to are failed, saying why,
+    rather than left running with nothing to make them progress (invariant 2)."""
+    rids = {r for r, _ in conn.execute(Q["queued_tasks_of_shard"], (shard,)).fetchall()}
+    error = error_blob("QueueCleared", f"task queue of shard {shard} cleared by an operator")
+    for rid in rids:
+        conn.execute(Q["delete_queued_tasks_of_run"], (rid,))
+        if conn.execute(Q["fail_running_run"], {"rid": rid, "error": error, "now": now}).rowcount:
+            conn.execute(Q["delete_timers_of_run"], (rid,))
+            conn.execute(Q["delete_replay"], (rid,))
+    return len(rids)
+
+
+@transaction
+def clear_replay_queue(conn: sqlite3.Connection, shard: int, now: float) -> int:
+    """Delete every replay entry of a shard; their runs are failed, saying why (invariant 2)."""
+    rids = [r for (r,) in conn.execute(Q["replays_of_shard"], (shard,)).fetchall()]
+    error = error_blob("ReplayCleared", f"replay queue of shard {shard} cleared by an operator")
+    conn.execute(Q["delete_replays_of_shard"], (shard,))
+    for rid in rids:
+        if conn.execute(Q["fail_running_run"], {"rid": rid, "error": error, "now": now}).rowcount:
+            conn.execute(Q["delete_queued_tasks_of_run"], (rid,))
+            conn.execute(Q["delete_timers_of_run"], (rid,))
+    return len(rids)
+
+
+def stats(conn: sqlite3.Connection, now: float | None = None) -> dict[str, Any]:
+    """Queue depths per shard and runs by status, from one read snapshot."""
+    now = time.time() if now is None else now
+    conn.execute("BEGIN")
+    try:
+        shards: dict[int, dict[str, Any]] = {}
+
+        def shard(n: int) -> dict[str, Any]:
+            return shards.setdefault(
+                n,
+                {"queued": 0, "waiting": 0, "in_flight": 0, "replay_backlog": 0,
+                 "oldest_queued_age_s": None, "timers": 0, "timers_due": 0},
+            )
+
+        for n, queued, waiting, in_flight, oldest_rid in conn.execute(
+            Q["stats_tasks"], {"now": now}
+        ):
+            s = shard(n)
+            s.update(queued=queued or 0, waiting=waiting or 0, in_flight=in_flight or 0)
+            if oldest_rid is not None:
+                created = conn.execute(Q["created_at_of_rid"], (oldest_rid,)).fetchone()
+                if created is not None:
+                    s["oldest_queued_age_s"] = round(now - created[0], 3)
+        for n, count in conn.execute(Q["stats_replays"]):
+            shard(n)["replay_backlog"] = count
+        for n, count, due in conn.execute(Q["stats_timers"], {"now": now}):
+            shard(n).update(timers=count, timers_due=due or 0)
+        runs = dict(conn.execute(Q["stats_runs"]).fetchall())
+        epoch = conn.execute(Q["select_epoch"]).fetchone()[0]
+        engines = [
+            dict(zip(("id", "epoch", "pid", "host", "state", "started_at", "heartbeat_at"), e,
+                     strict=True))
+            for e in conn.execute(Q["list_engines"])
+            if e[4] in ("running", "draining")
+        ]
+    finally:
+        conn.execute("COMMIT")
+    return {
+        "epoch": epoch,
+        "shards": {n: shards[n] for n in sorted(shards)},
+        "runs": runs,
+        "engines": engines,
+    }

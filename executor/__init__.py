@@ -1,4 +1,4 @@
-"""executor: durable async workflows on one machine, with one SQLite file as the only infrastructure."""
+"""executor: durable async workflows on one machine; one SQLite file is all the infrastructure."""
 
 from __future__ import annotations
 

@@ -107,9 +107,9 @@ class Client:
 
     # -- starting runs --
 
-    def _resolve(self, workflow: str | registry.WorkflowDef[Any]) -> tuple[
-        str, str | None, registry.WorkflowDef[Any] | None
-    ]:
+    def _resolve(
+        self, workflow: str | registry.WorkflowDef[Any]
+    ) -> tuple[str, str | None, registry.WorkflowDef[Any] | None]:
         if isinstance(workflow, registry.WorkflowDef):
             return workflow.name, workflow.version, workflow
         if not isinstance(workflow, str) or not workflow:
@@ -219,7 +219,7 @@ class Client:
         return [_status(r) for r in await self.db.run(repo.list_runs, status, limit)]
 
     async def stats(self) -> dict[str, Any]:
-        """Per shard: queued, in flight, replay backlog, oldest queued age, timers; runs by status."""
+        """Per shard: queued, in flight, replay backlog, oldest queued age, timers; runs."""
         return await self.db.run(repo.stats, time.time())
 
     # -- changing runs --

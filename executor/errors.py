@@ -99,7 +99,7 @@ class NonDeterminismError(ExecutorError):
 
 
 class WorkflowUsageError(ExecutorError):
-    """A workflow did something that cannot be replayed (e.g. asyncio.sleep instead of ctx.sleep)."""
+    """A workflow did something that cannot be replayed (asyncio.sleep, not ctx.sleep, ...)."""
 
 
 class RateLimited(ExecutorError):

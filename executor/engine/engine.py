@@ -116,7 +116,11 @@ class Engine:
         self.state = State.RUNNING
         log.info(
             "engine %d started on %s: epoch %d, %d shards x %d slots",
-            self.engine_id, self.db.path, self.epoch, self.db.shards, self.concurrency,
+            self.engine_id,
+            self.db.path,
+            self.epoch,
+            self.db.shards,
+            self.concurrency,
         )
         loops: dict[str, Callable[[], Coroutine[Any, Any, None]]] = {
             "dispatch": self._dispatch_loop,
@@ -130,7 +134,7 @@ class Engine:
         self._lifecycle = asyncio.create_task(self._supervise(), name="executor.lifecycle")
 
     def request_stop(self, reason: str = "stop requested") -> None:
-        """Begin a graceful drain (safe to call from a signal handler set with add_signal_handler)."""
+        """Begin a graceful drain (safe in a handler set with loop.add_signal_handler)."""
         if not self._draining.is_set():
             self.stop_reason = reason
             self._draining.set()
@@ -138,7 +142,7 @@ class Engine:
                 event.set()
 
     async def wait(self) -> None:
-        """Wait until the engine has stopped; raise EngineCrashed if it stopped because of a fault."""
+        """Wait until the engine has stopped; raise EngineCrashed if a fault stopped it."""
         if self._lifecycle is None:
             return
         await asyncio.shield(self._lifecycle)
@@ -193,7 +197,8 @@ class Engine:
             if exc is not None or not self.draining:
                 self.fatal = exc or RuntimeError(f"{task.get_name()} returned unexpectedly")
                 log.critical(
-                    "background task %s died; stopping the engine", task.get_name(),
+                    "background task %s died; stopping the engine",
+                    task.get_name(),
                     exc_info=exc,
                 )
                 self.request_stop(f"{task.get_name()} died")
@@ -204,8 +209,11 @@ class Engine:
         assert self.db is not None
         self.state = State.DRAINING
         started = time.monotonic()
-        log.info("draining (%s): stopped claiming; %d steps in flight",
-                 self.stop_reason, len(self._inflight))
+        log.info(
+            "draining (%s): stopped claiming; %d steps in flight",
+            self.stop_reason,
+            len(self._inflight),
+        )
         for name in ("dispatch", "replay", "timers"):
             await self._join(name, timeout_s=5.0)
         if self._inflight:
@@ -213,8 +221,9 @@ class Engine:
                 list(self._inflight.values()), timeout=self.cfg.drain_timeout_s
             )
             if late:
-                log.warning("drain timeout: cancelling %d steps; they go back to the queue",
-                            len(late))
+                log.warning(
+                    "drain timeout: cancelling %d steps; they go back to the queue", len(late)
+                )
                 for task in late:
                     task.cancel()
                 await asyncio.wait(late, timeout=5.0)
@@ -233,8 +242,9 @@ class Engine:
         self.instances.clear()
         await self.db.close()
         self.state = State.STOPPED
-        log.info("engine %d stopped after %.2fs of draining", self.engine_id,
-                 time.monotonic() - started)
+        log.info(
+            "engine %d stopped after %.2fs of draining", self.engine_id, time.monotonic() - started
+        )
 
     async def _join(self, name: str, timeout_s: float) -> None:
         task = self._tasks[name]
@@ -263,7 +273,7 @@ class Engine:
     async def _dispatch_loop(self) -> None:
         assert self.db is not None
         next_poll = 0.0
-        while not self.draining:
+        while not self._draining.is_set():
             now = time.monotonic()
             poll = now >= next_poll
             if poll:
@@ -312,21 +322,20 @@ class Engine:
         try:
             st = self.registry.step(c.name)
         except errors.RegistryError as exc:
-            return repo.Outcome(repo.DONE, c.run_rid, c.pos, c.token, repo.FAILED,
-                                error=describe(exc))
+            return repo.Outcome(
+                repo.DONE, c.run_rid, c.pos, c.token, repo.FAILED, error=describe(exc)
+            )
         try:
             args = codec.decode(c.args)
-            if st.is_async:
-                call = st.fn(*args)
-            else:
-                call = asyncio.to_thread(st.fn, *args)
+            call = st.fn(*args) if st.is_async else asyncio.to_thread(st.fn, *args)
             if st.timeout_s is None:
                 value = await call
             else:
                 async with asyncio.timeout(st.timeout_s):
                     value = await call
-            blob = codec.encode(value, what=f"result of step {c.name}",
-                                limit=self.cfg.payload_limit_bytes)
+            blob = codec.encode(
+                value, what=f"result of step {c.name}", limit=self.cfg.payload_limit_bytes
+            )
             self.counters["steps"] += 1
             return repo.Outcome(repo.DONE, c.run_rid, c.pos, c.token, repo.SUCCEEDED, blob)
         except asyncio.CancelledError as exc:
@@ -335,14 +344,26 @@ class Engine:
                 return self._failed(c, st, exc)  # raised by the step's own code
             if self._cancel_reasons.pop((c.run_rid, c.pos), None) == _CANCELLED_RUN:
                 # Fenced away (the run is not running): this just deletes the task row.
-                return repo.Outcome(repo.DONE, c.run_rid, c.pos, c.token, repo.FAILED,
-                                    error=repo.error_blob("Cancelled", "the run was cancelled"))
+                return repo.Outcome(
+                    repo.DONE,
+                    c.run_rid,
+                    c.pos,
+                    c.token,
+                    repo.FAILED,
+                    error=repo.error_blob("Cancelled", "the run was cancelled"),
+                )
             raise  # drain: the claim is released when the engine stops
         except errors.RateLimited as exc:
             delay = exc.retry_after if exc.retry_after is not None else 1.0
-            return repo.Outcome(repo.RELEASE, c.run_rid, c.pos, c.token,
-                                error=describe(exc), not_before=time.time() + delay)
-        except BaseException as exc:  # noqa: BLE001 - KeyboardInterrupt/SystemExit from a step too
+            return repo.Outcome(
+                repo.RELEASE,
+                c.run_rid,
+                c.pos,
+                c.token,
+                error=describe(exc),
+                not_before=time.time() + delay,
+            )
+        except BaseException as exc:
             return self._failed(c, st, exc)
 
     def _failed(
@@ -352,10 +373,17 @@ class Engine:
         if c.attempt < st.retry.max_attempts and st.retry.retryable(type(exc).__name__, exc):
             delay = st.retry.backoff_s(c.attempt, self._rng)
             self.counters["retries"] += 1
-            log.info("step %s failed (attempt %d of %d), retrying in %.2fs: %r",
-                     c.name, c.attempt, st.retry.max_attempts, delay, exc)
-            return repo.Outcome(repo.RETRY, c.run_rid, c.pos, c.token, error=error,
-                                not_before=time.time() + delay)
+            log.info(
+                "step %s failed (attempt %d of %d), retrying in %.2fs: %r",
+                c.name,
+                c.attempt,
+                st.retry.max_attempts,
+                delay,
+                exc,
+            )
+            return repo.Outcome(
+                repo.RETRY, c.run_rid, c.pos, c.token, error=error, not_before=time.time() + delay
+            )
         return repo.Outcome(repo.DONE, c.run_rid, c.pos, c.token, repo.FAILED, error=error)
 
     # -- flush: group commit of outcomes --
@@ -396,8 +424,9 @@ class Engine:
 
     def _write_ok(self) -> None:
         if self._write_failing_since is not None:
-            log.warning("database writable again after %.1fs",
-                        time.monotonic() - self._write_failing_since)
+            log.warning(
+                "database writable again after %.1fs", time.monotonic() - self._write_failing_since
+            )
             self._write_failing_since = None
 
     def _push(self, events: list[repo.Event]) -> None:
@@ -413,9 +442,9 @@ class Engine:
 
     async def _timer_loop(self) -> None:
         assert self.db is not None
-        while not self.draining:
+        while not self._draining.is_set():
             await self._wait(self._timer_wake, self.poll_interval_s)
-            if self.draining:
+            if self._draining.is_set():
                 return
             try:
                 events = await self.db.run(repo.fire_timers, time.time(), TIMER_BATCH)
@@ -434,8 +463,11 @@ class Engine:
                 return
             try:
                 hb = await self.db.run(
-                    repo.heartbeat, self.engine_id, "draining" if self.draining else "running",
-                    time.time(), self.cfg.lease_s,
+                    repo.heartbeat,
+                    self.engine_id,
+                    "draining" if self.draining else "running",
+                    time.time(),
+                    self.cfg.lease_s,
                 )
             except errors.StoreError as exc:
                 log.error("heartbeat failed: %s", exc)
@@ -458,9 +490,9 @@ class Engine:
     async def _replay_loop(self) -> None:
         assert self.db is not None
         next_poll = 0.0
-        while not self.draining:
+        while not self._draining.is_set():
             await self._wait(self._replay_wake, max(0.0, next_poll - time.monotonic()))
-            if self.draining:
+            if self._draining.is_set():
                 return
             todo: dict[int, int] = {}  # run -> highest seq we know of (0: unknown)
             polled: list[tuple[int, int]] = []
@@ -482,7 +514,7 @@ class Engine:
             for i in range(0, len(rids), REPLAY_BATCH):
                 chunk = rids[i : i + REPLAY_BATCH]
                 await self._replay_chunk(chunk, todo, events)
-                if self.draining:
+                if self._draining.is_set():
                     return
 
     async def _replay_chunk(
@@ -575,11 +607,13 @@ class Engine:
             args = codec.decode(snap.args)
         except errors.ExecutorError as exc:
             log.error("run %s: %s", snap.id, exc)
-            return repo.ReplayOutput(snap.rid, snap.shard, snap.last_seq, [],
-                                     finished=repo.FAILED, error=describe(exc))
+            return repo.ReplayOutput(
+                snap.rid, snap.shard, snap.last_seq, [], finished=repo.FAILED, error=describe(exc)
+            )
         journal = {e.pos: e for e in snap.journal}
-        inst = WorkflowInstance(run, wf, args, self.registry, self.hydration,
-                                self.cfg.payload_limit_bytes, journal)
+        inst = WorkflowInstance(
+            run, wf, args, self.registry, self.hydration, self.cfg.payload_limit_bytes, journal
+        )
         inst.replay(snap.journal)
         return inst
 

@@ -48,7 +48,10 @@ class _InstanceLoop(asyncio.AbstractEventLoop):
 
     # -- what Futures and Tasks need --
     def call_soon(  # type: ignore[override]
-        self, callback: Callable[..., object], *args: Any, context: contextvars.Context | None = None
+        self,
+        callback: Callable[..., object],
+        *args: Any,
+        context: contextvars.Context | None = None,
     ) -> asyncio.Handle:
         handle = asyncio.Handle(callback, args, self, context)
         self._ready.append(handle)
@@ -57,7 +60,7 @@ class _InstanceLoop(asyncio.AbstractEventLoop):
     def create_future(self) -> asyncio.Future[Any]:
         return asyncio.Future(loop=self)
 
-    def create_task(  # type: ignore[override]
+    def create_task(
         self, coro: Any, *, name: str | None = None, context: contextvars.Context | None = None
     ) -> asyncio.Task[Any]:
         return asyncio.Task(coro, loop=self, name=name, context=context)
@@ -78,9 +81,7 @@ class _InstanceLoop(asyncio.AbstractEventLoop):
         if self._closed:
             return
         exc = context.get("exception")
-        log.error(
-            "workflow %s: %s", self._workflow, context.get("message"), exc_info=exc
-        )
+        log.error("workflow %s: %s", self._workflow, context.get("message"), exc_info=exc)
 
     def default_exception_handler(self, context: dict[str, Any]) -> None:
         self.call_exception_handler(context)
@@ -92,8 +93,11 @@ class _InstanceLoop(asyncio.AbstractEventLoop):
             " timeout, ...) and I/O cannot be replayed; use ctx.sleep() and do I/O in steps"
         )
 
-    call_later = call_at = call_soon_threadsafe = run_in_executor = _not_durable  # type: ignore[assignment]
-    create_connection = create_server = getaddrinfo = _not_durable  # type: ignore[assignment]
+    call_later = _not_durable  # type: ignore[assignment]
+    call_at = _not_durable  # type: ignore[assignment]
+    call_soon_threadsafe = _not_durable  # type: ignore[assignment]
+    run_in_executor = _not_durable  # type: ignore[assignment]
+    create_connection = create_server = getaddrinfo = _not_durable
 
     def run_until_quiet(self) -> None:
         outer = asyncio.events._get_running_loop()
@@ -140,7 +144,9 @@ class WorkflowContext:
         self.run_id = run_id
         self.workflow = workflow
 
-    def step(self, fn: registry.StepDef[Any, T] | Callable[..., Any], *args: Any) -> asyncio.Future[T]:
+    def step(
+        self, fn: registry.StepDef[Any, T] | Callable[..., Any], *args: Any
+    ) -> asyncio.Future[T]:
         """Schedule a durable step; await the returned future for its result.
 
         Positions are assigned when this is called, so `asyncio.gather(ctx.step(a), ctx.step(b))`
@@ -195,7 +201,7 @@ class WorkflowInstance:
         self.registry = reg
         self.cache = cache
         self.payload_limit = payload_limit
-        self.loop = _InstanceLoop(wf.name)
+        self.loop = _InstanceLoop(wf.name)  # type: ignore[abstract]
         self.loop.now_s = run.created_at
         self.rng = random.Random(run.id)
         self.ctx = WorkflowContext(self, run.id, wf.name)
@@ -208,7 +214,9 @@ class WorkflowInstance:
         self._closing = False
         context = contextvars.copy_context()
         context.run(registry.current_context.set, self.ctx)
-        self.main = self.loop.create_task(self._body(args), name=f"workflow:{run.id}", context=context)
+        self.main = self.loop.create_task(
+            self._body(args), name=f"workflow:{run.id}", context=context
+        )
         self.loop.run_until_quiet()
 
     async def _body(self, args: list[Any]) -> Any:
@@ -304,8 +312,9 @@ class WorkflowInstance:
         exc = self.main.exception()
         if exc is None:
             try:
-                blob = codec.encode(self.main.result(), what=f"{self.wf.name} result",
-                                    limit=self.payload_limit)
+                blob = codec.encode(
+                    self.main.result(), what=f"{self.wf.name} result", limit=self.payload_limit
+                )
             except errors.PayloadError as perr:
                 return repo.FAILED, None, repo.error_blob("PayloadError", str(perr))
             return repo.SUCCEEDED, blob, None

@@ -27,9 +27,9 @@ APPLICATION_ID = 0x45584543
 SCHEMA_VERSION = len(sql.migrations())
 
 
-def transaction(fn: Callable[Concatenate[sqlite3.Connection, P], T]) -> Callable[
-    Concatenate[sqlite3.Connection, P], T
-]:
+def transaction(
+    fn: Callable[Concatenate[sqlite3.Connection, P], T],
+) -> Callable[Concatenate[sqlite3.Connection, P], T]:
     """Run `fn` inside BEGIN IMMEDIATE ... COMMIT, rolling back on any error.
 
     IMMEDIATE takes the write lock up front, so a transaction never fails half-way because another
@@ -47,16 +47,14 @@ def transaction(fn: Callable[Concatenate[sqlite3.Connection, P], T]) -> Callable
         conn.execute("COMMIT")
         return result
 
-    return wrapper
+    return wrapper  # type: ignore[return-value]
 
 
 def _classify(path: Path, what: str, exc: sqlite3.Error) -> errors.StoreError:
     text = str(exc)
     if isinstance(exc, sqlite3.OperationalError) and "locked" in text:
         return errors.StoreBusy(f"{path}: {what}: {text}")
-    if isinstance(exc, sqlite3.DatabaseError) and (
-        "not a database" in text or "malformed" in text
-    ):
+    if isinstance(exc, sqlite3.DatabaseError) and ("not a database" in text or "malformed" in text):
         return errors.SchemaError(f"{path}: the file is not a valid executor database ({text})")
     if isinstance(exc, sqlite3.OperationalError | sqlite3.DatabaseError) and (
         "readonly" in text or "disk" in text or "full" in text or "I/O" in text
@@ -84,9 +82,7 @@ class Database:
         path = Path(cfg.path)
         _precreate(path, 0o640 if cfg.group_readable else 0o600)
         try:
-            conn = await aiosqlite.connect(
-                str(path), isolation_level=None, check_same_thread=False
-            )
+            conn = await aiosqlite.connect(str(path), isolation_level=None, check_same_thread=False)
         except sqlite3.Error as exc:
             raise _classify(path, "open", exc) from exc
         raw = conn._conn  # the sqlite3 connection; only ever used on aiosqlite's own thread
@@ -107,7 +103,9 @@ class Database:
             # aiosqlite's queue-and-thread machinery, fed a whole function instead of one
             # statement. test_store.py pins this behaviour so an aiosqlite upgrade cannot
             # silently break it.
-            result: T = await self._conn._execute(fn, self._raw, *args, **kw)
+            result: T = await self._conn._execute(  # type: ignore[no-untyped-call]
+                fn, self._raw, *args, **kw
+            )
         except sqlite3.Error as exc:
             raise _classify(self.path, getattr(fn, "__name__", "query"), exc) from exc
         return result
@@ -221,4 +219,3 @@ def _check_shards(conn: sqlite3.Connection, shards: int | None, path: Path) -> i
         conn.execute("ROLLBACK")
         raise
     return int(again[0]) if again is not None else shards
-

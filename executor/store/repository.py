@@ -217,8 +217,14 @@ class Event(NamedTuple):
 def _record(conn: sqlite3.Connection, o: Outcome, now: float) -> Event | None:
     row = conn.execute(
         Q["record_step"],
-        {"status": o.status, "result": o.result, "error": o.error, "now": now, "rid": o.run_rid,
-         "pos": o.pos},
+        {
+            "status": o.status,
+            "result": o.result,
+            "error": o.error,
+            "now": now,
+            "rid": o.run_rid,
+            "pos": o.pos,
+        },
     ).fetchone()
     if row is None:
         return None  # step already recorded, or the run is no longer running: drop it
@@ -245,8 +251,13 @@ def record(conn: sqlite3.Connection, outcomes: Iterable[Outcome], now: float) ->
         elif o.kind == RETRY or o.kind == RELEASE:
             changed = conn.execute(
                 Q["retry_task"],
-                {"bump": 1 if o.kind == RETRY else 0, "not_before": o.not_before,
-                 "rid": o.run_rid, "pos": o.pos, "token": o.token},
+                {
+                    "bump": 1 if o.kind == RETRY else 0,
+                    "not_before": o.not_before,
+                    "rid": o.run_rid,
+                    "pos": o.pos,
+                    "token": o.token,
+                },
             ).rowcount
             if changed and o.error is not None:
                 conn.execute(Q["note_step_error"], (o.error, o.run_rid, o.pos))
@@ -331,7 +342,7 @@ def load_runs(conn: sqlite3.Connection, rids: Iterable[int]) -> dict[int, RunSna
             if row is None:
                 continue
             journal = [JournalEntry(*j) for j in conn.execute(Q["select_journal"], (rid,))]
-            out[rid] = RunSnapshot(*row, journal)
+            out[rid] = RunSnapshot._make((*row, journal))
     finally:
         conn.execute("COMMIT")
     return out
@@ -384,8 +395,13 @@ def commit_replays(conn: sqlite3.Connection, outputs: Sequence[ReplayOutput], no
         if out.finished is not None:
             changed = conn.execute(
                 Q["finish_run"],
-                {"status": out.finished, "result": out.result, "error": out.error, "now": now,
-                 "rid": out.run_rid},
+                {
+                    "status": out.finished,
+                    "result": out.result,
+                    "error": out.error,
+                    "now": now,
+                    "rid": out.run_rid,
+                },
             ).rowcount
             if changed:
                 # Steps the workflow started but never awaited are abandoned with it.
@@ -471,9 +487,7 @@ def fail_parked_run(conn: sqlite3.Connection, run_id: str, reason: str, now: flo
 def fail_pending_tasks(conn: sqlite3.Connection, shard: int, now: float) -> int:
     """Force-fail every queued task of a shard, so each workflow sees the failure and finishes."""
     failed = 0
-    error = error_blob(
-        "ForceFailed", f"failed by an operator: fail_pending_tasks(shard={shard})"
-    )
+    error = error_blob("ForceFailed", f"failed by an operator: fail_pending_tasks(shard={shard})")
     for run_rid, pos in conn.execute(Q["queued_tasks_of_shard"], (shard,)).fetchall():
         conn.execute(Q["delete_queued_task"], (run_rid, pos))
         if _record(conn, Outcome(DONE, run_rid, pos, status=FAILED, error=error), now):
@@ -518,8 +532,15 @@ def stats(conn: sqlite3.Connection, now: float | None = None) -> dict[str, Any]:
         def shard(n: int) -> dict[str, Any]:
             return shards.setdefault(
                 n,
-                {"queued": 0, "waiting": 0, "in_flight": 0, "replay_backlog": 0,
-                 "oldest_queued_age_s": None, "timers": 0, "timers_due": 0},
+                {
+                    "queued": 0,
+                    "waiting": 0,
+                    "in_flight": 0,
+                    "replay_backlog": 0,
+                    "oldest_queued_age_s": None,
+                    "timers": 0,
+                    "timers_due": 0,
+                },
             )
 
         for n, queued, waiting, in_flight, oldest_rid in conn.execute(
@@ -538,8 +559,13 @@ def stats(conn: sqlite3.Connection, now: float | None = None) -> dict[str, Any]:
         runs = dict(conn.execute(Q["stats_runs"]).fetchall())
         epoch = conn.execute(Q["select_epoch"]).fetchone()[0]
         engines = [
-            dict(zip(("id", "epoch", "pid", "host", "state", "started_at", "heartbeat_at"), e,
-                     strict=True))
+            dict(
+                zip(
+                    ("id", "epoch", "pid", "host", "state", "started_at", "heartbeat_at"),
+                    e,
+                    strict=True,
+                )
+            )
             for e in conn.execute(Q["list_engines"])
             if e[4] in ("running", "draining")
         ]

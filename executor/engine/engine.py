@@ -113,6 +113,7 @@ class Engine:
             repo.register_engine, os.getpid(), socket.gethostname(), time.time()
         )
         self._token = self.engine_id << 32
+        await self._reclaim_dead_local_engines()
         self.state = State.RUNNING
         log.info(
             "engine %d started on %s: epoch %d, %d shards x %d slots",
@@ -132,6 +133,24 @@ class Engine:
         for name, fn in loops.items():
             self._tasks[name] = asyncio.create_task(fn(), name=f"executor.{name}")
         self._lifecycle = asyncio.create_task(self._supervise(), name="executor.lifecycle")
+
+    async def _reclaim_dead_local_engines(self) -> None:
+        # An engine on this host whose process is gone (SIGKILL, power cut) cannot be holding
+        # its claims: take them back now instead of waiting a whole lease.
+        assert self.db is not None
+        host = socket.gethostname()
+        dead = [
+            engine_id
+            for engine_id, pid in await self.db.run(repo.engines_on_host, host)
+            if engine_id != self.engine_id and not _pid_alive(pid)
+        ]
+        if dead:
+            released = await self.db.run(repo.reclaim_from, dead)
+            log.warning(
+                "engines %s on this host are gone; %d of their tasks are back in the queue",
+                dead,
+                released,
+            )
 
     def request_stop(self, reason: str = "stop requested") -> None:
         """Begin a graceful drain (safe in a handler set with loop.add_signal_handler)."""
@@ -643,3 +662,13 @@ class Engine:
     @staticmethod
     def _close_instance(inst: WorkflowInstance) -> None:
         inst.close()
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # exists, owned by someone else
+    return True

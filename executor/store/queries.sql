@@ -210,3 +210,9 @@ SELECT created_at FROM runs WHERE rid = ?;
 
 -- name: list_engines
 SELECT id, epoch, pid, host, state, started_at, heartbeat_at FROM engines ORDER BY id;
+
+-- name: live_engines_on_host
+SELECT id, pid FROM engines WHERE host = ? AND state IN ('running', 'draining');
+
+-- name: mark_engine_dead
+UPDATE engines SET state = 'dead' WHERE id = ? AND state IN ('running', 'draining');

@@ -96,6 +96,21 @@ def register_engine(conn: sqlite3.Connection, pid: int, host: str, now: float) -
     return cur.lastrowid, epoch
 
 
+def engines_on_host(conn: sqlite3.Connection, host: str) -> list[tuple[int, int]]:
+    """(engine id, pid) of engines on this host that the table says are alive."""
+    return [(i, p) for i, p in conn.execute(Q["live_engines_on_host"], (host,))]
+
+
+@transaction
+def reclaim_from(conn: sqlite3.Connection, engine_ids: Sequence[int]) -> int:
+    """Mark engines dead and put their in-flight tasks back in the queue; return tasks released."""
+    released = 0
+    for engine_id in engine_ids:
+        if conn.execute(Q["mark_engine_dead"], (engine_id,)).rowcount:
+            released += conn.execute(Q["release_engine_claims"], (engine_id,)).rowcount
+    return released
+
+
 @transaction
 def bump_epoch(conn: sqlite3.Connection) -> int:
     return int(conn.execute(Q["bump_epoch"]).fetchone()[0])

@@ -157,7 +157,6 @@ class Claimed(NamedTuple):
     token: int
 
 
-@transaction
 def claim(
     conn: sqlite3.Connection,
     engine_id: int,
@@ -171,6 +170,22 @@ def claim(
     Returns None, claiming nothing, when the stored epoch has moved past ours: we must drain.
     Tasks are marked in flight, never deleted.
     """
+    if not any(n > 0 for _, n in wants):
+        # Nothing to claim: check the epoch with a read, without taking the write lock.
+        current = conn.execute(Q["select_epoch"]).fetchone()[0]
+        return [] if current == epoch else None
+    return _claim(conn, engine_id, epoch, token, wants, now)
+
+
+@transaction
+def _claim(
+    conn: sqlite3.Connection,
+    engine_id: int,
+    epoch: int,
+    token: int,
+    wants: Sequence[tuple[int, int]],
+    now: float,
+) -> list[Claimed] | None:
     if conn.execute(Q["select_epoch"]).fetchone()[0] != epoch:
         return None
     out: list[Claimed] = []

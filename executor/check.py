@@ -1,0 +1,335 @@
+"""`executor check`: read a database and report every broken invariant, with the runs concerned.
+
+It needs no daemon and changes nothing: the file is opened read-only and every query reads one
+snapshot (a single read transaction), so it is safe while a daemon runs. The invariants are the
+ones the store's transactions keep (see store/repository.py):
+
+    stuck_run               a running run has a task, a timer or a replay entry to progress with
+    lost_step               a pending step of a running (or parked) run has its task (or its
+                            timer, a sleep)
+    task_of_recorded_step   a step's task is deleted by the transaction recording its result
+    timer_of_recorded_step  ... and so is a sleep's timer
+    leftover_of_finished_run  finishing a run deletes its queued tasks and timers
+    seq_mismatch            a step has a seq exactly when its result is recorded
+    duplicate_seq           no two results of a run share a seq (a result is recorded once)
+    seq_gap                 the results of a run carry seqs 1..last_seq
+    position_gap            a run's journal holds positions 0..n-1
+    stale_claim             an in-flight claim belongs to a live engine (heartbeat within the lease)
+    bad_replay              a finished run has no replay entry; none is ahead of its journal
+    dangling_row            every task, timer, step and replay entry belongs to an existing row
+
+Before those, SQLite's quick_check reads the whole file: damage (a torn page, bytes overwritten)
+is reported as corrupt_file, and the invariants are not checked on a damaged file.
+
+A claim of an engine that died is reported until a live engine takes it back: at once when the
+dead engine ran on the same host, else once its heartbeat is older than the lease. Right after a
+crash, stale claims are expected; any other kind of problem is a bug.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sqlite3
+import time
+from collections import Counter
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from executor import config, errors
+from executor.store.database import APPLICATION_ID, SCHEMA_VERSION
+from executor.store.sql import Q
+
+STUCK_RUN = "stuck_run"
+LOST_STEP = "lost_step"
+TASK_OF_RECORDED_STEP = "task_of_recorded_step"
+TIMER_OF_RECORDED_STEP = "timer_of_recorded_step"
+LEFTOVER_OF_FINISHED_RUN = "leftover_of_finished_run"
+SEQ_MISMATCH = "seq_mismatch"
+DUPLICATE_SEQ = "duplicate_seq"
+SEQ_GAP = "seq_gap"
+POSITION_GAP = "position_gap"
+STALE_CLAIM = "stale_claim"
+BAD_REPLAY = "bad_replay"
+DANGLING_ROW = "dangling_row"
+CORRUPT_FILE = "corrupt_file"
+
+KINDS = (
+    CORRUPT_FILE,
+    STUCK_RUN,
+    LOST_STEP,
+    TASK_OF_RECORDED_STEP,
+    TIMER_OF_RECORDED_STEP,
+    LEFTOVER_OF_FINISHED_RUN,
+    SEQ_MISMATCH,
+    DUPLICATE_SEQ,
+    SEQ_GAP,
+    POSITION_GAP,
+    STALE_CLAIM,
+    BAD_REPLAY,
+    DANGLING_ROW,
+)
+
+# The text summary lists this many problems of each kind; --json lists them all.
+SUMMARY_PER_KIND = 20
+INTEGRITY_MAX_ERRORS = 20
+_INTEGRITY_DETAIL_CHARS = 2000
+
+
+@dataclass(frozen=True, slots=True)
+class Problem:
+    """One broken invariant: its kind (one of KINDS), the run (None if it has none) and what."""
+
+    kind: str
+    run_id: str | None
+    detail: str
+
+    def to_dict(self) -> dict[str, str | None]:
+        return {"kind": self.kind, "run_id": self.run_id, "detail": self.detail}
+
+
+@dataclass(slots=True)
+class Report:
+    """What `check` found in one snapshot of one database file."""
+
+    path: Path
+    checked_at: float  # UNIX seconds
+    lease_s: float
+    runs: int  # runs in the snapshot
+    problems: list[Problem] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+    def counts(self) -> dict[str, int]:
+        """Problems per kind, in KINDS order."""
+        found = Counter(p.kind for p in self.problems)
+        return {kind: found[kind] for kind in KINDS if found[kind]}
+
+    def run_ids(self) -> set[str]:
+        return {p.run_id for p in self.problems if p.run_id is not None}
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "path": str(self.path),
+            "checked_at": self.checked_at,
+            "lease_s": self.lease_s,
+            "runs": self.runs,
+            "ok": self.ok,
+            "counts": self.counts(),
+            "problems": [p.to_dict() for p in self.problems],
+        }
+
+    def summary(self, per_kind: int = SUMMARY_PER_KIND) -> str:
+        """Human-readable lines: a verdict, then the problems of each kind (the first few)."""
+        if self.ok:
+            return f"{self.path}: ok: {self.runs} runs, no broken invariant"
+        counts = self.counts()
+        total = ", ".join(f"{n} {kind}" for kind, n in counts.items())
+        ids = self.run_ids()
+        where = f" in {len(ids)} runs (of {self.runs})" if ids else ""
+        lines = [f"{self.path}: {len(self.problems)} problems{where}: {total}"]
+        for kind in counts:
+            shown = [p for p in self.problems if p.kind == kind]
+            lines.extend(f"  {kind}: run {p.run_id or '-'}: {p.detail}" for p in shown[:per_kind])
+            if len(shown) > per_kind:
+                lines.append(f"  {kind}: ... and {len(shown) - per_kind} more (use --json)")
+        return "\n".join(lines)
+
+
+def check(
+    database: config.DatabaseConfig | Path | str,
+    *,
+    lease_s: float | None = None,
+    now: float | None = None,
+) -> Report:
+    """Check the database file and return a Report (never modifies the file).
+
+    `lease_s` (default: engine.lease_s's default) is how old an engine's heartbeat may be before
+    its claims count as stale. Raises StoreError (SchemaError for a file that is not a current
+    executor database), naming the file.
+    """
+    if isinstance(database, config.DatabaseConfig):
+        path, busy_timeout_s = Path(database.path), database.busy_timeout_s
+    else:
+        path, busy_timeout_s = Path(database), config.DatabaseConfig().busy_timeout_s
+    lease_s = config.EngineConfig().lease_s if lease_s is None else lease_s
+    if not path.is_file():
+        raise errors.StoreError(f"{path}: no database file here")
+    try:
+        # mode=ro: never creates, migrates or writes the file, whatever happens below.
+        conn = sqlite3.connect(
+            f"{path.resolve().as_uri()}?mode=ro",
+            uri=True,
+            timeout=busy_timeout_s,
+            isolation_level=None,
+            check_same_thread=False,
+        )
+    except sqlite3.Error as exc:
+        raise errors.StoreError(f"{path}: cannot open the database read-only: {exc}") from exc
+    try:
+        return _check(conn, path, lease_s, time.time() if now is None else now)
+    except sqlite3.DatabaseError as exc:
+        text = str(exc)
+        if "not a database" in text or "malformed" in text:
+            raise errors.SchemaError(
+                f"{path}: the file is not a valid executor database ({text})"
+            ) from exc
+        raise errors.StoreError(f"{path}: check failed: {text}") from exc
+    finally:
+        conn.close()
+
+
+def _check(conn: sqlite3.Connection, path: Path, lease_s: float, now: float) -> Report:
+    app_id, version = conn.execute(Q["check_header"]).fetchone()
+    if app_id != APPLICATION_ID:
+        raise errors.SchemaError(f"{path}: not an executor database (application_id={app_id:#x})")
+    if version != SCHEMA_VERSION:
+        raise errors.SchemaError(
+            f"{path}: schema version {version}, but this executor checks version"
+            f" {SCHEMA_VERSION}"
+            + ("; upgrade executor" if version > SCHEMA_VERSION else "; run `executor migrate`")
+        )
+    # One read transaction: every query below sees the same snapshot, and writers (a daemon)
+    # go on meanwhile, since WAL readers never block them.
+    conn.execute("BEGIN")
+    try:
+        try:
+            damage = [
+                row[0]
+                for row in conn.execute(Q["check_integrity"], {"max_errors": INTEGRITY_MAX_ERRORS})
+                if row[0] != "ok"
+            ]
+        except sqlite3.DatabaseError as exc:  # damage bad enough to stop the check itself
+            damage = [str(exc)]
+        if damage:
+            # The invariant queries would fail or mislead on a damaged file: report the damage.
+            report = Report(path, now, lease_s, 0)
+            for text in damage:
+                report.problems.append(
+                    Problem(CORRUPT_FILE, None, " ".join(text.split())[:_INTEGRITY_DETAIL_CHARS])
+                )
+            return report
+        report = Report(path, now, lease_s, conn.execute(Q["check_count_runs"]).fetchone()[0])
+        for kind, query, describe, params in _CHECKS:
+            for row in conn.execute(Q[query], params(now, lease_s)):
+                run_id, detail = describe(row)
+                report.problems.append(Problem(kind, run_id, detail))
+    finally:
+        # A read transaction has nothing to commit; after damage even ROLLBACK may complain.
+        with contextlib.suppress(sqlite3.Error):
+            conn.execute("ROLLBACK")
+    return report
+
+
+def _no_params(now: float, lease_s: float) -> dict[str, float]:
+    return {}
+
+
+def _stale_before(now: float, lease_s: float) -> dict[str, float]:
+    return {"stale_before": now - lease_s}
+
+
+def _stuck(row: Iterable[Any]) -> tuple[str | None, str]:
+    run_id, last_seq, pending = row
+    return run_id, (
+        f"running with no queued or in-flight task, no timer and no replay entry"
+        f" ({last_seq} results recorded, {pending} steps pending)"
+    )
+
+
+def _lost(row: Iterable[Any]) -> tuple[str | None, str]:
+    run_id, pos, kind, name, status = row
+    what = "timer" if kind == "sleep" else "task"
+    parked = " (the run is parked: resuming it would wait forever)" if status == "parked" else ""
+    return run_id, f"{kind} {name} at position {pos} is pending but has no {what}{parked}"
+
+
+def _task_of_recorded(row: Iterable[Any]) -> tuple[str | None, str]:
+    run_id, pos, name, status, claimed = row
+    state = "in-flight" if claimed else "queued"
+    return run_id, f"{state} task for step {name} at position {pos}, whose result is {status}"
+
+
+def _timer_of_recorded(row: Iterable[Any]) -> tuple[str | None, str]:
+    run_id, pos, status = row
+    return run_id, f"timer for the sleep at position {pos}, which is already {status}"
+
+
+def _leftover(row: Iterable[Any]) -> tuple[str | None, str]:
+    run_id, status, what, pos = row
+    return run_id, f"{what} at position {pos} of a run that is {status}"
+
+
+def _seq_mismatch(row: Iterable[Any]) -> tuple[str | None, str]:
+    run_id, pos, name, status, seq = row
+    if status not in ("pending", "succeeded", "failed"):
+        return run_id, f"step {name} at position {pos} has an unknown status {status!r}"
+    if seq is None:
+        return run_id, f"step {name} at position {pos} is {status} but has no seq"
+    return run_id, f"step {name} at position {pos} is pending but has seq {seq}"
+
+
+def _duplicate_seq(row: Iterable[Any]) -> tuple[str | None, str]:
+    run_id, seq, count, positions = row
+    return run_id, f"seq {seq} is held by {count} results (positions {positions})"
+
+
+def _seq_gap(row: Iterable[Any]) -> tuple[str | None, str]:
+    run_id, last_seq, distinct, low, high = row
+    return run_id, (
+        f"recorded results carry {distinct} distinct seqs from {low} to {high},"
+        f" expected 1..{last_seq} (runs.last_seq)"
+    )
+
+
+def _position_gap(row: Iterable[Any]) -> tuple[str | None, str]:
+    run_id, count, low, high = row
+    return run_id, f"{count} journal entries at positions {low}..{high}, expected 0..{count - 1}"
+
+
+def _stale_claim(row: Iterable[Any]) -> tuple[str | None, str]:
+    run_id, pos, engine, state, heartbeat_at = row
+    if state is None:
+        holder = f"engine {engine}, which is not registered"
+    elif state in ("running", "draining"):
+        holder = f"engine {engine} ({state}), whose last heartbeat is past the lease"
+        holder += f" (at {heartbeat_at:.3f})"
+    else:
+        holder = f"engine {engine}, which is {state} (its claims should have been released)"
+    return run_id, f"the task at position {pos} is claimed by {holder}"
+
+
+def _bad_replay(row: Iterable[Any]) -> tuple[str | None, str]:
+    run_id, status, seq, last_seq = row
+    if status in ("succeeded", "failed", "cancelled"):
+        return run_id, f"replay entry (seq {seq}) for a run that is {status}"
+    return run_id, f"replay entry at seq {seq}, ahead of the journal (last_seq {last_seq})"
+
+
+def _dangling(row: Iterable[Any]) -> tuple[str | None, str]:
+    what, rid, pos = row
+    where = f"run rid {rid}" + ("" if pos is None else f", position {pos}")
+    parent = "run" if what in ("step", "replay entry") else "step"
+    return None, f"{what} ({where}) whose {parent} does not exist"
+
+
+_Describe = Callable[[Iterable[Any]], tuple[str | None, str]]
+_Params = Callable[[float, float], dict[str, float]]
+
+_CHECKS: tuple[tuple[str, str, _Describe, _Params], ...] = (
+    (STUCK_RUN, "check_stuck_runs", _stuck, _no_params),
+    (LOST_STEP, "check_lost_steps", _lost, _no_params),
+    (TASK_OF_RECORDED_STEP, "check_tasks_of_recorded_steps", _task_of_recorded, _no_params),
+    (TIMER_OF_RECORDED_STEP, "check_timers_of_recorded_steps", _timer_of_recorded, _no_params),
+    (LEFTOVER_OF_FINISHED_RUN, "check_leftovers_of_finished_runs", _leftover, _no_params),
+    (SEQ_MISMATCH, "check_seq_mismatches", _seq_mismatch, _no_params),
+    (DUPLICATE_SEQ, "check_duplicate_seqs", _duplicate_seq, _no_params),
+    (SEQ_GAP, "check_seq_gaps", _seq_gap, _no_params),
+    (POSITION_GAP, "check_position_gaps", _position_gap, _no_params),
+    (STALE_CLAIM, "check_stale_claims", _stale_claim, _stale_before),
+    (BAD_REPLAY, "check_bad_replays", _bad_replay, _no_params),
+    (DANGLING_ROW, "check_dangling_rows", _dangling, _no_params),
+)

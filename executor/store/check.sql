@@ -1,0 +1,132 @@
+-- The invariant checker's queries (executor/check.py). Each one reads a snapshot and returns the
+-- rows that break one invariant; a clean database returns no rows from any of them.
+
+-- name: check_header
+SELECT (SELECT application_id FROM pragma_application_id),
+       (SELECT user_version FROM pragma_user_version);
+
+-- name: check_integrity
+-- SQLite's own check of the file's structure (b-trees, free list), without the slower index
+-- content check of integrity_check: "ok", or up to the given number of error lines.
+SELECT quick_check FROM pragma_quick_check(:max_errors);
+
+-- name: check_count_runs
+SELECT count(*) FROM runs;
+
+-- name: check_stuck_runs
+-- A running run must have something that makes it progress: a task, a timer or a replay entry.
+SELECT r.id, r.last_seq,
+       (SELECT count(*) FROM steps AS s WHERE s.run_rid = r.rid AND s.status = 'pending')
+FROM runs AS r
+WHERE r.status = 'running'
+  AND NOT EXISTS (SELECT 1 FROM tasks AS t WHERE t.run_rid = r.rid)
+  AND NOT EXISTS (SELECT 1 FROM timers AS m WHERE m.run_rid = r.rid)
+  AND NOT EXISTS (SELECT 1 FROM replays AS p WHERE p.run_rid = r.rid)
+ORDER BY r.rid;
+
+-- name: check_lost_steps
+-- A pending step of a running run must have its task (a step) or its timer (a sleep); so must
+-- one of a parked run, since resuming it replays the workflow, which waits for that step.
+SELECT r.id, s.pos, s.kind, s.name, r.status
+FROM steps AS s JOIN runs AS r ON r.rid = s.run_rid
+WHERE r.status IN ('running', 'parked') AND s.status = 'pending'
+  AND NOT EXISTS (SELECT 1 FROM tasks AS t WHERE t.run_rid = s.run_rid AND t.pos = s.pos)
+  AND NOT EXISTS (SELECT 1 FROM timers AS m WHERE m.run_rid = s.run_rid AND m.pos = s.pos)
+ORDER BY s.run_rid, s.pos;
+
+-- name: check_tasks_of_recorded_steps
+-- Recording a result deletes its task in the same transaction.
+SELECT r.id, t.pos, s.name, s.status, t.claim_token IS NOT NULL
+FROM tasks AS t JOIN steps AS s ON s.run_rid = t.run_rid AND s.pos = t.pos
+JOIN runs AS r ON r.rid = t.run_rid
+WHERE s.status != 'pending'
+ORDER BY t.run_rid, t.pos;
+
+-- name: check_timers_of_recorded_steps
+SELECT r.id, m.pos, s.status
+FROM timers AS m JOIN steps AS s ON s.run_rid = m.run_rid AND s.pos = m.pos
+JOIN runs AS r ON r.rid = m.run_rid
+WHERE s.status != 'pending'
+ORDER BY m.run_rid, m.pos;
+
+-- name: check_leftovers_of_finished_runs
+-- Finishing or cancelling a run deletes its queued tasks and timers in the same transaction
+-- (in-flight tasks stay until their engine's heartbeat cancels them).
+SELECT r.id, r.status, 'queued task', t.pos
+FROM tasks AS t JOIN runs AS r ON r.rid = t.run_rid
+WHERE r.status IN ('succeeded', 'failed', 'cancelled') AND t.claim_token IS NULL
+UNION ALL
+SELECT r.id, r.status, 'timer', m.pos
+FROM timers AS m JOIN runs AS r ON r.rid = m.run_rid
+WHERE r.status IN ('succeeded', 'failed', 'cancelled')
+ORDER BY 1, 4;
+
+-- name: check_seq_mismatches
+-- A step has a seq exactly when its result is recorded: never a result without its place in the
+-- delivery order, never a place without a result.
+SELECT r.id, s.pos, s.name, s.status, s.seq
+FROM steps AS s JOIN runs AS r ON r.rid = s.run_rid
+WHERE (s.status IN ('succeeded', 'failed')) != (s.seq IS NOT NULL)
+   OR s.status NOT IN ('pending', 'succeeded', 'failed')
+ORDER BY s.run_rid, s.pos;
+
+-- name: check_duplicate_seqs
+SELECT r.id, s.seq, count(*), group_concat(s.pos, ',')
+FROM steps AS s JOIN runs AS r ON r.rid = s.run_rid
+WHERE s.seq IS NOT NULL
+GROUP BY s.run_rid, s.seq
+HAVING count(*) > 1
+ORDER BY s.run_rid, s.seq;
+
+-- name: check_seq_gaps
+-- The recorded results of a run carry seqs 1..last_seq, each once.
+SELECT r.id, r.last_seq, count(DISTINCT s.seq), min(s.seq), max(s.seq)
+FROM runs AS r LEFT JOIN steps AS s ON s.run_rid = r.rid AND s.seq IS NOT NULL
+GROUP BY r.rid
+HAVING count(DISTINCT s.seq) != r.last_seq
+    OR coalesce(max(s.seq), 0) != r.last_seq
+    OR coalesce(min(s.seq), 1) != 1
+ORDER BY r.rid;
+
+-- name: check_position_gaps
+-- A run's journal holds positions 0..n-1: the workflow numbers its calls in order.
+SELECT r.id, count(*), min(s.pos), max(s.pos)
+FROM steps AS s JOIN runs AS r ON r.rid = s.run_rid
+GROUP BY s.run_rid
+HAVING min(s.pos) != 0 OR max(s.pos) != count(*) - 1
+ORDER BY s.run_rid;
+
+-- name: check_stale_claims
+-- A claim belongs to an engine that is alive: state running or draining, with a heartbeat no
+-- older than the lease. Stopping or expiring an engine releases its claims in the same
+-- transaction, so a claim of a stopped, dead or unknown engine is broken too.
+SELECT r.id, t.pos, t.claim_engine, e.state, e.heartbeat_at
+FROM tasks AS t JOIN runs AS r ON r.rid = t.run_rid
+LEFT JOIN engines AS e ON e.id = t.claim_engine
+WHERE t.claim_token IS NOT NULL
+  AND (e.id IS NULL OR e.state NOT IN ('running', 'draining') OR e.heartbeat_at < :stale_before)
+ORDER BY t.run_rid, t.pos;
+
+-- name: check_bad_replays
+-- A finished run has no replay entry (finishing or cancelling deletes it), and no entry is ahead
+-- of its run's journal. (A parked run may have one: a step finishing while the run is parked is
+-- still recorded, and its entry is consumed without running the code.)
+SELECT r.id, r.status, p.seq, r.last_seq
+FROM replays AS p JOIN runs AS r ON r.rid = p.run_rid
+WHERE r.status IN ('succeeded', 'failed', 'cancelled') OR p.seq > r.last_seq
+ORDER BY p.run_rid;
+
+-- name: check_dangling_rows
+-- Rows that point at a run (or a step) that does not exist.
+SELECT 'step', s.run_rid, s.pos FROM steps AS s
+WHERE NOT EXISTS (SELECT 1 FROM runs AS r WHERE r.rid = s.run_rid)
+UNION ALL
+SELECT 'task', t.run_rid, t.pos FROM tasks AS t
+WHERE NOT EXISTS (SELECT 1 FROM steps AS s WHERE s.run_rid = t.run_rid AND s.pos = t.pos)
+UNION ALL
+SELECT 'timer', m.run_rid, m.pos FROM timers AS m
+WHERE NOT EXISTS (SELECT 1 FROM steps AS s WHERE s.run_rid = m.run_rid AND s.pos = m.pos)
+UNION ALL
+SELECT 'replay entry', p.run_rid, NULL FROM replays AS p
+WHERE NOT EXISTS (SELECT 1 FROM runs AS r WHERE r.rid = p.run_rid)
+ORDER BY 2, 3;

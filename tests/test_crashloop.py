@@ -1,0 +1,382 @@
+"""The crash loop: a daemon SIGKILLed at random moments, again and again, loses nothing.
+
+500 runs of mixed shapes (crashloop_app.py: sequential steps, fan-out and join, durable sleeps,
+steps that fail and are retried, steps that fail for good) run under `python -m executor run`,
+which is killed with SIGKILL 20 times and restarted each time. At the end:
+
+- every run finished with the result computed from its arguments alone;
+- `executor check` (the library function and the CLI verb) finds nothing broken;
+- every step's result is recorded exactly once (one journal row, one seq, no execution began
+  after it was recorded);
+- every step ran at least once, and each extra execution is explained: the one before it failed
+  (a retry), or it ran in a daemon that was killed before the result was recorded.
+
+The test is seeded: it prints its seed, and CRASHLOOP_SEED=<seed> replays the same workload and
+kill moments (the timing of the processes themselves cannot be replayed).
+
+The long form runs while CRASHLOOP_ITERATIONS (kills) or CRASHLOOP_SECONDS is set, e.g.
+`CRASHLOOP_SECONDS=3600 pytest -m slow tests/test_crashloop.py`; it starts another wave of
+runs whenever the previous one has finished, and is skipped when neither variable is set.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import itertools
+import json
+import os
+import random
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import crashloop_app as app
+import pytest
+
+from executor import Client, check
+
+SEED_ENV = "CRASHLOOP_SEED"
+ITERATIONS_ENV = "CRASHLOOP_ITERATIONS"
+SECONDS_ENV = "CRASHLOOP_SECONDS"
+
+RUNS = 500
+KILLS = 20
+SHARDS = 4
+KILL_AFTER_S = (0.05, 1.5)  # a kill lands this long after a start: during startup, or later
+FINISH_DEADLINE_S = 60.0  # for the last daemon to finish everything (generous; never waited)
+EXIT_DEADLINE_S = 30.0
+TESTS_DIR = Path(__file__).parent
+LEASE_S = 1.0
+
+CONFIG = """\
+[database]
+path = "{db}"
+
+[engine]
+shards = {shards}
+concurrency = 2
+poll_interval_s = 0.02
+heartbeat_interval_s = 0.2
+lease_s = {lease}
+drain_timeout_s = 5.0
+
+[daemon]
+workflows = ["crashloop_app"]
+
+[log]
+level = "info"
+format = "json"
+"""
+
+
+# --- the workload --------------------------------------------------------------------------------
+
+
+def workload(rng: random.Random, n: int) -> list[tuple[str, list[Any]]]:
+    """n runs of mixed shapes, from the seed alone."""
+    out: list[tuple[str, list[Any]]] = []
+    for _ in range(n):
+        shape = rng.random()
+        value = rng.randrange(1000)
+        if shape < 0.30:
+            out.append(("crashloop.sequential", [value, rng.randint(1, 6)]))
+        elif shape < 0.55:
+            out.append(("crashloop.fanout", [value, rng.randint(2, 8)]))
+        elif shape < 0.75:
+            out.append(("crashloop.sleeper", [value, round(rng.uniform(0.05, 0.8), 3)]))
+        elif shape < 0.94:
+            out.append(("crashloop.flaky", [value, rng.randint(1, 3)]))
+        else:
+            out.append(("crashloop.doomed", [rng.random() < 0.5]))
+    return out
+
+
+async def _start(db: Path, runs: list[tuple[str, list[Any]]]) -> list[str]:
+    by_name: dict[str, list[int]] = collections.defaultdict(list)
+    for i, (name, _) in enumerate(runs):
+        by_name[name].append(i)
+    ids: list[str] = [""] * len(runs)
+    async with Client(db, shards=SHARDS) as client:
+        for name, indexes in by_name.items():
+            started = await client.start_many(name, [runs[i][1] for i in indexes])
+            for i, run_id in zip(indexes, started, strict=True):
+                ids[i] = run_id
+    return ids
+
+
+def start_runs(db: Path, runs: list[tuple[str, list[Any]]]) -> dict[str, tuple[str, list[Any]]]:
+    ids = asyncio.run(_start(db, runs))
+    return dict(zip(ids, runs, strict=True))
+
+
+# --- the daemon ----------------------------------------------------------------------------------
+
+
+@dataclass
+class Harness:
+    tmp: Path
+    db: Path
+    config: Path
+    log: Path
+    env: dict[str, str]
+    incarnations: int = 0
+    kills: dict[int, float] = field(default_factory=dict)  # pid -> when it was SIGKILLed
+
+    @classmethod
+    def create(cls, tmp: Path) -> Harness:
+        db = tmp / "executor.sqlite"
+        config = tmp / "executor.toml"
+        config.write_text(CONFIG.format(db=db, shards=SHARDS, lease=LEASE_S))
+        state = tmp / "state"
+        state.mkdir()
+        log = tmp / "steps.log"
+        env = {
+            **os.environ,
+            "PYTHONPATH": os.pathsep.join([str(TESTS_DIR), os.environ.get("PYTHONPATH", "")]),
+            app.LOG_ENV: str(log),
+            app.STATE_ENV: str(state),
+        }
+        for name in list(env):
+            if name.startswith("EXECUTOR_") or name in ("NOTIFY_SOCKET", "WATCHDOG_USEC"):
+                del env[name]
+        return cls(tmp, db, config, log, env)
+
+    def spawn(self) -> subprocess.Popen[bytes]:
+        self.incarnations += 1
+        stderr = (self.tmp / f"daemon-{self.incarnations:03d}.log").open("wb")
+        with stderr:
+            return subprocess.Popen(
+                [sys.executable, "-m", "executor", "run", "--config", str(self.config)],
+                env=self.env,
+                stdin=subprocess.DEVNULL,
+                stdout=stderr,
+                stderr=stderr,
+                cwd=self.tmp,
+            )
+
+    def kill(self, proc: subprocess.Popen[bytes]) -> None:
+        if proc.poll() is not None:
+            raise AssertionError(f"the daemon exited by itself ({proc.returncode}):\n{self.tail()}")
+        self.kills[proc.pid] = time.time()
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(EXIT_DEADLINE_S)
+
+    def wait_ready(self, proc: subprocess.Popen[bytes]) -> None:
+        """Wait until the daemon's engine is registered: its signal handlers are in place."""
+        deadline = time.monotonic() + EXIT_DEADLINE_S
+        while not self.registered(proc.pid):
+            if proc.poll() is not None:
+                raise AssertionError(f"the daemon exited ({proc.returncode}):\n{self.tail()}")
+            if time.monotonic() > deadline:
+                raise AssertionError(f"the daemon did not start:\n{self.tail()}")
+            time.sleep(0.02)
+
+    def registered(self, pid: int) -> bool:
+        with contextlib.closing(sqlite3.connect(self.db, timeout=10)) as conn:
+            row = conn.execute(
+                "SELECT 1 FROM engines WHERE pid = ? AND state = 'running'", (pid,)
+            ).fetchone()
+        return row is not None
+
+    def stop(self, proc: subprocess.Popen[bytes]) -> int:
+        proc.send_signal(signal.SIGTERM)
+        return proc.wait(EXIT_DEADLINE_S)
+
+    def tail(self, lines: int = 40) -> str:
+        path = self.tmp / f"daemon-{self.incarnations:03d}.log"
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+
+    def unfinished(self) -> int:
+        with contextlib.closing(sqlite3.connect(self.db, timeout=10)) as conn:
+            return int(
+                conn.execute("SELECT count(*) FROM runs WHERE status = 'running'").fetchone()[0]
+            )
+
+    def wait_finished(self, proc: subprocess.Popen[bytes], deadline_s: float) -> None:
+        deadline = time.monotonic() + deadline_s
+        while self.unfinished():
+            if proc.poll() is not None:
+                raise AssertionError(f"the daemon exited ({proc.returncode}):\n{self.tail()}")
+            if time.monotonic() > deadline:
+                raise AssertionError(
+                    f"{self.unfinished()} runs still running after {deadline_s}s:\n"
+                    + check.check(self.db, lease_s=LEASE_S).summary()
+                )
+            time.sleep(0.05)
+
+
+# --- the verdict ---------------------------------------------------------------------------------
+
+
+@dataclass
+class Execution:
+    pid: int
+    began: float
+    end: str | None = None  # ok | fail | None (killed before it ended)
+
+
+def executions(log: Path) -> dict[tuple[str, str], list[Execution]]:
+    """Per (run, label): each execution, in order, with how it ended."""
+    found: dict[tuple[str, str], list[Execution]] = collections.defaultdict(list)
+    open_: dict[tuple[str, str, int], list[Execution]] = collections.defaultdict(list)
+    for line in log.read_text().splitlines():
+        ev = json.loads(line)
+        key = (ev["run"], ev["label"])
+        if ev["ev"] == "begin":
+            ex = Execution(ev["pid"], ev["t"])
+            found[key].append(ex)
+            open_[(*key, ev["pid"])].append(ex)
+        else:
+            # One daemon runs one attempt of a step at a time: an end closes its oldest begin.
+            open_[(*key, ev["pid"])].pop(0).end = ev["ev"]
+    for exs in found.values():
+        exs.sort(key=lambda e: e.began)
+    return found
+
+
+def verdict(h: Harness, runs: dict[str, tuple[str, list[Any]]]) -> dict[str, int]:
+    """Assert everything the module docstring promises; return counts for the test's output."""
+    with contextlib.closing(sqlite3.connect(h.db)) as conn:
+        run_rows = {r[0]: r[1:] for r in conn.execute("SELECT id, status, result, error FROM runs")}
+        step_rows = conn.execute(
+            "SELECT r.id, s.name, s.status, s.args, s.attempts, s.finished_at, s.seq"
+            " FROM steps AS s JOIN runs AS r ON r.rid = s.run_rid WHERE s.kind = 'step'"
+        ).fetchall()
+    assert set(run_rows) == set(runs)
+
+    wrong = []
+    for run_id, (name, args) in runs.items():
+        status, result, error = run_rows[run_id]
+        want_status, want = app.expected(name, args)
+        got = json.loads(result) if status == "succeeded" else json.loads(error or "{}").get("type")
+        if (status, got) != (want_status, want):
+            wrong.append(
+                f"{run_id} {name}{args}: {status} {got!r}, expected {want_status} {want!r}"
+            )
+    assert not wrong, f"{len(wrong)} runs ended wrong:\n" + "\n".join(wrong[:20])
+
+    recorded: dict[tuple[str, str], tuple[str, int, float]] = {}
+    for run_id, _name, status, args, attempts, finished_at, seq in step_rows:
+        label = json.loads(args)[1]
+        assert (run_id, label) not in recorded, f"{run_id}/{label} is in the journal twice"
+        assert status in ("succeeded", "failed") and seq is not None, (run_id, label, status)
+        recorded[(run_id, label)] = (status, attempts, finished_at)
+    want_steps = {
+        (r, label) for r, (name, args) in runs.items() for label in app.labels(name, args)
+    }
+    assert set(recorded) == want_steps, (
+        f"missing {sorted(want_steps - set(recorded))[:10]},"
+        f" unexpected {sorted(set(recorded) - want_steps)[:10]}"
+    )
+
+    ran = executions(h.log)
+    unexplained = []
+    counts = collections.Counter[str]()
+    for key, (status, attempts, finished_at) in recorded.items():
+        exs = ran.get(key, [])
+        counts["steps"] += 1
+        counts["executions"] += len(exs)
+        if not exs:
+            unexplained.append(f"{key}: recorded ({status}) but never ran")
+            continue
+        if len(exs) > attempts:
+            unexplained.append(f"{key}: {len(exs)} executions but only {attempts} claims")
+        late = [e for e in exs if e.began >= finished_at]
+        if late:
+            unexplained.append(f"{key}: {len(late)} executions began after the result was recorded")
+        want_end = "ok" if status == "succeeded" else "fail"
+        if not any(e.end == want_end for e in exs):
+            unexplained.append(f"{key}: recorded {status}, but no execution ended {want_end}")
+        for before, again in itertools.pairwise(exs):
+            if before.end == "fail":
+                counts["retried"] += 1
+            elif before.pid in h.kills and h.kills[before.pid] < finished_at:
+                counts["rerun_after_kill"] += 1
+            else:
+                unexplained.append(
+                    f"{key}: ran again at {again.began:.3f} (pid {again.pid}) after an execution"
+                    f" that ended {before.end} in pid {before.pid}, which was"
+                    + (" not killed" if before.pid not in h.kills else " killed after recording")
+                )
+    assert not unexplained, f"{len(unexplained)} problems:\n" + "\n".join(unexplained[:20])
+    return dict(counts)
+
+
+# --- the tests -----------------------------------------------------------------------------------
+
+
+def crash_loop(tmp: Path, *, kills: int | None, seconds: float | None) -> None:
+    seed = int(os.environ.get(SEED_ENV) or random.randrange(2**32))
+    print(f"crash loop seed: {seed} (replay with {SEED_ENV}={seed})")
+    rng = random.Random(seed)
+    h = Harness.create(tmp)
+    started = time.monotonic()
+    runs = start_runs(h.db, workload(rng, RUNS))
+    killed = 0
+    progress: list[int] = []  # runs unfinished after each kill
+    while True:
+        if kills is not None and killed >= kills:
+            break
+        if seconds is not None and time.monotonic() - started >= seconds:
+            break
+        if seconds is not None and not h.unfinished():
+            runs |= start_runs(h.db, workload(rng, RUNS))  # the long form: another wave
+        proc = h.spawn()
+        # The random moment of the kill is the point of the test, not a stand-in for waiting.
+        time.sleep(rng.uniform(*KILL_AFTER_S))
+        h.kill(proc)
+        killed += 1
+        progress.append(h.unfinished())
+    # Right after a kill, its claims are stale until the next daemon's heartbeat reclaims them.
+    after_kill = check.check(h.db, lease_s=LEASE_S)
+    assert {p.kind for p in after_kill.problems} <= {check.STALE_CLAIM}, after_kill.summary()
+
+    proc = h.spawn()
+    h.wait_ready(proc)
+    h.wait_finished(proc, FINISH_DEADLINE_S)
+    assert h.stop(proc) == 0, h.tail()
+
+    report = check.check(h.db, lease_s=LEASE_S)
+    assert report.ok, report.summary()
+    cli = subprocess.run(
+        [sys.executable, "-m", "executor", "check", "--config", str(h.config), "--json"],
+        env=h.env,
+        capture_output=True,
+        text=True,
+        timeout=EXIT_DEADLINE_S,
+    )
+    assert cli.returncode == 0, cli.stdout + cli.stderr
+    assert json.loads(cli.stdout)["ok"] is True
+
+    counts = verdict(h, runs)
+    print(
+        f"crash loop: {len(runs)} runs, {killed} kills, {h.incarnations} daemons,"
+        f" {time.monotonic() - started:.1f}s; {counts}; unfinished after each kill: {progress}"
+    )
+
+
+def test_crash_loop(tmp_path: Path) -> None:
+    crash_loop(tmp_path, kills=KILLS, seconds=None)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(0)  # as long as asked for
+@pytest.mark.skipif(
+    not (os.environ.get(ITERATIONS_ENV) or os.environ.get(SECONDS_ENV)),
+    reason=f"the long crash loop runs when {ITERATIONS_ENV} or {SECONDS_ENV} is set",
+)
+def test_crash_loop_long(tmp_path: Path) -> None:
+    iterations = os.environ.get(ITERATIONS_ENV)
+    seconds = os.environ.get(SECONDS_ENV)
+    crash_loop(
+        tmp_path,
+        kills=int(iterations) if iterations else None,
+        seconds=float(seconds) if seconds else None,
+    )

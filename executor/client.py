@@ -128,6 +128,7 @@ class Client:
         key: str | None,
         shard_key: str | None,
         index: int | None = None,
+        concurrency_key: str | None = None,
     ) -> repo.NewRun:
         if not isinstance(args, list | tuple):
             raise errors.PayloadError(
@@ -140,9 +141,15 @@ class Client:
         blob = codec.encode(list(args), what=where, limit=self.payload_limit_bytes)
         if key is not None and not isinstance(key, str):
             raise errors.ExecutorError(f"idempotency_key must be a string, got {key!r}")
+        if concurrency_key is not None and (
+            not isinstance(concurrency_key, str) or not concurrency_key
+        ):
+            raise errors.ExecutorError(
+                f"concurrency_key must be a non-empty string, got {concurrency_key!r}"
+            )
         run_id = str(uuid.uuid4())
         shard = repo.shard_of(shard_key if shard_key is not None else run_id, self.db.shards)
-        return repo.NewRun(run_id, name, version, shard, blob, key)
+        return repo.NewRun(run_id, name, version, shard, blob, key, concurrency_key)
 
     async def start(
         self,
@@ -150,10 +157,17 @@ class Client:
         *args: Any,
         idempotency_key: str | None = None,
         shard_key: str | None = None,
+        concurrency_key: str | None = None,
     ) -> str:
-        """Start a run; return its id. The same idempotency_key returns the same run."""
+        """Start a run; return its id. The same idempotency_key returns the same run.
+
+        `concurrency_key` (a tenant, say) caps how many of the run's steps are in flight together
+        with every other run of that key: engine.concurrency_key_cap, [concurrency_keys].
+        """
         name, version, wf = self._resolve(workflow)
-        new = self._new_run(name, version, wf, args, idempotency_key, shard_key)
+        new = self._new_run(
+            name, version, wf, args, idempotency_key, shard_key, concurrency_key=concurrency_key
+        )
         ids = await self.db.run(repo.create_runs, [new], time.time())
         return ids[0]
 
@@ -164,6 +178,7 @@ class Client:
         *,
         idempotency_keys: Sequence[str | None] | None = None,
         shard_keys: Sequence[str | None] | None = None,
+        concurrency_keys: Sequence[str | None] | None = None,
     ) -> list[str]:
         """Start many runs of one workflow in one transaction; return their ids in order."""
         name, version, wf = self._resolve(workflow)
@@ -171,7 +186,10 @@ class Client:
         for i, args in enumerate(args_list):
             key = idempotency_keys[i] if idempotency_keys is not None else None
             skey = shard_keys[i] if shard_keys is not None else None
-            batch.append(self._new_run(name, version, wf, args, key, skey, index=i))
+            ckey = concurrency_keys[i] if concurrency_keys is not None else None
+            batch.append(
+                self._new_run(name, version, wf, args, key, skey, index=i, concurrency_key=ckey)
+            )
         if not batch:
             return []
         return await self.db.run(repo.create_runs, batch, time.time())

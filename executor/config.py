@@ -11,6 +11,7 @@ import difflib
 import json
 import math
 import os
+import re
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -52,6 +53,9 @@ class EngineConfig:
     payload_limit_bytes: int = 1024 * 1024
     # After this long without being able to write, the engine drains and exits non-zero.
     write_failure_limit_s: float = 60.0
+    # Steps in flight per concurrency key (Client.start(concurrency_key=...)); 0 = no cap.
+    # [concurrency_keys] overrides it per key.
+    concurrency_key_cap: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,11 +71,26 @@ class LogConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class LimitSpec:
+    """A named quota, [limits.NAME]: any subset of the rates and a concurrency cap."""
+
+    name: str
+    requests_per_second: int | None = None
+    requests_per_minute: int | None = None
+    tokens_per_second: int | None = None
+    tokens_per_minute: int | None = None
+    concurrent: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     database: DatabaseConfig = field(default_factory=DatabaseConfig)
     engine: EngineConfig = field(default_factory=EngineConfig)
     daemon: DaemonConfig = field(default_factory=DaemonConfig)
     log: LogConfig = field(default_factory=LogConfig)
+    # Tuples, sorted by name, so the config stays hashable and compares by value.
+    limits: tuple[LimitSpec, ...] = ()
+    concurrency_keys: tuple[tuple[str, int], ...] = ()  # (key, cap) overrides
 
     def replace(self, **sections: object) -> Config:
         return dataclasses.replace(self, **sections)  # type: ignore[arg-type]
@@ -93,7 +112,23 @@ RESERVED_ENV = frozenset({CONFIG_PATH_ENV})
 DEFAULT_SOURCE = "default"
 
 # Changes to these take effect on SIGHUP; any other changed key needs a restart.
-LIVE_KEYS = frozenset({"log.level", "log.format", "engine.concurrency", "engine.poll_interval_s"})
+LIVE_KEYS = frozenset(
+    {
+        "log.level",
+        "log.format",
+        "engine.concurrency",
+        "engine.poll_interval_s",
+        "engine.concurrency_key_cap",
+    }
+)
+# Tables with names chosen by the user: [limits.NAME] and [concurrency_keys]; always live.
+LIMITS_SECTION = "limits"
+CONCURRENCY_KEYS_SECTION = "concurrency_keys"
+_LIMIT_FIELDS = tuple(f.name for f in dataclasses.fields(LimitSpec) if f.name != "name")
+_LIMIT_NAME = re.compile(r"[A-Za-z0-9_-]+")
+_BARE_KEY = re.compile(r"[A-Za-z0-9_-]+")
+MAX_RATE = 10**12
+MAX_KEY_CAP = 100_000
 
 _KIB = 1024
 _GIB = 1024 * 1024 * 1024
@@ -265,6 +300,7 @@ _KEYS: dict[str, _Spec] = {
     "engine.instance_cache_size": _Int(0),
     "engine.payload_limit_bytes": _Int(_KIB, _GIB),
     "engine.write_failure_limit_s": _Seconds(),
+    "engine.concurrency_key_cap": _Int(0, MAX_KEY_CAP),
     "daemon.workflows": _Modules(),
     "daemon.loop": _Choice("auto", "uvloop", "asyncio"),
     "log.level": _Choice("debug", "info", "warning", "error"),
@@ -325,6 +361,20 @@ def render_config(loaded: LoadedConfig) -> str:
             key = f"{section_name}.{item.name}"
             value = _toml_value(getattr(section, item.name))
             lines.append(f"{item.name} = {value}  # from {loaded.sources[key]}")
+    for spec in loaded.config.limits:
+        where = f"{LIMITS_SECTION}.{spec.name}"
+        lines += ["", f"[{where}]  # from {loaded.sources.get(where, DEFAULT_SOURCE)}"]
+        for name in _LIMIT_FIELDS:
+            value = getattr(spec, name)
+            if value is not None:
+                source = loaded.sources.get(f"{where}.{name}", DEFAULT_SOURCE)
+                lines.append(f"{name} = {_toml_value(value)}  # from {source}")
+    if loaded.config.concurrency_keys:
+        lines += ["", f"[{CONCURRENCY_KEYS_SECTION}]"]
+        for name, cap in loaded.config.concurrency_keys:
+            key = _toml_key(name)
+            source = loaded.sources.get(f"{CONCURRENCY_KEYS_SECTION}.{key}", DEFAULT_SOURCE)
+            lines.append(f"{key} = {cap}  # from {source}")
     return "\n".join(lines) + "\n"
 
 
@@ -339,6 +389,15 @@ def diff_live(old: Config, new: Config) -> tuple[list[str], list[str]]:
             if getattr(old_section, item.name) != getattr(new_section, item.name):
                 key = f"{section_name}.{item.name}"
                 (live if key in LIVE_KEYS else restart).append(key)
+    old_limits = {s.name: s for s in old.limits}
+    new_limits = {s.name: s for s in new.limits}
+    live.extend(
+        f"{LIMITS_SECTION}.{name}"
+        for name in sorted(old_limits.keys() | new_limits.keys())
+        if old_limits.get(name) != new_limits.get(name)
+    )
+    if old.concurrency_keys != new.concurrency_keys:
+        live.append(CONCURRENCY_KEYS_SECTION)
     return live, restart
 
 
@@ -373,6 +432,12 @@ def _read_file(path: Path) -> dict[str, object]:
 
     values: dict[str, object] = {}
     for section_name, table in document.items():
+        if section_name == LIMITS_SECTION:
+            values.update(_read_limits(path, table))
+            continue
+        if section_name == CONCURRENCY_KEYS_SECTION:
+            values.update(_read_concurrency_keys(path, table))
+            continue
         if section_name not in _SECTIONS and not isinstance(table, dict):
             raise ConfigError(f"{path}: {section_name}: unknown key{_top_level_hint(section_name)}")
         if section_name not in _SECTIONS:
@@ -386,6 +451,81 @@ def _read_file(path: Path) -> dict[str, object]:
                 raise ConfigError(f"{path}: {key}: unknown key{_hint(key)}")
             values[key] = _parse(spec, value, str(path), key, _show(value), from_env=False)
     return values
+
+
+_LIMIT_SPECS: dict[str, _Spec] = {
+    "requests_per_second": _Int(1, MAX_RATE),
+    "requests_per_minute": _Int(1, MAX_RATE),
+    "tokens_per_second": _Int(1, MAX_RATE),
+    "tokens_per_minute": _Int(1, MAX_RATE),
+    "concurrent": _Int(1, MAX_KEY_CAP),
+}
+
+
+_LIMIT_ALIASES = {
+    "rps": "requests_per_second",
+    "rpm": "requests_per_minute",
+    "tps": "tokens_per_second",
+    "tpm": "tokens_per_minute",
+    "concurrency": "concurrent",
+}
+
+
+def _read_limits(path: Path, table: object) -> dict[str, object]:
+    """[limits.NAME] tables into {"limits.NAME.FIELD": value}."""
+    if not isinstance(table, dict):
+        raise ConfigError(
+            f"{path}: {LIMITS_SECTION}: expected tables like [limits.NAME], got {_show(table)}"
+        )
+    values: dict[str, object] = {}
+    for name, limit in table.items():
+        where = f"{LIMITS_SECTION}.{_toml_key(name)}"
+        if not _LIMIT_NAME.fullmatch(name):
+            raise ConfigError(
+                f"{path}: {where}: a limit name may only hold letters, digits, _ and -"
+            )
+        if not isinstance(limit, dict):
+            raise ConfigError(
+                f"{path}: {where}: expected a table [{where}] with any of "
+                + ", ".join(_LIMIT_FIELDS)
+                + f", got {_show(limit)}"
+            )
+        for field_name, value in limit.items():
+            key = f"{where}.{field_name}"
+            spec = _LIMIT_SPECS.get(field_name)
+            if spec is None:
+                alias = _LIMIT_ALIASES.get(field_name.lower())
+                known = [f"{where}.{known}" for known in _LIMIT_FIELDS]
+                hint = f" (did you mean {where}.{alias}?)" if alias else _hint(key, known)
+                raise ConfigError(f"{path}: {key}: unknown key{hint}")
+            values[key] = _parse(spec, value, str(path), key, _show(value), from_env=False)
+        values.setdefault(f"{where}", True)  # an empty table still declares the limit
+    return values
+
+
+def _read_concurrency_keys(path: Path, table: object) -> dict[str, object]:
+    """[concurrency_keys] into {'concurrency_keys."KEY"': cap}."""
+    if not isinstance(table, dict):
+        raise ConfigError(
+            f"{path}: {CONCURRENCY_KEYS_SECTION}: expected a table of"
+            f' "key" = cap, got {_show(table)}'
+        )
+    values: dict[str, object] = {}
+    spec = _Int(0, MAX_KEY_CAP)
+    for name, value in table.items():
+        key = f"{CONCURRENCY_KEYS_SECTION}.{_toml_key(name)}"
+        if not name:
+            raise ConfigError(f"{path}: {key}: a concurrency key cannot be empty")
+        values[key] = _parse(spec, value, str(path), key, _show(value), from_env=False)
+    return values
+
+
+def _toml_key(name: str) -> str:
+    return name if _BARE_KEY.fullmatch(name) else _toml_string(name)
+
+
+def _from_toml_key(text: str) -> str:
+    return str(json.loads(text)) if text.startswith('"') else text
 
 
 def _read_env(env: Mapping[str, str]) -> dict[str, tuple[str, object]]:
@@ -426,6 +566,20 @@ def _build(values: Mapping[str, object]) -> Config:
             k.removeprefix(prefix): v for k, v in values.items() if k.startswith(prefix)
         }
         sections[section_name] = dataclasses.replace(section_type(), **changes)
+    limits: dict[str, dict[str, Any]] = {}
+    caps: dict[str, int] = {}
+    for key, value in values.items():
+        head, _, rest = key.partition(".")
+        if head == LIMITS_SECTION:
+            # Limit names are bare keys (no dots), so the first dot ends the name.
+            name, _, field_name = rest.partition(".")
+            fields = limits.setdefault(name, {})
+            if field_name:
+                fields[field_name] = value
+        elif head == CONCURRENCY_KEYS_SECTION:
+            caps[_from_toml_key(rest)] = int(value)  # type: ignore[call-overload]
+    sections["limits"] = tuple(LimitSpec(name=name, **limits[name]) for name in sorted(limits))
+    sections["concurrency_keys"] = tuple(sorted(caps.items()))
     return Config().replace(**sections)
 
 
@@ -448,13 +602,14 @@ def _check_cross_fields(config: Config, sources: Mapping[str, str], files: list[
 
 
 def _hint(name: str, candidates: list[str] | None = None) -> str:
+    sections = [*_SECTIONS, LIMITS_SECTION, CONCURRENCY_KEYS_SECTION]
     if candidates is None:
-        candidates = list(_SECTIONS) if "." not in name else list(_KEYS)
+        candidates = sections if "." not in name else list(_KEYS)
     close = difflib.get_close_matches(name, candidates, n=1)
     if close:
         return f" (did you mean {close[0]}?)"
-    if "." not in name and candidates == list(_SECTIONS):
-        return " (expected one of " + ", ".join(_SECTIONS) + ")"
+    if "." not in name and candidates == sections:
+        return " (expected one of " + ", ".join(sections) + ")"
     return ""
 
 

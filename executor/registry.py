@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import random
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any, Generic, ParamSpec, Protocol, TypeVar, overload
@@ -70,6 +70,8 @@ class StepDef(Generic[P, R]):
     retry: RetryPolicy
     timeout_s: float | None
     is_async: bool
+    limits: tuple[str, ...] = ()  # names of [limits.NAME] quotas this step draws on
+    cost: Callable[..., float] | None = None  # tokens one call uses, from the step's arguments
 
     def __call__(self, *args: P.args, **kwargs: P.kwargs) -> Awaitable[R]:
         # Inside a workflow this schedules the durable step; outside one it just calls the
@@ -201,6 +203,8 @@ def step(
     retry: RetryPolicy | None = None,
     timeout: float | None = None,
     registry: Registry | None = None,
+    limits: Sequence[str] = (),
+    cost: Callable[..., float] | None = None,
 ) -> Callable[[Callable[P, Any]], StepDef[P, Any]]: ...
 
 
@@ -212,13 +216,23 @@ def step(
     retry: RetryPolicy | None = None,
     timeout: float | None = None,
     registry: Registry | None = None,
+    limits: Sequence[str] = (),
+    cost: Callable[..., float] | None = None,
 ) -> StepDef[P, Any] | Callable[[Callable[P, Any]], StepDef[P, Any]]:
     """Register a step: an async def, or a plain function (which then runs in a thread).
 
     `timeout` is per attempt, in seconds; an attempt over it is cancelled and counts as failed.
+    `limits` names the [limits.NAME] quotas each call draws on (docs/LIMITS.md); `cost`, called
+    with the step's arguments, estimates the tokens a call uses from those quotas.
     """
     if timeout is not None and timeout <= 0:
         raise errors.RegistryError("step timeout must be > 0 seconds")
+    if isinstance(limits, str) or not all(isinstance(n, str) and n for n in limits):
+        raise errors.RegistryError(f"step limits must be a list of limit names, got {limits!r}")
+    if cost is not None and not callable(cost):
+        raise errors.RegistryError(f"step cost must be a function of the arguments, got {cost!r}")
+    if cost is not None and not limits:
+        raise errors.RegistryError("step cost is drawn from limits: name them with limits=[...]")
 
     def wrap(f: Callable[P, Any]) -> StepDef[P, Any]:
         st: StepDef[P, Any] = StepDef(
@@ -227,6 +241,8 @@ def step(
             retry or DEFAULT_RETRY,
             timeout,
             inspect.iscoroutinefunction(f),
+            tuple(dict.fromkeys(limits)),
+            cost,
         )
         (registry or default_registry).add_step(st)
         return st

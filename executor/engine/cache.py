@@ -38,6 +38,11 @@ class HydrationCache:
             lru[key] = value
         return value
 
+    def put(self, key: Hashable, value: Any, size: int) -> None:
+        """Keep a value we already have decoded (it must be immutable)."""
+        if self._lru is not None and size <= self._max_bytes:
+            self._lru[key] = value
+
     def __len__(self) -> int:
         return 0 if self._lru is None else len(self._lru)
 

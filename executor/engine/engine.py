@@ -10,6 +10,9 @@ transaction (a transaction is one thread hop, see store.database):
     replay    feeds recorded results to workflow code; commits the steps it asks for next
     timers    fires durable sleeps that are due
     heartbeat proves we are alive, notices a newer epoch, reclaims dead engines' tasks
+    lag       warns when something blocks the event loop for too long (engine/lag.py)
+    limits    unparks tasks that waited for their quotas (engine/limits.py); stores the limits
+              snapshot for `executor stats`; closes idle shared clients (resources.py)
 
 If any of them dies, the engine stops and `wait()` raises: nothing runs half-supervised.
 """
@@ -23,12 +26,14 @@ import os
 import random
 import socket
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Iterable, Mapping
 from typing import Any
 
-from executor import codec, config, errors, registry
+from executor import codec, config, errors, registry, resources
+from executor.engine import lag
 from executor.engine.cache import HydrationCache, InstanceCache
 from executor.engine.instance import Delivery, RunInfo, WorkflowInstance, describe
+from executor.engine.limits import Limiter, Ticket, WakeTimer
 from executor.store import repository as repo
 from executor.store.database import Database
 
@@ -37,6 +42,7 @@ log = logging.getLogger("executor.engine")
 REPLAY_BATCH = 512  # runs per replay transaction
 TIMER_BATCH = 1000
 FLUSH_RETRY_MAX_S = 2.0
+LIMITS_TICK_S = 0.05  # how often tasks parked for a rate are let back in, when limits are set
 _CANCELLED_RUN = "run-cancelled"
 
 
@@ -61,6 +67,9 @@ class Engine:
         *,
         reg: registry.Registry | None = None,
         on_finish: Callable[[str, str], None] | None = None,
+        limits: Iterable[config.LimitSpec] = (),
+        concurrency_keys: Mapping[str, int] | None = None,
+        shared: resources.Resources | None = None,
     ) -> None:
         self.cfg = cfg or config.EngineConfig()
         self.db_cfg = db_cfg or config.DatabaseConfig()
@@ -96,8 +105,15 @@ class Engine:
         self._heartbeat_stop = asyncio.Event()
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._lifecycle: asyncio.Task[None] | None = None
-        self._write_failing_since: float | None = None
+        # Loop name -> when its writes started failing (monotonic): one outage, one error log.
+        self._write_failing: dict[str, float] = {}
         self.counters = {"steps": 0, "retries": 0, "replays": 0, "full_replays": 0, "finished": 0}
+        # Quotas ([limits.*], concurrency keys) and the shared clients, closed when we drain.
+        self.limiter = Limiter(
+            limits, key_cap=self.cfg.concurrency_key_cap, key_caps=concurrency_keys
+        )
+        self.resources = shared if shared is not None else resources.default_registry
+        self._wakes = WakeTimer(self._wake_shards)
 
     # -- public lifecycle --
 
@@ -114,6 +130,8 @@ class Engine:
         )
         self._token = self.engine_id << 32
         await self._reclaim_dead_local_engines()
+        # Limit counts start empty: whatever an earlier engine parked may be claimed again.
+        await self.db.run(repo.unpark_all)
         self.state = State.RUNNING
         log.info(
             "engine %d started on %s: epoch %d, %d shards x %d slots",
@@ -129,6 +147,8 @@ class Engine:
             "replay": self._replay_loop,
             "timers": self._timer_loop,
             "heartbeat": self._heartbeat_loop,
+            "lag": lambda: lag.monitor(self._draining),
+            "limits": self._limits_loop,
         }
         for name, fn in loops.items():
             self._tasks[name] = asyncio.create_task(fn(), name=f"executor.{name}")
@@ -193,6 +213,21 @@ class Engine:
     def set_poll_interval(self, seconds: float) -> None:
         self.poll_interval_s = seconds
 
+    def set_limits(
+        self,
+        specs: Iterable[config.LimitSpec],
+        *,
+        key_cap: int | None = None,
+        key_caps: Mapping[str, int] | None = None,
+    ) -> None:
+        """Apply new [limits.*] and concurrency-key caps live (SIGHUP); counts carry over."""
+        self.limiter.configure(specs, key_cap=key_cap, key_caps=key_caps, now=time.time())
+        self._send_unparks()
+
+    def limits_snapshot(self) -> dict[str, Any]:
+        """Each limit's configured and effective rates, use, waiters and 429s (for stats)."""
+        return self.limiter.snapshot(time.time())
+
     def load(self) -> dict[str, int]:
         """A cheap snapshot of what the engine holds now (for STATUS= lines and logs)."""
         return {
@@ -201,6 +236,7 @@ class Engine:
             "unflushed": len(self._results),
             "live_workflows": len(self.instances),
             **self.counters,
+            **self.limiter.counters,
         }
 
     # -- supervision and the ordered shutdown --
@@ -233,8 +269,9 @@ class Engine:
             self.stop_reason,
             len(self._inflight),
         )
-        for name in ("dispatch", "replay", "timers"):
+        for name in ("dispatch", "replay", "timers", "lag", "limits"):
             await self._join(name, timeout_s=5.0)
+        self._wakes.cancel()
         if self._inflight:
             _, late = await asyncio.wait(
                 list(self._inflight.values()), timeout=self.cfg.drain_timeout_s
@@ -246,6 +283,7 @@ class Engine:
                 for task in late:
                     task.cancel()
                 await asyncio.wait(late, timeout=5.0)
+        await self.resources.aclose()  # no step uses a shared client any more
         self._flush_done = True
         self._flush_wake.set()
         await self._join("flush", timeout_s=max(10.0, self.cfg.write_failure_limit_s))
@@ -302,9 +340,15 @@ class Engine:
             wants = [(s, cap - self._busy[s]) for s in sorted(self._hungry) if self._busy[s] < cap]
             if wants or poll:
                 self._token += 1
-                claimed = await self.db.run(
-                    repo.claim, self.engine_id, self.epoch, self._token, wants, time.time()
-                )
+                try:
+                    claimed = await self.db.run(
+                        repo.claim, self.engine_id, self.epoch, self._token, wants, time.time()
+                    )
+                except errors.StoreError as exc:
+                    self._write_failed(exc, "dispatch")
+                    claimed = []  # try again at the next poll
+                else:
+                    self._write_ok("dispatch")
                 if claimed is None:
                     log.warning("epoch moved past ours (%d): draining", self.epoch)
                     self.request_stop("a newer epoch took over")
@@ -344,18 +388,34 @@ class Engine:
             return repo.Outcome(
                 repo.DONE, c.run_rid, c.pos, c.token, repo.FAILED, error=describe(exc)
             )
+        ticket: Ticket | None = None
         try:
             args = codec.decode(c.args)
+            gate = await self.limiter.admit(c, st, args)
+            if isinstance(gate, repo.Outcome):
+                return self._limit_wait(c, gate)  # not within its quotas now: holds no slot
+            ticket = gate
             call = st.fn(*args) if st.is_async else asyncio.to_thread(st.fn, *args)
             if st.timeout_s is None:
                 value = await call
             else:
                 async with asyncio.timeout(st.timeout_s):
                     value = await call
-            blob = codec.encode(
-                value, what=f"result of step {c.name}", limit=self.cfg.payload_limit_bytes
-            )
+            try:
+                blob = codec.encode(
+                    value, what=f"result of step {c.name}", limit=self.cfg.payload_limit_bytes
+                )
+            except errors.PayloadError as exc:
+                # The same value would be refused on every attempt: fail now, no retries.
+                return repo.Outcome(
+                    repo.DONE, c.run_rid, c.pos, c.token, repo.FAILED, error=describe(exc)
+                )
             self.counters["steps"] += 1
+            if codec.is_immutable(value):
+                return repo.Outcome(
+                    repo.DONE, c.run_rid, c.pos, c.token, repo.SUCCEEDED, blob,
+                    value=value, has_value=True,
+                )
             return repo.Outcome(repo.DONE, c.run_rid, c.pos, c.token, repo.SUCCEEDED, blob)
         except asyncio.CancelledError as exc:
             task = asyncio.current_task()
@@ -374,16 +434,23 @@ class Engine:
             raise  # drain: the claim is released when the engine stops
         except errors.RateLimited as exc:
             delay = exc.retry_after if exc.retry_after is not None else 1.0
+            # Slows the step's limits down, and gives it a staggered place after the delay.
+            not_before = self.limiter.rate_limited(ticket, delay, time.time())
+            self._wakes.at(not_before, c.shard)
             return repo.Outcome(
                 repo.RELEASE,
                 c.run_rid,
                 c.pos,
                 c.token,
                 error=describe(exc),
-                not_before=time.time() + delay,
+                not_before=not_before,
             )
         except BaseException as exc:
             return self._failed(c, st, exc)
+        finally:
+            if ticket is not None:
+                self.limiter.release(ticket, time.time())
+                self._send_unparks()
 
     def _failed(
         self, c: repo.Claimed, st: registry.StepDef[Any, Any], exc: BaseException
@@ -429,31 +496,36 @@ class Engine:
             backoff = 0.0
             self._write_ok()
             self._push(events)
+            self._unparks_flushed(batch)
 
-    def _write_failed(self, exc: errors.StoreError) -> None:
+    def _write_failed(self, exc: errors.StoreError, what: str = "flush") -> None:
+        """A write of loop `what` failed: log the outage once; past the limit, raise (the loop
+        dies, so the engine stops)."""
         now = time.monotonic()
-        if self._write_failing_since is None:
-            self._write_failing_since = now
+        if not self._write_failing:
             log.error("cannot write the database; holding results and retrying: %s", exc)
-        elif now - self._write_failing_since > self.cfg.write_failure_limit_s:
+        else:
+            log.debug("%s: still cannot write the database: %s", what, exc)
+        since = self._write_failing.setdefault(what, now)
+        if now - since > self.cfg.write_failure_limit_s:
             raise errors.StoreWriteError(
                 f"could not write the database for {self.cfg.write_failure_limit_s:.0f}s"
                 f" (engine.write_failure_limit_s): {exc}"
             ) from exc
 
-    def _write_ok(self) -> None:
-        if self._write_failing_since is not None:
-            log.warning(
-                "database writable again after %.1fs", time.monotonic() - self._write_failing_since
-            )
-            self._write_failing_since = None
+    def _write_ok(self, what: str = "flush") -> None:
+        since = self._write_failing.pop(what, None)
+        if since is not None and not self._write_failing:
+            log.warning("database writable again after %.1fs", time.monotonic() - since)
 
     def _push(self, events: list[repo.Event]) -> None:
         if not events:
             return
         for e in events:
             self._events.setdefault(e.run_rid, []).append(
-                Delivery(e.pos, e.seq, e.status, e.result, e.error, e.finished_at)
+                Delivery(
+                    e.pos, e.seq, e.status, e.result, e.error, e.finished_at, e.value, e.has_value
+                )
             )
         self._replay_wake.set()
 
@@ -468,9 +540,63 @@ class Engine:
             try:
                 events = await self.db.run(repo.fire_timers, time.time(), TIMER_BATCH)
             except errors.StoreError as exc:
-                log.error("could not fire timers: %s", exc)
+                self._write_failed(exc, "timers")
                 continue
+            self._write_ok("timers")
             self._push(events)
+
+    # -- limits: quotas of API-bound steps (engine/limits.py) --
+
+    def _limit_wait(self, c: repo.Claimed, outcome: repo.Outcome) -> repo.Outcome:
+        if outcome.kind == repo.RELEASE and outcome.park is None:
+            self._wakes.at(outcome.not_before, c.shard)  # claim it again when it fits
+        return outcome
+
+    def _wake_shards(self, shards: set[int]) -> None:
+        self._hungry |= shards
+        self._dispatch_wake.set()
+
+    def _send_unparks(self) -> None:
+        # Through the flush, after any park it answers: a group's parks and unparks stay ordered.
+        unparks = self.limiter.take_unparks()
+        if unparks:
+            self._results.extend(
+                repo.Outcome(repo.UNPARK, 0, 0, park=group, count=n) for group, n in unparks
+            )
+            self._flush_wake.set()
+
+    def _unparks_flushed(self, batch: list[repo.Outcome]) -> None:
+        unparked = False
+        for o in batch:
+            if o.kind == repo.UNPARK and o.park is not None:
+                unparked = True
+                if o.count > 0:
+                    self.limiter.unpark_shortfall(o.park, o.count, time.time())
+        if unparked:
+            self._hungry = set(self._shards)  # unparked tasks may be in any shard
+            self._dispatch_wake.set()
+
+    async def _limits_loop(self) -> None:
+        assert self.db is not None
+        next_sync = 0.0
+        while not self._draining.is_set():
+            tick_s = LIMITS_TICK_S if self.limiter.active else 1.0
+            await self._wait(self._draining, tick_s, clear=False)
+            now = time.time()
+            self.limiter.tick(now)
+            idle = self.resources.sweep()
+            if idle:
+                await self.resources.aclose_entries(idle)
+            if self.limiter.active and time.monotonic() >= next_sync:
+                next_sync = time.monotonic() + self.cfg.heartbeat_interval_s
+                snapshot = codec.encode(self.limits_snapshot(), what="limits snapshot")
+                try:
+                    parked = await self.db.run(repo.sync_limits, self.engine_id, snapshot, now)
+                except errors.StoreError as exc:
+                    log.warning("could not store the limits snapshot: %s", exc)
+                else:
+                    self.limiter.reconcile(parked, now)
+            self._send_unparks()
 
     # -- heartbeat, epochs, reclaiming --
 
@@ -489,8 +615,9 @@ class Engine:
                     self.cfg.lease_s,
                 )
             except errors.StoreError as exc:
-                log.error("heartbeat failed: %s", exc)
+                self._write_failed(exc, "heartbeat")
                 continue
+            self._write_ok("heartbeat")
             if hb.epoch != self.epoch and not self.draining:
                 log.warning("epoch moved from %d to %d: draining", self.epoch, hb.epoch)
                 self.request_stop("a newer epoch took over")
@@ -577,7 +704,9 @@ class Engine:
                 if snap is None:
                     continue
                 if snap.status != repo.RUNNING:
-                    outputs.append(repo.ReplayOutput(rid, snap.shard, snap.last_seq, []))
+                    outputs.append(
+                        repo.ReplayOutput(rid, snap.shard, snap.last_seq, [], inactive=True)
+                    )
                     continue
                 self.counters["full_replays"] += 1
                 run_ids[rid] = snap.id
@@ -593,12 +722,13 @@ class Engine:
             await self.db.run(repo.commit_replays, outputs, time.time())
         except errors.StoreError as exc:
             # The replay entries are still there: a later poll replays these runs from scratch.
-            log.error("could not commit %d replays: %s", len(outputs), exc)
             for rid, maybe in touched.items():
                 self.instances.pop(rid)
                 if maybe is not None:
                     maybe.close()
+            self._write_failed(exc, "replay")
             return
+        self._write_ok("replay")
         queued_shards: set[int] = set()
         for out in outputs:
             inst = touched.get(out.run_rid)

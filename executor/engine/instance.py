@@ -35,14 +35,18 @@ log = logging.getLogger("executor.workflow")
 T = TypeVar("T")
 
 _TRACEBACK_LIMIT_CHARS = 8192
+# One activation (the code run for one event) taking longer than this blocked the engine's event
+# loop for that long: it is logged as a warning naming the workflow and the run.
+SLOW_ACTIVATION_S = 1.0
 
 
 class _InstanceLoop(asyncio.AbstractEventLoop):
     """Just enough of an event loop for Futures and Tasks, run by hand."""
 
-    def __init__(self, workflow: str) -> None:
+    def __init__(self, workflow: str, run_id: str = "") -> None:
         self._ready: deque[asyncio.Handle] = deque()
         self._workflow = workflow
+        self._run_id = run_id
         self._closed = False
         self.now_s = 0.0
 
@@ -102,6 +106,7 @@ class _InstanceLoop(asyncio.AbstractEventLoop):
     def run_until_quiet(self) -> None:
         outer = asyncio.events._get_running_loop()
         asyncio.events._set_running_loop(self)
+        started = time.monotonic()
         try:
             ready = self._ready
             while ready:
@@ -110,10 +115,27 @@ class _InstanceLoop(asyncio.AbstractEventLoop):
                     handle._run()
         finally:
             asyncio.events._set_running_loop(outer)
+            took_s = time.monotonic() - started
+            if took_s > SLOW_ACTIVATION_S:
+                log.warning(
+                    "workflow %s (run %s) blocked the event loop for %.2fs in one activation;"
+                    " workflow code must not block: do slow or blocking work in a step",
+                    self._workflow,
+                    self._run_id,
+                    took_s,
+                )
 
     def close(self) -> None:
         self._closed = True
         self._ready.clear()
+
+
+class _Escaped(Exception):
+    """KeyboardInterrupt or SystemExit raised by workflow code, carried as an ordinary error."""
+
+    def __init__(self, original: BaseException) -> None:
+        super().__init__(repr(original))
+        self.original = original
 
 
 class RunInfo(NamedTuple):
@@ -132,6 +154,8 @@ class Delivery(NamedTuple):
     result: bytes | None
     error: bytes | None
     finished_at: float
+    value: Any = None  # the decoded result, when the engine still has it (immutable values only)
+    has_value: bool = False
 
 
 class WorkflowContext:
@@ -145,20 +169,26 @@ class WorkflowContext:
         self.workflow = workflow
 
     def step(
-        self, fn: registry.StepDef[Any, T] | Callable[..., Any], *args: Any
+        self,
+        fn: registry.StepDef[Any, T] | Callable[..., Any],
+        *args: Any,
+        limit_key: str | None = None,
     ) -> asyncio.Future[T]:
         """Schedule a durable step; await the returned future for its result.
 
         Positions are assigned when this is called, so `asyncio.gather(ctx.step(a), ctx.step(b))`
-        gives a before b on every replay.
+        gives a before b on every replay. `limit_key` (an API key id, say) gives each key its own
+        budget of the step's limits.
         """
+        if limit_key is not None and not isinstance(limit_key, str):
+            raise errors.WorkflowUsageError(f"limit_key must be a string, got {limit_key!r}")
         if not isinstance(fn, registry.StepDef):
             name = f"{getattr(fn, '__module__', '?')}.{getattr(fn, '__qualname__', repr(fn))}"
             found = self._inst.registry.steps.get(name)
             if found is None or found.fn is not fn:
                 raise errors.WorkflowUsageError(f"{name} is not a step: decorate it with @step")
             fn = found
-        return self._inst.schedule("step", fn.name, list(args), None)
+        return self._inst.schedule("step", fn.name, list(args), None, limit_key)
 
     def sleep(self, seconds: float) -> asyncio.Future[None]:
         """A durable timer: survives restarts; the workflow resumes after `seconds`."""
@@ -201,7 +231,7 @@ class WorkflowInstance:
         self.registry = reg
         self.cache = cache
         self.payload_limit = payload_limit
-        self.loop = _InstanceLoop(wf.name)  # type: ignore[abstract]
+        self.loop = _InstanceLoop(wf.name, run.id)  # type: ignore[abstract]
         self.loop.now_s = run.created_at
         self.rng = random.Random(run.id)
         self.ctx = WorkflowContext(self, run.id, wf.name)
@@ -220,17 +250,28 @@ class WorkflowInstance:
         self.loop.run_until_quiet()
 
     async def _body(self, args: list[Any]) -> Any:
-        return await self.wf.fn(self.ctx, *args)
+        try:
+            return await self.wf.fn(self.ctx, *args)
+        except (KeyboardInterrupt, SystemExit) as exc:
+            # asyncio re-raises these out of the loop that runs the task, and from there out of
+            # the engine's own loop: carry them as an ordinary error, the run's failure.
+            raise _Escaped(exc) from exc
 
     # -- called from the workflow code (through ctx) --
     def schedule(
-        self, kind: str, name: str, args: list[Any], sleep_s: float | None
+        self,
+        kind: str,
+        name: str,
+        args: list[Any],
+        sleep_s: float | None,
+        limit_key: str | None = None,
     ) -> asyncio.Future[Any]:
         if self._closing:
             raise errors.WorkflowUsageError("the workflow is being unloaded")
+        # Encoded before taking a position: refused arguments leave no gap in the journal.
+        blob = codec.encode(args, what=f"{name} arguments", limit=self.payload_limit)
         pos = self.next_pos
         self.next_pos += 1
-        blob = codec.encode(args, what=f"{name} arguments", limit=self.payload_limit)
         fp = codec.fingerprint(blob)
         entry = self.journal.get(pos)
         if entry is not None:
@@ -242,7 +283,7 @@ class WorkflowInstance:
                 )
         elif self.nondeterminism is None:
             fire_at = None if sleep_s is None else self._real_now() + sleep_s
-            self.new_steps.append(repo.NewStep(pos, kind, name, fp, blob, fire_at))
+            self.new_steps.append(repo.NewStep(pos, kind, name, fp, blob, fire_at, limit_key))
         fut: asyncio.Future[Any] = self.loop.create_future()
         self.pending[pos] = (name, fut)
         return fut
@@ -277,7 +318,13 @@ class WorkflowInstance:
         if fut.done():  # cancelled by the workflow code itself
             return
         if d.status == repo.SUCCEEDED:
-            value = None if d.result is None else self.cache.get((self.run.rid, d.pos), d.result)
+            if d.has_value:
+                value = d.value
+                self.cache.put((self.run.rid, d.pos), value, len(d.result or b""))
+            elif d.result is None:
+                value = None
+            else:
+                value = self.cache.get((self.run.rid, d.pos), d.result)
             fut.set_result(value)
         else:
             error = codec.decode(d.error) if d.error is not None else {}
@@ -318,7 +365,7 @@ class WorkflowInstance:
             except errors.PayloadError as perr:
                 return repo.FAILED, None, repo.error_blob("PayloadError", str(perr))
             return repo.SUCCEEDED, blob, None
-        return repo.FAILED, None, describe(exc)
+        return repo.FAILED, None, describe(exc.original if isinstance(exc, _Escaped) else exc)
 
     def close(self) -> None:
         """Unwind the code (its finally blocks run) and free the loop."""

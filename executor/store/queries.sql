@@ -17,8 +17,9 @@ INSERT INTO meta (key, value) VALUES ('shards', :shards);
 SELECT coalesce(max(rid), 0) FROM runs;
 
 -- name: insert_run
-INSERT INTO runs (id, workflow, version, shard, status, args, idempotency_key, created_at, updated_at)
-VALUES (:id, :workflow, :version, :shard, 'running', :args, :key, :now, :now)
+INSERT INTO runs (id, workflow, version, shard, status, args, idempotency_key, created_at, updated_at,
+                  concurrency_key)
+VALUES (:id, :workflow, :version, :shard, 'running', :args, :key, :now, :now, :concurrency_key)
 ON CONFLICT (idempotency_key) DO NOTHING;
 
 -- name: run_id_by_key
@@ -33,7 +34,7 @@ UPDATE tasks
 SET claim_token = :token, claim_engine = :engine, claim_epoch = :epoch, claimed_at = :now
 WHERE (run_rid, pos) IN (
     SELECT run_rid, pos FROM tasks
-    WHERE shard = :shard AND claim_token IS NULL AND not_before <= :now
+    WHERE shard = :shard AND claim_token IS NULL AND parked IS NULL AND not_before <= :now
     ORDER BY run_rid, pos
     LIMIT :limit
 )
@@ -42,7 +43,7 @@ RETURNING run_rid, pos, attempt;
 -- name: start_attempt
 UPDATE steps SET attempts = attempts + 1
 WHERE run_rid = ? AND pos = ?
-RETURNING name, args;
+RETURNING name, args, limit_key;
 
 -- name: delete_claimed_task
 DELETE FROM tasks WHERE run_rid = ? AND pos = ? AND claim_token = ?;
@@ -55,10 +56,11 @@ DELETE FROM timers WHERE run_rid = ? AND pos = ?;
 
 -- name: record_step
 UPDATE steps
-SET status = :status, result = :result, error = :error, finished_at = :now,
+SET status = :status, result = :result, error = coalesce(:error, error), finished_at = :now,
     seq = (SELECT last_seq + 1 FROM runs WHERE rid = :rid)
 WHERE run_rid = :rid AND pos = :pos AND status = 'pending'
-  AND EXISTS (SELECT 1 FROM runs WHERE rid = :rid AND status = 'running')
+  -- A parked run's steps still complete: resume replays them instead of waiting forever.
+  AND EXISTS (SELECT 1 FROM runs WHERE rid = :rid AND status IN ('running', 'parked'))
 RETURNING seq;
 
 -- name: advance_run
@@ -71,7 +73,7 @@ ON CONFLICT (run_rid) DO UPDATE SET seq = max(seq, excluded.seq);
 -- name: retry_task
 UPDATE tasks
 SET claim_token = NULL, claim_engine = NULL, claim_epoch = NULL, claimed_at = NULL,
-    attempt = attempt + :bump, not_before = :not_before
+    attempt = attempt + :bump, not_before = :not_before, parked = :parked
 WHERE run_rid = :rid AND pos = :pos AND claim_token = :token;
 
 -- name: note_step_error
@@ -118,6 +120,10 @@ DELETE FROM timers WHERE run_rid = ?;
 -- name: delete_replay_through
 DELETE FROM replays WHERE run_rid = ? AND seq <= ?;
 
+-- name: delete_inactive_replay
+DELETE FROM replays WHERE run_rid = ? AND seq <= ?
+  AND EXISTS (SELECT 1 FROM runs WHERE rid = ? AND status != 'running');
+
 -- name: delete_replay
 DELETE FROM replays WHERE run_rid = ?;
 
@@ -146,7 +152,8 @@ UPDATE engines SET state = 'stopped', heartbeat_at = ? WHERE id = ?;
 
 -- name: orphaned_claims
 SELECT t.run_rid, t.pos FROM tasks AS t JOIN runs AS r ON r.rid = t.run_rid
-WHERE t.claim_engine = ? AND t.claim_token IS NOT NULL AND r.status != 'running';
+WHERE t.claim_engine = ? AND t.claim_token IS NOT NULL
+  AND r.status NOT IN ('running', 'parked');
 
 -- name: select_run_by_id
 SELECT rid, id, workflow, version, shard, status, result, error, created_at, updated_at,
@@ -190,7 +197,7 @@ WHERE rid = :rid AND status = 'running';
 
 -- name: stats_tasks
 SELECT shard,
-       sum(claim_token IS NULL AND not_before <= :now) AS queued,
+       sum(claim_token IS NULL AND parked IS NULL AND not_before <= :now) AS queued,
        sum(claim_token IS NULL AND not_before > :now) AS waiting,
        sum(claim_token IS NOT NULL) AS in_flight,
        min(CASE WHEN claim_token IS NULL THEN run_rid END) AS oldest_rid

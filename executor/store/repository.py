@@ -4,7 +4,7 @@ Each public function here is one transaction (or one read) and runs on the datab
 `Database.run`. The fencing that keeps the invariants lives here:
 
 - a result is written only if the task still carries the claim that ran it, the step is still
-  pending and the run is still running (invariant 1: at most once, never overwritten);
+  pending and the run is still running or parked (invariant 1: at most once, never overwritten);
 - the task row is deleted in the same transaction that records its result (invariant 3);
 - recording a result always queues a replay entry in the same transaction, and a replay entry is
   deleted only by the transaction that commits what its replay produced (invariant 2).
@@ -52,6 +52,7 @@ class NewRun(NamedTuple):
     shard: int
     args: bytes
     idempotency_key: str | None
+    concurrency_key: str | None = None  # caps the run's steps in flight (engine.limits)
 
 
 @transaction
@@ -70,6 +71,7 @@ def create_runs(conn: sqlite3.Connection, runs: Sequence[NewRun], now: float) ->
                 "args": r.args,
                 "key": r.idempotency_key,
                 "now": now,
+                "concurrency_key": r.concurrency_key,
             }
             for r in runs
         ],
@@ -155,6 +157,9 @@ class Claimed(NamedTuple):
     name: str
     args: bytes
     token: int
+    limit_key: str | None = None  # ctx.step(..., limit_key=)
+    concurrency_key: str | None = None  # the run's, from Client.start(concurrency_key=)
+    unparked: bool = False  # it was parked, waiting for room: it goes before newcomers
 
 
 def claim(
@@ -204,8 +209,13 @@ def _claim(
             },
         ).fetchall()
         for run_rid, pos, attempt in rows:
-            name, args = conn.execute(Q["start_attempt"], (run_rid, pos)).fetchone()
-            out.append(Claimed(run_rid, pos, shard, attempt, name, args, token))
+            name, args, limit_key = conn.execute(Q["start_attempt"], (run_rid, pos)).fetchone()
+            unparked, ckey = conn.execute(Q["claimed_task_limits"], (run_rid, pos)).fetchone()
+            out.append(
+                Claimed(
+                    run_rid, pos, shard, attempt, name, args, token, limit_key, ckey, bool(unparked)
+                )
+            )
     # RETURNING gives rows in no particular order; keep FIFO for the dispatcher.
     out.sort(key=lambda c: (c.run_rid, c.pos))
     return out
@@ -218,6 +228,7 @@ DONE = 0  # the step finished (succeeded, or failed for good): record it in the 
 RETRY = 1  # the attempt failed and will be retried after not_before
 RELEASE = 2  # give the task back to the queue without using an attempt (drain, rate limit)
 TIMER = 3  # a durable sleep is due
+UNPARK = 4  # make up to `count` tasks parked under `park` claimable again, oldest first
 
 
 @dataclass(slots=True)
@@ -230,6 +241,12 @@ class Outcome:
     result: bytes | None = None
     error: bytes | None = None
     not_before: float = 0.0  # for RETRY/RELEASE
+    # DONE: the result itself when it is immutable, so the live workflow needs no decode.
+    value: Any = None
+    has_value: bool = False
+    # RELEASE: park the task under this group (engine/limits.py) until an UNPARK; UNPARK: the group
+    park: str | None = None
+    count: int = 0  # UNPARK: how many; record() leaves how many it could not find
 
 
 class Event(NamedTuple):
@@ -242,6 +259,8 @@ class Event(NamedTuple):
     result: bytes | None
     error: bytes | None
     finished_at: float
+    value: Any = None  # see Outcome.value
+    has_value: bool = False
 
 
 def _record(conn: sqlite3.Connection, o: Outcome, now: float) -> Event | None:
@@ -261,7 +280,9 @@ def _record(conn: sqlite3.Connection, o: Outcome, now: float) -> Event | None:
     seq = row[0]
     shard = conn.execute(Q["advance_run"], {"seq": seq, "now": now, "rid": o.run_rid}).fetchone()[0]
     conn.execute(Q["queue_replay"], {"rid": o.run_rid, "shard": shard, "seq": seq, "now": now})
-    return Event(o.run_rid, o.pos, seq, o.status, o.result, o.error, now)
+    return Event(
+        o.run_rid, o.pos, seq, o.status, o.result, o.error, now, o.value, o.has_value
+    )
 
 
 @transaction
@@ -287,10 +308,14 @@ def record(conn: sqlite3.Connection, outcomes: Iterable[Outcome], now: float) ->
                     "rid": o.run_rid,
                     "pos": o.pos,
                     "token": o.token,
+                    "parked": o.park,
                 },
             ).rowcount
             if changed and o.error is not None:
                 conn.execute(Q["note_step_error"], (o.error, o.run_rid, o.pos))
+        elif o.kind == UNPARK:
+            found = conn.execute(Q["unpark_tasks"], {"parked": o.park, "limit": o.count})
+            o.count -= found.rowcount
         elif o.kind == TIMER:
             event = _record_fired(conn, o.run_rid, o.pos, now)
             if event is not None:
@@ -385,6 +410,7 @@ class NewStep(NamedTuple):
     fingerprint: str
     args: bytes | None
     fire_at: float | None  # for sleeps
+    limit_key: str | None = None  # its own budget of the step's limits
 
 
 @dataclass(slots=True)
@@ -399,6 +425,9 @@ class ReplayOutput:
     result: bytes | None = None
     error: bytes | None = None
     parked: bytes | None = None  # the nondeterminism error
+    # The run was not running when read (parked, finished): just drop its replay entry, unless
+    # it was resumed since, in which case the entry is the resume's and must stay.
+    inactive: bool = False
 
 
 @transaction
@@ -417,6 +446,8 @@ def commit_replays(conn: sqlite3.Connection, outputs: Sequence[ReplayOutput], no
             ).rowcount
             if not inserted:
                 continue
+            if s.limit_key is not None:
+                conn.execute(Q["set_step_limit_key"], (s.limit_key, out.run_rid, s.pos))
             if s.kind == "sleep":
                 conn.execute(Q["insert_timer"], (out.run_rid, s.pos, out.shard, s.fire_at))
             else:
@@ -441,6 +472,10 @@ def commit_replays(conn: sqlite3.Connection, outputs: Sequence[ReplayOutput], no
         elif out.parked is not None:
             conn.execute(Q["park_run"], {"error": out.parked, "now": now, "rid": out.run_rid})
             conn.execute(Q["delete_replay"], (out.run_rid,))
+        elif out.inactive:
+            conn.execute(
+                Q["delete_inactive_replay"], (out.run_rid, out.consumed_seq, out.run_rid)
+            )
         else:
             conn.execute(Q["delete_replay_through"], (out.run_rid, out.consumed_seq))
     return queued
@@ -570,6 +605,7 @@ def stats(conn: sqlite3.Connection, now: float | None = None) -> dict[str, Any]:
                     "oldest_queued_age_s": None,
                     "timers": 0,
                     "timers_due": 0,
+                    "parked": 0,
                 },
             )
 
@@ -586,6 +622,12 @@ def stats(conn: sqlite3.Connection, now: float | None = None) -> dict[str, Any]:
             shard(n)["replay_backlog"] = count
         for n, count, due in conn.execute(Q["stats_timers"], {"now": now}):
             shard(n).update(timers=count, timers_due=due or 0)
+        for n, _group, count in conn.execute(Q["stats_parked"]):
+            shard(n)["parked"] += count
+        limits = [
+            {"engine": engine_id, "updated_at": at, **orjson.loads(snapshot)}
+            for engine_id, snapshot, at in conn.execute(Q["live_limit_states"])
+        ]
         runs = dict(conn.execute(Q["stats_runs"]).fetchall())
         epoch = conn.execute(Q["select_epoch"]).fetchone()[0]
         engines = [
@@ -606,4 +648,23 @@ def stats(conn: sqlite3.Connection, now: float | None = None) -> dict[str, Any]:
         "shards": {n: shards[n] for n in sorted(shards)},
         "runs": runs,
         "engines": engines,
+        "limits": limits,
     }
+
+
+# --- limits (engine/limits.py) -------------------------------------------------------------------
+
+
+@transaction
+def unpark_all(conn: sqlite3.Connection) -> int:
+    """Make every parked task claimable (a new engine starts with empty limit counts)."""
+    return conn.execute(Q["unpark_all"]).rowcount
+
+
+@transaction
+def sync_limits(
+    conn: sqlite3.Connection, engine_id: int, snapshot: bytes, now: float
+) -> dict[str, int]:
+    """Store the engine's limits snapshot for `stats`; return parked task counts by group."""
+    conn.execute(Q["upsert_limit_state"], {"engine": engine_id, "snapshot": snapshot, "now": now})
+    return {group: count for group, count in conn.execute(Q["parked_by_group"])}

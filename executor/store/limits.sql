@@ -1,0 +1,38 @@
+-- Queries of the limits area (executor/engine/limits.py): parking, unparking, limit_state.
+
+-- name: claimed_task_limits
+-- A negative not_before marks a task just unparked (see migration 0002).
+SELECT t.not_before < 0, r.concurrency_key
+FROM tasks AS t JOIN runs AS r ON r.rid = t.run_rid
+WHERE t.run_rid = ? AND t.pos = ?;
+
+-- name: set_step_limit_key
+UPDATE steps SET limit_key = ? WHERE run_rid = ? AND pos = ?;
+
+-- name: unpark_tasks
+UPDATE tasks SET parked = NULL, not_before = -1
+WHERE (run_rid, pos) IN (
+    SELECT run_rid, pos FROM tasks
+    WHERE parked = :parked AND claim_token IS NULL
+    ORDER BY run_rid, pos
+    LIMIT :limit
+);
+
+-- name: unpark_all
+UPDATE tasks SET parked = NULL WHERE parked IS NOT NULL;
+
+-- name: parked_by_group
+SELECT parked, count(*) FROM tasks WHERE parked IS NOT NULL GROUP BY parked;
+
+-- name: upsert_limit_state
+INSERT INTO limit_state (engine_id, snapshot, updated_at) VALUES (:engine, :snapshot, :now)
+ON CONFLICT (engine_id) DO UPDATE SET snapshot = excluded.snapshot, updated_at = excluded.updated_at;
+
+-- name: live_limit_states
+SELECT s.engine_id, s.snapshot, s.updated_at FROM limit_state AS s
+JOIN engines AS e ON e.id = s.engine_id
+WHERE e.state IN ('running', 'draining')
+ORDER BY s.engine_id;
+
+-- name: stats_parked
+SELECT shard, parked, count(*) FROM tasks WHERE parked IS NOT NULL GROUP BY shard, parked;

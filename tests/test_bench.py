@@ -1,0 +1,223 @@
+"""Smoke test of the benchmark harness: every workload at a tiny size, output checked for sanity.
+
+No timing is asserted: speed is reported (docs/PERFORMANCE.md), never tested.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from executor import bench
+
+REPO = Path(__file__).resolve().parent.parent
+# Small and quick: a short poll so tiny runs do not wait on it, few shards and slots.
+FAST = [
+    "--poll-interval",
+    "0.02",
+    "--shards",
+    "2",
+    "--concurrency",
+    "8",
+    "--sample-interval",
+    "0.01",
+]
+
+
+def run_main(capsys: pytest.CaptureFixture[str], *argv: str) -> dict[str, Any]:
+    code = bench.main(list(argv))
+    out = capsys.readouterr().out
+    report: dict[str, Any] = json.loads(out)
+    assert code == 0, report
+    return report
+
+
+def check_engine_report(report: dict[str, Any], workflows: int, steps_per_workflow: int) -> None:
+    assert report["completed"] is True
+    assert report["engine_crashed"] is None
+    assert report["workflows"] == workflows
+    assert report["succeeded"] == workflows
+    assert report["failed"] == 0
+    assert report["steps_per_workflow"] == steps_per_workflow
+    assert report["steps"] == workflows * steps_per_workflow
+    assert report["engine_load"]["steps"] == report["steps"]
+    assert report["engine_load"]["finished"] == workflows
+    assert report["wall_s"] > 0
+    assert report["steps_per_s"] > 0
+    assert report["start_s"] >= 0
+    assert report["cpu_s_per_1000_steps"] >= 0
+    assert 0 < report["latency_p50_s"] <= report["latency_p99_s"] <= report["latency_max_s"]
+    assert report["latency_max_s"] <= report["wall_s"] + 1e-3
+    assert 0 <= report["busy_ratio"] <= 1
+    assert 0 <= report["in_flight_max"] <= report["slots"]
+    for name in ("first_10pct_done_frac", "first_started_10pct_done_frac", "last_10pct_frac"):
+        assert 0 <= report[name] <= 1, name
+    assert report["first_10pct_done_s"] <= report["first_started_10pct_done_s"]
+    if workflows > 1:
+        assert -1 <= report["spearman_start_vs_finish"] <= 1
+    assert report["rss_idle_kib"] > 0
+    assert report["rss_peak_kib"] > 0
+    assert report["machine"]["sqlite"]
+
+
+def test_noop(capsys: pytest.CaptureFixture[str]) -> None:
+    report = run_main(capsys, "--workload", "noop", "-W", "20", "-K", "3", *FAST)
+    check_engine_report(report, 20, 3)
+    assert report["start_overlaps_execution"] is True
+
+
+def test_noop_prefill_full_durability_asyncio_no_instance_cache(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    db = tmp_path / "bench.sqlite"
+    report = run_main(
+        capsys,
+        "-W",
+        "20",
+        "-K",
+        "3",
+        "--prefill",
+        "--durability",
+        "full",
+        "--loop",
+        "asyncio",
+        "--instance-cache",
+        "0",
+        "--batch",
+        "7",
+        "--db",
+        str(db),
+        *FAST,
+    )
+    check_engine_report(report, 20, 3)
+    assert report["start_overlaps_execution"] is False
+    assert report["drain_s"] == report["wall_s"]
+    assert report["durability"] == "full"
+    # Without live instances, every replay rebuilds the run from its journal.
+    assert report["engine_load"]["full_replays"] == report["engine_load"]["replays"]
+    assert db.exists()
+
+
+def test_sleep(capsys: pytest.CaptureFixture[str]) -> None:
+    report = run_main(capsys, "--workload", "sleep", "-W", "20", "-K", "3", "-S", "0.01", *FAST)
+    check_engine_report(report, 20, 3)
+    assert report["ideal_steps_per_s"] == pytest.approx(16 / 0.01)
+    assert report["efficiency"] > 0
+
+
+def test_fanout(capsys: pytest.CaptureFixture[str]) -> None:
+    report = run_main(capsys, "--workload", "fanout", "-W", "10", "-F", "4", *FAST)
+    check_engine_report(report, 10, 5)
+
+
+def test_long(capsys: pytest.CaptureFixture[str]) -> None:
+    report = run_main(capsys, "--workload", "long", "-K", "50", *FAST)
+    check_engine_report(report, 1, 50)
+    assert report["spearman_start_vs_finish"] is None
+    assert report["step_window"] == 24  # 49 gaps between 50 steps: half of them, rounded down
+    assert report["step_ms_first"] > 0
+    assert report["step_ms_last"] > 0
+    assert report["step_time_ratio"] > 0
+
+
+def test_ceiling_via_subprocess(tmp_path: Path) -> None:
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(REPO / "scripts" / "bench.py"),
+            "--workload",
+            "ceiling",
+            "-W",
+            "30",
+            "-K",
+            "3",
+            "--shards",
+            "2",
+            "--ceiling-batch",
+            "16",
+            "--json-indent",
+            "2",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=tmp_path,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads(proc.stdout)
+    assert report["completed"] is True
+    assert set(report["results"]) == {"normal", "full"}
+    for by_variant in report["results"].values():
+        for variant in ("raw", "repo"):
+            row = by_variant[variant]
+            assert row["steps"] == 90
+            assert row["runs_by_status"] == {"succeeded": 30}
+            assert row["step_equivalents_per_s"] > 0
+        raw = by_variant["raw"]
+        assert raw["rows"] >= 9 * 90 - 30  # at least nine row writes per step
+        assert raw["rows_per_s"] > 0
+
+
+def test_help_documents_defaults_and_targets(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        bench.main(["--help"])
+    assert exit_info.value.code == 0
+    text = capsys.readouterr().out
+    for needle in (
+        "--prefill",
+        "OVERLAPS",
+        "first_10pct_done_frac",
+        "targets",
+        "10,000",
+        "sqlite",
+        "--instance-cache",
+    ):
+        assert needle in text
+
+
+def test_existing_db_is_refused(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    db = tmp_path / "old.sqlite"
+    db.write_bytes(b"")
+    assert bench.main(["-W", "1", "-K", "1", "--db", str(db)]) == 1
+    assert "fresh" in capsys.readouterr().err
+
+
+def test_bad_arguments_exit_2(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        bench.main(["-W", "0"])
+    assert exit_info.value.code == 2
+
+
+def test_profile_writes_a_report(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    pytest.importorskip("pyinstrument")
+    out = tmp_path / "profile.txt"
+    run_main(capsys, "-W", "5", "-K", "2", "--profile", str(out), *FAST)
+    assert out.read_text().strip()
+
+
+def test_spearman_by_hand() -> None:
+    assert bench.spearman([1, 2, 3, 4], [10, 20, 30, 40]) == pytest.approx(1.0)
+    assert bench.spearman([1, 2, 3, 4], [4, 3, 2, 1]) == pytest.approx(-1.0)
+    # d = (0, 0, 1, -1): 1 - 6*2 / (4*15) = 0.8
+    assert bench.spearman([1, 2, 3, 4], [1, 2, 4, 3]) == pytest.approx(0.8)
+    # Ties share their mean rank.
+    assert bench.ranks([5.0, 1.0, 5.0, 2.0]) == [3.5, 1.0, 3.5, 2.0]
+    assert bench.spearman([1], [1]) is None
+    assert bench.spearman([1, 2, 3], [7, 7, 7]) is None
+    value = bench.spearman([1, 2, 3, 4, 5], [2, 1, 5, 3, 4])
+    assert value is not None and -1 <= value <= 1 and not math.isnan(value)
+
+
+def test_percentile_nearest_rank() -> None:
+    values = [float(v) for v in range(1, 101)]
+    assert bench.percentile(values, 50) == 50.0
+    assert bench.percentile(values, 99) == 99.0
+    assert bench.percentile(values, 100) == 100.0
+    assert bench.percentile([3.0], 99) == 3.0

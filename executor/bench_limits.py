@@ -102,8 +102,8 @@ async def _serve(rps: int | None, tps: int | None, latency_s: float) -> None:
                     + reply
                 )
                 await writer.drain()
-        except (ConnectionError, asyncio.IncompleteReadError):
-            return
+        except (ConnectionError, asyncio.IncompleteReadError, asyncio.CancelledError):
+            return  # the client went away, or we are shutting down
         finally:
             writer.close()
 
@@ -130,10 +130,8 @@ class _Api:
         else:
             reader, writer = await asyncio.open_connection("127.0.0.1", self.port)
         body = b"" if payload is None else json.dumps(payload).encode()
-        writer.write(
-            f"{method} {path} HTTP/1.1\r\nHost: bench\r\nContent-Length: {len(body)}\r\n\r\n".encode()
-            + body
-        )
+        head = f"{method} {path} HTTP/1.1\r\nHost: bench\r\nContent-Length: {len(body)}\r\n\r\n"
+        writer.write(head.encode() + body)
         await writer.drain()
         status = int((await reader.readline()).split()[1])
         headers = {}

@@ -342,7 +342,13 @@ class Engine:
                 self._token += 1
                 try:
                     claimed = await self.db.run(
-                        repo.claim, self.engine_id, self.epoch, self._token, wants, time.time()
+                        repo.claim,
+                        self.engine_id,
+                        self.epoch,
+                        self._token,
+                        wants,
+                        time.time(),
+                        self.limiter.active,
                     )
                 except errors.StoreError as exc:
                     self._write_failed(exc, "dispatch")
@@ -391,7 +397,9 @@ class Engine:
         ticket: Ticket | None = None
         try:
             args = codec.decode(c.args)
-            gate = await self.limiter.admit(c, st, args)
+            gate = None
+            if st.limits or c.concurrency_key is not None:
+                gate = await self.limiter.admit(c, st, args)
             if isinstance(gate, repo.Outcome):
                 return self._limit_wait(c, gate)  # not within its quotas now: holds no slot
             ticket = gate

@@ -169,17 +169,19 @@ def claim(
     token: int,
     wants: Sequence[tuple[int, int]],
     now: float,
+    limits: bool = True,
 ) -> list[Claimed] | None:
     """Claim up to n queued tasks for each (shard, n), oldest workflow first.
 
     Returns None, claiming nothing, when the stored epoch has moved past ours: we must drain.
-    Tasks are marked in flight, never deleted.
+    Tasks are marked in flight, never deleted. `limits`: also read what the limiter needs (the
+    run's concurrency key, whether the task was unparked); an engine without limits skips it.
     """
     if not any(n > 0 for _, n in wants):
         # Nothing to claim: check the epoch with a read, without taking the write lock.
         current = conn.execute(Q["select_epoch"]).fetchone()[0]
         return [] if current == epoch else None
-    return _claim(conn, engine_id, epoch, token, wants, now)
+    return _claim(conn, engine_id, epoch, token, wants, now, limits)
 
 
 @transaction
@@ -190,6 +192,7 @@ def _claim(
     token: int,
     wants: Sequence[tuple[int, int]],
     now: float,
+    limits: bool,
 ) -> list[Claimed] | None:
     if conn.execute(Q["select_epoch"]).fetchone()[0] != epoch:
         return None
@@ -210,7 +213,11 @@ def _claim(
         ).fetchall()
         for run_rid, pos, attempt in rows:
             name, args, limit_key = conn.execute(Q["start_attempt"], (run_rid, pos)).fetchone()
-            unparked, ckey = conn.execute(Q["claimed_task_limits"], (run_rid, pos)).fetchone()
+            unparked, ckey = (
+                conn.execute(Q["claimed_task_limits"], (run_rid, pos)).fetchone()
+                if limits
+                else (False, None)
+            )
             out.append(
                 Claimed(
                     run_rid, pos, shard, attempt, name, args, token, limit_key, ckey, bool(unparked)

@@ -421,8 +421,14 @@ class Engine:
             self.counters["steps"] += 1
             if codec.is_immutable(value):
                 return repo.Outcome(
-                    repo.DONE, c.run_rid, c.pos, c.token, repo.SUCCEEDED, blob,
-                    value=value, has_value=True,
+                    repo.DONE,
+                    c.run_rid,
+                    c.pos,
+                    c.token,
+                    repo.SUCCEEDED,
+                    blob,
+                    value=value,
+                    has_value=True,
                 )
             return repo.Outcome(repo.DONE, c.run_rid, c.pos, c.token, repo.SUCCEEDED, blob)
         except asyncio.CancelledError as exc:

@@ -287,9 +287,7 @@ def _record(conn: sqlite3.Connection, o: Outcome, now: float) -> Event | None:
     seq = row[0]
     shard = conn.execute(Q["advance_run"], {"seq": seq, "now": now, "rid": o.run_rid}).fetchone()[0]
     conn.execute(Q["queue_replay"], {"rid": o.run_rid, "shard": shard, "seq": seq, "now": now})
-    return Event(
-        o.run_rid, o.pos, seq, o.status, o.result, o.error, now, o.value, o.has_value
-    )
+    return Event(o.run_rid, o.pos, seq, o.status, o.result, o.error, now, o.value, o.has_value)
 
 
 @transaction
@@ -480,9 +478,7 @@ def commit_replays(conn: sqlite3.Connection, outputs: Sequence[ReplayOutput], no
             conn.execute(Q["park_run"], {"error": out.parked, "now": now, "rid": out.run_rid})
             conn.execute(Q["delete_replay"], (out.run_rid,))
         elif out.inactive:
-            conn.execute(
-                Q["delete_inactive_replay"], (out.run_rid, out.consumed_seq, out.run_rid)
-            )
+            conn.execute(Q["delete_inactive_replay"], (out.run_rid, out.consumed_seq, out.run_rid))
         else:
             conn.execute(Q["delete_replay_through"], (out.run_rid, out.consumed_seq))
     return queued

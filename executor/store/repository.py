@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import sqlite3
 import time
+import uuid
 import zlib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -36,6 +37,24 @@ FINISHED = frozenset({SUCCEEDED, FAILED, CANCELLED})
 def shard_of(key: str, shards: int) -> int:
     """Stable shard of a run id or shard key (crc32: the same in every process and release)."""
     return zlib.crc32(key.encode()) % shards
+
+
+# Every 3-hex-digit ending, to try as the last digits of a random UUID.
+_ENDINGS = [f"{i:03x}".encode() for i in range(4096)]
+
+
+def run_id_for_shard(shard: int, shards: int) -> str:
+    """A random UUID-shaped run id whose shard_of() is `shard`.
+
+    The last three hex digits are chosen, continuing the crc32 of the rest, so the id needs about
+    `shards` crc32 steps over three bytes, not a retry per random id.
+    """
+    while True:
+        head = str(uuid.uuid4())[:-3]
+        crc = zlib.crc32(head.encode())
+        for ending in _ENDINGS:
+            if zlib.crc32(ending, crc) % shards == shard:
+                return head + ending.decode()
 
 
 def error_blob(kind: str, message: str, **extra: Any) -> bytes:
@@ -196,12 +215,12 @@ def _claim(
 ) -> list[Claimed] | None:
     if conn.execute(Q["select_epoch"]).fetchone()[0] != epoch:
         return None
-    out: list[Claimed] = []
-    for shard, limit in wants:
-        if limit <= 0:
-            continue
-        rows = conn.execute(
-            Q["claim_tasks"],
+    # Set-based: a few statements for the whole batch. sqlite3 lets go of the GIL around each
+    # statement step, and the engine's event loop keeps it busy, so every step of this thread
+    # can wait for the GIL: per-row statements made claims the slowest transaction we had.
+    conn.executemany(
+        Q["mark_claimed"],
+        [
             {
                 "token": token,
                 "engine": engine_id,
@@ -209,22 +228,26 @@ def _claim(
                 "now": now,
                 "shard": shard,
                 "limit": limit,
-            },
-        ).fetchall()
-        for run_rid, pos, attempt in rows:
-            name, args, limit_key = conn.execute(Q["start_attempt"], (run_rid, pos)).fetchone()
-            unparked, ckey = (
-                conn.execute(Q["claimed_task_limits"], (run_rid, pos)).fetchone()
-                if limits
-                else (False, None)
+            }
+            for shard, limit in wants
+            if limit > 0
+        ],
+    )
+    conn.execute(Q["count_claimed_attempts"], (token,))
+    out: list[Claimed] = []
+    for run_rid, pos, shard, attempt, name, args, limit_key in conn.execute(
+        Q["select_claimed"], (token,)
+    ):
+        unparked, ckey = (
+            conn.execute(Q["claimed_task_limits"], (run_rid, pos)).fetchone()
+            if limits
+            else (False, None)
+        )
+        out.append(
+            Claimed(
+                run_rid, pos, shard, attempt, name, args, token, limit_key, ckey, bool(unparked)
             )
-            out.append(
-                Claimed(
-                    run_rid, pos, shard, attempt, name, args, token, limit_key, ckey, bool(unparked)
-                )
-            )
-    # RETURNING gives rows in no particular order; keep FIFO for the dispatcher.
-    out.sort(key=lambda c: (c.run_rid, c.pos))
+        )
     return out
 
 

@@ -40,6 +40,8 @@ from executor.store.database import Database
 log = logging.getLogger("executor.engine")
 
 REPLAY_BATCH = 512  # runs per replay transaction
+REPLAY_POLL_LIMIT = 4 * REPLAY_BATCH  # replay entries read per poll
+HOLD_MAX_S = 1.0  # longest a finished step's slot waits for its run's next step
 TIMER_BATCH = 1000
 FLUSH_RETRY_MAX_S = 2.0
 LIMITS_TICK_S = 0.05  # how often tasks parked for a rate are let back in, when limits are set
@@ -90,6 +92,11 @@ class Engine:
         self._shards: range = range(0)
         self._busy: list[int] = []
         self._hungry: set[int] = set()
+        # Slots kept for a run whose step just finished, until its replay has queued the next
+        # step (run -> {pos: (shard, since)}). Freed at once, a slot would go to a newer
+        # workflow's queued step before this run's next step exists: FIFO completion would
+        # suffer, and the run would wait a whole step time for the next free slot.
+        self._held: dict[int, dict[int, tuple[int, float]]] = {}
         self._inflight: dict[tuple[int, int], asyncio.Task[None]] = {}
         self._cancel_reasons: dict[tuple[int, int], str] = {}
         self._results: list[repo.Outcome] = []
@@ -336,6 +343,8 @@ class Engine:
             if poll:
                 next_poll = now + self.poll_interval_s
                 self._hungry = set(self._shards)
+                if self._held:
+                    self._release_stale_holds()
             cap = self.concurrency
             wants = [(s, cap - self._busy[s]) for s in sorted(self._hungry) if self._busy[s] < cap]
             if wants or poll:
@@ -380,12 +389,46 @@ class Engine:
             outcome = await self._execute(c)
         finally:
             del self._inflight[key]
-            self._busy[c.shard] -= 1
+            if outcome is not None and outcome.kind == repo.DONE:
+                self._held.setdefault(c.run_rid, {})[c.pos] = (c.shard, time.monotonic())
+            else:
+                self._busy[c.shard] -= 1
+                if c.shard in self._hungry:
+                    self._dispatch_wake.set()
             if outcome is not None:
                 self._results.append(outcome)
                 self._flush_wake.set()
-            if c.shard in self._hungry:
-                self._dispatch_wake.set()
+
+    def _release_held(self, rid: int, pos: int | None = None) -> None:
+        held = self._held.get(rid)
+        if not held:
+            return
+        if pos is None:
+            slots = list(held.values())
+            del self._held[rid]
+        else:
+            slot = held.pop(pos, None)
+            if slot is None:
+                return
+            slots = [slot]
+            if not held:
+                del self._held[rid]
+        for shard, _ in slots:
+            self._busy[shard] -= 1
+            self._hungry.add(shard)
+        self._dispatch_wake.set()
+
+    def _release_stale_holds(self) -> None:
+        # A replay that lags (backlog, write failures) must not keep slots idle for long.
+        cutoff = time.monotonic() - HOLD_MAX_S
+        stale = [
+            (rid, pos)
+            for rid, held in self._held.items()
+            for pos, (_, since) in held.items()
+            if since < cutoff
+        ]
+        for rid, pos in stale:
+            self._release_held(rid, pos)
 
     async def _execute(self, c: repo.Claimed) -> repo.Outcome | None:
         try:
@@ -509,6 +552,10 @@ class Engine:
                 continue
             backoff = 0.0
             self._write_ok()
+            recorded = {(e.run_rid, e.pos) for e in events}
+            for o in batch:
+                if o.kind == repo.DONE and (o.run_rid, o.pos) not in recorded:
+                    self._release_held(o.run_rid, o.pos)  # dropped by the fence: no replay
             self._push(events)
             self._unparks_flushed(batch)
 
@@ -658,7 +705,9 @@ class Engine:
             polled: list[tuple[int, int]] = []
             if time.monotonic() >= next_poll:
                 next_poll = time.monotonic() + self.poll_interval_s
-                polled = await self.db.run(repo.pending_replays, REPLAY_BATCH * 4)
+                polled = await self.db.run(repo.pending_replays, REPLAY_POLL_LIMIT)
+                if len(polled) == REPLAY_POLL_LIMIT:
+                    next_poll = 0.0  # a backlog (a bulk start): keep reading it, no pause
             # Taken after the poll: events of every flush the poll saw are in memory by now
             # (the flusher pushes them before this task resumes), so a result of our own never
             # forces a full replay.
@@ -735,6 +784,8 @@ class Engine:
         try:
             await self.db.run(repo.commit_replays, outputs, time.time())
         except errors.StoreError as exc:
+            for rid in chunk:
+                self._release_held(rid)
             # The replay entries are still there: a later poll replays these runs from scratch.
             for rid, maybe in touched.items():
                 self.instances.pop(rid)
@@ -743,6 +794,8 @@ class Engine:
             self._write_failed(exc, "replay")
             return
         self._write_ok("replay")
+        for rid in chunk:
+            self._release_held(rid)  # their next steps, if any, are queued now
         queued_shards: set[int] = set()
         for out in outputs:
             inst = touched.get(out.run_rid)

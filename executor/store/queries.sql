@@ -223,3 +223,23 @@ SELECT id, pid FROM engines WHERE host = ? AND state IN ('running', 'draining');
 
 -- name: mark_engine_dead
 UPDATE engines SET state = 'dead' WHERE id = ? AND state IN ('running', 'draining');
+
+-- name: mark_claimed
+UPDATE tasks
+SET claim_token = :token, claim_engine = :engine, claim_epoch = :epoch, claimed_at = :now
+WHERE (run_rid, pos) IN (
+    SELECT run_rid, pos FROM tasks
+    WHERE shard = :shard AND claim_token IS NULL AND parked IS NULL AND not_before <= :now
+    ORDER BY run_rid, pos
+    LIMIT :limit
+);
+
+-- name: count_claimed_attempts
+UPDATE steps SET attempts = attempts + 1
+WHERE (run_rid, pos) IN (SELECT run_rid, pos FROM tasks WHERE claim_token = ?);
+
+-- name: select_claimed
+SELECT t.run_rid, t.pos, t.shard, t.attempt, s.name, s.args, s.limit_key
+FROM tasks AS t JOIN steps AS s ON s.run_rid = t.run_rid AND s.pos = t.pos
+WHERE t.claim_token = ?
+ORDER BY t.run_rid, t.pos;

@@ -12,6 +12,7 @@ what SQLite itself allows on this machine for the writes one step needs.
 from __future__ import annotations
 
 import argparse
+import array
 import asyncio
 import contextlib
 import itertools
@@ -25,9 +26,9 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Coroutine, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 from executor import codec, config, errors, registry
 from executor.client import Client
@@ -80,7 +81,8 @@ workloads:
   fanout   W workflows of F parallel steps (asyncio.gather), then one join step (F+1 steps;
            K is not used). Branches sleep S seconds when S > 0, else return at once.
   long     one workflow (W=1) of K sequential no-op steps; each step records
-           time.perf_counter() when it runs, to see whether a step costs more late in a run.
+           time.perf_counter() when it runs, to see whether a step costs more late in a run
+           (--trace-steps is implied).
   ceiling  no engine: what SQLite itself allows for the writes of W*K steps, done from one
            thread with plain sqlite3 on the engine's schema (the migrations, the engine's
            pragmas and its named statements). Per step: claim UPDATE on tasks (+ the attempt
@@ -89,7 +91,8 @@ workloads:
            steps, as the engine groups them. "raw" runs the named statements directly; "repo"
            calls the repository's transaction functions (claim, record, commit_replays), so
            raw vs repo is the store layer's Python cost and repo vs an engine run is the
-           engine's. Runs durability normal and full unless --durability is given.
+           engine's; us_per_step splits the time between the three transactions. Runs
+           durability normal and full unless --durability is given.
 
 timing (all from time.perf_counter()):
   Starting is timed on its own (start_s): W runs through Client.start_many, --batch runs per
@@ -127,13 +130,23 @@ output fields (one JSON object on stdout):
   step_ms_first/_last, step_time_ratio   long: mean time per step over the first and the last
                                          100 steps (fewer for short runs: step_window) and
                                          last / first
+  turnaround_p50/_p99/_max/_mean_ms      with --trace-steps (and for long): from the end of one
+                                         step's body to the start of the next step of the same
+                                         run: the engine's record-replay-claim cycle plus any
+                                         wait for a free slot
+  timeline                               with --timeline: per second of the window, the mean
+                                         slots in flight, steps executed and runs finished
   succeeded, failed, completed           run outcomes; completed is false on --timeout
+  cpu_calibration_ms                     a fixed pure-Python loop timed before and after the run
+                                         (about 16 ms here on a fast CPU): on a shared VM the CPU
+                                         speed varies, and a slow calibration marks a slow run
 
 targets (this 2-core machine; reported in docs/PERFORMANCE.md, never asserted):
   noop  W=10,000 K=5: >= 10,000 steps/s with --durability normal, >= 5,000 with full
   sleep S=1, 100 shards x 50 slots, W=20,000 K=5: >= 95% of the ideal 5,000 steps/s, and
         <= 10 KiB of RSS per slot above the idle baseline
-  FIFO  sleep at W=20,000: spearman >= 0.95 and first_10pct_done_frac <= 0.15
+  FIFO  sleep at W=20,000: spearman >= 0.95 and first_10pct_done_frac <= 0.15 (no run can
+        finish before K*S, so that fraction cannot go below K*S / wall_s: 0.25 of the ideal)
   long  K=1,000: step_time_ratio <= 1.2
 
 exit status: 0 when every run succeeded, 1 when one failed, the engine crashed or --timeout
@@ -301,6 +314,19 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
         help=f"give up waiting for the runs after this many seconds (default: {TIMEOUT_S:.0f})",
     )
     parser.add_argument(
+        "--timeline",
+        action="store_true",
+        help="add a per-second timeline (slots in flight, steps, finishes) to the output",
+    )
+    parser.add_argument(
+        "--trace-steps",
+        dest="trace_steps",
+        action="store_true",
+        help="record when every step starts and ends (16 bytes per step, which shows in the"
+        " memory figures) and report the turnaround: from one step's end to the start of the"
+        " next step of the same run (always on for long; not for fanout)",
+    )
+    parser.add_argument(
         "--json-indent",
         dest="json_indent",
         type=_non_negative_int,
@@ -337,6 +363,8 @@ class Options:
     ceiling_batch: int
     sample_interval: float
     timeout: float
+    timeline: bool
+    trace_steps: bool
 
     @property
     def steps_per_workflow(self) -> int:
@@ -378,6 +406,8 @@ def resolve(ns: argparse.Namespace) -> Options:
         ceiling_batch=ns.ceiling_batch,
         sample_interval=ns.sample_interval,
         timeout=ns.timeout,
+        timeline=ns.timeline,
+        trace_steps=ns.trace_steps,
     )
 
 
@@ -451,6 +481,22 @@ def cpu_s() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
+CALIBRATION_LOOPS = 300_000  # about 16 ms of pure Python on this machine when its CPU is fast
+
+
+def calibrate_ms() -> float:
+    """Time a fixed pure-Python loop: how fast this CPU runs Python right now.
+
+    On a shared VM the same loop can take twice as long from one minute to the next; a run whose
+    calibration before and after is slow was measured on a slow CPU and says little about us.
+    """
+    started = time.perf_counter()
+    total = 0
+    for i in range(CALIBRATION_LOOPS):
+        total += i * i
+    return round((time.perf_counter() - started) * 1000, 2)
+
+
 def machine() -> dict[str, Any]:
     ram_kib = None
     with contextlib.suppress(OSError, ValueError), open("/proc/meminfo") as f:
@@ -470,14 +516,30 @@ def machine() -> dict[str, Any]:
 # --- the workloads' code -------------------------------------------------------------------------
 
 
-@dataclass(slots=True)
 class StepClock:
-    """When each step of the long workload ran, per workflow index."""
+    """When each step's body started and ended, per workflow index; a no-op unless enabled,
+    since the arrays grow with the steps run and would show in the memory figures."""
 
-    times: dict[int, list[float]] = field(default_factory=dict)
+    def __init__(self, enabled: bool) -> None:
+        self.enabled = enabled
+        self.starts: dict[int, array.array[float]] = {}
+        self.ends: dict[int, array.array[float]] = {}
 
-    def tick(self, index: int) -> None:
-        self.times.setdefault(index, []).append(time.perf_counter())
+    def start(self, index: int) -> None:
+        if self.enabled:
+            self.starts.setdefault(index, array.array("d")).append(time.perf_counter())
+
+    def end(self, index: int) -> None:
+        if self.enabled:
+            self.ends.setdefault(index, array.array("d")).append(time.perf_counter())
+
+    def turnarounds(self) -> list[float]:
+        """From each step's end to the start of the next step of the same run."""
+        out: list[float] = []
+        for index, starts in self.starts.items():
+            ends = self.ends.get(index, starts)
+            out += [nxt - end for end, nxt in zip(ends, starts[1:], strict=False)]
+        return out
 
 
 def build_workload(
@@ -487,57 +549,47 @@ def build_workload(
     reg = registry.Registry()
 
     @registry.step(name="bench.noop", registry=reg)
-    async def noop(i: int) -> int:
+    async def noop(index: int, i: int) -> int:
+        clock.start(index)
         return i
 
     @registry.step(name="bench.nap", registry=reg)
-    async def nap(seconds: float) -> None:
+    async def nap(index: int, seconds: float) -> None:
+        clock.start(index)
         await asyncio.sleep(seconds)
+        clock.end(index)
 
     @registry.step(name="bench.join", registry=reg)
     async def join(parts: list[int]) -> int:
         return sum(parts)
 
-    @registry.step(name="bench.tick", registry=reg)
-    async def tick(index: int, i: int) -> int:
-        clock.tick(index)
-        return i
-
     @registry.workflow(name="bench.sequential", registry=reg)
-    async def sequential(ctx: WorkflowContext, k: int) -> int:
+    async def sequential(ctx: WorkflowContext, k: int, index: int) -> int:
         for i in range(k):
-            await ctx.step(noop, i)
+            await ctx.step(noop, index, i)
         return k
 
     @registry.workflow(name="bench.sleeper", registry=reg)
-    async def sleeper(ctx: WorkflowContext, k: int, seconds: float) -> int:
+    async def sleeper(ctx: WorkflowContext, k: int, seconds: float, index: int) -> int:
         for _ in range(k):
-            await ctx.step(nap, seconds)
+            await ctx.step(nap, index, seconds)
         return k
 
     @registry.workflow(name="bench.fanout", registry=reg)
-    async def fanout(ctx: WorkflowContext, f: int, seconds: float) -> int:
+    async def fanout(ctx: WorkflowContext, f: int, seconds: float, index: int) -> int:
         if seconds > 0:
-            await asyncio.gather(*(ctx.step(nap, seconds) for _ in range(f)))
+            await asyncio.gather(*(ctx.step(nap, index, seconds) for _ in range(f)))
             parts = list(range(f))
         else:
-            parts = await asyncio.gather(*(ctx.step(noop, i) for i in range(f)))
+            parts = await asyncio.gather(*(ctx.step(noop, index, i) for i in range(f)))
         return await ctx.step(join, parts)
 
-    @registry.workflow(name="bench.long", registry=reg)
-    async def long(ctx: WorkflowContext, k: int, index: int) -> int:
-        for i in range(k):
-            await ctx.step(tick, index, i)
-        return k
-
-    if opts.workload == "noop":
-        return reg, sequential, lambda _i: [opts.steps]
+    if opts.workload in ("noop", "long"):
+        return reg, sequential, lambda i: [opts.steps, i]
     if opts.workload == "sleep":
-        return reg, sleeper, lambda _i: [opts.steps, opts.sleep_s]
+        return reg, sleeper, lambda i: [opts.steps, opts.sleep_s, i]
     if opts.workload == "fanout":
-        return reg, fanout, lambda _i: [opts.fanout, opts.sleep_s]
-    if opts.workload == "long":
-        return reg, long, lambda i: [opts.steps, i]
+        return reg, fanout, lambda i: [opts.fanout, opts.sleep_s, i]
     raise ValueError(f"not an engine workload: {opts.workload}")
 
 
@@ -559,9 +611,16 @@ class Finishes:
                 self.all_done.set()
 
 
-async def _sample_busy(engine: Engine, samples: list[int], interval_s: float) -> None:
+class Sample(NamedTuple):
+    at: float  # perf_counter
+    in_flight: int
+    steps: int  # steps executed so far (Engine.load()["steps"])
+
+
+async def _sample_busy(engine: Engine, samples: list[Sample], interval_s: float) -> None:
     while True:
-        samples.append(engine.load()["in_flight"])
+        load = engine.load()
+        samples.append(Sample(time.perf_counter(), load["in_flight"], load["steps"]))
         await asyncio.sleep(interval_s)
 
 
@@ -583,7 +642,8 @@ async def _start_all(
 
 
 async def run_engine(opts: Options, db_path: Path) -> dict[str, Any]:
-    clock = StepClock()
+    # The long workload is one run: its step times are what it measures.
+    clock = StepClock(opts.trace_steps or opts.workload == "long")
     reg, wf, args_of = build_workload(opts, clock)
     durability: config.Durability = opts.durability or "normal"
     db_cfg = config.DatabaseConfig(path=db_path, durability=durability)
@@ -596,7 +656,7 @@ async def run_engine(opts: Options, db_path: Path) -> dict[str, Any]:
     finishes = Finishes(opts.workflows)
     engine = Engine(eng_cfg, db_cfg, reg=reg, on_finish=finishes)
     client = Client(db_cfg, reg=reg, strict=True, shards=opts.shards)
-    samples: list[int] = []
+    samples: list[Sample] = []
     sampler: asyncio.Task[None] | None = None
     crashed: str | None = None
     engine_started = False
@@ -679,7 +739,7 @@ def _engine_report(
     t0: float,
     t_wait_end: float,
     cpu_used: float,
-    samples: list[int],
+    samples: list[Sample],
     clock: StepClock,
 ) -> dict[str, Any]:
     order = {run_id: i for i, run_id in enumerate(ids)}
@@ -728,16 +788,55 @@ def _engine_report(
                 spearman([float(i) for i, _, _ in by_start], [t for _, t, _ in by_start]), 5
             ),
         )
-    out["busy_ratio"] = round(sum(samples) / len(samples) / opts.slots, 4) if samples else None
-    out["in_flight_max"] = max(samples) if samples else None
-    out["busy_samples"] = len(samples)
+    busy = [s.in_flight for s in samples]
+    out["busy_ratio"] = round(sum(busy) / len(busy) / opts.slots, 4) if busy else None
+    out["in_flight_max"] = max(busy) if busy else None
+    out["busy_samples"] = len(busy)
+    if opts.timeline:
+        out["timeline"] = _timeline(samples, [t for _, t, _ in done], t0)
     if opts.sleep_s > 0 and opts.workload in ("sleep", "fanout"):
         width = opts.workflows * (opts.fanout if opts.workload == "fanout" else 1)
         ideal = min(opts.slots, width) / opts.sleep_s
         out["ideal_steps_per_s"] = round(ideal, 1)
         out["efficiency"] = round(steps / wall / ideal, 4) if wall > 0 else None
     if opts.workload == "long":
-        out.update(_step_times(clock.times.get(0, [])))
+        out.update(_step_times(list(clock.starts.get(0, []))))
+    if clock.enabled and opts.workload != "fanout":
+        gaps = sorted(clock.turnarounds())
+        if gaps:
+            out.update(
+                turnaround_p50_ms=round(percentile(gaps, 50) * 1000, 3),
+                turnaround_p99_ms=round(percentile(gaps, 99) * 1000, 3),
+                turnaround_max_ms=round(gaps[-1] * 1000, 3),
+                turnaround_mean_ms=round(sum(gaps) / len(gaps) * 1000, 3),
+            )
+    return out
+
+
+def _timeline(samples: list[Sample], finished: list[float], t0: float) -> list[dict[str, Any]]:
+    """Per second of the window: mean slots in flight, steps executed, runs finished."""
+    seconds: dict[int, list[Sample]] = {}
+    for s in samples:
+        seconds.setdefault(int(s.at - t0), []).append(s)
+    done: dict[int, int] = {}
+    for t in finished:
+        done[int(t - t0)] = done.get(int(t - t0), 0) + 1
+    out = []
+    last_steps = 0
+    for second in range(max([*seconds, *done, 0]) + 1):
+        group = seconds.get(second, [])
+        steps = group[-1].steps if group else last_steps
+        out.append(
+            {
+                "second": second,
+                "in_flight_mean": round(sum(s.in_flight for s in group) / len(group), 1)
+                if group
+                else None,
+                "steps": steps - last_steps,
+                "finished": done.get(second, 0),
+            }
+        )
+        last_steps = steps
     return out
 
 
@@ -780,10 +879,19 @@ class Tally:
     statements: int = 0
     rows: int = 0
     transactions: int = 0
+    # Seconds in each of the three transactions a step needs, to set beside an engine profile.
+    claim_s: float = 0.0
+    record_s: float = 0.0
+    replay_s: float = 0.0
 
     def add(self, statements: int, rows: int) -> None:
         self.statements += statements
         self.rows += rows
+
+    def add_times(self, claim_s: float, record_s: float, replay_s: float) -> None:
+        self.claim_s += claim_s
+        self.record_s += record_s
+        self.replay_s += replay_s
 
 
 def _open_plain(path: Path, durability: config.Durability, shards: int) -> sqlite3.Connection:
@@ -929,18 +1037,24 @@ def ceiling_raw(conn: sqlite3.Connection, k: int, shards: int, batch: int) -> tu
     token = 0
     while True:
         token += 1
+        t0 = time.perf_counter()
         claims = _raw_claim(conn, token, wants, tally)
+        t1 = time.perf_counter()
         tally.transactions += 1
         if not claims:
             return steps, tally
         _raw_record(conn, claims, token, result, tally)
+        t2 = time.perf_counter()
         _raw_advance(conn, claims, k, args, fp, result, tally)
+        tally.add_times(t1 - t0, t2 - t1, time.perf_counter() - t2)
         tally.transactions += 2
         steps += len(claims)
 
 
-def ceiling_repo(conn: sqlite3.Connection, k: int, shards: int, batch: int) -> int:
-    """Every step through the repository's transaction functions (no engine); return steps."""
+def ceiling_repo(conn: sqlite3.Connection, k: int, shards: int, batch: int) -> tuple[int, Tally]:
+    """Every step through the repository's transaction functions (no engine); return (steps,
+    tally), the tally holding only the transactions and their times."""
+    tally = Tally()
     args = codec.encode([0])
     fp = codec.fingerprint(args)
     result = result_blob()
@@ -949,9 +1063,12 @@ def ceiling_repo(conn: sqlite3.Connection, k: int, shards: int, batch: int) -> i
     token = 0
     while True:
         token += 1
+        t0 = time.perf_counter()
         claimed = repo.claim(conn, 1, 0, token, wants, time.time())
+        t1 = time.perf_counter()
+        tally.transactions += 1
         if not claimed:
-            return steps
+            return steps, tally
         events = repo.record(
             conn,
             [
@@ -960,6 +1077,7 @@ def ceiling_repo(conn: sqlite3.Connection, k: int, shards: int, batch: int) -> i
             ],
             time.time(),
         )
+        t2 = time.perf_counter()
         shard_of = {c.run_rid: c.shard for c in claimed}
         outputs = []
         for e in events:
@@ -970,7 +1088,13 @@ def ceiling_repo(conn: sqlite3.Connection, k: int, shards: int, batch: int) -> i
                 out.finished, out.result = repo.SUCCEEDED, result
             outputs.append(out)
         repo.commit_replays(conn, outputs, time.time())
+        tally.add_times(t1 - t0, t2 - t1, time.perf_counter() - t2)
+        tally.transactions += 2
         steps += len(claimed)
+
+
+def _per_step_us(seconds: float, steps: int) -> float | None:
+    return round(seconds / steps * 1e6, 2) if steps else None
 
 
 def run_ceiling(opts: Options, folder: Path) -> dict[str, Any]:
@@ -992,11 +1116,8 @@ def run_ceiling(opts: Options, folder: Path) -> dict[str, Any]:
                 _seed(conn, opts.workflows, opts.shards)
                 cpu0 = cpu_s()
                 t0 = time.perf_counter()
-                if variant == "raw":
-                    steps, tally = ceiling_raw(conn, opts.steps, opts.shards, opts.ceiling_batch)
-                else:
-                    steps = ceiling_repo(conn, opts.steps, opts.shards, opts.ceiling_batch)
-                    tally = None
+                drive = ceiling_raw if variant == "raw" else ceiling_repo
+                steps, tally = drive(conn, opts.steps, opts.shards, opts.ceiling_batch)
                 seconds = time.perf_counter() - t0
                 cpu_used = cpu_s() - cpu0
                 unfinished = conn.execute(Q["stats_runs"]).fetchall()
@@ -1008,12 +1129,17 @@ def run_ceiling(opts: Options, folder: Path) -> dict[str, Any]:
                 "step_equivalents_per_s": round(steps / seconds, 1),
                 "cpu_s_per_1000_steps": round(cpu_used / steps * 1000, 4) if steps else None,
                 "runs_by_status": dict(unfinished),
+                "transactions": tally.transactions,
+                "us_per_step": {
+                    "claim": _per_step_us(tally.claim_s, steps),
+                    "record": _per_step_us(tally.record_s, steps),
+                    "replay": _per_step_us(tally.replay_s, steps),
+                },
             }
-            if tally is not None:
+            if variant == "raw":  # the repository's functions do not count rows
                 row.update(
                     rows=tally.rows,
                     statements=tally.statements,
-                    transactions=tally.transactions,
                     rows_per_s=round(tally.rows / seconds, 1),
                     statements_per_s=round(tally.statements / seconds, 1),
                 )
@@ -1073,6 +1199,7 @@ def _profiled(path: Path | None) -> Iterator[None]:
 
 def run(opts: Options) -> dict[str, Any]:
     """Run one benchmark and return its report."""
+    calibration = [calibrate_ms()]
     with contextlib.ExitStack() as stack:
         if opts.db is None:
             folder = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="bench-")))
@@ -1088,13 +1215,20 @@ def run(opts: Options) -> dict[str, Any]:
             result = run_ceiling(opts, folder)
         else:
             result = _run_async(opts.loop, run_engine(opts, db_path))
-    return {"workload": opts.workload, **result, "params": opts.params(), "machine": machine()}
+    calibration.append(calibrate_ms())
+    return {
+        "workload": opts.workload,
+        **result,
+        "cpu_calibration_ms": calibration,
+        "params": opts.params(),
+        "machine": machine(),
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
     """`executor bench` / `python scripts/bench.py`: run one benchmark, print one JSON object."""
-    prog = "executor bench" if Path(sys.argv[0]).name == "executor" else None
-    ns = build_parser(prog).parse_args(argv)
+    # Given argv, we were called from `executor bench` (the CLI hands over the rest of its line).
+    ns = build_parser(None if argv is None else "executor bench").parse_args(argv)
     opts = resolve(ns)
     try:
         with _profiled(ns.profile):

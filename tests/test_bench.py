@@ -64,6 +64,8 @@ def check_engine_report(report: dict[str, Any], workflows: int, steps_per_workfl
     assert report["rss_idle_kib"] > 0
     assert report["rss_peak_kib"] > 0
     assert report["machine"]["sqlite"]
+    assert len(report["cpu_calibration_ms"]) == 2
+    assert all(ms > 0 for ms in report["cpu_calibration_ms"])
 
 
 def test_noop(capsys: pytest.CaptureFixture[str]) -> None:
@@ -105,8 +107,26 @@ def test_noop_prefill_full_durability_asyncio_no_instance_cache(
 
 
 def test_sleep(capsys: pytest.CaptureFixture[str]) -> None:
-    report = run_main(capsys, "--workload", "sleep", "-W", "20", "-K", "3", "-S", "0.01", *FAST)
+    report = run_main(
+        capsys,
+        "--workload",
+        "sleep",
+        "-W",
+        "20",
+        "-K",
+        "3",
+        "-S",
+        "0.01",
+        "--timeline",
+        "--trace-steps",
+        *FAST,
+    )
     check_engine_report(report, 20, 3)
+    timeline = report["timeline"]
+    assert sum(second["finished"] for second in timeline) == 20
+    assert sum(second["steps"] for second in timeline) <= 60
+    assert 0 <= report["turnaround_p50_ms"] <= report["turnaround_p99_ms"]
+    assert report["turnaround_p99_ms"] <= report["turnaround_max_ms"]
     assert report["ideal_steps_per_s"] == pytest.approx(16 / 0.01)
     assert report["efficiency"] > 0
 
@@ -124,6 +144,7 @@ def test_long(capsys: pytest.CaptureFixture[str]) -> None:
     assert report["step_ms_first"] > 0
     assert report["step_ms_last"] > 0
     assert report["step_time_ratio"] > 0
+    assert report["turnaround_p50_ms"] >= 0
 
 
 def test_ceiling_via_subprocess(tmp_path: Path) -> None:
@@ -160,6 +181,8 @@ def test_ceiling_via_subprocess(tmp_path: Path) -> None:
             assert row["steps"] == 90
             assert row["runs_by_status"] == {"succeeded": 30}
             assert row["step_equivalents_per_s"] > 0
+            assert row["transactions"] >= 3
+            assert all(us >= 0 for us in row["us_per_step"].values())
         raw = by_variant["raw"]
         assert raw["rows"] >= 9 * 90 - 30  # at least nine row writes per step
         assert raw["rows_per_s"] > 0

@@ -61,16 +61,52 @@ def _find_bad(value: Any, path: str, depth: int = 0) -> Iterator[tuple[str, str]
     yield path, f"value of type {type(value).__name__} is not JSON"
 
 
+_MIN_INT = -(2**63)
+_MAX_INT = 2**64
+_MAX_DEPTH = 200
+# orjson's output keeps a buffer of at least 4 KiB; small payloads are copied to their own size,
+# since thousands of them can wait in memory at once (queued steps, unreplayed results).
+_SHRINK_BELOW = 2048
+
+
+def _is_plain(value: Any, depth: int = 0) -> bool:
+    """The fast check: exact JSON types only. False sends the value to _find_bad, which is slower
+    but names what is wrong (or accepts subclasses such as an IntEnum)."""
+    t = type(value)
+    if t is str or t is bool or value is None:
+        return True
+    if t is int:
+        return bool(_MIN_INT <= value < _MAX_INT)
+    if t is float:
+        return bool(value - value == 0.0)  # false for NaN and the infinities
+    if depth >= _MAX_DEPTH:
+        return False
+    if t is list or t is tuple:
+        for item in value:  # noqa: SIM110 - a plain loop, not all() over a generator: hot path
+            if not _is_plain(item, depth + 1):
+                return False
+        return True
+    if t is dict:
+        for k, v in value.items():
+            if type(k) is not str or not _is_plain(v, depth + 1):
+                return False
+        return True
+    return False
+
+
 def encode(value: Any, *, what: str = "value", limit: int = DEFAULT_LIMIT_BYTES) -> bytes:
     """Serialize `value` to JSON bytes, or raise PayloadError naming the bad part of it."""
-    for path, problem in _find_bad(value, what):
-        raise errors.PayloadError(f"{path}: {problem}")
+    if not _is_plain(value):
+        for path, problem in _find_bad(value, what):
+            raise errors.PayloadError(f"{path}: {problem}")
     try:
         data = orjson.dumps(value)
     except (TypeError, orjson.JSONEncodeError) as exc:  # pragma: no cover - _find_bad is stricter
         raise errors.PayloadError(f"{what}: {exc}") from exc
     if len(data) > limit:
         raise errors.PayloadError(f"{what}: {len(data)} bytes is over the payload limit of {limit}")
+    if len(data) < _SHRINK_BELOW:
+        data = bytes(memoryview(data))
     return data
 
 

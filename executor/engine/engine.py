@@ -380,7 +380,9 @@ class Engine:
     def _spawn(self, c: repo.Claimed) -> None:
         self._busy[c.shard] += 1
         key = (c.run_rid, c.pos)
-        self._inflight[key] = asyncio.create_task(self._run_step(c), name=f"step:{c.name}")
+        # Unnamed: a name per step costs a string and a call, and the step's own frames say
+        # which step it is in any traceback.
+        self._inflight[key] = asyncio.create_task(self._run_step(c))
 
     async def _run_step(self, c: repo.Claimed) -> None:
         outcome = None

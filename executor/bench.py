@@ -945,17 +945,23 @@ def _raw_claim(
 ) -> list[_Claim]:
     now = time.time()
     conn.execute(Q["select_epoch"]).fetchone()
-    out: list[_Claim] = []
-    for shard, limit in wants:
-        rows = conn.execute(
-            Q["claim_tasks"],
-            {"token": token, "engine": 1, "epoch": 0, "now": now, "shard": shard, "limit": limit},
-        ).fetchall()
-        for rid, pos, _attempt in rows:
-            conn.execute(Q["start_attempt"], (rid, pos)).fetchone()
-            out.append(_Claim(rid, pos, shard))
-        tally.add(1 + len(rows), 2 * len(rows))
-    tally.add(1, 0)
+    # The engine's claim statements (repository._claim): mark per shard, count the attempts,
+    # read the batch back by its token.
+    conn.executemany(
+        Q["mark_claimed"],
+        [
+            {"token": token, "engine": 1, "epoch": 0, "now": now, "shard": shard, "limit": limit}
+            for shard, limit in wants
+        ],
+    )
+    conn.execute(Q["count_claimed_attempts"], (token,))
+    out = [
+        _Claim(rid, pos, shard)
+        for rid, pos, shard, _attempt, _name, _args, _key in conn.execute(
+            Q["select_claimed"], (token,)
+        )
+    ]
+    tally.add(len(wants) + 3, 3 * len(out))
     return out
 
 

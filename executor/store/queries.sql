@@ -29,22 +29,6 @@ SELECT id FROM runs WHERE idempotency_key = ?;
 INSERT INTO replays (run_rid, shard, seq, created_at)
 SELECT rid, shard, 0, created_at FROM runs WHERE rid > ?;
 
--- name: claim_tasks
-UPDATE tasks
-SET claim_token = :token, claim_engine = :engine, claim_epoch = :epoch, claimed_at = :now
-WHERE (run_rid, pos) IN (
-    SELECT run_rid, pos FROM tasks
-    WHERE shard = :shard AND claim_token IS NULL AND parked IS NULL AND not_before <= :now
-    ORDER BY run_rid, pos
-    LIMIT :limit
-)
-RETURNING run_rid, pos, attempt;
-
--- name: start_attempt
-UPDATE steps SET attempts = attempts + 1
-WHERE run_rid = ? AND pos = ?
-RETURNING name, args, limit_key;
-
 -- name: delete_claimed_task
 DELETE FROM tasks WHERE run_rid = ? AND pos = ? AND claim_token = ?;
 

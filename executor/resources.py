@@ -45,6 +45,10 @@ Closer = Callable[[Any], object]
 _Key = tuple[Callable[..., Any], tuple[tuple[str, Hashable], ...]]
 
 
+# Stands in for "no creation to wait for" when _lookup finds a live entry.
+_DONE: concurrent.futures.Future[Any] = concurrent.futures.Future()
+
+
 class _Entry:
     __slots__ = ("client", "closer", "evicted", "key", "last_used", "refs", "seq")
 
@@ -157,21 +161,34 @@ class Resources:
             self._entries.move_to_end(key)
         return entry
 
+    def _lookup(self, key: _Key) -> tuple[_Entry | None, concurrent.futures.Future[Any], bool]:
+        """(the live entry, or None with the future of its creation and whether we create it)."""
+        with self._lock:
+            entry = self._hit(key)
+            if entry is not None:
+                return entry, _DONE, False
+            pending = self._creating.get(key)
+            if pending is None:
+                pending = self._creating[key] = concurrent.futures.Future()
+                return None, pending, True
+            return None, pending, False
+
+    def _creation_failed(
+        self, key: _Key, pending: concurrent.futures.Future[Any], exc: BaseException
+    ) -> None:
+        with self._lock:
+            del self._creating[key]
+        pending.set_exception(exc)
+        pending.exception()  # retrieved: the waiters retry and raise their own
+
     async def _acquire_async(
         self, factory: Callable[..., Any], closer: Closer | None, params: dict[str, Any]
     ) -> _Entry:
         key = self._key(factory, params)
         while True:
-            with self._lock:
-                entry = self._hit(key)
-                if entry is not None:
-                    return entry
-                pending = self._creating.get(key)
-                if pending is None:
-                    pending = self._creating[key] = concurrent.futures.Future()
-                    mine = True
-                else:
-                    mine = False
+            entry, pending, mine = self._lookup(key)
+            if entry is not None:
+                return entry
             if not mine:
                 # Someone else is creating it: wait, then take a reference like any other user.
                 with contextlib.suppress(Exception):
@@ -182,10 +199,7 @@ class Resources:
                 if inspect.isawaitable(client):
                     client = await client
             except BaseException as exc:
-                with self._lock:
-                    del self._creating[key]
-                pending.set_exception(exc)
-                pending.exception()  # retrieved: the waiters retry and raise their own
+                self._creation_failed(key, pending, exc)
                 raise
             return await self._close_all_and_return(self._store(key, client, closer, pending))
 
@@ -199,16 +213,9 @@ class Resources:
     ) -> _Entry:
         key = self._key(factory, params)
         while True:
-            with self._lock:
-                entry = self._hit(key)
-                if entry is not None:
-                    return entry
-                pending = self._creating.get(key)
-                if pending is None:
-                    pending = self._creating[key] = concurrent.futures.Future()
-                    mine = True
-                else:
-                    mine = False
+            entry, pending, mine = self._lookup(key)
+            if entry is not None:
+                return entry
             if not mine:
                 with contextlib.suppress(Exception):
                     pending.result()
@@ -223,10 +230,7 @@ class Resources:
                         " resources.use(...)` in an async step"
                     )
             except BaseException as exc:
-                with self._lock:
-                    del self._creating[key]
-                pending.set_exception(exc)
-                pending.exception()
+                self._creation_failed(key, pending, exc)
                 raise
             entry, evicted = self._store(key, client, closer, pending)
             for doomed in evicted:

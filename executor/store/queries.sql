@@ -227,3 +227,84 @@ SELECT t.run_rid, t.pos, t.shard, t.attempt, s.name, s.args, s.limit_key
 FROM tasks AS t JOIN steps AS s ON s.run_rid = t.run_rid AND s.pos = t.pos
 WHERE t.claim_token = ?
 ORDER BY t.run_rid, t.pos;
+
+-- Recording a batch of finished steps, set-based (repository._record_done): the outcomes go into
+-- a temporary table, and each fence and write is one statement over the whole batch.
+
+-- name: record_in_create
+CREATE TEMP TABLE IF NOT EXISTS record_in (
+    i      INTEGER PRIMARY KEY,  -- order in the batch
+    rid    INTEGER NOT NULL,
+    pos    INTEGER NOT NULL,
+    token  INTEGER,
+    status TEXT NOT NULL,
+    result BLOB,
+    error  BLOB,
+    ok     INTEGER NOT NULL DEFAULT 0,  -- 1: our claim still holds the task; 2: recorded
+    seq    INTEGER
+);
+
+-- name: record_in_index
+CREATE INDEX IF NOT EXISTS temp.record_in_step ON record_in (rid, pos);
+
+-- name: record_in_clear
+DELETE FROM temp.record_in;
+
+-- name: record_in_add
+INSERT INTO temp.record_in (i, rid, pos, token, status, result, error)
+VALUES (?, ?, ?, ?, ?, ?, ?);
+
+-- name: record_in_fence_claim
+UPDATE temp.record_in SET ok = 1
+WHERE EXISTS (
+    SELECT 1 FROM tasks AS t
+    WHERE t.run_rid = record_in.rid AND t.pos = record_in.pos AND t.claim_token = record_in.token
+);
+
+-- name: record_in_delete_tasks
+DELETE FROM tasks
+WHERE (run_rid, pos) IN (SELECT rid, pos FROM temp.record_in WHERE ok = 1);
+
+-- name: record_in_fence_step
+-- The step must still be pending and its run running (or parked: a resumed run finds the
+-- results of steps that finished meanwhile); a step twice in one batch counts once.
+UPDATE temp.record_in SET ok = 2
+WHERE ok = 1
+  AND i = (SELECT min(r.i) FROM temp.record_in AS r
+           WHERE r.rid = record_in.rid AND r.pos = record_in.pos AND r.ok = 1)
+  AND EXISTS (SELECT 1 FROM steps AS s
+              WHERE s.run_rid = record_in.rid AND s.pos = record_in.pos AND s.status = 'pending')
+  AND EXISTS (SELECT 1 FROM runs AS r
+              WHERE r.rid = record_in.rid AND r.status IN ('running', 'parked'));
+
+-- name: record_in_number
+UPDATE temp.record_in SET seq = n.seq
+FROM (
+    SELECT b.i AS i,
+           r.last_seq + row_number() OVER (PARTITION BY b.rid ORDER BY b.i) AS seq
+    FROM temp.record_in AS b JOIN runs AS r ON r.rid = b.rid
+    WHERE b.ok = 2
+) AS n
+WHERE record_in.i = n.i;
+
+-- name: record_in_steps
+UPDATE steps
+SET status = b.status, result = b.result, error = coalesce(b.error, steps.error),
+    finished_at = :now, seq = b.seq
+FROM temp.record_in AS b
+WHERE b.ok = 2 AND steps.run_rid = b.rid AND steps.pos = b.pos;
+
+-- name: record_in_runs
+UPDATE runs SET last_seq = m.seq, updated_at = :now
+FROM (SELECT rid, max(seq) AS seq FROM temp.record_in WHERE ok = 2 GROUP BY rid) AS m
+WHERE runs.rid = m.rid;
+
+-- name: record_in_replays
+INSERT INTO replays (run_rid, shard, seq, created_at)
+SELECT r.rid, r.shard, r.last_seq, :now
+FROM runs AS r
+WHERE r.rid IN (SELECT rid FROM temp.record_in WHERE ok = 2)
+ON CONFLICT (run_rid) DO UPDATE SET seq = max(seq, excluded.seq);
+
+-- name: record_in_recorded
+SELECT i, seq FROM temp.record_in WHERE ok = 2 ORDER BY i;

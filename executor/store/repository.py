@@ -320,14 +320,12 @@ def record(conn: sqlite3.Connection, outcomes: Iterable[Outcome], now: float) ->
     Each outcome is fenced on its claim token: one whose task was reclaimed, released or already
     recorded changes nothing.
     """
-    events: list[Event] = []
+    outcomes = list(outcomes)
+    events = _record_done([o for o in outcomes if o.kind == DONE], conn, now)
     for o in outcomes:
         if o.kind == DONE:
-            if conn.execute(Q["delete_claimed_task"], (o.run_rid, o.pos, o.token)).rowcount:
-                event = _record(conn, o, now)
-                if event is not None:
-                    events.append(event)
-        elif o.kind == RETRY or o.kind == RELEASE:
+            continue  # recorded above
+        if o.kind == RETRY or o.kind == RELEASE:
             changed = conn.execute(
                 Q["retry_task"],
                 {
@@ -350,6 +348,40 @@ def record(conn: sqlite3.Connection, outcomes: Iterable[Outcome], now: float) ->
                 events.append(event)
         else:  # pragma: no cover
             raise ValueError(f"unknown outcome kind {o.kind}")
+    return events
+
+
+def _record_done(done: list[Outcome], conn: sqlite3.Connection, now: float) -> list[Event]:
+    """Record finished steps with a few statements over the whole batch.
+
+    The same fences as _record, one statement each: our claim token still holds the task, the
+    step is still pending, the run is running or parked. sqlite3 lets go of the GIL around every
+    statement step, and the event loop keeps it busy, so per-row statements made this the most
+    expensive transaction of the engine.
+    """
+    if not done:
+        return []
+    conn.execute(Q["record_in_create"])
+    conn.execute(Q["record_in_index"])
+    conn.execute(Q["record_in_clear"])
+    conn.executemany(
+        Q["record_in_add"],
+        [(i, o.run_rid, o.pos, o.token, o.status, o.result, o.error) for i, o in enumerate(done)],
+    )
+    conn.execute(Q["record_in_fence_claim"])
+    conn.execute(Q["record_in_delete_tasks"])
+    conn.execute(Q["record_in_fence_step"])
+    conn.execute(Q["record_in_number"])
+    conn.execute(Q["record_in_steps"], {"now": now})
+    conn.execute(Q["record_in_runs"], {"now": now})
+    conn.execute(Q["record_in_replays"], {"now": now})
+    events = []
+    for i, seq in conn.execute(Q["record_in_recorded"]).fetchall():
+        o = done[i]
+        events.append(
+            Event(o.run_rid, o.pos, seq, o.status, o.result, o.error, now, o.value, o.has_value)
+        )
+    conn.execute(Q["record_in_clear"])
     return events
 
 

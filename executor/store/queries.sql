@@ -66,9 +66,6 @@ UPDATE steps SET error = ? WHERE run_rid = ? AND pos = ?;
 -- name: due_timers
 SELECT run_rid, pos FROM timers WHERE fire_at <= ? ORDER BY fire_at LIMIT ?;
 
--- name: next_timer
-SELECT min(fire_at) FROM timers;
-
 -- name: select_run_for_replay
 SELECT rid, id, workflow, version, shard, status, args, created_at, last_seq FROM runs WHERE rid = ?;
 

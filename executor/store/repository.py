@@ -257,7 +257,7 @@ def _claim(
 DONE = 0  # the step finished (succeeded, or failed for good): record it in the journal
 RETRY = 1  # the attempt failed and will be retried after not_before
 RELEASE = 2  # give the task back to the queue without using an attempt (drain, rate limit)
-TIMER = 3  # a durable sleep is due
+TIMER = 3  # a durable sleep is due (recorded by fire_timers, not passed to record)
 UNPARK = 4  # make up to `count` tasks parked under `park` claimable again, oldest first
 
 
@@ -342,10 +342,6 @@ def record(conn: sqlite3.Connection, outcomes: Iterable[Outcome], now: float) ->
         elif o.kind == UNPARK:
             found = conn.execute(Q["unpark_tasks"], {"parked": o.park, "limit": o.count})
             o.count -= found.rowcount
-        elif o.kind == TIMER:
-            event = _record_fired(conn, o.run_rid, o.pos, now)
-            if event is not None:
-                events.append(event)
         else:  # pragma: no cover
             raise ValueError(f"unknown outcome kind {o.kind}")
     return events
@@ -407,11 +403,6 @@ def _record_fired(conn: sqlite3.Connection, run_rid: int, pos: int, now: float) 
     if not conn.execute(Q["delete_timer"], (run_rid, pos)).rowcount:
         return None
     return _record(conn, Outcome(TIMER, run_rid, pos), now)
-
-
-def next_timer(conn: sqlite3.Connection) -> float | None:
-    row = conn.execute(Q["next_timer"]).fetchone()
-    return None if row is None or row[0] is None else float(row[0])
 
 
 # --- replays -------------------------------------------------------------------------------------

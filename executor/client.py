@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import sqlite3
 import time
 import uuid
 from collections.abc import Iterable, Sequence
@@ -19,6 +20,8 @@ from executor import codec, config, errors, registry
 from executor.store import repository as repo
 from executor.store.database import Database
 
+# Every run status, the unfinished ones first (for `executor list --status` and the stats table).
+RUN_STATUSES: tuple[str, ...] = (repo.RUNNING, repo.PARKED, *sorted(repo.FINISHED))
 _RESULT_POLL_MIN_S = 0.01
 _RESULT_POLL_MAX_S = 0.5
 
@@ -42,6 +45,10 @@ class RunStatus:
 
     def to_dict(self) -> dict[str, Any]:
         return {f: getattr(self, f) for f in self.__slots__}
+
+
+def _user_version(conn: sqlite3.Connection) -> int:
+    return int(conn.execute("PRAGMA user_version").fetchone()[0])
 
 
 def _status(row: repo.RunRow) -> RunStatus:
@@ -100,6 +107,20 @@ class Client:
 
     async def __aexit__(self, *exc: object) -> None:
         await self.close()
+
+    @property
+    def path(self) -> Path:
+        """The database file this client works on."""
+        return self.db.path
+
+    @property
+    def shards(self) -> int:
+        """The number of shards the database was created with."""
+        return self.db.shards
+
+    async def schema_version(self) -> int:
+        """The schema version of the open file (after any migration this client ran)."""
+        return await self.db.run(_user_version)
 
     @property
     def db(self) -> Database:

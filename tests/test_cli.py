@@ -31,10 +31,10 @@ from executor.store.database import SCHEMA_VERSION
 
 
 def verbs() -> list[str]:
-    """Every verb but `bench`, which hands its arguments to the benchmark's parser (tested last)."""
+    """Every verb."""
     parser = executor_cli.build_parser()
     (sub,) = (a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
-    return sorted(set(sub.choices) - {"bench"})
+    return sorted(sub.choices)
 
 
 VERBS = verbs()
@@ -634,12 +634,3 @@ def test_check_of_a_healthy_database(run_cli: Any, idle: Path) -> None:
     elsewhere.mkdir()
     missing = run_cli("check", "--config", str(write_config(elsewhere)))
     assert missing.code == 3
-
-
-def test_bench_hands_its_arguments_to_the_harness(run_cli: Any) -> None:
-    helped = run_cli("bench", "--help")
-    assert helped.code == 0
-    assert "--workload" in helped.out
-    result = run_cli("bench", "-W", "3", "-K", "1", "--shards", "1", "--concurrency", "2")
-    assert result.code == 0, result.err
-    assert result.json()["succeeded"] == 3

@@ -33,3 +33,13 @@ def test_readme_test_command_is_the_one_ci_runs() -> None:
     ci = (ROOT / ".ci" / "run").read_text()
     assert "python -m pytest -q" in README
     assert "python -m pytest -q" in ci
+
+
+def test_readme_exit_codes_are_the_table_the_code_uses() -> None:
+    """README's exit-code table is executor.exitcodes, row for row (backticks aside)."""
+    from executor.exitcodes import MEANINGS
+
+    rows = re.findall(r"^\| (\d+) \| (.*?) \|$", README, re.M)
+    assert [(int(code), text.replace("`", "")) for code, text in rows] == [
+        (int(code), text) for code, text in MEANINGS.items()
+    ]

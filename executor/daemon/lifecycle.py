@@ -26,10 +26,10 @@ from pathlib import Path
 
 from executor import config, errors
 from executor.daemon import logs
-from executor.daemon.exitcodes import ExitCode
 from executor.daemon.notify import Notifier
 from executor.daemon.workflows import import_workflows
 from executor.engine.engine import Engine, EngineCrashed
+from executor.exitcodes import ExitCode
 
 log = logging.getLogger("executor.daemon")
 

@@ -1,5 +1,9 @@
 """Process exit codes, shared by the CLI verbs and the daemon, so scripts and systemd can tell
-failures apart. `executor --help` prints this table."""
+failures apart.
+
+This is the one copy of the table: `executor --help` prints it, and a test keeps README.md's table
+and docs/RELIABILITY.md in step with it. No other code returns a number of its own.
+"""
 
 from __future__ import annotations
 

@@ -1,0 +1,53 @@
+"""The `executor` command (also `python -m executor`): the daemon, and verbs to manage runs.
+
+    executor run                         the daemon (foreground; systemd runs it as Type=notify)
+    executor start NAME [--args JSON]    start a run, print its id (--wait: print its result)
+    executor status|result|cancel RUN    watch or cancel one run
+    executor list, executor stats        runs, and queue depths per shard
+    executor resume|fail RUN             decide what happens to a parked run
+    executor bump-epoch                  make running daemons drain and exit
+    executor fail-pending|clear-replay-queue|clear-task-queue --shard N|--all --yes
+    executor check                       check the database's invariants (read-only)
+    executor check-config, executor migrate
+
+Every verb reads the configuration with load_config (`--config PATH`, else $EXECUTOR_CONFIG, else
+/etc/executor/executor.toml if it exists, else the defaults; then EXECUTOR_* variables). Errors are
+one line on stderr, `executor: error: ...`, and an exit code from `executor.exitcodes` (the one
+table; `executor --help` prints it).
+
+The package, by noun:
+
+    app.py       main(): the parser built from VERB_MODULES, errors -> one line + exit code
+    common.py    the verb skeleton (`with_client`), output (`show`, `table`), argument types
+    daemon.py    run, bump-epoch
+    runs.py      start, status, result, cancel, list, resume, fail
+    shards.py    stats, fail-pending, clear-replay-queue, clear-task-queue
+    database.py  migrate, check
+    settings.py  check-config
+
+Adding a verb (say `executor frob RUN`) is one small module, `executor/cli/frob.py`, plus its name
+in `app.VERB_MODULES`:
+
+    def register(verbs: Verbs) -> None:
+        p = verbs.add("frob", cmd_frob, "frob a run", json_flag=True)  # one line in --help
+        p.add_argument("run", metavar="RUN", help=RUN_ARG_HELP)
+
+    def cmd_frob(args: argparse.Namespace) -> int:
+        async def go(client: Client) -> dict[str, Any]:
+            return await client.frob(args.run)      # the store only through Client
+
+        value = with_client(args, go)               # config, open client, run, close
+        show(args, value, lambda: table(("KEY", "VALUE"), sorted(value.items())))
+        return ExitCode.OK
+
+Raise an `ExecutorError` subclass for anything that goes wrong (`UsageError` for bad arguments,
+`NotClean` for "nothing to do"): `main` prints the one line and picks the exit code, so a verb
+never prints errors or calls sys.exit itself. Argument types for numbers (`positive_int`,
+`shard_number`, `seconds`) refuse out-of-range values at parse time (exit 2).
+"""
+
+from __future__ import annotations
+
+from executor.cli.app import build_parser, main
+
+__all__ = ["build_parser", "main"]

@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple, TypeVar
 
-from executor import codec, config, errors, registry
+from executor import codec, config, errors, registry, vocabulary
 from executor.client import Client
 from executor.engine.engine import Engine
 from executor.engine.instance import WorkflowContext
@@ -754,8 +754,8 @@ def _engine_report(
         "workflows": opts.workflows,
         "steps_per_workflow": opts.steps_per_workflow,
         "steps": steps,
-        "succeeded": sum(1 for *_, s in done if s == repo.SUCCEEDED),
-        "failed": sum(1 for *_, s in done if s != repo.SUCCEEDED),
+        "succeeded": sum(1 for *_, s in done if s == vocabulary.RunState.SUCCEEDED),
+        "failed": sum(1 for *_, s in done if s != vocabulary.RunState.SUCCEEDED),
         "slots": opts.slots,
         "wall_s": round(wall, 4),
         "drain_s": round(wall, 4) if opts.prefill else None,
@@ -912,7 +912,7 @@ def _seed(conn: sqlite3.Connection, runs: int, shards: int) -> list[tuple[int, i
     rids: list[tuple[int, int]] = []
     for first in range(0, runs, START_BATCH):
         new = [
-            repo.NewRun(
+            vocabulary.NewRun(
                 f"ceiling-{i}", "bench.sequential", None, i % shards, codec.encode([1]), None
             )
             for i in range(first, min(runs, first + START_BATCH))
@@ -921,7 +921,12 @@ def _seed(conn: sqlite3.Connection, runs: int, shards: int) -> list[tuple[int, i
         rows = [repo.get_run(conn, r.id) for r in new]
         rids += [(row.rid, row.shard) for row in rows if row is not None]
     outputs = [
-        repo.ReplayOutput(rid, shard, 0, [repo.NewStep(0, "step", "bench.noop", fp, args, None)])
+        vocabulary.ReplayOutput(
+            rid,
+            shard,
+            0,
+            [vocabulary.NewStep(0, vocabulary.StepKind.STEP, "bench.noop", fp, args, None)],
+        )
         for rid, shard in rids
     ]
     for first in range(0, len(outputs), START_BATCH):
@@ -975,7 +980,7 @@ def _raw_record(
         c.seq = conn.execute(
             Q["record_step"],
             {
-                "status": repo.SUCCEEDED,
+                "status": vocabulary.StepState.SUCCEEDED,
                 "result": result,
                 "error": None,
                 "now": now,
@@ -1010,7 +1015,7 @@ def _raw_advance(
             conn.execute(
                 Q["finish_run"],
                 {
-                    "status": repo.SUCCEEDED,
+                    "status": vocabulary.StepState.SUCCEEDED,
                     "result": result,
                     "error": None,
                     "now": now,
@@ -1078,7 +1083,14 @@ def ceiling_repo(conn: sqlite3.Connection, k: int, shards: int, batch: int) -> t
         events = repo.record(
             conn,
             [
-                repo.Outcome(repo.DONE, c.run_rid, c.pos, c.token, repo.SUCCEEDED, result)
+                vocabulary.Outcome(
+                    vocabulary.OutcomeKind.DONE,
+                    c.run_rid,
+                    c.pos,
+                    c.token,
+                    vocabulary.StepState.SUCCEEDED,
+                    result,
+                )
                 for c in claimed
             ],
             time.time(),
@@ -1087,11 +1099,15 @@ def ceiling_repo(conn: sqlite3.Connection, k: int, shards: int, batch: int) -> t
         shard_of = {c.run_rid: c.shard for c in claimed}
         outputs = []
         for e in events:
-            out = repo.ReplayOutput(e.run_rid, shard_of[e.run_rid], e.seq, [])
+            out = vocabulary.ReplayOutput(e.run_rid, shard_of[e.run_rid], e.seq, [])
             if e.pos + 1 < k:
-                out.new_steps = [repo.NewStep(e.pos + 1, "step", "bench.noop", fp, args, None)]
+                out.new_steps = [
+                    vocabulary.NewStep(
+                        e.pos + 1, vocabulary.StepKind.STEP, "bench.noop", fp, args, None
+                    )
+                ]
             else:
-                out.finished, out.result = repo.SUCCEEDED, result
+                out.finished, out.result = vocabulary.RunState.SUCCEEDED, result
             outputs.append(out)
         repo.commit_replays(conn, outputs, time.time())
         tally.add_times(t1 - t0, t2 - t1, time.perf_counter() - t2)

@@ -37,7 +37,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from executor import config, errors
+from executor import config, errors, vocabulary
 from executor.store.database import APPLICATION_ID, SCHEMA_VERSION
 from executor.store.sql import Q
 
@@ -265,7 +265,7 @@ def _leftover(row: Iterable[Any]) -> tuple[str | None, str]:
 
 def _seq_mismatch(row: Iterable[Any]) -> tuple[str | None, str]:
     run_id, pos, name, status, seq = row
-    if status not in ("pending", "succeeded", "failed"):
+    if status not in set(vocabulary.StepState):
         return run_id, f"step {name} at position {pos} has an unknown status {status!r}"
     if seq is None:
         return run_id, f"step {name} at position {pos} is {status} but has no seq"
@@ -294,7 +294,7 @@ def _stale_claim(row: Iterable[Any]) -> tuple[str | None, str]:
     run_id, pos, engine, state, heartbeat_at = row
     if state is None:
         holder = f"engine {engine}, which is not registered"
-    elif state in ("running", "draining"):
+    elif state in vocabulary.LIVE_ENGINE_STATES:
         holder = f"engine {engine} ({state}), whose last heartbeat is past the lease"
         holder += f" (at {heartbeat_at:.3f})"
     else:
@@ -304,7 +304,7 @@ def _stale_claim(row: Iterable[Any]) -> tuple[str | None, str]:
 
 def _bad_replay(row: Iterable[Any]) -> tuple[str | None, str]:
     run_id, status, seq, last_seq = row
-    if status in ("succeeded", "failed", "cancelled"):
+    if status in vocabulary.FINISHED:
         return run_id, f"replay entry (seq {seq}) for a run that is {status}"
     return run_id, f"replay entry at seq {seq}, ahead of the journal (last_seq {last_seq})"
 

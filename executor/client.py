@@ -16,12 +16,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from executor import codec, config, errors, registry
+from executor import codec, config, errors, registry, vocabulary
 from executor.store import repository as repo
+from executor.store import sharding
 from executor.store.database import Database
 
 # Every run status, the unfinished ones first (for `executor list --status` and the stats table).
-RUN_STATUSES: tuple[str, ...] = (repo.RUNNING, repo.PARKED, *sorted(repo.FINISHED))
+RUN_STATUSES: tuple[str, ...] = (
+    vocabulary.RunState.RUNNING,
+    vocabulary.RunState.PARKED,
+    *sorted(vocabulary.FINISHED),
+)
 _RESULT_POLL_MIN_S = 0.01
 _RESULT_POLL_MAX_S = 0.5
 
@@ -41,7 +46,7 @@ class RunStatus:
 
     @property
     def finished(self) -> bool:
-        return self.status in repo.FINISHED
+        return self.status in vocabulary.FINISHED
 
     def to_dict(self) -> dict[str, Any]:
         return {f: getattr(self, f) for f in self.__slots__}
@@ -51,7 +56,7 @@ def _user_version(conn: sqlite3.Connection) -> int:
     return int(conn.execute("PRAGMA user_version").fetchone()[0])
 
 
-def _status(row: repo.RunRow) -> RunStatus:
+def _status(row: vocabulary.RunRow) -> RunStatus:
     return RunStatus(
         id=row.id,
         workflow=row.workflow,
@@ -152,7 +157,7 @@ class Client:
         shard_key: str | None,
         index: int | None = None,
         concurrency_key: str | None = None,
-    ) -> repo.NewRun:
+    ) -> vocabulary.NewRun:
         if not isinstance(args, list | tuple):
             raise errors.PayloadError(
                 f"arguments of {name}{'' if index is None else f' (run #{index})'} must be a"
@@ -172,15 +177,15 @@ class Client:
             )
         if shard_key is not None:
             run_id = str(uuid.uuid4())
-            shard = repo.shard_of(shard_key, self.db.shards)
+            shard = sharding.shard_of(shard_key, self.db.shards)
         else:
             # Runs without a shard key are dealt round-robin, so every shard's pool gets its
             # share: with random hashing some shards get 20% more runs than others, and those
             # runs finish late while other shards idle. The id still hashes to its shard.
             shard = self._next_shard % self.db.shards
             self._next_shard += 1
-            run_id = repo.run_id_for_shard(shard, self.db.shards)
-        return repo.NewRun(run_id, name, version, shard, blob, key, concurrency_key)
+            run_id = sharding.run_id_for_shard(shard, self.db.shards)
+        return vocabulary.NewRun(run_id, name, version, shard, blob, key, concurrency_key)
 
     async def start(
         self,
@@ -244,13 +249,13 @@ class Client:
             row = await self.db.run(repo.get_run, run_id)
             if row is None:
                 raise errors.RunNotFound(f"no run with id {run_id!r} in {self.db.path}")
-            if row.status == repo.SUCCEEDED:
+            if row.status == vocabulary.RunState.SUCCEEDED:
                 return None if row.result is None else codec.decode(row.result)
-            if row.status == repo.FAILED:
+            if row.status == vocabulary.RunState.FAILED:
                 raise errors.WorkflowFailed(run_id, codec.decode(row.error or b"{}"))
-            if row.status == repo.CANCELLED:
+            if row.status == vocabulary.RunState.CANCELLED:
                 raise errors.RunCancelled(f"run {run_id} was cancelled")
-            if row.status == repo.PARKED:
+            if row.status == vocabulary.RunState.PARKED:
                 err = codec.decode(row.error or b"{}")
                 raise errors.RunParked(f"run {run_id} is parked: {err.get('message')}")
             if deadline is not None and time.monotonic() >= deadline:
@@ -261,7 +266,7 @@ class Client:
 
     async def list(self, status: str | None = None, limit: int = 100) -> list[RunStatus]:
         """Runs, newest first, optionally of one status."""
-        if status is not None and status not in (repo.RUNNING, repo.PARKED, *repo.FINISHED):
+        if status is not None and status not in set(vocabulary.RunState):
             raise errors.ExecutorError(f"unknown status {status!r}")
         if limit < 1:
             raise errors.ExecutorError(f"limit must be at least 1, got {limit}")

@@ -2,9 +2,17 @@
 
 The class docstring is the default message, so `raise RunNotFound()` still says something useful.
 Driver errors (sqlite3, orjson) never escape on their own: they are wrapped and kept on __cause__.
+This is also the one place an exception becomes a stored error (`describe`, `error_blob`).
 """
 
 from __future__ import annotations
+
+import traceback
+from typing import Any
+
+import orjson
+
+_TRACEBACK_LIMIT_CHARS = 8192
 
 
 class ExecutorError(Exception):
@@ -108,3 +116,19 @@ class RateLimited(ExecutorError):
     def __init__(self, retry_after: float | None = None, message: str | None = None) -> None:
         self.retry_after = retry_after
         super().__init__(message or f"rate limited; retry after {retry_after}s")
+
+
+def error_blob(kind: str, message: str, **extra: Any) -> bytes:
+    """An error as stored in the journal and on runs: JSON {type, message, ...}."""
+    return orjson.dumps({"type": kind, "message": message, **extra})
+
+
+def describe(exc: BaseException) -> bytes:
+    """`exc` as a stored error: its type, message and traceback (truncated)."""
+    tb = "".join(traceback.format_exception(exc))
+    if len(tb) > _TRACEBACK_LIMIT_CHARS:
+        tb = "...\n" + tb[-_TRACEBACK_LIMIT_CHARS:]
+    extra: dict[str, Any] = {"traceback": tb}
+    if isinstance(exc, StepFailed):
+        extra["step"] = exc.step
+    return error_blob(type(exc).__name__, str(exc), **extra)

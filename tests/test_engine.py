@@ -25,10 +25,11 @@ from executor import (
     codec,
     errors,
     step,
+    vocabulary,
     workflow,
 )
-from executor.engine.engine import State
 from executor.store import repository as repo
+from executor.store import sharding
 from executor.store.database import Database
 
 if TYPE_CHECKING:
@@ -51,7 +52,9 @@ def anyio_backend(request: pytest.FixtureRequest) -> Any:
 
 def shard_key_for(shard: int, shards: int = 2) -> str:
     """A shard key that lands on `shard`."""
-    return next(k for k in (f"key-{i}" for i in range(1000)) if repo.shard_of(k, shards) == shard)
+    return next(
+        k for k in (f"key-{i}" for i in range(1000)) if sharding.shard_of(k, shards) == shard
+    )
 
 
 async def run_to_end(engine: Engine) -> None:
@@ -90,7 +93,7 @@ async def test_first_steps_run_in_creation_order(
 
 async def hand_made_queue(db: Database, runs: int, steps_per_run: int, shard: int) -> list[int]:
     """Runs with queued tasks, committed newest run first; return the rids, oldest first."""
-    new = [repo.NewRun(f"run-{i}", "wf", None, shard, b"[]", None) for i in range(runs)]
+    new = [vocabulary.NewRun(f"run-{i}", "wf", None, shard, b"[]", None) for i in range(runs)]
     await db.run(repo.create_runs, new, 1.0)
     rids = []
     for r in new:
@@ -98,11 +101,14 @@ async def hand_made_queue(db: Database, runs: int, steps_per_run: int, shard: in
         assert row is not None
         rids.append(row.rid)
     outputs = [
-        repo.ReplayOutput(
+        vocabulary.ReplayOutput(
             rid,
             shard,
             0,
-            [repo.NewStep(pos, "step", "s", "fp", b"[]", None) for pos in range(steps_per_run)],
+            [
+                vocabulary.NewStep(pos, vocabulary.StepKind.STEP, "s", "fp", b"[]", None)
+                for pos in range(steps_per_run)
+            ],
         )
         for rid in reversed(rids)
     ]
@@ -186,7 +192,9 @@ async def test_in_flight_steps_never_exceed_the_slots_of_their_shard(
 # --- fencing of duplicate and late results -------------------------------------------------------
 
 
-async def one_claimed_step(db: Database, *, heartbeat_at: float) -> tuple[int, int, repo.Claimed]:
+async def one_claimed_step(
+    db: Database, *, heartbeat_at: float
+) -> tuple[int, int, vocabulary.Claimed]:
     """A run with one queued step, claimed by a new engine registered at `heartbeat_at`."""
     [rid] = await hand_made_queue(db, runs=1, steps_per_run=1, shard=0)
     engine_id, epoch = await db.run(repo.register_engine, 1, "test", heartbeat_at)
@@ -195,13 +203,13 @@ async def one_claimed_step(db: Database, *, heartbeat_at: float) -> tuple[int, i
     return rid, engine_id, claimed[0]
 
 
-def done(c: repo.Claimed, result: object, token: int | None = None) -> repo.Outcome:
-    return repo.Outcome(
-        repo.DONE,
+def done(c: vocabulary.Claimed, result: object, token: int | None = None) -> vocabulary.Outcome:
+    return vocabulary.Outcome(
+        vocabulary.OutcomeKind.DONE,
         c.run_rid,
         c.pos,
         c.token if token is None else token,
-        repo.SUCCEEDED,
+        vocabulary.StepState.SUCCEEDED,
         orjson.dumps(result),
     )
 
@@ -240,8 +248,12 @@ async def test_a_late_result_from_a_reclaimed_claim_never_overwrites(
 
         # The dead engine wakes up: neither its retry, nor its release, nor its result count.
         late = [
-            repo.Outcome(repo.RETRY, stale.run_rid, stale.pos, stale.token, not_before=1e12),
-            repo.Outcome(repo.RELEASE, stale.run_rid, stale.pos, stale.token),
+            vocabulary.Outcome(
+                vocabulary.OutcomeKind.RETRY, stale.run_rid, stale.pos, stale.token, not_before=1e12
+            ),
+            vocabulary.Outcome(
+                vocabulary.OutcomeKind.RELEASE, stale.run_rid, stale.pos, stale.token
+            ),
             done(stale, "late"),
         ]
         assert await db.run(repo.record, late, 20.0) == []
@@ -651,7 +663,7 @@ async def test_bump_epoch_drains_in_flight_steps_and_stops(
         )
         gates[started[1]].set()
         await run_to_end(engine)
-        assert engine.state is State.STOPPED
+        assert engine.state is vocabulary.EngineState.STOPPED
         # A slot was free for a while, and queued work was there: it was not claimed.
         assert len(started) == 2
     assert dbfile.value("SELECT state FROM engines WHERE id = ?", engine.engine_id) == "stopped"
@@ -724,8 +736,10 @@ async def claim_for_ghost(
         assert row is not None
         snap = (await db.run(repo.load_runs, [row.rid]))[row.rid]
         blob = codec.encode(codec.decode(snap.args))
-        new_step = repo.NewStep(0, "step", "square", codec.fingerprint(blob), blob, None)
-        outputs.append(repo.ReplayOutput(row.rid, row.shard, 0, [new_step]))
+        new_step = vocabulary.NewStep(
+            0, vocabulary.StepKind.STEP, "square", codec.fingerprint(blob), blob, None
+        )
+        outputs.append(vocabulary.ReplayOutput(row.rid, row.shard, 0, [new_step]))
     assert await db.run(repo.commit_replays, outputs, time.time()) == len(ids)
     ghost, epoch = await db.run(repo.register_engine, 4242, "ghost-host", heartbeat_at)
     if state != "running":
@@ -835,7 +849,7 @@ async def test_a_second_engine_makes_the_first_drain_and_stop(
             await run_to_end(first)
             assert first.stop_reason == "a newer epoch took over"
             assert second.epoch == first.epoch + 1
-            assert second.state is State.RUNNING
+            assert second.state is vocabulary.EngineState.RUNNING
             results = [await client.result(r, timeout=DEADLINE_S) for r in ids]
     assert results == [6] * 20
     assert sorted(ran) == [(i, j) for i in range(20) for j in range(4)]

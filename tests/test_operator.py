@@ -9,9 +9,8 @@ from typing import TYPE_CHECKING, Any
 import orjson
 import pytest
 
-from executor import Client, Registry, errors, step, workflow
-from executor.engine.engine import State
-from executor.store import repository as repo
+from executor import Client, Registry, errors, step, vocabulary, workflow
+from executor.store import sharding
 
 if TYPE_CHECKING:
     from conftest import DbFile, EngineFactory, WaitUntil
@@ -22,7 +21,9 @@ DEADLINE_S = 15.0
 
 
 def shard_key_for(shard: int, shards: int = 2) -> str:
-    return next(k for k in (f"key-{i}" for i in range(1000)) if repo.shard_of(k, shards) == shard)
+    return next(
+        k for k in (f"key-{i}" for i in range(1000)) if sharding.shard_of(k, shards) == shard
+    )
 
 
 class Blocking:
@@ -80,7 +81,7 @@ async def test_bump_epoch_makes_the_engine_stop(
         assert epoch == engine.epoch + 1
         async with asyncio.timeout(DEADLINE_S):
             await engine.wait()
-        assert engine.state is State.STOPPED
+        assert engine.state is vocabulary.EngineState.STOPPED
         assert engine.stop_reason == "a newer epoch took over"
     assert dbfile.value("SELECT value FROM meta WHERE key = 'epoch'") == epoch
     assert (await client.stats())["engines"] == []
@@ -208,7 +209,7 @@ async def test_resume_and_fail_only_touch_parked_runs(
 
     # A run parked by hand (what a replay does on a mismatch), then resumed and failed.
     parked = await client.start(quick)
-    error = repo.error_blob("NonDeterminismError", "for the test")
+    error = errors.error_blob("NonDeterminismError", "for the test")
     rid = dbfile.rid(parked)
     assert (
         dbfile.execute("UPDATE runs SET status = 'parked', error = ? WHERE rid = ?", error, rid)

@@ -24,10 +24,11 @@ from executor import (
     codec,
     errors,
     step,
+    vocabulary,
     workflow,
 )
 from executor.engine.cache import HydrationCache
-from executor.engine.instance import Delivery, RunInfo, WorkflowInstance
+from executor.engine.instance import RunInfo, WorkflowInstance
 from executor.store import repository as repo
 
 if TYPE_CHECKING:
@@ -315,7 +316,7 @@ async def racer(ctx: Any, delays: list[int]) -> dict[str, Any]:
 
 
 def replay_from_scratch(
-    snap: repo.RunSnapshot, reg: Registry, cache: HydrationCache | None = None
+    snap: vocabulary.RunSnapshot, reg: Registry, cache: HydrationCache | None = None
 ) -> WorkflowInstance:
     run = RunInfo(snap.rid, snap.id, snap.shard, snap.created_at)
     inst = WorkflowInstance(
@@ -331,14 +332,14 @@ def replay_from_scratch(
     return inst
 
 
-async def snapshot(client: Client, run_id: str) -> repo.RunSnapshot:
+async def snapshot(client: Client, run_id: str) -> vocabulary.RunSnapshot:
     """What a full replay of the run would load."""
     row = await client.db.run(repo.get_run, run_id)
     assert row is not None
     return (await client.db.run(repo.load_runs, [row.rid]))[row.rid]
 
 
-def seq_order(snap: repo.RunSnapshot) -> list[int]:
+def seq_order(snap: vocabulary.RunSnapshot) -> list[int]:
     """Positions of the run's results in the order they were recorded."""
     done = sorted((e for e in snap.journal if e.seq is not None), key=lambda e: e.seq or 0)
     return [e.pos for e in done]
@@ -362,7 +363,7 @@ async def test_live_results_equal_a_replay_of_the_journal(
     check_against_journal(await snapshot(client, run), result, len(delays))
 
 
-def check_against_journal(snap: repo.RunSnapshot, result: dict[str, Any], n: int) -> None:
+def check_against_journal(snap: vocabulary.RunSnapshot, result: dict[str, Any], n: int) -> None:
     # What the code saw is the recorded order (the first n positions are the first steps).
     seen_positions = [i if i < 100 else None for i, _, _ in result["seen"]]
     recorded = [p if p < n else None for p in seq_order(snap)][: len(seen_positions)]
@@ -371,7 +372,7 @@ def check_against_journal(snap: repo.RunSnapshot, result: dict[str, Any], n: int
     try:
         assert inst.nondeterminism is None
         status, blob, error = inst.outcome()
-        assert (status, error) == (repo.SUCCEEDED, None)
+        assert (status, error) == (vocabulary.RunState.SUCCEEDED, None)
         assert blob is not None and orjson.loads(blob) == result
         assert inst.take_steps() == []
     finally:
@@ -416,13 +417,13 @@ def test_any_completion_order_replays_identically(data: st.DataObject, n: int) -
     args = [[0] * n]
     run = RunInfo(7, "run-7", 0, 1000.0)
     live = WorkflowInstance(run, wf, args, RACE, HydrationCache(100, 65536), LIMIT, {})
-    journal: dict[int, repo.JournalEntry] = {}
+    journal: dict[int, vocabulary.JournalEntry] = {}
     pending_after: list[list[int]] = [sorted(live.pending)]
     seq = 0
     try:
         while True:
             for s in live.take_steps():
-                journal[s.pos] = repo.JournalEntry(
+                journal[s.pos] = vocabulary.JournalEntry(
                     s.pos, s.kind, s.name, s.fingerprint, "pending", None, None, None, None
                 )
             waiting = sorted(p for p in journal if journal[p].seq is None)
@@ -432,18 +433,25 @@ def test_any_completion_order_replays_identically(data: st.DataObject, n: int) -
             failed = data.draw(st.booleans(), label="fails")
             seq += 1
             entry = journal[pos]._replace(
-                status=repo.FAILED if failed else repo.SUCCEEDED,
+                status=vocabulary.StepState.FAILED if failed else vocabulary.StepState.SUCCEEDED,
                 result=None if failed else orjson.dumps(pos * 3),
-                error=repo.error_blob("IOError", f"pos {pos}") if failed else None,
+                error=errors.error_blob("IOError", f"pos {pos}") if failed else None,
                 seq=seq,
                 finished_at=1000.0 + seq,
             )
             journal[pos] = entry
-            live.deliver(Delivery(pos, seq, entry.status, entry.result, entry.error, 1000.0 + seq))
+            live.deliver(
+                vocabulary.Delivery(
+                    live.run.rid, pos, seq, entry.status, entry.result, entry.error, 1000.0 + seq
+                )
+            )
             pending_after.append(sorted(live.pending))
         assert live.nondeterminism is None
         outcome = live.outcome()
-        assert outcome[0] in (repo.SUCCEEDED, repo.FAILED)  # failed: a gathered step failed
+        assert outcome[0] in (
+            vocabulary.RunState.SUCCEEDED,
+            vocabulary.RunState.FAILED,
+        )  # failed: a gathered step failed
     finally:
         live.close()
 
@@ -667,23 +675,23 @@ async def test_full_replays_of_int_results_stay_linear(
 async def test_replays_of_a_finished_run_decode_nothing_new(tmp_path: Path) -> None:
     reg = Registry()
     sequential(reg)
-    snap = repo.RunSnapshot(
+    snap = vocabulary.RunSnapshot(
         1,
         "run-1",
         "long",
         None,
         0,
-        repo.RUNNING,
+        vocabulary.RunState.RUNNING,
         b"[3]",
         10.0,
         3,
         [
-            repo.JournalEntry(
+            vocabulary.JournalEntry(
                 i,
                 "step",
                 "same",
                 codec.fingerprint(orjson.dumps([i])),
-                repo.SUCCEEDED,
+                vocabulary.StepState.SUCCEEDED,
                 orjson.dumps(i),
                 None,
                 i + 1,
@@ -697,7 +705,7 @@ async def test_replays_of_a_finished_run_decode_nothing_new(tmp_path: Path) -> N
     before = codec.stats.decodes
     inst = replay_from_scratch(snap, reg, cache)
     try:
-        assert inst.outcome()[:2] == (repo.SUCCEEDED, b"3")
+        assert inst.outcome()[:2] == (vocabulary.RunState.SUCCEEDED, b"3")
     finally:
         inst.close()
     assert codec.stats.decodes - before == 1  # the run's arguments only

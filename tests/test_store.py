@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 import aiosqlite
 import pytest
 
-from executor import errors
+from executor import errors, vocabulary
 from executor.config import DatabaseConfig
 from executor.store import repository as repo
 from executor.store.database import APPLICATION_ID, SCHEMA_VERSION, Database, transaction
@@ -56,7 +56,9 @@ async def test_reopening_changes_nothing(db_path: Path, dbfile: DbFile) -> None:
     cfg = DatabaseConfig(path=db_path)
     db = await Database.open(cfg, shards=2)
     try:
-        ids = await db.run(repo.create_runs, [repo.NewRun("r1", "wf", None, 1, b"[]", "key")], 1.0)
+        ids = await db.run(
+            repo.create_runs, [vocabulary.NewRun("r1", "wf", None, 1, b"[]", "key")], 1.0
+        )
         assert ids == ["r1"]
     finally:
         await db.close()
@@ -66,7 +68,11 @@ async def test_reopening_changes_nothing(db_path: Path, dbfile: DbFile) -> None:
         try:
             assert db.shards == 2
             row = await db.run(repo.get_run, "r1")
-            assert row is not None and row.workflow == "wf" and row.status == repo.RUNNING
+            assert (
+                row is not None
+                and row.workflow == "wf"
+                and row.status == vocabulary.RunState.RUNNING
+            )
         finally:
             await db.close()
     assert schema(db_path) == before
@@ -159,7 +165,7 @@ async def test_files_are_private(db_path: Path, group_readable: bool, expected: 
     finally:
         os.umask(old_umask)
     try:
-        await db.run(repo.create_runs, [repo.NewRun("r1", "wf", None, 0, b"[]", None)], 1.0)
+        await db.run(repo.create_runs, [vocabulary.NewRun("r1", "wf", None, 0, b"[]", None)], 1.0)
         wal, shm = Path(f"{db_path}-wal"), Path(f"{db_path}-shm")
         assert (mode(db_path), mode(wal), mode(shm)) == (expected, expected, expected)
     finally:

@@ -24,7 +24,7 @@ import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
-from executor import config, errors
+from executor import config, errors, vocabulary
 from executor.daemon import logs
 from executor.daemon.notify import Notifier
 from executor.daemon.workflows import import_workflows
@@ -38,7 +38,7 @@ STATUS_INTERVAL_S = 5.0  # how often STATUS= carries the engine's load to `syste
 # for the last flush, a few seconds for each task join); past those plus this margin, it is stuck.
 SHUTDOWN_MARGIN_S = 30.0
 _HANDLED_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
-_EPOCH_REASON = "a newer epoch took over"
+_EPOCH_REASON = vocabulary.NEWER_EPOCH
 
 
 def loop_factory(kind: config.LoopKind, source: str) -> Callable[[], asyncio.AbstractEventLoop]:

@@ -20,7 +20,6 @@ If any of them dies, the engine stops and `wait()` raises: nothing runs half-sup
 from __future__ import annotations
 
 import asyncio
-import enum
 import logging
 import os
 import random
@@ -32,10 +31,23 @@ from typing import Any
 from executor import codec, config, errors, registry, resources
 from executor.engine import lag
 from executor.engine.cache import HydrationCache, InstanceCache
-from executor.engine.instance import Delivery, RunInfo, WorkflowInstance, describe
+from executor.engine.instance import RunInfo, WorkflowInstance
 from executor.engine.limits import Limiter, Ticket, WakeTimer
 from executor.store import repository as repo
 from executor.store.database import Database
+from executor.vocabulary import (
+    NEWER_EPOCH,
+    Claimed,
+    Delivery,
+    EngineState,
+    Outcome,
+    OutcomeKind,
+    ReplayOutput,
+    RunSnapshot,
+    RunState,
+    StepKind,
+    StepState,
+)
 
 log = logging.getLogger("executor.engine")
 
@@ -48,11 +60,6 @@ LIMITS_TICK_S = 0.05  # how often tasks parked for a rate are let back in, when 
 _CANCELLED_RUN = "run-cancelled"
 
 
-class State(enum.Enum):
-    NEW = "new"
-    RUNNING = "running"
-    DRAINING = "draining"
-    STOPPED = "stopped"
 
 
 class EngineCrashed(errors.ExecutorError):
@@ -77,7 +84,7 @@ class Engine:
         self.db_cfg = db_cfg or config.DatabaseConfig()
         self.registry = reg or registry.default_registry
         self.on_finish = on_finish
-        self.state = State.NEW
+        self.state = EngineState.NEW
         self.engine_id = 0
         self.epoch = 0
         self.concurrency = self.cfg.concurrency
@@ -99,7 +106,7 @@ class Engine:
         self._held: dict[int, dict[int, tuple[int, float]]] = {}
         self._inflight: dict[tuple[int, int], asyncio.Task[None]] = {}
         self._cancel_reasons: dict[tuple[int, int], str] = {}
-        self._results: list[repo.Outcome] = []
+        self._results: list[Outcome] = []
         self._events: dict[int, list[Delivery]] = {}
         self._token = 0
         self._rng = random.Random()
@@ -126,7 +133,7 @@ class Engine:
 
     async def start(self) -> None:
         """Open the database, take a new epoch and start working."""
-        if self.state is not State.NEW:
+        if self.state is not EngineState.NEW:
             raise errors.ExecutorError("an Engine can be started once")
         self.db = await Database.open(self.db_cfg, shards=self.cfg.shards)
         self._shards = range(self.db.shards)
@@ -139,7 +146,7 @@ class Engine:
         await self._reclaim_dead_local_engines()
         # Limit counts start empty: whatever an earlier engine parked may be claimed again.
         await self.db.run(repo.unpark_all)
-        self.state = State.RUNNING
+        self.state = EngineState.RUNNING
         log.info(
             "engine %d started on %s: epoch %d, %d shards x %d slots",
             self.engine_id,
@@ -269,7 +276,7 @@ class Engine:
 
     async def _shutdown(self) -> None:
         assert self.db is not None
-        self.state = State.DRAINING
+        self.state = EngineState.DRAINING
         started = time.monotonic()
         log.info(
             "draining (%s): stopped claiming; %d steps in flight",
@@ -305,7 +312,7 @@ class Engine:
             log.error("could not release claims: %s", exc)
         self.instances.clear()
         await self.db.close()
-        self.state = State.STOPPED
+        self.state = EngineState.STOPPED
         log.info(
             "engine %d stopped after %.2fs of draining", self.engine_id, time.monotonic() - started
         )
@@ -366,7 +373,7 @@ class Engine:
                     self._write_ok("dispatch")
                 if claimed is None:
                     log.warning("epoch moved past ours (%d): draining", self.epoch)
-                    self.request_stop("a newer epoch took over")
+                    self.request_stop(NEWER_EPOCH)
                     return
                 got: dict[int, int] = {}
                 for c in claimed:
@@ -377,21 +384,21 @@ class Engine:
                         self._hungry.discard(shard)
             await self._wait(self._dispatch_wake, max(0.0, next_poll - time.monotonic()))
 
-    def _spawn(self, c: repo.Claimed) -> None:
+    def _spawn(self, c: Claimed) -> None:
         self._busy[c.shard] += 1
         key = (c.run_rid, c.pos)
         # Unnamed: a name per step costs a string and a call, and the step's own frames say
         # which step it is in any traceback.
         self._inflight[key] = asyncio.create_task(self._run_step(c))
 
-    async def _run_step(self, c: repo.Claimed) -> None:
+    async def _run_step(self, c: Claimed) -> None:
         outcome = None
         key = (c.run_rid, c.pos)
         try:
             outcome = await self._execute(c)
         finally:
             del self._inflight[key]
-            if outcome is not None and outcome.kind == repo.DONE:
+            if outcome is not None and outcome.kind == OutcomeKind.DONE:
                 self._held.setdefault(c.run_rid, {})[c.pos] = (c.shard, time.monotonic())
             else:
                 self._busy[c.shard] -= 1
@@ -432,12 +439,17 @@ class Engine:
         for rid, pos in stale:
             self._release_held(rid, pos)
 
-    async def _execute(self, c: repo.Claimed) -> repo.Outcome | None:
+    async def _execute(self, c: Claimed) -> Outcome | None:
         try:
             st = self.registry.step(c.name)
         except errors.RegistryError as exc:
-            return repo.Outcome(
-                repo.DONE, c.run_rid, c.pos, c.token, repo.FAILED, error=describe(exc)
+            return Outcome(
+                OutcomeKind.DONE,
+                c.run_rid,
+                c.pos,
+                c.token,
+                StepState.FAILED,
+                error=errors.describe(exc),
             )
         ticket: Ticket | None = None
         try:
@@ -445,7 +457,7 @@ class Engine:
             gate = None
             if st.limits or c.concurrency_key is not None:
                 gate = await self.limiter.admit(c, st, args)
-            if isinstance(gate, repo.Outcome):
+            if isinstance(gate, Outcome):
                 return self._limit_wait(c, gate)  # not within its quotas now: holds no slot
             ticket = gate
             call = st.fn(*args) if st.is_async else asyncio.to_thread(st.fn, *args)
@@ -460,35 +472,40 @@ class Engine:
                 )
             except errors.PayloadError as exc:
                 # The same value would be refused on every attempt: fail now, no retries.
-                return repo.Outcome(
-                    repo.DONE, c.run_rid, c.pos, c.token, repo.FAILED, error=describe(exc)
-                )
-            self.counters["steps"] += 1
-            if codec.is_immutable(value):
-                return repo.Outcome(
-                    repo.DONE,
+                return Outcome(
+                    OutcomeKind.DONE,
                     c.run_rid,
                     c.pos,
                     c.token,
-                    repo.SUCCEEDED,
+                    StepState.FAILED,
+                    error=errors.describe(exc),
+                )
+            self.counters["steps"] += 1
+            if codec.is_immutable(value):
+                return Outcome(
+                    OutcomeKind.DONE,
+                    c.run_rid,
+                    c.pos,
+                    c.token,
+                    StepState.SUCCEEDED,
                     blob,
                     value=value,
                     has_value=True,
                 )
-            return repo.Outcome(repo.DONE, c.run_rid, c.pos, c.token, repo.SUCCEEDED, blob)
+            return Outcome(OutcomeKind.DONE, c.run_rid, c.pos, c.token, StepState.SUCCEEDED, blob)
         except asyncio.CancelledError as exc:
             task = asyncio.current_task()
             if task is None or not task.cancelling():
                 return self._failed(c, st, exc)  # raised by the step's own code
             if self._cancel_reasons.pop((c.run_rid, c.pos), None) == _CANCELLED_RUN:
                 # Fenced away (the run is not running): this just deletes the task row.
-                return repo.Outcome(
-                    repo.DONE,
+                return Outcome(
+                    OutcomeKind.DONE,
                     c.run_rid,
                     c.pos,
                     c.token,
-                    repo.FAILED,
-                    error=repo.error_blob("Cancelled", "the run was cancelled"),
+                    StepState.FAILED,
+                    error=errors.error_blob("Cancelled", "the run was cancelled"),
                 )
             raise  # drain: the claim is released when the engine stops
         except errors.RateLimited as exc:
@@ -496,12 +513,12 @@ class Engine:
             # Slows the step's limits down, and gives it a staggered place after the delay.
             not_before = self.limiter.rate_limited(ticket, delay, time.time())
             self._wakes.at(not_before, c.shard)
-            return repo.Outcome(
-                repo.RELEASE,
+            return Outcome(
+                OutcomeKind.RELEASE,
                 c.run_rid,
                 c.pos,
                 c.token,
-                error=describe(exc),
+                error=errors.describe(exc),
                 not_before=not_before,
             )
         except BaseException as exc:
@@ -511,10 +528,8 @@ class Engine:
                 self.limiter.release(ticket, time.time())
                 self._send_unparks()
 
-    def _failed(
-        self, c: repo.Claimed, st: registry.StepDef[Any, Any], exc: BaseException
-    ) -> repo.Outcome:
-        error = describe(exc)
+    def _failed(self, c: Claimed, st: registry.StepDef[Any, Any], exc: BaseException) -> Outcome:
+        error = errors.describe(exc)
         if c.attempt < st.retry.max_attempts and st.retry.retryable(type(exc).__name__, exc):
             delay = st.retry.backoff_s(c.attempt, self._rng)
             self.counters["retries"] += 1
@@ -526,10 +541,15 @@ class Engine:
                 delay,
                 exc,
             )
-            return repo.Outcome(
-                repo.RETRY, c.run_rid, c.pos, c.token, error=error, not_before=time.time() + delay
+            return Outcome(
+                OutcomeKind.RETRY,
+                c.run_rid,
+                c.pos,
+                c.token,
+                error=error,
+                not_before=time.time() + delay,
             )
-        return repo.Outcome(repo.DONE, c.run_rid, c.pos, c.token, repo.FAILED, error=error)
+        return Outcome(OutcomeKind.DONE, c.run_rid, c.pos, c.token, StepState.FAILED, error=error)
 
     # -- flush: group commit of outcomes --
 
@@ -556,7 +576,7 @@ class Engine:
             self._write_ok()
             recorded = {(e.run_rid, e.pos) for e in events}
             for o in batch:
-                if o.kind == repo.DONE and (o.run_rid, o.pos) not in recorded:
+                if o.kind == OutcomeKind.DONE and (o.run_rid, o.pos) not in recorded:
                     self._release_held(o.run_rid, o.pos)  # dropped by the fence: no replay
             self._push(events)
             self._unparks_flushed(batch)
@@ -581,15 +601,11 @@ class Engine:
         if since is not None and not self._write_failing:
             log.warning("database writable again after %.1fs", time.monotonic() - since)
 
-    def _push(self, events: list[repo.Event]) -> None:
+    def _push(self, events: list[Delivery]) -> None:
         if not events:
             return
         for e in events:
-            self._events.setdefault(e.run_rid, []).append(
-                Delivery(
-                    e.pos, e.seq, e.status, e.result, e.error, e.finished_at, e.value, e.has_value
-                )
-            )
+            self._events.setdefault(e.run_rid, []).append(e)
         self._replay_wake.set()
 
     # -- timers --
@@ -610,8 +626,8 @@ class Engine:
 
     # -- limits: quotas of API-bound steps (engine/limits.py) --
 
-    def _limit_wait(self, c: repo.Claimed, outcome: repo.Outcome) -> repo.Outcome:
-        if outcome.kind == repo.RELEASE and outcome.park is None:
+    def _limit_wait(self, c: Claimed, outcome: Outcome) -> Outcome:
+        if outcome.kind == OutcomeKind.RELEASE and outcome.park is None:
             self._wakes.at(outcome.not_before, c.shard)  # claim it again when it fits
         return outcome
 
@@ -624,14 +640,14 @@ class Engine:
         unparks = self.limiter.take_unparks()
         if unparks:
             self._results.extend(
-                repo.Outcome(repo.UNPARK, 0, 0, park=group, count=n) for group, n in unparks
+                Outcome(OutcomeKind.UNPARK, 0, 0, park=group, count=n) for group, n in unparks
             )
             self._flush_wake.set()
 
-    def _unparks_flushed(self, batch: list[repo.Outcome]) -> None:
+    def _unparks_flushed(self, batch: list[Outcome]) -> None:
         unparked = False
         for o in batch:
-            if o.kind == repo.UNPARK and o.park is not None:
+            if o.kind == OutcomeKind.UNPARK and o.park is not None:
                 unparked = True
                 if o.count > 0:
                     self.limiter.unpark_shortfall(o.park, o.count, time.time())
@@ -673,7 +689,7 @@ class Engine:
                 hb = await self.db.run(
                     repo.heartbeat,
                     self.engine_id,
-                    "draining" if self.draining else "running",
+                    EngineState.DRAINING if self.draining else EngineState.RUNNING,
                     time.time(),
                     self.cfg.lease_s,
                 )
@@ -683,7 +699,7 @@ class Engine:
             self._write_ok("heartbeat")
             if hb.epoch != self.epoch and not self.draining:
                 log.warning("epoch moved from %d to %d: draining", self.epoch, hb.epoch)
-                self.request_stop("a newer epoch took over")
+                self.request_stop(NEWER_EPOCH)
             if hb.reclaimed:
                 log.warning("reclaimed %d tasks from engines whose lease ran out", hb.reclaimed)
                 self._hungry = set(self._shards)
@@ -755,7 +771,7 @@ class Engine:
                 inst.close()
             need_load.append(rid)
         snapshots = await self.db.run(repo.load_runs, need_load) if need_load else {}
-        outputs: list[repo.ReplayOutput] = []
+        outputs: list[ReplayOutput] = []
         touched: dict[int, WorkflowInstance | None] = {}
         run_ids: dict[int, str] = {}
         for rid in chunk:
@@ -768,15 +784,13 @@ class Engine:
                 snap = snapshots.get(rid)
                 if snap is None:
                     continue
-                if snap.status != repo.RUNNING:
-                    outputs.append(
-                        repo.ReplayOutput(rid, snap.shard, snap.last_seq, [], inactive=True)
-                    )
+                if snap.status != RunState.RUNNING:
+                    outputs.append(ReplayOutput(rid, snap.shard, snap.last_seq, [], inactive=True))
                     continue
                 self.counters["full_replays"] += 1
                 run_ids[rid] = snap.id
                 built = self._build(snap)
-                if isinstance(built, repo.ReplayOutput):
+                if isinstance(built, ReplayOutput):
                     outputs.append(built)
                     touched[rid] = None
                     continue
@@ -815,18 +829,23 @@ class Engine:
         if queued_shards:
             self._hungry |= queued_shards
             self._dispatch_wake.set()
-        if any(s.kind == "sleep" for out in outputs for s in out.new_steps):
+        if any(s.kind == StepKind.SLEEP for out in outputs for s in out.new_steps):
             self._timer_wake.set()
 
-    def _build(self, snap: repo.RunSnapshot) -> WorkflowInstance | repo.ReplayOutput:
+    def _build(self, snap: RunSnapshot) -> WorkflowInstance | ReplayOutput:
         run = RunInfo(snap.rid, snap.id, snap.shard, snap.created_at)
         try:
             wf = self.registry.workflow(snap.workflow)
             args = codec.decode(snap.args)
         except errors.ExecutorError as exc:
             log.error("run %s: %s", snap.id, exc)
-            return repo.ReplayOutput(
-                snap.rid, snap.shard, snap.last_seq, [], finished=repo.FAILED, error=describe(exc)
+            return ReplayOutput(
+                snap.rid,
+                snap.shard,
+                snap.last_seq,
+                [],
+                finished=RunState.FAILED,
+                error=errors.describe(exc),
             )
         journal = {e.pos: e for e in snap.journal}
         inst = WorkflowInstance(
@@ -835,12 +854,12 @@ class Engine:
         inst.replay(snap.journal)
         return inst
 
-    def _output(self, inst: WorkflowInstance) -> repo.ReplayOutput:
+    def _output(self, inst: WorkflowInstance) -> ReplayOutput:
         steps = inst.take_steps()
-        out = repo.ReplayOutput(inst.run.rid, inst.run.shard, inst.last_seq, steps)
+        out = ReplayOutput(inst.run.rid, inst.run.shard, inst.last_seq, steps)
         if inst.nondeterminism is not None:
             out.new_steps = []
-            out.parked = describe(inst.nondeterminism)
+            out.parked = errors.describe(inst.nondeterminism)
             log.error("%s; run parked", inst.nondeterminism)
             return out
         status, result, error = inst.outcome()
@@ -849,10 +868,10 @@ class Engine:
             out.finished, out.result, out.error = status, result, error
         return out
 
-    def _finished(self, run_id: str, out: repo.ReplayOutput) -> None:
+    def _finished(self, run_id: str, out: ReplayOutput) -> None:
         self.counters["finished"] += 1
         if self.on_finish is not None:
-            status = out.finished or repo.PARKED
+            status = out.finished or RunState.PARKED
             try:
                 self.on_finish(run_id, status)
             except Exception:

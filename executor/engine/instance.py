@@ -20,20 +20,18 @@ import datetime as dt
 import logging
 import random
 import time
-import traceback
 import uuid
 from collections.abc import Callable
 from typing import Any, NamedTuple, TypeVar
 
 from executor import codec, errors, registry
 from executor.engine.cache import HydrationCache
-from executor.store import repository as repo
+from executor.vocabulary import Delivery, JournalEntry, NewStep, RunState, StepKind, StepState
 
 log = logging.getLogger("executor.workflow")
 
 T = TypeVar("T")
 
-_TRACEBACK_LIMIT_CHARS = 8192
 # One activation (the code run for one event) taking longer than this blocked the engine's event
 # loop for that long: it is logged as a warning naming the workflow and the run.
 SLOW_ACTIVATION_S = 1.0
@@ -147,19 +145,6 @@ class RunInfo(NamedTuple):
     created_at: float
 
 
-class Delivery(NamedTuple):
-    """A recorded journal event, as the instance needs it."""
-
-    pos: int
-    seq: int
-    status: str
-    result: bytes | None
-    error: bytes | None
-    finished_at: float
-    value: Any = None  # the decoded result, when the engine still has it (immutable values only)
-    has_value: bool = False
-
-
 class WorkflowContext:
     """The `ctx` every workflow function receives as its first argument."""
 
@@ -190,13 +175,13 @@ class WorkflowContext:
             if found is None or found.fn is not fn:
                 raise errors.WorkflowUsageError(f"{name} is not a step: decorate it with @step")
             fn = found
-        return self._inst.schedule("step", fn.name, list(args), None, limit_key)
+        return self._inst.schedule(StepKind.STEP, fn.name, list(args), None, limit_key)
 
     def sleep(self, seconds: float) -> asyncio.Future[None]:
         """A durable timer: survives restarts; the workflow resumes after `seconds`."""
         if not isinstance(seconds, int | float) or seconds < 0:
             raise errors.WorkflowUsageError(f"ctx.sleep: seconds must be >= 0, got {seconds!r}")
-        return self._inst.schedule("sleep", "sleep", [float(seconds)], float(seconds))
+        return self._inst.schedule(StepKind.SLEEP, "sleep", [float(seconds)], float(seconds))
 
     def time(self) -> float:
         """The workflow's clock: when the event it is reacting to was recorded (same on replay)."""
@@ -226,7 +211,7 @@ class WorkflowInstance:
         reg: registry.Registry,
         cache: HydrationCache,
         payload_limit: int,
-        journal: dict[int, repo.JournalEntry] | None = None,
+        journal: dict[int, JournalEntry] | None = None,
     ) -> None:
         self.run = run
         self.wf = wf
@@ -241,7 +226,7 @@ class WorkflowInstance:
         self.last_seq = 0
         self.next_pos = 0
         self.pending: dict[int, tuple[str, asyncio.Future[Any]]] = {}
-        self.new_steps: list[repo.NewStep] = []
+        self.new_steps: list[NewStep] = []
         self.nondeterminism: errors.NonDeterminismError | None = None
         self._closing = False
         context = contextvars.copy_context()
@@ -269,7 +254,7 @@ class WorkflowInstance:
     # -- called from the workflow code (through ctx) --
     def schedule(
         self,
-        kind: str,
+        kind: StepKind,
         name: str,
         args: list[Any],
         sleep_s: float | None,
@@ -292,7 +277,7 @@ class WorkflowInstance:
                 )
         elif self.nondeterminism is None:
             fire_at = None if sleep_s is None else self._real_now() + sleep_s
-            self.new_steps.append(repo.NewStep(pos, kind, name, fp, blob, fire_at, limit_key))
+            self.new_steps.append(NewStep(pos, kind, name, fp, blob, fire_at, limit_key))
         fut: asyncio.Future[Any] = self.loop.create_future()
         self.pending[pos] = (name, fut)
         return fut
@@ -326,7 +311,7 @@ class WorkflowInstance:
         name, fut = waiting
         if fut.done():  # cancelled by the workflow code itself
             return
-        if d.status == repo.SUCCEEDED:
+        if d.status == StepState.SUCCEEDED:
             if d.has_value:
                 value = d.value
                 self.cache.put((self.run.rid, d.pos), value, len(d.result or b""))
@@ -340,13 +325,15 @@ class WorkflowInstance:
             fut.set_exception(errors.StepFailed(name, error))
         self.loop.run_until_quiet()
 
-    def replay(self, entries: list[repo.JournalEntry]) -> None:
+    def replay(self, entries: list[JournalEntry]) -> None:
         """Feed every recorded journal entry, in recorded order (full replay)."""
         done = [e for e in entries if e.seq is not None]
         done.sort(key=lambda e: e.seq or 0)
         for e in done:
             assert e.seq is not None and e.finished_at is not None
-            self.deliver(Delivery(e.pos, e.seq, e.status, e.result, e.error, e.finished_at))
+            self.deliver(
+                Delivery(self.run.rid, e.pos, e.seq, e.status, e.result, e.error, e.finished_at)
+            )
         if self.main.done() and self.nondeterminism is None:
             extra = [p for p in self.journal if p >= self.next_pos]
             if extra:
@@ -355,16 +342,20 @@ class WorkflowInstance:
                     self.run.id, e.pos, f"{e.kind} {e.name}", "the workflow to return"
                 )
 
-    def take_steps(self) -> list[repo.NewStep]:
+    def take_steps(self) -> list[NewStep]:
         steps, self.new_steps = self.new_steps, []
         return steps
 
-    def outcome(self) -> tuple[str | None, bytes | None, bytes | None]:
+    def outcome(self) -> tuple[RunState | None, bytes | None, bytes | None]:
         """(succeeded | failed | None while running, result, error)."""
         if not self.main.done():
             return None, None, None
         if self.main.cancelled():
-            return repo.FAILED, None, repo.error_blob("Cancelled", "the workflow was cancelled")
+            return (
+                RunState.FAILED,
+                None,
+                errors.error_blob("Cancelled", "the workflow was cancelled"),
+            )
         exc = self.main.exception()
         if exc is None:
             try:
@@ -372,9 +363,13 @@ class WorkflowInstance:
                     self.main.result(), what=f"{self.wf.name} result", limit=self.payload_limit
                 )
             except errors.PayloadError as perr:
-                return repo.FAILED, None, repo.error_blob("PayloadError", str(perr))
-            return repo.SUCCEEDED, blob, None
-        return repo.FAILED, None, describe(exc.original if isinstance(exc, _Escaped) else exc)
+                return RunState.FAILED, None, errors.error_blob("PayloadError", str(perr))
+            return RunState.SUCCEEDED, blob, None
+        return (
+            RunState.FAILED,
+            None,
+            errors.describe(exc.original if isinstance(exc, _Escaped) else exc),
+        )
 
     def close(self) -> None:
         """Unwind the code (its finally blocks run) and free the loop."""
@@ -388,14 +383,3 @@ class WorkflowInstance:
         if self.main.done() and not self.main.cancelled():
             self.main.exception()  # retrieved: no "never retrieved" warning at GC
         self.loop.close()
-
-
-def describe(exc: BaseException) -> bytes:
-    """An error as stored in the journal and on runs: type, message, traceback (truncated)."""
-    tb = "".join(traceback.format_exception(exc))
-    if len(tb) > _TRACEBACK_LIMIT_CHARS:
-        tb = "...\n" + tb[-_TRACEBACK_LIMIT_CHARS:]
-    extra: dict[str, Any] = {"traceback": tb}
-    if isinstance(exc, errors.StepFailed):
-        extra["step"] = exc.step
-    return repo.error_blob(type(exc).__name__, str(exc), **extra)

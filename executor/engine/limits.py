@@ -47,8 +47,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, NamedTuple
 
 from executor import config, errors, registry
-from executor.engine.instance import describe
-from executor.store import repository as repo
+from executor.vocabulary import Claimed, Outcome, OutcomeKind, StepState
 
 log = logging.getLogger("executor.limits")
 
@@ -743,8 +742,8 @@ class Limiter:
     # -- the step-side of admission (async: it may sleep a moment in the slot) --
 
     async def admit(
-        self, c: repo.Claimed, st: registry.StepDef[Any, Any], args: list[Any]
-    ) -> Ticket | repo.Outcome | None:
+        self, c: Claimed, st: registry.StepDef[Any, Any], args: list[Any]
+    ) -> Ticket | Outcome | None:
         """Before running a claimed step: None (nothing to limit), a Ticket (run it, then
         `release`), or the RELEASE (wait or park) or DONE (can never fit) outcome to record."""
         if not st.limits and (c.concurrency_key is None or not self.active):
@@ -759,22 +758,27 @@ class Limiter:
                     task, st.limits, c.limit_key, c.concurrency_key, tokens, unparked, now
                 )
             except CostTooHigh as exc:
-                return repo.Outcome(
-                    repo.DONE, c.run_rid, c.pos, c.token, repo.FAILED, error=describe(exc)
+                return Outcome(
+                    OutcomeKind.DONE,
+                    c.run_rid,
+                    c.pos,
+                    c.token,
+                    StepState.FAILED,
+                    error=errors.describe(exc),
                 )
             if d.ticket is not None:
                 return d.ticket
             if d.park is not None:
-                return repo.Outcome(
-                    repo.RELEASE, c.run_rid, c.pos, c.token, not_before=now, park=d.park
+                return Outcome(
+                    OutcomeKind.RELEASE, c.run_rid, c.pos, c.token, not_before=now, park=d.park
                 )
             if d.wait_until - now > IN_SLOT_WAIT_S:
-                return repo.Outcome(
-                    repo.RELEASE, c.run_rid, c.pos, c.token, not_before=d.wait_until
+                return Outcome(
+                    OutcomeKind.RELEASE, c.run_rid, c.pos, c.token, not_before=d.wait_until
                 )
             await asyncio.sleep(max(0.0, d.wait_until - now))
             unparked = False
-        return repo.Outcome(repo.RELEASE, c.run_rid, c.pos, c.token, not_before=time.time())
+        return Outcome(OutcomeKind.RELEASE, c.run_rid, c.pos, c.token, not_before=time.time())
 
 
 def _cost(st: registry.StepDef[Any, Any], args: list[Any]) -> int:

@@ -14,64 +14,32 @@ from __future__ import annotations
 
 import sqlite3
 import time
-import uuid
-import zlib
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
-from typing import Any, NamedTuple
+from typing import Any
 
 import orjson
 
+from executor.errors import error_blob
 from executor.store.database import transaction
 from executor.store.sql import Q
-
-# Run statuses.
-RUNNING = "running"
-PARKED = "parked"
-SUCCEEDED = "succeeded"
-FAILED = "failed"
-CANCELLED = "cancelled"
-FINISHED = frozenset({SUCCEEDED, FAILED, CANCELLED})
-
-
-def shard_of(key: str, shards: int) -> int:
-    """Stable shard of a run id or shard key (crc32: the same in every process and release)."""
-    return zlib.crc32(key.encode()) % shards
-
-
-# Every 3-hex-digit ending, to try as the last digits of a random UUID.
-_ENDINGS = [f"{i:03x}".encode() for i in range(4096)]
-
-
-def run_id_for_shard(shard: int, shards: int) -> str:
-    """A random UUID-shaped run id whose shard_of() is `shard`.
-
-    The last three hex digits are chosen, continuing the crc32 of the rest, so the id needs about
-    `shards` crc32 steps over three bytes, not a retry per random id.
-    """
-    while True:
-        head = str(uuid.uuid4())[:-3]
-        crc = zlib.crc32(head.encode())
-        for ending in _ENDINGS:
-            if zlib.crc32(ending, crc) % shards == shard:
-                return head + ending.decode()
-
-
-def error_blob(kind: str, message: str, **extra: Any) -> bytes:
-    return orjson.dumps({"type": kind, "message": message, **extra})
-
+from executor.vocabulary import (
+    LIVE_ENGINE_STATES,
+    Claimed,
+    Delivery,
+    EngineState,
+    Heartbeat,
+    JournalEntry,
+    NewRun,
+    Outcome,
+    OutcomeKind,
+    ReplayOutput,
+    RunRow,
+    RunSnapshot,
+    StepKind,
+    StepState,
+)
 
 # --- starting runs -------------------------------------------------------------------------------
-
-
-class NewRun(NamedTuple):
-    id: str
-    workflow: str
-    version: str | None
-    shard: int
-    args: bytes
-    idempotency_key: str | None
-    concurrency_key: str | None = None  # caps the run's steps in flight (engine.limits)
 
 
 @transaction
@@ -137,15 +105,9 @@ def bump_epoch(conn: sqlite3.Connection) -> int:
     return int(conn.execute(Q["bump_epoch"]).fetchone()[0])
 
 
-class Heartbeat(NamedTuple):
-    epoch: int
-    reclaimed: int  # tasks released from engines whose lease ran out
-    orphaned: list[tuple[int, int]]  # our in-flight tasks whose run is no longer running
-
-
 @transaction
 def heartbeat(
-    conn: sqlite3.Connection, engine_id: int, state: str, now: float, lease_s: float
+    conn: sqlite3.Connection, engine_id: int, state: EngineState, now: float, lease_s: float
 ) -> Heartbeat:
     conn.execute(Q["heartbeat"], (now, state, engine_id))
     epoch = conn.execute(Q["select_epoch"]).fetchone()[0]
@@ -166,19 +128,6 @@ def stop_engine(conn: sqlite3.Connection, engine_id: int, now: float) -> int:
 
 
 # --- claiming ------------------------------------------------------------------------------------
-
-
-class Claimed(NamedTuple):
-    run_rid: int
-    pos: int
-    shard: int
-    attempt: int
-    name: str
-    args: bytes
-    token: int
-    limit_key: str | None = None  # ctx.step(..., limit_key=)
-    concurrency_key: str | None = None  # the run's, from Client.start(concurrency_key=)
-    unparked: bool = False  # it was parked, waiting for room: it goes before newcomers
 
 
 def claim(
@@ -253,47 +202,8 @@ def _claim(
 
 # --- recording results ---------------------------------------------------------------------------
 
-# Outcome kinds.
-DONE = 0  # the step finished (succeeded, or failed for good): record it in the journal
-RETRY = 1  # the attempt failed and will be retried after not_before
-RELEASE = 2  # give the task back to the queue without using an attempt (drain, rate limit)
-TIMER = 3  # a durable sleep is due (recorded by fire_timers, not passed to record)
-UNPARK = 4  # make up to `count` tasks parked under `park` claimable again, oldest first
 
-
-@dataclass(slots=True)
-class Outcome:
-    kind: int
-    run_rid: int
-    pos: int
-    token: int | None = None  # the claim that ran it (None for timers and operator actions)
-    status: str = SUCCEEDED  # for DONE/TIMER: succeeded | failed
-    result: bytes | None = None
-    error: bytes | None = None
-    not_before: float = 0.0  # for RETRY/RELEASE
-    # DONE: the result itself when it is immutable, so the live workflow needs no decode.
-    value: Any = None
-    has_value: bool = False
-    # RELEASE: park the task under this group (engine/limits.py) until an UNPARK; UNPARK: the group
-    park: str | None = None
-    count: int = 0  # UNPARK: how many; record() leaves how many it could not find
-
-
-class Event(NamedTuple):
-    """A journal entry that was just recorded: the workflow has not seen it yet."""
-
-    run_rid: int
-    pos: int
-    seq: int
-    status: str
-    result: bytes | None
-    error: bytes | None
-    finished_at: float
-    value: Any = None  # see Outcome.value
-    has_value: bool = False
-
-
-def _record(conn: sqlite3.Connection, o: Outcome, now: float) -> Event | None:
+def _record(conn: sqlite3.Connection, o: Outcome, now: float) -> Delivery | None:
     row = conn.execute(
         Q["record_step"],
         {
@@ -310,26 +220,26 @@ def _record(conn: sqlite3.Connection, o: Outcome, now: float) -> Event | None:
     seq = row[0]
     shard = conn.execute(Q["advance_run"], {"seq": seq, "now": now, "rid": o.run_rid}).fetchone()[0]
     conn.execute(Q["queue_replay"], {"rid": o.run_rid, "shard": shard, "seq": seq, "now": now})
-    return Event(o.run_rid, o.pos, seq, o.status, o.result, o.error, now, o.value, o.has_value)
+    return Delivery(o.run_rid, o.pos, seq, o.status, o.result, o.error, now, o.value, o.has_value)
 
 
 @transaction
-def record(conn: sqlite3.Connection, outcomes: Iterable[Outcome], now: float) -> list[Event]:
+def record(conn: sqlite3.Connection, outcomes: Iterable[Outcome], now: float) -> list[Delivery]:
     """Apply a batch of step outcomes in one transaction; return the journal events written.
 
     Each outcome is fenced on its claim token: one whose task was reclaimed, released or already
     recorded changes nothing.
     """
     outcomes = list(outcomes)
-    events = _record_done([o for o in outcomes if o.kind == DONE], conn, now)
+    events = _record_done([o for o in outcomes if o.kind is OutcomeKind.DONE], conn, now)
     for o in outcomes:
-        if o.kind == DONE:
+        if o.kind is OutcomeKind.DONE:
             continue  # recorded above
-        if o.kind == RETRY or o.kind == RELEASE:
+        if o.kind is OutcomeKind.RETRY or o.kind is OutcomeKind.RELEASE:
             changed = conn.execute(
                 Q["retry_task"],
                 {
-                    "bump": 1 if o.kind == RETRY else 0,
+                    "bump": 1 if o.kind is OutcomeKind.RETRY else 0,
                     "not_before": o.not_before,
                     "rid": o.run_rid,
                     "pos": o.pos,
@@ -339,7 +249,7 @@ def record(conn: sqlite3.Connection, outcomes: Iterable[Outcome], now: float) ->
             ).rowcount
             if changed and o.error is not None:
                 conn.execute(Q["note_step_error"], (o.error, o.run_rid, o.pos))
-        elif o.kind == UNPARK:
+        elif o.kind is OutcomeKind.UNPARK:
             found = conn.execute(Q["unpark_tasks"], {"parked": o.park, "limit": o.count})
             o.count -= found.rowcount
         else:  # pragma: no cover
@@ -347,7 +257,7 @@ def record(conn: sqlite3.Connection, outcomes: Iterable[Outcome], now: float) ->
     return events
 
 
-def _record_done(done: list[Outcome], conn: sqlite3.Connection, now: float) -> list[Event]:
+def _record_done(done: list[Outcome], conn: sqlite3.Connection, now: float) -> list[Delivery]:
     """Record finished steps with a few statements over the whole batch.
 
     The same fences as _record, one statement each: our claim token still holds the task, the
@@ -375,13 +285,13 @@ def _record_done(done: list[Outcome], conn: sqlite3.Connection, now: float) -> l
     for i, seq in conn.execute(Q["record_in_recorded"]).fetchall():
         o = done[i]
         events.append(
-            Event(o.run_rid, o.pos, seq, o.status, o.result, o.error, now, o.value, o.has_value)
+            Delivery(o.run_rid, o.pos, seq, o.status, o.result, o.error, now, o.value, o.has_value)
         )
     conn.execute(Q["record_in_clear"])
     return events
 
 
-def fire_timers(conn: sqlite3.Connection, now: float, limit: int) -> list[Event]:
+def fire_timers(conn: sqlite3.Connection, now: float, limit: int) -> list[Delivery]:
     """Record every due durable sleep (up to limit) as finished."""
     # Look before taking the write lock: most polls find nothing due.
     if not conn.execute(Q["due_timers"], (now, 1)).fetchone():
@@ -390,7 +300,7 @@ def fire_timers(conn: sqlite3.Connection, now: float, limit: int) -> list[Event]
 
 
 @transaction
-def _fire_due_timers(conn: sqlite3.Connection, now: float, limit: int) -> list[Event]:
+def _fire_due_timers(conn: sqlite3.Connection, now: float, limit: int) -> list[Delivery]:
     events = []
     for run_rid, pos in conn.execute(Q["due_timers"], (now, limit)).fetchall():
         event = _record_fired(conn, run_rid, pos, now)
@@ -399,38 +309,13 @@ def _fire_due_timers(conn: sqlite3.Connection, now: float, limit: int) -> list[E
     return events
 
 
-def _record_fired(conn: sqlite3.Connection, run_rid: int, pos: int, now: float) -> Event | None:
+def _record_fired(conn: sqlite3.Connection, run_rid: int, pos: int, now: float) -> Delivery | None:
     if not conn.execute(Q["delete_timer"], (run_rid, pos)).rowcount:
         return None
-    return _record(conn, Outcome(TIMER, run_rid, pos), now)
+    return _record(conn, Outcome(OutcomeKind.DONE, run_rid, pos), now)
 
 
 # --- replays -------------------------------------------------------------------------------------
-
-
-class JournalEntry(NamedTuple):
-    pos: int
-    kind: str
-    name: str
-    fingerprint: str
-    status: str
-    result: bytes | None
-    error: bytes | None
-    seq: int | None
-    finished_at: float | None
-
-
-class RunSnapshot(NamedTuple):
-    rid: int
-    id: str
-    workflow: str
-    version: str | None
-    shard: int
-    status: str
-    args: bytes
-    created_at: float
-    last_seq: int
-    journal: list[JournalEntry]
 
 
 def pending_replays(conn: sqlite3.Connection, limit: int) -> list[tuple[int, int]]:
@@ -454,33 +339,6 @@ def load_runs(conn: sqlite3.Connection, rids: Iterable[int]) -> dict[int, RunSna
     return out
 
 
-class NewStep(NamedTuple):
-    pos: int
-    kind: str  # step | sleep
-    name: str
-    fingerprint: str
-    args: bytes | None
-    fire_at: float | None  # for sleeps
-    limit_key: str | None = None  # its own budget of the step's limits
-
-
-@dataclass(slots=True)
-class ReplayOutput:
-    """What one replay of one run produced."""
-
-    run_rid: int
-    shard: int
-    consumed_seq: int
-    new_steps: list[NewStep]
-    finished: str | None = None  # succeeded | failed
-    result: bytes | None = None
-    error: bytes | None = None
-    parked: bytes | None = None  # the nondeterminism error
-    # The run was not running when read (parked, finished): just drop its replay entry, unless
-    # it was resumed since, in which case the entry is the resume's and must stay.
-    inactive: bool = False
-
-
 @transaction
 def commit_replays(conn: sqlite3.Connection, outputs: Sequence[ReplayOutput], now: float) -> int:
     """Commit what a batch of replays produced, deleting the replay entries they consumed.
@@ -499,7 +357,7 @@ def commit_replays(conn: sqlite3.Connection, outputs: Sequence[ReplayOutput], no
                 continue
             if s.limit_key is not None:
                 conn.execute(Q["set_step_limit_key"], (s.limit_key, out.run_rid, s.pos))
-            if s.kind == "sleep":
+            if s.kind == StepKind.SLEEP:
                 conn.execute(Q["insert_timer"], (out.run_rid, s.pos, out.shard, s.fire_at))
             else:
                 conn.execute(Q["insert_task"], (out.run_rid, s.pos, out.shard))
@@ -531,21 +389,6 @@ def commit_replays(conn: sqlite3.Connection, outputs: Sequence[ReplayOutput], no
 
 
 # --- client and operator -------------------------------------------------------------------------
-
-
-class RunRow(NamedTuple):
-    rid: int
-    id: str
-    workflow: str
-    version: str | None
-    shard: int
-    status: str
-    result: bytes | None
-    error: bytes | None
-    created_at: float
-    updated_at: float
-    finished_at: float | None
-    last_seq: int
 
 
 def get_run(conn: sqlite3.Connection, run_id: str) -> RunRow | None:
@@ -604,7 +447,9 @@ def fail_pending_tasks(conn: sqlite3.Connection, shard: int, now: float) -> int:
     error = error_blob("ForceFailed", f"failed by an operator: fail_pending_tasks(shard={shard})")
     for run_rid, pos in conn.execute(Q["queued_tasks_of_shard"], (shard,)).fetchall():
         conn.execute(Q["delete_queued_task"], (run_rid, pos))
-        if _record(conn, Outcome(DONE, run_rid, pos, status=FAILED, error=error), now):
+        if _record(
+            conn, Outcome(OutcomeKind.DONE, run_rid, pos, status=StepState.FAILED, error=error), now
+        ):
             failed += 1
     return failed
 
@@ -688,7 +533,7 @@ def stats(conn: sqlite3.Connection, now: float | None = None) -> dict[str, Any]:
                 )
             )
             for e in conn.execute(Q["list_engines"])
-            if e[4] in ("running", "draining")
+            if e[4] in LIVE_ENGINE_STATES
         ]
     finally:
         conn.execute("COMMIT")

@@ -1,0 +1,29 @@
+"""Which shard a run lives in: a stable hash of its id or shard key."""
+
+from __future__ import annotations
+
+import uuid
+import zlib
+
+
+def shard_of(key: str, shards: int) -> int:
+    """Stable shard of a run id or shard key (crc32: the same in every process and release)."""
+    return zlib.crc32(key.encode()) % shards
+
+
+# Every 3-hex-digit ending, to try as the last digits of a random UUID.
+_ENDINGS = [f"{i:03x}".encode() for i in range(4096)]
+
+
+def run_id_for_shard(shard: int, shards: int) -> str:
+    """A random UUID-shaped run id whose shard_of() is `shard`.
+
+    The last three hex digits are chosen, continuing the crc32 of the rest, so the id needs about
+    `shards` crc32 steps over three bytes, not a retry per random id.
+    """
+    while True:
+        head = str(uuid.uuid4())[:-3]
+        crc = zlib.crc32(head.encode())
+        for ending in _ENDINGS:
+            if zlib.crc32(ending, crc) % shards == shard:
+                return head + ending.decode()

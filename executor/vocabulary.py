@@ -1,0 +1,215 @@
+"""The words every layer shares: run, step and engine states, step and outcome kinds, and the
+records one step's data travels in, from the workflow that asks for it to the journal and back.
+
+A leaf module (it imports nothing of the package), so the client, the CLI, the engine and the
+store can all speak it without importing one another. The states are `StrEnum`s: a member is
+the very string stored in the database, so rows read back compare equal to the members without
+a conversion (tests/test_vocabulary.py checks every literal in the SQL files is a member).
+
+The life of one step, by record:
+
+    NewStep       the workflow asked for a step (WorkflowInstance.schedule)
+    ReplayOutput  what one replay of one run produced, committed by repository.commit_replays
+    Claimed       a queued task taken by an engine (repository.claim)
+    Outcome       what one attempt came to, recorded by repository.record
+    Delivery      a journal entry just recorded (or read back for a full replay), fed to the
+                  workflow by WorkflowInstance.deliver
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+from typing import Any, NamedTuple
+
+
+class RunState(enum.StrEnum):
+    """`runs.status`."""
+
+    RUNNING = "running"
+    PARKED = "parked"  # its code no longer matches its journal; waits for an operator
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
+FINISHED = frozenset({RunState.SUCCEEDED, RunState.FAILED, RunState.CANCELLED})
+
+
+class StepState(enum.StrEnum):
+    """`steps.status`: a journal entry is pending until its result is recorded."""
+
+    PENDING = "pending"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+
+
+class StepKind(enum.StrEnum):
+    """`steps.kind`: what the workflow asked for at a position."""
+
+    STEP = "step"  # a task, run by an engine's slot
+    SLEEP = "sleep"  # a durable timer (ctx.sleep), fired by the timer loop
+
+
+class EngineState(enum.StrEnum):
+    """`engines.state`, and an Engine object's own state (NEW before it registers)."""
+
+    NEW = "new"
+    RUNNING = "running"
+    DRAINING = "draining"
+    STOPPED = "stopped"
+    DEAD = "dead"  # its lease ran out, or its process is gone; its claims were released
+
+
+LIVE_ENGINE_STATES = frozenset({EngineState.RUNNING, EngineState.DRAINING})
+
+
+class OutcomeKind(enum.StrEnum):
+    """What one attempt of a claimed step came to (`Outcome.kind`); never stored as such."""
+
+    DONE = "done"  # the step finished (succeeded, or failed for good): record it in the journal
+    RETRY = "retry"  # the attempt failed and will be retried after not_before
+    RELEASE = "release"  # give the task back without using an attempt (drain, rate limit)
+    UNPARK = "unpark"  # make up to `count` tasks parked under `park` claimable again
+
+
+# Why an engine drains when another engine (or `executor bump-epoch`) took a newer epoch.
+NEWER_EPOCH = "a newer epoch took over"
+
+
+# --- records -------------------------------------------------------------------------------------
+
+
+class NewRun(NamedTuple):
+    id: str
+    workflow: str
+    version: str | None
+    shard: int
+    args: bytes
+    idempotency_key: str | None
+    concurrency_key: str | None = None  # caps the run's steps in flight (engine.limits)
+
+
+class Claimed(NamedTuple):
+    """A task an engine claimed: one attempt of one step."""
+
+    run_rid: int
+    pos: int
+    shard: int
+    attempt: int
+    name: str
+    args: bytes
+    token: int
+    limit_key: str | None = None  # ctx.step(..., limit_key=)
+    concurrency_key: str | None = None  # the run's, from Client.start(concurrency_key=)
+    unparked: bool = False  # it was parked, waiting for room: it goes before newcomers
+
+
+@dataclass(slots=True)
+class Outcome:
+    """What one attempt of a claimed step came to, to be recorded."""
+
+    kind: OutcomeKind
+    run_rid: int
+    pos: int
+    token: int | None = None  # the claim that ran it (None for timers and operator actions)
+    status: StepState = StepState.SUCCEEDED  # for DONE: succeeded | failed
+    result: bytes | None = None
+    error: bytes | None = None
+    not_before: float = 0.0  # for RETRY/RELEASE
+    # DONE: the result itself when it is immutable, so the live workflow needs no decode.
+    value: Any = None
+    has_value: bool = False
+    # RELEASE: park the task under this group (engine/limits.py) until an UNPARK; UNPARK: the group
+    park: str | None = None
+    count: int = 0  # UNPARK: how many; record() leaves how many it could not find
+
+
+class Delivery(NamedTuple):
+    """A recorded journal entry, as a workflow is fed it: just recorded by this engine (live), or
+    read back from the journal (full replay)."""
+
+    run_rid: int
+    pos: int
+    seq: int
+    status: str  # a StepState: succeeded | failed
+    result: bytes | None
+    error: bytes | None
+    finished_at: float
+    value: Any = None  # the decoded result, when the engine still has it (immutable values only)
+    has_value: bool = False
+
+
+class JournalEntry(NamedTuple):
+    pos: int
+    kind: str  # a StepKind
+    name: str
+    fingerprint: str
+    status: str  # a StepState
+    result: bytes | None
+    error: bytes | None
+    seq: int | None
+    finished_at: float | None
+
+
+class RunSnapshot(NamedTuple):
+    """Everything a full replay of one run needs."""
+
+    rid: int
+    id: str
+    workflow: str
+    version: str | None
+    shard: int
+    status: str  # a RunState
+    args: bytes
+    created_at: float
+    last_seq: int
+    journal: list[JournalEntry]
+
+
+class NewStep(NamedTuple):
+    pos: int
+    kind: StepKind
+    name: str
+    fingerprint: str
+    args: bytes | None
+    fire_at: float | None  # for sleeps
+    limit_key: str | None = None  # its own budget of the step's limits
+
+
+@dataclass(slots=True)
+class ReplayOutput:
+    """What one replay of one run produced."""
+
+    run_rid: int
+    shard: int
+    consumed_seq: int
+    new_steps: list[NewStep]
+    finished: RunState | None = None  # succeeded | failed
+    result: bytes | None = None
+    error: bytes | None = None
+    parked: bytes | None = None  # the nondeterminism error
+    # The run was not running when read (parked, finished): just drop its replay entry, unless
+    # it was resumed since, in which case the entry is the resume's and must stay.
+    inactive: bool = False
+
+
+class RunRow(NamedTuple):
+    rid: int
+    id: str
+    workflow: str
+    version: str | None
+    shard: int
+    status: str  # a RunState
+    result: bytes | None
+    error: bytes | None
+    created_at: float
+    updated_at: float
+    finished_at: float | None
+    last_seq: int
+
+
+class Heartbeat(NamedTuple):
+    epoch: int
+    reclaimed: int  # tasks released from engines whose lease ran out
+    orphaned: list[tuple[int, int]]  # our in-flight tasks whose run is no longer running

@@ -1,0 +1,116 @@
+"""The states and kinds written in SQL are the members of the vocabulary's enums.
+
+A status spelled differently in one query ('canceled', 'Running') would make that query match
+nothing, silently: every literal in the SQL files must be a member of the enum of the column it
+is compared with or written to, or one of the few literals that are not vocabulary (meta keys,
+the checker's labels).
+"""
+
+from __future__ import annotations
+
+import enum
+import re
+from importlib import resources
+
+import pytest
+
+from executor import vocabulary
+
+# Literals that are not states or kinds: keys of the meta table, labels of check.sql's rows, the
+# separator of a group_concat.
+NOT_VOCABULARY = {"epoch", "shards", "queued task", "timer", "task", "replay entry", ","}
+
+_STRING = re.compile(r"'((?:[^']|'')*)'")
+_COMMENT = re.compile(r"--[^\n]*")
+# `status = 'x'`, `r.status != 'x'`, `state IN ('x', 'y')`, `status NOT IN (...)`
+_COMPARED = re.compile(
+    r"\b(?:\w+\.)?(status|state|kind)\s*(?:=|!=|<>|\bNOT\s+IN\b|\bIN\b)\s*(\([^)]*\)|'[^']*')",
+    re.IGNORECASE,
+)
+# The schema's own documentation of a column: `status TEXT NOT NULL, -- running | parked | ...`
+_DOCUMENTED = re.compile(r"^\s*(status|state|kind)\s+TEXT\b[^\n]*--\s*([\w |]+)$", re.MULTILINE)
+
+
+def _tables() -> dict[str, type[enum.StrEnum]]:
+    """Column -> the enum its values come from."""
+    return {
+        "runs.status": vocabulary.RunState,
+        "steps.status": vocabulary.StepState,
+        "steps.kind": vocabulary.StepKind,
+        "engines.state": vocabulary.EngineState,
+    }
+
+
+def _sql_files() -> dict[str, str]:
+    store = resources.files("executor.store")
+    files = {e.name: e.read_text() for e in store.iterdir() if e.name.endswith(".sql")}
+    for e in store.joinpath("migrations").iterdir():
+        if e.name.endswith(".sql"):
+            files[f"migrations/{e.name}"] = e.read_text()
+    return files
+
+
+SQL = _sql_files()
+ALL_MEMBERS = {m.value for enum_ in _tables().values() for m in enum_}
+
+
+def test_there_are_sql_files() -> None:
+    assert {"queries.sql", "check.sql", "limits.sql", "migrations/0001_initial.sql"} <= set(SQL)
+
+
+@pytest.mark.parametrize("name", sorted(SQL))
+def test_every_literal_is_a_member_or_known(name: str) -> None:
+    code = _COMMENT.sub("", SQL[name])
+    unknown = {
+        lit for lit in _STRING.findall(code) if lit not in ALL_MEMBERS and lit not in NOT_VOCABULARY
+    }
+    assert not unknown, f"{name}: literals that are not in executor.vocabulary: {sorted(unknown)}"
+
+
+@pytest.mark.parametrize("name", sorted(SQL))
+def test_compared_literals_belong_to_their_column(name: str) -> None:
+    code = _COMMENT.sub("", SQL[name])
+    # status is runs.status or steps.status: both enums are allowed there, never another one.
+    allowed = {
+        "status": {m.value for m in (*vocabulary.RunState, *vocabulary.StepState)},
+        "state": {m.value for m in vocabulary.EngineState},
+        "kind": {m.value for m in vocabulary.StepKind},
+    }
+    bad = [
+        f"{column} {values}"
+        for column, values in _COMPARED.findall(code)
+        for lit in _STRING.findall(values)
+        if lit not in allowed[column.lower()]
+    ]
+    assert not bad, f"{name}: {bad}"
+
+
+def test_schema_comments_list_exactly_the_members() -> None:
+    documented = {}
+    for column, values in _DOCUMENTED.findall(SQL["migrations/0001_initial.sql"]):
+        documented.setdefault(column, []).append({v.strip() for v in values.split("|")})
+    tables = _tables()
+    assert documented["status"] == [
+        {m.value for m in tables["runs.status"]},
+        {m.value for m in tables["steps.status"]},
+    ]
+    assert documented["kind"] == [{m.value for m in tables["steps.kind"]}]
+    # An engine object is NEW before it has a row.
+    assert documented["state"] == [{m.value for m in tables["engines.state"]} - {"new"}]
+
+
+def test_the_checker_catches_a_misspelt_literal() -> None:
+    code = "UPDATE runs SET status = 'canceled' WHERE status IN ('running', 'parked');"
+    assert _COMPARED.findall(code) == [
+        ("status", "'canceled'"),
+        ("status", "('running', 'parked')"),
+    ]
+    assert "canceled" not in ALL_MEMBERS
+
+
+def test_finished_and_live_sets() -> None:
+    assert {"succeeded", "failed", "cancelled"} == vocabulary.FINISHED
+    assert {"running", "draining"} == vocabulary.LIVE_ENGINE_STATES
+    # A member is the stored string itself: rows read back compare equal without conversion.
+    assert vocabulary.RunState("parked") is vocabulary.RunState.PARKED
+    assert vocabulary.RunState.PARKED == "parked"

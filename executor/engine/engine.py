@@ -60,8 +60,6 @@ LIMITS_TICK_S = 0.05  # how often tasks parked for a rate are let back in, when 
 _CANCELLED_RUN = "run-cancelled"
 
 
-
-
 class EngineCrashed(errors.ExecutorError):
     """A background task of the engine died; the engine stopped."""
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from executor.client import Client, RunStatus
+from executor.codec import register_codec
 from executor.config import Config, DatabaseConfig, EngineConfig
 from executor.engine.engine import Engine, EngineCrashed
 from executor.engine.instance import WorkflowContext
@@ -45,6 +46,7 @@ __all__ = [
     "StoreError",
     "WorkflowContext",
     "WorkflowFailed",
+    "register_codec",
     "step",
     "workflow",
 ]

@@ -250,7 +250,7 @@ class Client:
             if row is None:
                 raise errors.RunNotFound(f"no run with id {run_id!r} in {self.db.path}")
             if row.status == vocabulary.RunState.SUCCEEDED:
-                return None if row.result is None else codec.decode(row.result)
+                return self._result_value(row)
             if row.status == vocabulary.RunState.FAILED:
                 raise errors.WorkflowFailed(run_id, codec.decode(row.error or b"{}"))
             if row.status == vocabulary.RunState.CANCELLED:
@@ -263,6 +263,14 @@ class Client:
             wait = delay if deadline is None else min(delay, max(0.0, deadline - time.monotonic()))
             await asyncio.sleep(wait)
             delay = min(_RESULT_POLL_MAX_S, delay * 1.5)
+
+    def _result_value(self, row: vocabulary.RunRow) -> Any:
+        # As the type the workflow declares, when this process has it registered; else its JSON.
+        value = None if row.result is None else codec.decode(row.result)
+        wf = self.registry.workflows.get(row.workflow)
+        if wf is None or wf.types is None:
+            return value
+        return wf.types.decode_result(value, f"result of run {row.id} ({row.workflow})")
 
     async def list(self, status: str | None = None, limit: int = 100) -> list[RunStatus]:
         """Runs, newest first, optionally of one status."""

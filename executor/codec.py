@@ -1,13 +1,32 @@
 """Payload encoding: the only place that touches orjson.
 
-Arguments and results are JSON. Anything else is refused up front with the path to the offending
-value, so a bad payload never reaches the database.
+Arguments and results are stored as JSON. Plain JSON values (str, int, float, bool, None, lists,
+tuples and str-keyed dicts of them) take a fast path and encode exactly as they always have, so
+the argument fingerprints of old journals still match. Richer values are stored in their JSON
+form: dataclasses and NamedTuples, pydantic models, datetimes, dates, times, UUIDs, Decimals,
+bytes, enums, and any type given a codec with `register_codec`. Which Python type a stored value
+comes back as is decided by the annotation the step or workflow declares (executor/decoders.py);
+without one, the JSON form comes back. Anything else is refused up front with the path to the
+offending value, so a bad payload never reaches the database.
+
+Stored bytes carry their format in the first byte: JSON text never starts with a byte below
+0x09, so those bytes mark other formats. 0x00 is a reference into the payload store
+(store/payloads.py), which the store resolves before anything here sees the bytes.
 """
 
 from __future__ import annotations
 
+import base64
+import dataclasses
+import datetime as dt
+import decimal
+import enum
+import functools
 import hashlib
-from collections.abc import Iterator
+import sys
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
@@ -16,9 +35,14 @@ from executor import errors
 
 DEFAULT_LIMIT_BYTES = 1024 * 1024
 
-# orjson serializes these natively, but they do not come back as the same type, so a step result
-# would differ between its first run and a replay. Refuse them.
-_JSON_SCALARS = (str, int, float, bool, type(None))
+# Immutable values that come back as the same type: a decoded one can be shared between replays
+# and handed to the workflow without a decode. Exact types: a StrEnum member is a str, but it
+# comes back as a plain str, so the first run must not see the member either.
+_IMMUTABLE = frozenset({str, int, float, bool, type(None)})
+
+# First bytes of stored payloads that are not JSON (see the module docstring).
+FORMAT_REF = 0x00
+_FIRST_JSON_BYTE = 0x09  # tab: the lowest byte a JSON text can start with
 
 
 class Stats:
@@ -33,32 +57,55 @@ class Stats:
 stats = Stats()
 
 
-def _find_bad(value: Any, path: str, depth: int = 0) -> Iterator[tuple[str, str]]:
-    if depth > 200:
-        yield path, "nesting deeper than 200 levels"
-        return
-    if isinstance(value, bool | type(None) | str):
-        return
-    if isinstance(value, int):
-        if not -(2**63) <= value < 2**64:
-            yield path, f"integer {value} out of the 64-bit range"
-        return
-    if isinstance(value, float):
-        if value != value or value in (float("inf"), float("-inf")):
-            yield path, f"float {value!r} is not valid JSON"
-        return
-    if isinstance(value, list | tuple):
-        for i, item in enumerate(value):
-            yield from _find_bad(item, f"{path}[{i}]", depth + 1)
-        return
-    if isinstance(value, dict):
-        for k, v in value.items():
-            if not isinstance(k, str):
-                yield f"{path}[{k!r}]", f"dict key of type {type(k).__name__} (keys must be str)"
-                continue
-            yield from _find_bad(v, f"{path}[{k!r}]", depth + 1)
-        return
-    yield path, f"value of type {type(value).__name__} is not JSON"
+@dataclass(frozen=True, slots=True)
+class Codec:
+    """How values of one type are stored: `encode` returns a JSON-able value, `decode` takes it
+    back (it is given what `encode` returned, after a JSON round trip)."""
+
+    type: type
+    encode: Callable[[Any], Any]
+    decode: Callable[[Any], Any]
+
+
+_codecs: dict[type, Codec] = {}
+
+
+def register_codec(
+    cls: type, *, encode: Callable[[Any], Any], decode: Callable[[Any], Any]
+) -> None:
+    """Store values of `cls` (and its subclasses) with `encode`, and give them back with `decode`
+    wherever a step or workflow declares `cls` by annotation."""
+    if not isinstance(cls, type):
+        raise errors.RegistryError(f"register_codec: {cls!r} is not a class")
+    if not callable(encode) or not callable(decode):
+        raise errors.RegistryError(
+            f"register_codec({cls.__name__}): encode and decode must be functions"
+        )
+    _codecs[cls] = Codec(cls, encode, decode)
+    _codec_for.cache_clear()
+    from executor import decoders  # a new codec changes what annotations decode to
+
+    decoders.clear_cache()
+
+
+def codec_for(cls: type) -> Codec | None:
+    """The registered codec of `cls` or of its nearest registered base class."""
+    return _codec_for(cls) if _codecs else None
+
+
+@functools.lru_cache(maxsize=1024)
+def _codec_for(cls: type) -> Codec | None:
+    for base in cls.__mro__:
+        found = _codecs.get(base)
+        if found is not None:
+            return found
+    return None
+
+
+def is_pydantic_model(value: Any) -> bool:
+    """A pydantic (v2) model instance, without importing pydantic when nobody uses it."""
+    pydantic = sys.modules.get("pydantic")
+    return pydantic is not None and isinstance(value, pydantic.BaseModel)
 
 
 _MIN_INT = -(2**63)
@@ -67,11 +114,38 @@ _MAX_DEPTH = 200
 # orjson's output keeps a buffer of at least 4 KiB; small payloads are copied to their own size,
 # since thousands of them can wait in memory at once (queued steps, unreplayed results).
 _SHRINK_BELOW = 2048
+# Datetimes and dataclasses reach _default, so a registered codec can take them over.
+_OPTIONS = orjson.OPT_PASSTHROUGH_DATACLASS | orjson.OPT_PASSTHROUGH_DATETIME
+
+
+class _Refused(TypeError):
+    pass
+
+
+def _default(value: Any) -> Any:
+    """orjson's hook for what is not plain JSON: the JSON form of each supported type."""
+    found = codec_for(type(value))
+    if found is not None:
+        return found.encode(value)
+    if isinstance(value, dt.datetime | dt.date | dt.time):
+        return value.isoformat()
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: getattr(value, f.name) for f in dataclasses.fields(value)}
+    if is_pydantic_model(value):
+        return value.model_dump(mode="json")
+    if isinstance(value, uuid.UUID | decimal.Decimal):
+        return str(value)
+    if isinstance(value, bytes | bytearray | memoryview):
+        return base64.b64encode(value).decode("ascii")
+    if isinstance(value, tuple):  # a NamedTuple
+        return list(value)
+    if isinstance(value, enum.Enum):
+        return value.value
+    raise _Refused(type(value).__name__)
 
 
 def _is_plain(value: Any, depth: int = 0) -> bool:
-    """The fast check: exact JSON types only. False sends the value to _find_bad, which is slower
-    but names what is wrong (or accepts subclasses such as an IntEnum)."""
+    """The fast check: exact JSON types only. False sends the value to the typed path."""
     t = type(value)
     if t is str or t is bool or value is None:
         return True
@@ -94,25 +168,109 @@ def _is_plain(value: Any, depth: int = 0) -> bool:
     return False
 
 
+_SUPPORTED = (
+    "JSON types, dataclasses, NamedTuples, pydantic models, datetime, date, time, UUID, Decimal,"
+    " bytes and enums"
+)
+
+
+def _find_bad(value: Any, path: str, depth: int = 0) -> Iterator[tuple[str, str]]:
+    """Where in `value` something cannot be stored, and why (slow; only after a refusal)."""
+    if depth > _MAX_DEPTH:
+        yield path, f"nesting deeper than {_MAX_DEPTH} levels"
+        return
+    if codec_for(type(value)) is not None:
+        return
+    if isinstance(value, bool | type(None) | str):
+        if isinstance(value, str):
+            try:
+                value.encode()
+            except UnicodeEncodeError:
+                yield path, "string is not valid UTF-8 (a lone surrogate)"
+        return
+    if isinstance(value, enum.Enum):
+        yield from _find_bad(value.value, f"{path}.value", depth + 1)
+        return
+    if isinstance(value, int):
+        if not _MIN_INT <= value < _MAX_INT:
+            yield path, f"integer {value} out of the 64-bit range (use Decimal or str)"
+        return
+    if isinstance(value, float):
+        if value != value or value in (float("inf"), float("-inf")):
+            yield path, f"float {value!r} is not valid JSON"
+        return
+    if isinstance(value, dt.datetime | dt.date | dt.time | uuid.UUID | decimal.Decimal):
+        return
+    if isinstance(value, bytes | bytearray | memoryview):
+        return
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        for f in dataclasses.fields(value):
+            yield from _find_bad(getattr(value, f.name), f"{path}.{f.name}", depth + 1)
+        return
+    if is_pydantic_model(value):
+        try:
+            value.model_dump(mode="json")
+        except Exception as exc:
+            yield path, f"pydantic model {type(value).__name__} cannot be dumped: {exc}"
+        return
+    if isinstance(value, list | tuple):
+        for i, item in enumerate(value):
+            yield from _find_bad(item, f"{path}[{i}]", depth + 1)
+        return
+    if isinstance(value, dict):
+        for k, v in value.items():
+            if not isinstance(k, str):
+                yield f"{path}[{k!r}]", f"dict key of type {type(k).__name__} (keys must be str)"
+                continue
+            yield from _find_bad(v, f"{path}[{k!r}]", depth + 1)
+        return
+    name = type(value).__qualname__
+    yield (
+        path,
+        f"value of type {name} cannot be stored (supported: {_SUPPORTED}; or register a codec"
+        f" for {name} with executor.register_codec)",
+    )
+
+
+def to_json(value: Any, *, what: str = "value") -> bytes:
+    """`value` as JSON bytes, or PayloadError naming the part that cannot be stored."""
+    if _is_plain(value):
+        try:
+            return orjson.dumps(value)
+        except orjson.JSONEncodeError as exc:  # a lone surrogate in a str
+            raise errors.PayloadError(f"{what}: {exc}") from exc
+    problem = next(_find_bad(value, what), None)
+    if problem is not None:
+        raise errors.PayloadError(f"{problem[0]}: {problem[1]}")
+    try:
+        return orjson.dumps(value, default=_default, option=_OPTIONS)
+    except (TypeError, orjson.JSONEncodeError) as exc:
+        # A codec's encode returned something unstorable, or raised.
+        raise errors.PayloadError(f"{what}: {exc}") from exc
+
+
 def encode(value: Any, *, what: str = "value", limit: int = DEFAULT_LIMIT_BYTES) -> bytes:
     """Serialize `value` to JSON bytes, or raise PayloadError naming the bad part of it."""
-    if not _is_plain(value):
-        for path, problem in _find_bad(value, what):
-            raise errors.PayloadError(f"{path}: {problem}")
-    try:
-        data = orjson.dumps(value)
-    except (TypeError, orjson.JSONEncodeError) as exc:  # pragma: no cover - _find_bad is stricter
-        raise errors.PayloadError(f"{what}: {exc}") from exc
+    data = to_json(value, what=what)
     if len(data) > limit:
-        raise errors.PayloadError(f"{what}: {len(data)} bytes is over the payload limit of {limit}")
+        raise errors.PayloadError(
+            f"{what}: {len(data)} bytes is over the payload limit of {limit}"
+            " (engine.payload_limit_bytes)"
+        )
     if len(data) < _SHRINK_BELOW:
         data = bytes(memoryview(data))
     return data
 
 
 def decode(data: bytes | str) -> Any:
-    """Deserialize JSON bytes written by encode()."""
+    """Deserialize a payload written by encode(): its JSON form (see decoders.py for types)."""
     stats.decodes += 1
+    if data and isinstance(data, bytes) and data[0] < _FIRST_JSON_BYTE:
+        if data[0] == FORMAT_REF:
+            raise errors.PayloadError("stored payload is a payload-store reference not resolved")
+        raise errors.PayloadError(
+            f"stored payload has format marker {data[0]:#04x}: written by a newer executor?"
+        )
     try:
         return orjson.loads(data)
     except orjson.JSONDecodeError as exc:
@@ -125,5 +283,5 @@ def fingerprint(data: bytes) -> str:
 
 
 def is_immutable(value: Any) -> bool:
-    """True when a decoded value can be shared between replays without copying."""
-    return isinstance(value, _JSON_SCALARS)
+    """True when a value comes back from a decode as itself, and can be shared between replays."""
+    return type(value) in _IMMUTABLE

@@ -7,14 +7,16 @@ deploys; the default is the function's module and qualified name.
 from __future__ import annotations
 
 import asyncio
+import collections.abc
 import inspect
 import random
+import typing
 from collections.abc import Awaitable, Callable, Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any, Generic, ParamSpec, Protocol, TypeVar, overload
 
-from executor import errors
+from executor import decoders, errors
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -54,6 +56,84 @@ class RetryPolicy:
 DEFAULT_RETRY = RetryPolicy()
 
 
+class Types:
+    """The declared types of a step's or workflow's parameters and result, as decoders from the
+    stored JSON form (decoders.py). Checked when the function is defined: a type that cannot be
+    stored is refused there, before any call. An annotation naming a class defined later in its
+    module is resolved at first use (or by Registry.check_types at daemon start)."""
+
+    __slots__ = ("_fn", "_params", "_rest", "_result", "_skip", "_what", "resolved")
+
+    def __init__(self, fn: Callable[..., Any], what: str, skip: int) -> None:
+        self._fn = fn
+        self._what = what
+        self._skip = skip  # leading parameters that are not stored (a workflow's ctx)
+        self._params: tuple[decoders.Decoder | None, ...] = ()
+        self._rest: decoders.Decoder | None = None
+        self._result: decoders.Decoder | None = None
+        self.resolved = False
+        try:
+            hints = typing.get_type_hints(fn, include_extras=True)
+        except NameError:
+            return  # a forward reference: resolved at first use
+        except Exception as exc:
+            raise errors.RegistryError(f"{what}: cannot read its annotations: {exc}") from exc
+        self._resolve(hints)
+
+    def _resolve(self, hints: dict[str, Any]) -> None:
+        params = list(inspect.signature(self._fn).parameters.values())[self._skip :]
+        decs = []
+        for p in params:
+            where = f"{self._what}, parameter {p.name}"
+            dec = decoders.decoder(hints[p.name], where) if p.name in hints else None
+            if p.kind is p.VAR_POSITIONAL:
+                self._rest = dec
+            elif p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD):
+                decs.append(dec)
+        self._params = tuple(decs)
+        if "return" in hints:
+            ret = hints["return"]
+            if typing.get_origin(ret) in (collections.abc.Awaitable, collections.abc.Coroutine):
+                ret = typing.get_args(ret)[-1]
+            self._result = decoders.decoder(ret, f"{self._what}, return type")
+        self.resolved = True
+
+    def resolve(self) -> None:
+        """Resolve annotations that named classes not yet defined at decoration time."""
+        if self.resolved:
+            return
+        try:
+            hints = typing.get_type_hints(self._fn, include_extras=True)
+        except Exception as exc:
+            raise errors.RegistryError(
+                f"{self._what}: cannot resolve its annotations: {exc}"
+            ) from exc
+        self._resolve(hints)
+
+    @property
+    def result(self) -> decoders.Decoder | None:
+        if not self.resolved:
+            self.resolve()
+        return self._result
+
+    def decode_args(self, values: list[Any], where: str) -> list[Any]:
+        """Stored arguments (their JSON form) as the types the parameters declare."""
+        if not self.resolved:
+            self.resolve()
+        if self._rest is None and not any(self._params):
+            return values
+        out = list(values)
+        for i, value in enumerate(out):
+            dec = self._params[i] if i < len(self._params) else self._rest
+            if dec is not None:
+                out[i] = decoders.convert(dec, value, f"{where}[{i}]")
+        return out
+
+    def decode_result(self, value: Any, where: str) -> Any:
+        dec = self.result
+        return value if dec is None else decoders.convert(dec, value, where)
+
+
 class _StepScheduler(Protocol):
     def step(self, fn: StepDef[Any, Any], *args: Any) -> Awaitable[Any]: ...
 
@@ -72,6 +152,7 @@ class StepDef(Generic[P, R]):
     is_async: bool
     limits: tuple[str, ...] = ()  # names of [limits.NAME] quotas this step draws on
     cost: Callable[..., float] | None = None  # tokens one call uses, from the step's arguments
+    types: Types | None = None  # declared types of the arguments and result
 
     def __call__(self, *args: P.args, **kwargs: P.kwargs) -> Awaitable[R]:
         # Inside a workflow this schedules the durable step; outside one it just calls the
@@ -94,6 +175,7 @@ class WorkflowDef(Generic[R]):
     name: str
     version: str | None
     arity: tuple[int, int | None]  # min and max positional arguments after ctx
+    types: Types | None = None  # declared types of the arguments (after ctx) and result
 
     def check_args(self, args: tuple[Any, ...] | list[Any]) -> None:
         low, high = self.arity
@@ -129,6 +211,15 @@ class Registry:
                 f"unknown workflow {name!r}; known: {sorted(self.workflows) or 'none'}"
                 " (is its module listed in daemon.workflows?)"
             ) from None
+
+    def check_types(self) -> None:
+        """Resolve every annotation left for later (forward references): an unstorable type is
+        refused here, at daemon start, rather than at the first call."""
+        defs: list[WorkflowDef[Any] | StepDef[Any, Any]] = [*self.workflows.values()]
+        defs.extend(self.steps.values())
+        for item in defs:
+            if item.types is not None:
+                item.types.resolve()
 
     def step(self, name: str) -> StepDef[Any, Any]:
         try:
@@ -185,7 +276,9 @@ def workflow(
     def wrap(f: Callable[..., Awaitable[R]]) -> WorkflowDef[R]:
         if not inspect.iscoroutinefunction(f):
             raise errors.RegistryError(f"workflow {_default_name(f)} must be an async def")
-        wf = WorkflowDef(f, name or _default_name(f), version, _arity(f))
+        wf_name = name or _default_name(f)
+        types = Types(f, f"workflow {wf_name}", skip=1)
+        wf = WorkflowDef(f, wf_name, version, _arity(f), types)
         (registry or default_registry).add_workflow(wf)
         return wf
 
@@ -235,14 +328,16 @@ def step(
         raise errors.RegistryError("step cost is drawn from limits: name them with limits=[...]")
 
     def wrap(f: Callable[P, Any]) -> StepDef[P, Any]:
+        st_name = name or _default_name(f)
         st: StepDef[P, Any] = StepDef(
             f,
-            name or _default_name(f),
+            st_name,
             retry or DEFAULT_RETRY,
             timeout,
             inspect.iscoroutinefunction(f),
             tuple(dict.fromkeys(limits)),
             cost,
+            Types(f, f"step {st_name}", skip=0),
         )
         (registry or default_registry).add_step(st)
         return st

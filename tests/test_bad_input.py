@@ -7,8 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import datetime as dt
-import decimal
 import math
 import os
 import re
@@ -102,12 +100,11 @@ class Reducible:
         return (os.system, ("echo pwned",))
 
 
+# bytes, Decimal and datetime are storable since typed payloads (tests/test_typed_payloads.py).
 POISON = st.sampled_from(
     [
         {1, 2},
         frozenset({"a"}),
-        b"bytes",
-        bytearray(b"x"),
         object(),
         Reducible(),
         float("nan"),
@@ -120,8 +117,6 @@ POISON = st.sampled_from(
         2**64,
         -(2**63) - 1,
         10**100,
-        decimal.Decimal("1.5"),
-        dt.datetime(2024, 1, 1),
         complex(1, 2),
         "\ud800",  # a lone surrogate is not UTF-8
     ]

@@ -8,7 +8,7 @@ import sys
 import traceback
 from collections.abc import Sequence
 
-from executor import errors
+from executor import errors, registry
 
 
 class WorkflowImportError(errors.ConfigError):
@@ -38,3 +38,9 @@ def import_workflows(modules: Sequence[str], source: str = "daemon.workflows") -
                 f"{source}: cannot import workflow module {name!r}: {type(exc).__name__}: {exc}",
                 "".join(traceback.format_exception(exc)),
             ) from exc
+    # Annotations naming classes defined later in their module are resolved now: a type that
+    # cannot be stored stops the daemon here, not at a step's first call.
+    try:
+        registry.default_registry.check_types()
+    except errors.RegistryError as exc:
+        raise WorkflowImportError(f"{source}: {exc}", "") from exc

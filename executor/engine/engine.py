@@ -452,6 +452,8 @@ class Engine:
         ticket: Ticket | None = None
         try:
             args = codec.decode(c.args)
+            if st.types is not None:
+                args = st.types.decode_args(args, f"arguments of step {c.name}")
             gate = None
             if st.limits or c.concurrency_key is not None:
                 gate = await self.limiter.admit(c, st, args)
@@ -835,6 +837,8 @@ class Engine:
         try:
             wf = self.registry.workflow(snap.workflow)
             args = codec.decode(snap.args)
+            if wf.types is not None:
+                args = wf.types.decode_args(args, f"arguments of run {snap.id} ({wf.name})")
         except errors.ExecutorError as exc:
             log.error("run %s: %s", snap.id, exc)
             return ReplayOutput(

@@ -319,6 +319,14 @@ class WorkflowInstance:
                 value = None
             else:
                 value = self.cache.get((self.run.rid, d.pos), d.result)
+            st = self.registry.steps.get(name)
+            if st is not None and st.types is not None:
+                try:
+                    value = st.types.decode_result(value, f"result of step {name} at {d.pos}")
+                except errors.ExecutorError as exc:  # does not fit, or an unresolvable type
+                    fut.set_exception(exc)
+                    self.loop.run_until_quiet()
+                    return
             fut.set_result(value)
         else:
             error = codec.decode(d.error) if d.error is not None else {}

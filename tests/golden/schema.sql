@@ -1,0 +1,114 @@
+-- PRAGMA user_version = 3
+
+-- index replays_shard
+CREATE INDEX replays_shard ON replays (shard, run_rid);
+
+-- index runs_status
+CREATE INDEX runs_status ON runs (status, rid);
+
+-- index tasks_claimed
+CREATE INDEX tasks_claimed ON tasks (claim_engine) WHERE claim_token IS NOT NULL;
+
+-- index tasks_parked
+CREATE INDEX tasks_parked ON tasks (parked, run_rid, pos) WHERE parked IS NOT NULL;
+
+-- index tasks_queued
+CREATE INDEX tasks_queued ON tasks (shard, run_rid, pos, not_before)
+    WHERE claim_token IS NULL AND parked IS NULL;
+
+-- index tasks_token
+CREATE INDEX tasks_token ON tasks (claim_token) WHERE claim_token IS NOT NULL;
+
+-- index timers_due
+CREATE INDEX timers_due ON timers (fire_at);
+
+-- table engines
+CREATE TABLE engines (
+    id           INTEGER PRIMARY KEY,
+    epoch        INTEGER NOT NULL,
+    pid          INTEGER NOT NULL,
+    host         TEXT NOT NULL,
+    state        TEXT NOT NULL,             -- running | draining | stopped | dead
+    started_at   REAL NOT NULL,
+    heartbeat_at REAL NOT NULL
+);
+
+-- table limit_state
+CREATE TABLE limit_state (
+    engine_id  INTEGER PRIMARY KEY,
+    snapshot   BLOB NOT NULL,          -- JSON
+    updated_at REAL NOT NULL
+);
+
+-- table meta
+CREATE TABLE meta (
+    key   TEXT PRIMARY KEY,
+    value INTEGER NOT NULL
+) WITHOUT ROWID;
+
+-- table replays
+CREATE TABLE replays (
+    run_rid    INTEGER PRIMARY KEY,
+    shard      INTEGER NOT NULL,
+    seq        INTEGER NOT NULL,
+    created_at REAL NOT NULL
+);
+
+-- table runs
+CREATE TABLE runs (
+    rid             INTEGER PRIMARY KEY,
+    id              TEXT NOT NULL UNIQUE,
+    workflow        TEXT NOT NULL,
+    version         TEXT,
+    shard           INTEGER NOT NULL,
+    status          TEXT NOT NULL,          -- running | parked | succeeded | failed | cancelled
+    args            BLOB NOT NULL,
+    result          BLOB,
+    error           BLOB,                   -- JSON {type, message, ...} when failed or parked
+    idempotency_key TEXT UNIQUE,
+    created_at      REAL NOT NULL,
+    updated_at      REAL NOT NULL,
+    finished_at     REAL,
+    last_seq        INTEGER NOT NULL DEFAULT 0  -- journal events recorded so far
+, concurrency_key TEXT);
+
+-- table steps
+CREATE TABLE steps (
+    run_rid     INTEGER NOT NULL,
+    pos         INTEGER NOT NULL,
+    kind        TEXT NOT NULL,              -- step | sleep
+    name        TEXT NOT NULL,
+    fingerprint TEXT NOT NULL,
+    args        BLOB,
+    status      TEXT NOT NULL,              -- pending | succeeded | failed
+    attempts    INTEGER NOT NULL DEFAULT 0, -- attempts started
+    result      BLOB,
+    error       BLOB,                       -- last error, JSON
+    seq         INTEGER,                    -- delivery order of the result within the run
+    created_at  REAL NOT NULL,
+    finished_at REAL, limit_key TEXT,
+    PRIMARY KEY (run_rid, pos)
+) WITHOUT ROWID;
+
+-- table tasks
+CREATE TABLE tasks (
+    run_rid      INTEGER NOT NULL,
+    pos          INTEGER NOT NULL,
+    shard        INTEGER NOT NULL,
+    attempt      INTEGER NOT NULL DEFAULT 1,
+    not_before   REAL NOT NULL DEFAULT 0,
+    claim_token  INTEGER,
+    claim_engine INTEGER,
+    claim_epoch  INTEGER,
+    claimed_at   REAL, parked TEXT,
+    PRIMARY KEY (run_rid, pos)
+) WITHOUT ROWID;
+
+-- table timers
+CREATE TABLE timers (
+    run_rid INTEGER NOT NULL,
+    pos     INTEGER NOT NULL,
+    shard   INTEGER NOT NULL,
+    fire_at REAL NOT NULL,
+    PRIMARY KEY (run_rid, pos)
+) WITHOUT ROWID;

@@ -16,7 +16,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from acceptance_app.harness import (
+
+from executor import Client
+from executor import cli as executor_cli
+from executor.store.database import SCHEMA_VERSION
+from tests.support.daemon import (
     DaemonProcess,
     child_env,
     cli,
@@ -24,10 +28,6 @@ from acceptance_app.harness import (
     with_client,
     write_config,
 )
-
-from executor import Client
-from executor import cli as executor_cli
-from executor.store.database import SCHEMA_VERSION
 
 
 def verbs() -> list[str]:

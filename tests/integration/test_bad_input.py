@@ -26,7 +26,7 @@ from executor import Client, DatabaseConfig, Engine, Registry, check, errors, st
 from executor.store.database import APPLICATION_ID, SCHEMA_VERSION, Database
 
 if TYPE_CHECKING:
-    from conftest import DbFile, EngineFactory
+    from tests.support.engine import DbFile, EngineFactory
 
 pytestmark = pytest.mark.anyio
 

@@ -21,11 +21,12 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 from executor import Client, Registry, errors, step, workflow
+from tests.support import REPO
 
 if TYPE_CHECKING:
-    from conftest import EngineFactory
+    from tests.support.engine import EngineFactory
 
-TESTS_DIR = Path(__file__).parent
+
 READY_DEADLINE_S = 30.0
 INET_TABLES = ("tcp", "tcp6", "udp", "udp6", "udplite", "udplite6", "raw", "raw6")
 
@@ -62,7 +63,7 @@ def daemon(
         notify.settimeout(0.1)
         env = {k: v for k, v in os.environ.items() if not k.startswith(("EXECUTOR_", "WATCHDOG"))}
         env["NOTIFY_SOCKET"] = str(tmp / "notify.sock")
-        paths = [str(p) for p in (pythonpath, TESTS_DIR) if p is not None]
+        paths = [str(p) for p in (pythonpath, REPO) if p is not None]
         env["PYTHONPATH"] = os.pathsep.join([*paths, os.environ.get("PYTHONPATH", "")])
         env["CRASHLOOP_LOG"] = str(tmp / "steps.log")
         with log.open("wb") as out:
@@ -150,7 +151,7 @@ def _inet_sockets(pid: int) -> dict[int, str]:
 
 def test_the_daemon_opens_no_network_socket(tmp_path: Path) -> None:
     db = tmp_path / "executor.sqlite"
-    with daemon(tmp_path, _config(db, modules=("crashloop_app",))) as d:
+    with daemon(tmp_path, _config(db, modules=("tests.support.crashloop",))) as d:
         run = asyncio.run(_start(db, "crashloop.sequential", 1, 3))
         assert asyncio.run(_outcome(db, run))[0] == "succeeded"  # it really worked meanwhile
         mine = _socket_inodes(d.proc.pid)

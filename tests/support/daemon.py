@@ -15,9 +15,9 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from executor import Client
+from tests.support import REPO
 
-TESTS_DIR = Path(__file__).resolve().parent.parent
-WORKFLOWS = "acceptance_app.flows"
+WORKFLOWS = "tests.support.flows"
 DEADLINE_S = 20.0  # generous: only reached when something is broken
 POLL_S = 0.02
 
@@ -79,7 +79,7 @@ def child_env(**extra: str) -> dict[str, str]:
         and key not in ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID")
     }
     env["PYTHONPATH"] = os.pathsep.join(
-        p for p in (str(TESTS_DIR), os.environ.get("PYTHONPATH", "")) if p
+        p for p in (str(REPO), os.environ.get("PYTHONPATH", "")) if p
     )
     env.update(extra)
     return env

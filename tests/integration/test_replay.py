@@ -32,7 +32,7 @@ from executor.engine.instance import RunInfo, WorkflowInstance
 from executor.store import repository as repo
 
 if TYPE_CHECKING:
-    from conftest import DbFile, EngineFactory, WaitUntil
+    from tests.support.engine import DbFile, EngineFactory, WaitUntil
 
 pytestmark = pytest.mark.anyio
 

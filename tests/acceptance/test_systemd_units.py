@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from executor.config import EngineConfig
+from tests.support import REPO
 
-REPO = Path(__file__).resolve().parent.parent
 UNITS = REPO / "systemd"
 INSTALL = REPO / "scripts" / "install-service.sh"
 SYSTEMD_ANALYZE = shutil.which("systemd-analyze")

@@ -28,7 +28,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 import pytest
-from conftest import FAST_SETTINGS
 
 from executor import (
     Client,
@@ -45,13 +44,15 @@ from executor import (
     workflow,
 )
 from executor.store.database import Database
+from tests.support import REPO
+from tests.support.engine import FAST_SETTINGS
 
 if TYPE_CHECKING:
-    from conftest import DbFile, EngineFactory, WaitUntil
+    from tests.support.engine import DbFile, EngineFactory, WaitUntil
 
 pytestmark = pytest.mark.anyio
 
-TESTS_DIR = Path(__file__).parent
+
 BUSY_TIMEOUT_S = 0.1
 FAULT_S = 1.0  # how long a fault lasts in the tests that recover from it
 CANNOT_WRITE = "cannot write the database"
@@ -416,7 +417,7 @@ def _config(tmp: Path, db: Path, extra_engine: str = "") -> Path:
         f'[database]\npath = "{db}"\nbusy_timeout_s = {BUSY_TIMEOUT_S}\n\n'
         "[engine]\nshards = 2\npoll_interval_s = 0.02\nheartbeat_interval_s = 0.2\n"
         f"lease_s = 1.0\n{extra_engine}\n"
-        '[daemon]\nworkflows = ["crashloop_app"]\n\n[log]\nformat = "json"\n'
+        '[daemon]\nworkflows = ["tests.support.crashloop"]\n\n[log]\nformat = "json"\n'
     )
     return path
 
@@ -424,7 +425,7 @@ def _config(tmp: Path, db: Path, extra_engine: str = "") -> Path:
 def _daemon_env(tmp: Path) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("EXECUTOR_", "WATCHDOG_"))}
     env.pop("NOTIFY_SOCKET", None)
-    env["PYTHONPATH"] = os.pathsep.join([str(TESTS_DIR), os.environ.get("PYTHONPATH", "")])
+    env["PYTHONPATH"] = os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])
     env["CRASHLOOP_LOG"] = str(tmp / "steps.log")
     return env
 
@@ -479,7 +480,7 @@ def test_the_watchdog_ping_stops_while_the_loop_is_blocked(tmp_path: Path) -> No
         sock.settimeout(0.05)
         env = {
             **{k: v for k, v in os.environ.items() if not k.startswith("EXECUTOR_")},
-            "PYTHONPATH": os.pathsep.join([str(TESTS_DIR), os.environ.get("PYTHONPATH", "")]),
+            "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]),
             "NOTIFY_SOCKET": str(sock_path),
             "WATCHDOG_USEC": "200000",
             "CRASHLOOP_MARKER": str(marker),

@@ -1,8 +1,8 @@
 """The crash loop: a daemon SIGKILLed at random moments, again and again, loses nothing.
 
-500 runs of mixed shapes (crashloop_app.py: sequential steps, fan-out and join, durable sleeps,
-steps that fail and are retried, steps that fail for good) run under `python -m executor run`,
-which is killed with SIGKILL 20 times and restarted each time. At the end:
+500 runs of mixed shapes (tests/support/crashloop.py: sequential steps, fan-out and join,
+durable sleeps, steps that fail and are retried, steps that fail for good) run under
+`python -m executor run`, which is killed with SIGKILL 20 times and restarted each time. At the end:
 
 - every run finished with the result computed from its arguments alone;
 - `executor check` (the library function and the CLI verb) finds nothing broken;
@@ -15,8 +15,8 @@ The test is seeded: it prints its seed, and CRASHLOOP_SEED=<seed> replays the sa
 kill moments (the timing of the processes themselves cannot be replayed).
 
 The long form runs while CRASHLOOP_ITERATIONS (kills) or CRASHLOOP_SECONDS is set, e.g.
-`CRASHLOOP_SECONDS=3600 pytest -m slow tests/test_crashloop.py`; it starts another wave of
-runs whenever the previous one has finished, and is skipped when neither variable is set.
+`CRASHLOOP_SECONDS=3600 pytest -m slow tests/acceptance/test_crashloop.py`; it starts another
+wave of runs whenever the previous one has finished, and is skipped when neither variable is set.
 """
 
 from __future__ import annotations
@@ -37,10 +37,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import crashloop_app as app
 import pytest
 
 from executor import Client, check
+from tests.support import REPO
+from tests.support import crashloop as app
 
 SEED_ENV = "CRASHLOOP_SEED"
 ITERATIONS_ENV = "CRASHLOOP_ITERATIONS"
@@ -52,7 +53,7 @@ SHARDS = 4
 KILL_AFTER_S = (0.05, 1.5)  # a kill lands this long after a start: during startup, or later
 FINISH_DEADLINE_S = 60.0  # for the last daemon to finish everything (generous; never waited)
 EXIT_DEADLINE_S = 30.0
-TESTS_DIR = Path(__file__).parent
+
 LEASE_S = 1.0
 
 CONFIG = """\
@@ -68,7 +69,7 @@ lease_s = {lease}
 drain_timeout_s = 5.0
 
 [daemon]
-workflows = ["crashloop_app"]
+workflows = ["tests.support.crashloop"]
 
 [log]
 level = "info"
@@ -139,7 +140,7 @@ class Harness:
         log = tmp / "steps.log"
         env = {
             **os.environ,
-            "PYTHONPATH": os.pathsep.join([str(TESTS_DIR), os.environ.get("PYTHONPATH", "")]),
+            "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]),
             app.LOG_ENV: str(log),
             app.STATE_ENV: str(state),
         }

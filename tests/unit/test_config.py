@@ -13,8 +13,8 @@ from hypothesis import strategies as st
 
 from executor import config
 from executor.config import Config, ConfigError, load_config
+from tests.support import REPO
 
-REPO = Path(__file__).resolve().parent.parent
 SHIPPED_CONFIG = REPO / "config" / "executor.toml"
 SHIPPED_DROPIN = REPO / "config" / "executor.d" / "50-example.toml"
 

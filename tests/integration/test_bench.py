@@ -15,8 +15,8 @@ from typing import Any
 import pytest
 
 from executor import bench
+from tests.support import REPO
 
-REPO = Path(__file__).resolve().parent.parent
 # Small and quick: a short poll so tiny runs do not wait on it, few shards and slots.
 FAST = [
     "--poll-interval",

@@ -13,7 +13,7 @@ from executor import Client, Registry, errors, step, vocabulary, workflow
 from executor.store import sharding
 
 if TYPE_CHECKING:
-    from conftest import DbFile, EngineFactory, WaitUntil
+    from tests.support.engine import DbFile, EngineFactory, WaitUntil
 
 pytestmark = pytest.mark.anyio
 

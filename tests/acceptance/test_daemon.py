@@ -17,7 +17,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from acceptance_app.harness import (
+
+from executor import Client, config
+from tests.support.daemon import (
     DaemonProcess,
     Daemons,
     child_env,
@@ -28,8 +30,6 @@ from acceptance_app.harness import (
     with_client,
     write_config,
 )
-
-from executor import Client, config
 
 
 @pytest.fixture

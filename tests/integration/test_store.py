@@ -20,7 +20,7 @@ from executor.store import repository as repo
 from executor.store.database import APPLICATION_ID, SCHEMA_VERSION, Database, transaction
 
 if TYPE_CHECKING:
-    from conftest import DbFile
+    from tests.support.engine import DbFile
 
 pytestmark = pytest.mark.anyio
 

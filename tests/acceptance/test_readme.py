@@ -7,8 +7,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-README = (ROOT / "README.md").read_text()
+from tests.support import REPO
+
+README = (REPO / "README.md").read_text()
 
 
 def test_readme_example_runs_as_written(tmp_path: Path) -> None:
@@ -30,7 +31,7 @@ def test_readme_example_runs_as_written(tmp_path: Path) -> None:
 
 
 def test_readme_test_command_is_the_one_ci_runs() -> None:
-    ci = (ROOT / ".ci" / "run").read_text()
+    ci = (REPO / ".ci" / "run").read_text()
     assert "python -m pytest -q" in README
     assert "python -m pytest -q" in ci
 

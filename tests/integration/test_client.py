@@ -16,7 +16,7 @@ from executor import Client, Engine, Registry, RetryPolicy, errors, step, workfl
 from executor.registry import WorkflowDef
 
 if TYPE_CHECKING:
-    from conftest import DbFile, EngineFactory
+    from tests.support.engine import DbFile, EngineFactory
 
 pytestmark = pytest.mark.anyio
 

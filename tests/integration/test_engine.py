@@ -33,7 +33,7 @@ from executor.store import sharding
 from executor.store.database import Database
 
 if TYPE_CHECKING:
-    from conftest import DbFile, EngineFactory, WaitUntil
+    from tests.support.engine import DbFile, EngineFactory, WaitUntil
 
 pytestmark = pytest.mark.anyio
 

@@ -24,7 +24,7 @@ from executor import Client, Registry, check, errors, step, workflow
 from executor.store.database import APPLICATION_ID
 
 if TYPE_CHECKING:
-    from conftest import DbFile, EngineFactory, WaitUntil
+    from tests.support.engine import DbFile, EngineFactory, WaitUntil
 
 pytestmark = pytest.mark.anyio
 

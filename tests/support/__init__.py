@@ -1,0 +1,10 @@
+"""What every test tier shares: one engine builder and database reader (engine.py), one daemon
+and CLI harness (daemon.py), the workflows the daemon runs in acceptance tests (flows.py, and
+crashloop.py for the crash loop)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+TESTS = REPO / "tests"

@@ -1,0 +1,144 @@
+"""The one way tests build an in-process engine, wait for something, and read the database file.
+
+conftest.py turns these into fixtures (`engine_factory`, `wait_until`, `dbfile`); tests that need
+an engine outside a fixture (a second engine, a hypothesis example) call `start_engine` directly.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import inspect
+import sqlite3
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from pathlib import Path
+from typing import Any, Protocol
+
+from executor import DatabaseConfig, Engine, EngineConfig, Registry
+
+SHARDS = 2
+# Fast enough that a test waits milliseconds for the engine, slow enough for 2 busy cores.
+FAST_SETTINGS: dict[str, Any] = {
+    "shards": SHARDS,
+    "concurrency": 8,
+    "poll_interval_s": 0.01,
+    "heartbeat_interval_s": 0.05,
+    "lease_s": 0.5,
+    "flush_interval_s": 0.001,
+    "drain_timeout_s": 10.0,
+}
+DEADLINE_S = 15.0  # generous: a deadline only matters when something is broken
+
+# Invariant 2: a running run always has something that will make it progress.
+STUCK_RUNS_SQL = """
+SELECT r.id FROM runs AS r
+WHERE r.status = 'running'
+  AND NOT EXISTS (SELECT 1 FROM tasks AS t WHERE t.run_rid = r.rid)
+  AND NOT EXISTS (SELECT 1 FROM timers AS m WHERE m.run_rid = r.rid)
+  AND NOT EXISTS (SELECT 1 FROM replays AS p WHERE p.run_rid = r.rid)
+"""
+
+
+def engine_config(**settings: Any) -> EngineConfig:
+    """FAST_SETTINGS with `settings` on top."""
+    return EngineConfig(**{**FAST_SETTINGS, **settings})
+
+
+@contextlib.asynccontextmanager
+async def start_engine(
+    reg: Registry,
+    path: Path,
+    *,
+    on_finish: Callable[[str, str], None] | None = None,
+    engine_kwargs: dict[str, Any] | None = None,
+    **settings: Any,
+) -> AsyncIterator[Engine]:
+    """A started Engine on `path` with FAST_SETTINGS (overridden by `settings`), stopped after.
+
+    `engine_kwargs` go to Engine() itself (limits=, concurrency_keys=, shared=).
+    """
+    engine = Engine(
+        engine_config(**settings),
+        DatabaseConfig(path=path),
+        reg=reg,
+        on_finish=on_finish,
+        **(engine_kwargs or {}),
+    )
+    await engine.start()
+    try:
+        yield engine
+    finally:
+        await engine.stop("test finished")
+
+
+class EngineFactory(Protocol):
+    def __call__(
+        self,
+        reg: Registry,
+        *,
+        path: Path | None = None,
+        on_finish: Callable[[str, str], None] | None = None,
+        engine_kwargs: dict[str, Any] | None = None,
+        **settings: Any,
+    ) -> contextlib.AbstractAsyncContextManager[Engine]: ...
+
+
+async def wait_until(
+    condition: Callable[[], Any],
+    what: str,
+    timeout_s: float = DEADLINE_S,
+    interval_s: float = 0.005,
+) -> Any:
+    """Poll `condition` (sync or async) until it returns something truthy; return that."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        value = condition()
+        if inspect.isawaitable(value):
+            value = await value
+        if value:
+            return value
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"timed out after {timeout_s}s waiting for {what}")
+        await asyncio.sleep(interval_s)
+
+
+WaitUntil = Callable[..., Awaitable[Any]]
+
+
+class DbFile:
+    """Plain sqlite3 connections to the test's file, for checks an API does not expose.
+
+    Each call opens its own connection: in WAL mode a read sees one committed snapshot and
+    never blocks the engine.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    @contextlib.contextmanager
+    def connect(self) -> Iterator[sqlite3.Connection]:
+        conn = sqlite3.connect(self.path, timeout=10.0, isolation_level=None)
+        try:
+            yield conn
+        finally:
+            conn.close()
+
+    def query(self, sql: str, *params: Any) -> list[tuple[Any, ...]]:
+        with self.connect() as conn:
+            return conn.execute(sql, params).fetchall()
+
+    def value(self, sql: str, *params: Any) -> Any:
+        rows = self.query(sql, *params)
+        return rows[0][0] if rows else None
+
+    def execute(self, sql: str, *params: Any) -> int:
+        with self.connect() as conn:
+            return conn.execute(sql, params).rowcount
+
+    def stuck_runs(self) -> list[str]:
+        """Running runs with no task, no timer and no replay entry (must always be empty)."""
+        return [r[0] for r in self.query(STUCK_RUNS_SQL)]
+
+    def rid(self, run_id: str) -> int:
+        return int(self.value("SELECT rid FROM runs WHERE id = ?", run_id))

@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 from executor import Client, Registry, codec, decoders, errors, register_codec, step, workflow
 
 if TYPE_CHECKING:
-    from conftest import EngineFactory
+    from tests.support.engine import EngineFactory
 
 
 class Color(enum.Enum):

@@ -4,11 +4,15 @@ It needs no daemon and changes nothing: the file is opened read-only and every q
 snapshot (a single read transaction), so it is safe while a daemon runs. The invariants are the
 ones the store's transactions keep (see store/repository.py):
 
-    stuck_run               a running run has a task, a timer or a replay entry to progress with
+    stuck_run               a running run has a task, a timer or a replay entry to progress with,
+                            or waits for a signal (legitimately idle, even with no timeout)
     lost_step               a pending step of a running (or parked) run has its task (or its
-                            timer, a sleep)
+                            timer, a sleep; its wait rows, a wait for a signal)
     task_of_recorded_step   a step's task is deleted by the transaction recording its result
     timer_of_recorded_step  ... and so is a sleep's timer
+    wait_of_recorded_step   ... and so are a wait's rows
+    lost_message            no unread message sits on the topic of a pending wait (the wait
+                            would never see it)
     leftover_of_finished_run  finishing a run deletes its queued tasks and timers
     seq_mismatch            a step has a seq exactly when its result is recorded
     duplicate_seq           no two results of a run share a seq (a result is recorded once)
@@ -45,6 +49,8 @@ STUCK_RUN = "stuck_run"
 LOST_STEP = "lost_step"
 TASK_OF_RECORDED_STEP = "task_of_recorded_step"
 TIMER_OF_RECORDED_STEP = "timer_of_recorded_step"
+WAIT_OF_RECORDED_STEP = "wait_of_recorded_step"
+LOST_MESSAGE = "lost_message"
 LEFTOVER_OF_FINISHED_RUN = "leftover_of_finished_run"
 SEQ_MISMATCH = "seq_mismatch"
 DUPLICATE_SEQ = "duplicate_seq"
@@ -61,6 +67,8 @@ KINDS = (
     LOST_STEP,
     TASK_OF_RECORDED_STEP,
     TIMER_OF_RECORDED_STEP,
+    WAIT_OF_RECORDED_STEP,
+    LOST_MESSAGE,
     LEFTOVER_OF_FINISHED_RUN,
     SEQ_MISMATCH,
     DUPLICATE_SEQ,
@@ -242,7 +250,7 @@ def _stuck(row: Iterable[Any]) -> tuple[str | None, str]:
 
 def _lost(row: Iterable[Any]) -> tuple[str | None, str]:
     run_id, pos, kind, name, status = row
-    what = "timer" if kind == "sleep" else "task"
+    what = {"sleep": "timer", "wait": "wait rows"}.get(kind, "task")
     parked = " (the run is parked: resuming it would wait forever)" if status == "parked" else ""
     return run_id, f"{kind} {name} at position {pos} is pending but has no {what}{parked}"
 
@@ -256,6 +264,18 @@ def _task_of_recorded(row: Iterable[Any]) -> tuple[str | None, str]:
 def _timer_of_recorded(row: Iterable[Any]) -> tuple[str | None, str]:
     run_id, pos, status = row
     return run_id, f"timer for the sleep at position {pos}, which is already {status}"
+
+
+def _wait_of_recorded(row: Iterable[Any]) -> tuple[str | None, str]:
+    run_id, pos, topic, status = row
+    return run_id, f"wait on {topic} at position {pos}, which is already {status}"
+
+
+def _lost_message(row: Iterable[Any]) -> tuple[str | None, str]:
+    run_id, pos, topic, message_id = row
+    return run_id, (
+        f"message {message_id} on {topic} is unread while the wait at position {pos} waits for it"
+    )
 
 
 def _leftover(row: Iterable[Any]) -> tuple[str | None, str]:
@@ -311,6 +331,8 @@ def _bad_replay(row: Iterable[Any]) -> tuple[str | None, str]:
 
 def _dangling(row: Iterable[Any]) -> tuple[str | None, str]:
     what, rid, pos = row
+    if what == "message":
+        return None, f"message {pos} to run rid {rid}, which does not exist"
     where = f"run rid {rid}" + ("" if pos is None else f", position {pos}")
     parent = "run" if what in ("step", "replay entry") else "step"
     return None, f"{what} ({where}) whose {parent} does not exist"
@@ -324,6 +346,8 @@ _CHECKS: tuple[tuple[str, str, _Describe, _Params], ...] = (
     (LOST_STEP, "check_lost_steps", _lost, _no_params),
     (TASK_OF_RECORDED_STEP, "check_tasks_of_recorded_steps", _task_of_recorded, _no_params),
     (TIMER_OF_RECORDED_STEP, "check_timers_of_recorded_steps", _timer_of_recorded, _no_params),
+    (WAIT_OF_RECORDED_STEP, "check_waits_of_recorded_steps", _wait_of_recorded, _no_params),
+    (LOST_MESSAGE, "check_unread_messages_of_waits", _lost_message, _no_params),
     (LEFTOVER_OF_FINISHED_RUN, "check_leftovers_of_finished_runs", _leftover, _no_params),
     (SEQ_MISMATCH, "check_seq_mismatches", _seq_mismatch, _no_params),
     (DUPLICATE_SEQ, "check_duplicate_seqs", _duplicate_seq, _no_params),

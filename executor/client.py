@@ -18,7 +18,7 @@ from typing import Any
 
 from executor import codec, config, errors, registry, vocabulary
 from executor.store import repository as repo
-from executor.store import sharding
+from executor.store import sharding, signals
 from executor.store.database import Database
 
 # Every run status, the unfinished ones first (for `executor list --status` and the stats table).
@@ -69,6 +69,11 @@ def _status(row: vocabulary.RunRow) -> RunStatus:
         events=row.last_seq,
         error=None if row.error is None else codec.decode(row.error),
     )
+
+
+def _check_name(what: str, value: object) -> None:
+    if not isinstance(value, str) or not value:
+        raise errors.ExecutorError(f"{what} must be a non-empty string, got {value!r}")
 
 
 class Client:
@@ -300,6 +305,49 @@ class Client:
     async def fail(self, run_id: str, reason: str = "failed by an operator") -> bool:
         """Fail a parked run for good."""
         return await self.db.run(repo.fail_parked_run, run_id, reason, time.time())
+
+    # -- signals and published state --
+
+    async def signal(
+        self, run_id: str, topic: str, payload: Any = None, key: str | None = None
+    ) -> bool:
+        """Send `payload` to the run on `topic`; False if the run has finished (refused).
+
+        The run's earliest `ctx.wait_for(topic)` gets it; sent before the run waits, it is kept
+        until a wait takes it. A topic's messages are taken in the order they arrived. A `key`
+        makes the send idempotent: a repeated send with the same key to the same run is a no-op
+        (and returns True). Works with or without a running daemon.
+        """
+        _check_name("topic", topic)
+        if key is not None and (not isinstance(key, str) or not key):
+            raise errors.ExecutorError(f"key must be a non-empty string, got {key!r}")
+        blob = codec.encode(payload, what=f"signal {topic} payload", limit=self.payload_limit_bytes)
+        sent = await self.db.run(repo.send_signal, run_id, topic, blob, key, time.time())
+        if sent is None:
+            raise errors.RunNotFound(f"no run with id {run_id!r} in {self.db.path}")
+        return sent
+
+    async def get_event(self, run_id: str, key: str, wait: float = 0.0, default: Any = None) -> Any:
+        """The latest value the run published under `key` (`ctx.set_event`).
+
+        If it has published none yet, wait up to `wait` seconds for one; then return `default`
+        (also at once when the run has finished without publishing it).
+        """
+        _check_name("key", key)
+        deadline = time.monotonic() + wait
+        delay = _RESULT_POLL_MIN_S
+        while True:
+            found = await self.db.run(signals.read_event, run_id, key)
+            if found is None:
+                raise errors.RunNotFound(f"no run with id {run_id!r} in {self.db.path}")
+            status, value, _ = found
+            if value is not None:
+                return codec.decode(value)
+            left = deadline - time.monotonic()
+            if status in vocabulary.FINISHED or left <= 0:
+                return default
+            await asyncio.sleep(min(delay, left))
+            delay = min(_RESULT_POLL_MAX_S, delay * 1.5)
 
     # -- operator functions: each one transaction --
 

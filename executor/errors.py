@@ -106,6 +106,21 @@ class NonDeterminismError(ExecutorError):
         )
 
 
+class WaitTimeout(ExecutorError, TimeoutError):
+    """No signal arrived before the wait's timeout (raised at `await ctx.wait_for(...)`).
+
+    Give `default=` to get a value instead. Catchable: the workflow may carry on.
+    """
+
+    def __init__(self, topics: list[str], timeout_s: float | None, position: int) -> None:
+        self.topics = topics
+        self.timeout_s = timeout_s
+        self.position = position
+        which = topics[0] if len(topics) == 1 else f"any of {topics}"
+        after = "" if timeout_s is None else f" within {timeout_s:g}s"
+        super().__init__(f"no signal on {which}{after} (wait at position {position})")
+
+
 class WorkflowUsageError(ExecutorError):
     """A workflow did something that cannot be replayed (asyncio.sleep, not ctx.sleep, ...)."""
 

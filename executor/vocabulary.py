@@ -19,7 +19,7 @@ The life of one step, by record:
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
 
@@ -49,6 +49,9 @@ class StepKind(enum.StrEnum):
 
     STEP = "step"  # a task, run by an engine's slot
     SLEEP = "sleep"  # a durable timer (ctx.sleep), fired by the timer loop
+    # ctx.wait_for: recorded by a signal (Client.signal) or by its timeout (a timer of kind WAIT)
+    WAIT = "wait"
+    EVENT = "event"  # ctx.set_event: settled when written (succeeded, no seq: never delivered)
 
 
 class EngineState(enum.StrEnum):
@@ -192,6 +195,9 @@ class ReplayOutput:
     # The run was not running when read (parked, finished): just drop its replay entry, unless
     # it was resumed since, in which case the entry is the resume's and must stay.
     inactive: bool = False
+    # Filled by the commit: journal results it recorded itself (a wait that found its message
+    # already in the mailbox), for the engine to deliver like any other.
+    recorded: list[Delivery] = field(default_factory=list)
 
 
 class RunRow(NamedTuple):

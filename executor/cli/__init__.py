@@ -5,6 +5,8 @@
     executor status|result|cancel RUN    watch or cancel one run
     executor list, executor stats        runs, and queue depths per shard
     executor resume|fail RUN             decide what happens to a parked run
+    executor signal RUN TOPIC            send a signal to a run (--payload JSON, --key K)
+    executor event RUN KEY               print a value the run published (--wait S)
     executor bump-epoch                  make running daemons drain and exit
     executor fail-pending|clear-replay-queue|clear-task-queue --shard N|--all --yes
     executor check                       check the database's invariants (read-only)
@@ -21,6 +23,7 @@ The package, by noun:
     common.py    the verb skeleton (`with_client`), output (`show`, `table`), argument types
     daemon.py    run, bump-epoch
     runs.py      start, status, result, cancel, list, resume, fail
+    signals.py   signal, event
     shards.py    stats, fail-pending, clear-replay-queue, clear-task-queue
     database.py  migrate, check
     settings.py  check-config

@@ -14,7 +14,8 @@ SELECT quick_check FROM pragma_quick_check(:max_errors);
 SELECT count(*) FROM runs;
 
 -- name: check_stuck_runs
--- A running run must have something that makes it progress: a task, a timer or a replay entry.
+-- A running run must have something that makes it progress: a task, a timer or a replay entry,
+-- or be legitimately idle: waiting for a signal (with no timeout, it may wait forever).
 SELECT r.id, r.last_seq,
        (SELECT count(*) FROM steps AS s WHERE s.run_rid = r.rid AND s.status = 'pending')
 FROM runs AS r
@@ -22,16 +23,19 @@ WHERE r.status = 'running'
   AND NOT EXISTS (SELECT 1 FROM tasks AS t WHERE t.run_rid = r.rid)
   AND NOT EXISTS (SELECT 1 FROM timers AS m WHERE m.run_rid = r.rid)
   AND NOT EXISTS (SELECT 1 FROM replays AS p WHERE p.run_rid = r.rid)
+  AND NOT EXISTS (SELECT 1 FROM waits AS w WHERE w.run_rid = r.rid)
 ORDER BY r.rid;
 
 -- name: check_lost_steps
--- A pending step of a running run must have its task (a step) or its timer (a sleep); so must
--- one of a parked run, since resuming it replays the workflow, which waits for that step.
+-- A pending step of a running run must have its task (a step), its timer (a sleep) or its wait
+-- rows (a wait for a signal); so must one of a parked run, since resuming it replays the
+-- workflow, which waits for that step.
 SELECT r.id, s.pos, s.kind, s.name, r.status
 FROM steps AS s JOIN runs AS r ON r.rid = s.run_rid
 WHERE r.status IN ('running', 'parked') AND s.status = 'pending'
   AND NOT EXISTS (SELECT 1 FROM tasks AS t WHERE t.run_rid = s.run_rid AND t.pos = s.pos)
   AND NOT EXISTS (SELECT 1 FROM timers AS m WHERE m.run_rid = s.run_rid AND m.pos = s.pos)
+  AND NOT EXISTS (SELECT 1 FROM waits AS w WHERE w.run_rid = s.run_rid AND w.pos = s.pos)
 ORDER BY s.run_rid, s.pos;
 
 -- name: check_tasks_of_recorded_steps
@@ -49,6 +53,25 @@ JOIN runs AS r ON r.rid = m.run_rid
 WHERE s.status != 'pending'
 ORDER BY m.run_rid, m.pos;
 
+-- name: check_waits_of_recorded_steps
+-- Recording a wait (a message or its timeout) deletes its wait rows in the same transaction.
+SELECT r.id, w.pos, w.topic, s.status
+FROM waits AS w JOIN steps AS s ON s.run_rid = w.run_rid AND s.pos = w.pos
+JOIN runs AS r ON r.rid = w.run_rid
+WHERE s.status != 'pending'
+ORDER BY w.run_rid, w.pos;
+
+-- name: check_unread_messages_of_waits
+-- A pending wait and an unread message on its topic cannot both exist: the wait takes the
+-- message when it is created, and the message goes to the wait when it is sent. Both together
+-- mean a message the run will never see.
+SELECT r.id, w.pos, w.topic, m.id
+FROM waits AS w JOIN mailbox AS m
+  ON m.run_rid = w.run_rid AND m.topic = w.topic AND m.consumed_pos IS NULL
+JOIN runs AS r ON r.rid = w.run_rid
+WHERE r.status IN ('running', 'parked')
+ORDER BY w.run_rid, w.pos;
+
 -- name: check_leftovers_of_finished_runs
 -- Finishing or cancelling a run deletes its queued tasks and timers in the same transaction
 -- (in-flight tasks stay until their engine's heartbeat cancels them).
@@ -59,14 +82,20 @@ UNION ALL
 SELECT r.id, r.status, 'timer', m.pos
 FROM timers AS m JOIN runs AS r ON r.rid = m.run_rid
 WHERE r.status IN ('succeeded', 'failed', 'cancelled')
+UNION ALL
+SELECT r.id, r.status, 'wait on ' || w.topic, w.pos
+FROM waits AS w JOIN runs AS r ON r.rid = w.run_rid
+WHERE r.status IN ('succeeded', 'failed', 'cancelled')
 ORDER BY 1, 4;
 
 -- name: check_seq_mismatches
 -- A step has a seq exactly when its result is recorded: never a result without its place in the
--- delivery order, never a place without a result.
+-- delivery order, never a place without a result. Published values (kind event) are settled
+-- when written and never delivered: succeeded, without a seq.
 SELECT r.id, s.pos, s.name, s.status, s.seq
 FROM steps AS s JOIN runs AS r ON r.rid = s.run_rid
-WHERE (s.status IN ('succeeded', 'failed')) != (s.seq IS NOT NULL)
+WHERE (s.kind != 'event' AND (s.status IN ('succeeded', 'failed')) != (s.seq IS NOT NULL))
+   OR (s.kind = 'event' AND (s.status != 'succeeded' OR s.seq IS NOT NULL))
    OR s.status NOT IN ('pending', 'succeeded', 'failed')
 ORDER BY s.run_rid, s.pos;
 
@@ -126,6 +155,12 @@ WHERE NOT EXISTS (SELECT 1 FROM steps AS s WHERE s.run_rid = t.run_rid AND s.pos
 UNION ALL
 SELECT 'timer', m.run_rid, m.pos FROM timers AS m
 WHERE NOT EXISTS (SELECT 1 FROM steps AS s WHERE s.run_rid = m.run_rid AND s.pos = m.pos)
+UNION ALL
+SELECT 'wait', w.run_rid, w.pos FROM waits AS w
+WHERE NOT EXISTS (SELECT 1 FROM steps AS s WHERE s.run_rid = w.run_rid AND s.pos = w.pos)
+UNION ALL
+SELECT 'message', m.run_rid, m.id FROM mailbox AS m
+WHERE NOT EXISTS (SELECT 1 FROM runs AS r WHERE r.rid = m.run_rid)
 UNION ALL
 SELECT 'replay entry', p.run_rid, NULL FROM replays AS p
 WHERE NOT EXISTS (SELECT 1 FROM runs AS r WHERE r.rid = p.run_rid)

@@ -64,7 +64,10 @@ WHERE run_rid = :rid AND pos = :pos AND claim_token = :token;
 UPDATE steps SET error = ? WHERE run_rid = ? AND pos = ?;
 
 -- name: due_timers
-SELECT run_rid, pos FROM timers WHERE fire_at <= ? ORDER BY fire_at LIMIT ?;
+SELECT run_rid, pos, kind FROM timers WHERE fire_at <= ? ORDER BY fire_at LIMIT ?;
+
+-- name: run_status_of_rid
+SELECT status FROM runs WHERE rid = ?;
 
 -- name: select_run_for_replay
 SELECT rid, id, workflow, version, shard, status, args, created_at, last_seq FROM runs WHERE rid = ?;

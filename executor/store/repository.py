@@ -20,9 +20,11 @@ from typing import Any
 import orjson
 
 from executor.errors import error_blob
+from executor.store import signals
 from executor.store.database import transaction
 from executor.store.sql import Q
 from executor.vocabulary import (
+    FINISHED,
     LIVE_ENGINE_STATES,
     Claimed,
     Delivery,
@@ -30,11 +32,13 @@ from executor.vocabulary import (
     Heartbeat,
     JournalEntry,
     NewRun,
+    NewStep,
     Outcome,
     OutcomeKind,
     ReplayOutput,
     RunRow,
     RunSnapshot,
+    RunState,
     StepKind,
     StepState,
 )
@@ -302,16 +306,31 @@ def fire_timers(conn: sqlite3.Connection, now: float, limit: int) -> list[Delive
 @transaction
 def _fire_due_timers(conn: sqlite3.Connection, now: float, limit: int) -> list[Delivery]:
     events = []
-    for run_rid, pos in conn.execute(Q["due_timers"], (now, limit)).fetchall():
-        event = _record_fired(conn, run_rid, pos, now)
+    for run_rid, pos, kind in conn.execute(Q["due_timers"], (now, limit)).fetchall():
+        event = _record_fired(conn, run_rid, pos, kind, now)
         if event is not None:
             events.append(event)
     return events
 
 
-def _record_fired(conn: sqlite3.Connection, run_rid: int, pos: int, now: float) -> Delivery | None:
+_WAIT_TIMEOUT = error_blob("WaitTimeout", "no signal arrived before the wait's timeout")
+
+
+def _record_fired(
+    conn: sqlite3.Connection, run_rid: int, pos: int, kind: str | None, now: float
+) -> Delivery | None:
     if not conn.execute(Q["delete_timer"], (run_rid, pos)).rowcount:
         return None
+    if kind == StepKind.WAIT:
+        # The timeout and a signal race through the same fence: whichever records first wins,
+        # and a message that loses stays unread for the next wait.
+        timeout = Outcome(
+            OutcomeKind.DONE, run_rid, pos, status=StepState.FAILED, error=_WAIT_TIMEOUT
+        )
+        event = _record(conn, timeout, now)
+        if event is not None:
+            signals.settle_wait(conn, run_rid, pos, None)
+        return event
     return _record(conn, Outcome(OutcomeKind.DONE, run_rid, pos), now)
 
 
@@ -348,7 +367,15 @@ def commit_replays(conn: sqlite3.Connection, outputs: Sequence[ReplayOutput], no
     """
     queued = 0
     for out in outputs:
+        if out.new_steps and not _is_active(conn, out.run_rid):
+            # Cancelled (or failed by an operator) since the replay read it: what its code asked
+            # for must not run, and no child or wait of it may appear after the cancel.
+            out.new_steps = []
         for s in out.new_steps:
+            if s.kind == StepKind.EVENT:
+                assert s.args is not None
+                signals.publish(conn, out.run_rid, s.pos, s.name, s.fingerprint, s.args, now)
+                continue
             inserted = conn.execute(
                 Q["insert_step"],
                 (out.run_rid, s.pos, s.kind, s.name, s.fingerprint, s.args, now),
@@ -359,6 +386,8 @@ def commit_replays(conn: sqlite3.Connection, outputs: Sequence[ReplayOutput], no
                 conn.execute(Q["set_step_limit_key"], (s.limit_key, out.run_rid, s.pos))
             if s.kind == StepKind.SLEEP:
                 conn.execute(Q["insert_timer"], (out.run_rid, s.pos, out.shard, s.fire_at))
+            elif s.kind == StepKind.WAIT:
+                _open_wait(conn, out, s, now)
             else:
                 conn.execute(Q["insert_task"], (out.run_rid, s.pos, out.shard))
                 queued += 1
@@ -375,8 +404,7 @@ def commit_replays(conn: sqlite3.Connection, outputs: Sequence[ReplayOutput], no
             ).rowcount
             if changed:
                 # Steps the workflow started but never awaited are abandoned with it.
-                conn.execute(Q["delete_queued_tasks_of_run"], (out.run_rid,))
-                conn.execute(Q["delete_timers_of_run"], (out.run_rid,))
+                _drop_pending_work(conn, out.run_rid)
             conn.execute(Q["delete_replay"], (out.run_rid,))
         elif out.parked is not None:
             conn.execute(Q["park_run"], {"error": out.parked, "now": now, "rid": out.run_rid})
@@ -386,6 +414,55 @@ def commit_replays(conn: sqlite3.Connection, outputs: Sequence[ReplayOutput], no
         else:
             conn.execute(Q["delete_replay_through"], (out.run_rid, out.consumed_seq))
     return queued
+
+
+def _is_active(conn: sqlite3.Connection, rid: int) -> bool:
+    row = conn.execute(Q["run_status_of_rid"], (rid,)).fetchone()
+    return row is not None and row[0] in (RunState.RUNNING, RunState.PARKED)
+
+
+def _drop_pending_work(conn: sqlite3.Connection, rid: int) -> None:
+    """A run left the running states: its queued tasks, timers and waits go with it."""
+    conn.execute(Q["delete_queued_tasks_of_run"], (rid,))
+    conn.execute(Q["delete_timers_of_run"], (rid,))
+    signals.drop_waits(conn, rid)
+
+
+def _open_wait(conn: sqlite3.Connection, out: ReplayOutput, s: NewStep, now: float) -> None:
+    # A message that arrived before the wait is taken now, in the transaction that creates it.
+    topics = orjson.loads(s.args or b"[[]]")[0]
+    found = signals.open_wait(conn, out.run_rid, s.pos, out.shard, topics, s.fire_at)
+    if found is None:
+        return
+    message_id, topic, payload = found
+    result = signals.wait_result(topic, payload)
+    event = _record(conn, Outcome(OutcomeKind.DONE, out.run_rid, s.pos, result=result), now)
+    if event is not None:
+        signals.settle_wait(conn, out.run_rid, s.pos, message_id)
+        out.recorded.append(event)
+
+
+@transaction
+def send_signal(
+    conn: sqlite3.Connection, run_id: str, topic: str, payload: bytes, key: str | None, now: float
+) -> bool | None:
+    """Client.signal: keep the message for the run, and hand it to the run's earliest pending
+    wait on its topic if there is one. False: the run has finished; None: no such run."""
+    found = signals.run_for_signal(conn, run_id)
+    if found is None:
+        return None
+    rid, status = found
+    if status in FINISHED:
+        return False
+    message_id = signals.insert_message(conn, rid, topic, payload, key, now)
+    if message_id is None:
+        return True  # this key was sent before: a no-op
+    pos = signals.oldest_wait(conn, rid, topic)
+    if pos is not None:
+        result = signals.wait_result(topic, payload)
+        if _record(conn, Outcome(OutcomeKind.DONE, rid, pos, result=result), now) is not None:
+            signals.settle_wait(conn, rid, pos, message_id)
+    return True
 
 
 # --- client and operator -------------------------------------------------------------------------
@@ -414,8 +491,7 @@ def cancel_run(conn: sqlite3.Connection, run_id: str, now: float) -> bool:
     if row is None:
         return False
     rid = row[0]
-    conn.execute(Q["delete_queued_tasks_of_run"], (rid,))
-    conn.execute(Q["delete_timers_of_run"], (rid,))
+    _drop_pending_work(conn, rid)
     conn.execute(Q["delete_replay"], (rid,))
     return True
 
@@ -437,7 +513,11 @@ def fail_parked_run(conn: sqlite3.Connection, run_id: str, reason: str, now: flo
         Q["fail_parked_run"],
         {"id": run_id, "now": now, "error": error_blob("FailedByOperator", reason)},
     ).fetchone()
-    return row is not None
+    if row is None:
+        return False
+    _drop_pending_work(conn, row[0])
+    conn.execute(Q["delete_replay"], (row[0],))
+    return True
 
 
 @transaction
@@ -463,7 +543,7 @@ def clear_task_queue(conn: sqlite3.Connection, shard: int, now: float) -> int:
     for rid in rids:
         conn.execute(Q["delete_queued_tasks_of_run"], (rid,))
         if conn.execute(Q["fail_running_run"], {"rid": rid, "error": error, "now": now}).rowcount:
-            conn.execute(Q["delete_timers_of_run"], (rid,))
+            _drop_pending_work(conn, rid)
             conn.execute(Q["delete_replay"], (rid,))
     return len(rids)
 
@@ -476,8 +556,7 @@ def clear_replay_queue(conn: sqlite3.Connection, shard: int, now: float) -> int:
     conn.execute(Q["delete_replays_of_shard"], (shard,))
     for rid in rids:
         if conn.execute(Q["fail_running_run"], {"rid": rid, "error": error, "now": now}).rowcount:
-            conn.execute(Q["delete_queued_tasks_of_run"], (rid,))
-            conn.execute(Q["delete_timers_of_run"], (rid,))
+            _drop_pending_work(conn, rid)
     return len(rids)
 
 

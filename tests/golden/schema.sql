@@ -1,4 +1,10 @@
--- PRAGMA user_version = 3
+-- PRAGMA user_version = 4
+
+-- index mailbox_dedup
+CREATE UNIQUE INDEX mailbox_dedup ON mailbox (run_rid, dedup_key) WHERE dedup_key IS NOT NULL;
+
+-- index mailbox_unread
+CREATE INDEX mailbox_unread ON mailbox (run_rid, topic, id) WHERE consumed_pos IS NULL;
 
 -- index replays_shard
 CREATE INDEX replays_shard ON replays (shard, run_rid);
@@ -40,6 +46,17 @@ CREATE TABLE limit_state (
     updated_at REAL NOT NULL
 );
 
+-- table mailbox
+CREATE TABLE mailbox (
+    id           INTEGER PRIMARY KEY,
+    run_rid      INTEGER NOT NULL,
+    topic        TEXT NOT NULL,
+    payload      BLOB NOT NULL,          -- JSON
+    dedup_key    TEXT,                   -- Client.signal(key=): a repeated send is a no-op
+    created_at   REAL NOT NULL,
+    consumed_pos INTEGER                 -- the wait (journal position) that took it; NULL: unread
+);
+
 -- table meta
 CREATE TABLE meta (
     key   TEXT PRIMARY KEY,
@@ -53,6 +70,16 @@ CREATE TABLE replays (
     seq        INTEGER NOT NULL,
     created_at REAL NOT NULL
 );
+
+-- table run_events
+CREATE TABLE run_events (
+    run_rid    INTEGER NOT NULL,
+    key        TEXT NOT NULL,
+    value      BLOB NOT NULL,            -- JSON
+    pos        INTEGER NOT NULL,
+    updated_at REAL NOT NULL,
+    PRIMARY KEY (run_rid, key)
+) WITHOUT ROWID;
 
 -- table runs
 CREATE TABLE runs (
@@ -109,6 +136,14 @@ CREATE TABLE timers (
     run_rid INTEGER NOT NULL,
     pos     INTEGER NOT NULL,
     shard   INTEGER NOT NULL,
-    fire_at REAL NOT NULL,
+    fire_at REAL NOT NULL, kind TEXT,
     PRIMARY KEY (run_rid, pos)
+) WITHOUT ROWID;
+
+-- table waits
+CREATE TABLE waits (
+    run_rid INTEGER NOT NULL,
+    topic   TEXT NOT NULL,
+    pos     INTEGER NOT NULL,
+    PRIMARY KEY (run_rid, topic, pos)
 ) WITHOUT ROWID;

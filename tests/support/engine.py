@@ -37,6 +37,7 @@ WHERE r.status = 'running'
   AND NOT EXISTS (SELECT 1 FROM tasks AS t WHERE t.run_rid = r.rid)
   AND NOT EXISTS (SELECT 1 FROM timers AS m WHERE m.run_rid = r.rid)
   AND NOT EXISTS (SELECT 1 FROM replays AS p WHERE p.run_rid = r.rid)
+  AND NOT EXISTS (SELECT 1 FROM waits AS w WHERE w.run_rid = r.rid)
 """
 
 

@@ -959,10 +959,10 @@ def _raw_claim(
             for shard, limit in wants
         ],
     )
-    conn.execute(Q["count_claimed_attempts"], (token,))
+    conn.execute(Q["count_claimed_attempts"], {"token": token, "now": now})
     out = [
         _Claim(rid, pos, shard)
-        for rid, pos, shard, _attempt, _name, _args, _key in conn.execute(
+        for rid, pos, shard, _attempt, _name, _args, _key, _id, _wf in conn.execute(
             Q["select_claimed"], (token,)
         )
     ]

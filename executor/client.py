@@ -17,8 +17,8 @@ from pathlib import Path
 from typing import Any
 
 from executor import codec, config, errors, registry, vocabulary
+from executor.store import history, sharding, signals
 from executor.store import repository as repo
-from executor.store import sharding, signals
 from executor.store.database import Database
 
 # Every run status, the unfinished ones first (for `executor list --status` and the stats table).
@@ -43,6 +43,9 @@ class RunStatus:
     finished_at: float | None
     events: int  # journal results recorded so far
     error: dict[str, Any] | None
+    # Client.status only: the pending step with the highest position, else the last one
+    # ({pos, kind, name, status, attempts, error}); None in lists and for a run with no steps.
+    current_step: dict[str, Any] | None = None
 
     @property
     def finished(self) -> bool:
@@ -56,7 +59,7 @@ def _user_version(conn: sqlite3.Connection) -> int:
     return int(conn.execute("PRAGMA user_version").fetchone()[0])
 
 
-def _status(row: vocabulary.RunRow) -> RunStatus:
+def _status(row: vocabulary.RunRow, step: history.CurrentStep | None = None) -> RunStatus:
     return RunStatus(
         id=row.id,
         workflow=row.workflow,
@@ -68,6 +71,7 @@ def _status(row: vocabulary.RunRow) -> RunStatus:
         finished_at=row.finished_at,
         events=row.last_seq,
         error=None if row.error is None else codec.decode(row.error),
+        current_step=None if step is None else step._asdict(),
     )
 
 
@@ -241,7 +245,15 @@ class Client:
         row = await self.db.run(repo.get_run, run_id)
         if row is None:
             raise errors.RunNotFound(f"no run with id {run_id!r} in {self.db.path}")
-        return _status(row)
+        return _status(row, await self.db.run(history.current_step, row.rid))
+
+    async def history(self, run_id: str) -> history.RunHistory:
+        """The run whole: every journal position (kind, name, status, attempts, last error,
+        start, end, duration) and what the run waits on now."""
+        found = await self.db.run(history.run_history, run_id, time.time())
+        if found is None:
+            raise errors.RunNotFound(f"no run with id {run_id!r} in {self.db.path}")
+        return found
 
     async def result(self, run_id: str, timeout: float | None = None) -> Any:
         """Wait for the run to finish and return its result.

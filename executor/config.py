@@ -64,10 +64,32 @@ class DaemonConfig:
     loop: LoopKind = "auto"
 
 
+class LoggerLevels(tuple[tuple[str, str], ...]):
+    """[log.levels]: (logger name, level) pairs, sorted by name; a table in TOML."""
+
+    __slots__ = ()
+
+    def __str__(self) -> str:
+        return ", ".join(f"{name}={level}" for name, level in self) or "none"
+
+
 @dataclass(frozen=True, slots=True)
 class LogConfig:
     level: LogLevel = "info"
     format: LogFormat = "auto"
+    # Per-logger levels, e.g. httpx = "warning": a logger and its children log at that level
+    # whatever log.level says (a chatty HTTP client, or one module at debug).
+    levels: LoggerLevels = field(default_factory=LoggerLevels)
+
+
+@dataclass(frozen=True, slots=True)
+class MetricsConfig:
+    # The engine stores a small sample row and its counters every heartbeat, for the dashboard's
+    # plots and for Prometheus (`executor serve`, or the port below).
+    samples: bool = True
+    # The daemon's own Prometheus endpoint: 0 = none (the default: the daemon opens no port).
+    port: int = 0
+    host: str = "127.0.0.1"
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,6 +110,7 @@ class Config:
     engine: EngineConfig = field(default_factory=EngineConfig)
     daemon: DaemonConfig = field(default_factory=DaemonConfig)
     log: LogConfig = field(default_factory=LogConfig)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
     # Tuples, sorted by name, so the config stays hashable and compares by value.
     limits: tuple[LimitSpec, ...] = ()
     concurrency_keys: tuple[tuple[str, int], ...] = ()  # (key, cap) overrides
@@ -116,6 +139,7 @@ LIVE_KEYS = frozenset(
     {
         "log.level",
         "log.format",
+        "log.levels",
         "engine.concurrency",
         "engine.poll_interval_s",
         "engine.concurrency_key_cap",
@@ -136,11 +160,14 @@ _MAX_SHOWN_CHARS = 80  # long offending values are cut so each error stays one r
 _ENV_TRUE = frozenset({"true", "1", "yes"})
 _ENV_FALSE = frozenset({"false", "0", "no"})
 
-_SECTIONS: dict[str, type[DatabaseConfig | EngineConfig | DaemonConfig | LogConfig]] = {
+_SECTIONS: dict[
+    str, type[DatabaseConfig | EngineConfig | DaemonConfig | LogConfig | MetricsConfig]
+] = {
     "database": DatabaseConfig,
     "engine": EngineConfig,
     "daemon": DaemonConfig,
     "log": LogConfig,
+    "metrics": MetricsConfig,
 }
 
 
@@ -283,6 +310,58 @@ class _Modules(_Spec):
         return [item.strip() for item in text.split(",")] if text.strip() else []
 
 
+class _Host(_Spec):
+    expected = 'a host name or address to listen on, like "127.0.0.1"'
+
+    def parse(self, value: object) -> object:
+        if not isinstance(value, str) or not value or any(c.isspace() for c in value):
+            raise self.fail()
+        return value
+
+
+class _Levels(_Spec):
+    expected = 'a table of logger names and levels, like { httpx = "warning" }'
+    env_expected = "comma-separated logger=level pairs, like httpx=warning,openai=error"
+
+    def parse(self, value: object) -> object:
+        if not isinstance(value, dict):
+            raise self.fail()
+        value = _flatten(value)
+        for name, level in value.items():
+            if not name or not all(part for part in name.split(".")):
+                raise _Invalid("a dotted logger name", _show(name), f".{_toml_key(name)}")
+            if level not in _LEVEL_NAMES:
+                choices = ", ".join(f'"{n}"' for n in _LEVEL_NAMES)
+                raise _Invalid(f"one of {choices}", _show(level), f".{_toml_key(name)}")
+        return LoggerLevels(sorted((name, str(level)) for name, level in value.items()))
+
+    def from_env(self, text: str) -> object:
+        pairs: dict[str, str] = {}
+        for item in text.split(","):
+            if not item.strip():
+                continue
+            name, sep, level = item.partition("=")
+            if not sep:
+                return text  # not a table: parse() refuses it with the expected form
+            pairs[name.strip()] = level.strip()
+        return pairs
+
+
+_LEVEL_NAMES = ("debug", "info", "warning", "error", "critical")
+
+
+def _flatten(table: dict[str, object], prefix: str = "") -> dict[str, object]:
+    # In TOML an unquoted dotted key (openai.client = "debug") is a nested table: the logger
+    # name is the path to the value.
+    flat: dict[str, object] = {}
+    for key, value in table.items():
+        if isinstance(value, dict):
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            flat[prefix + key] = value
+    return flat
+
+
 _KEYS: dict[str, _Spec] = {
     "database.path": _Path(),
     "database.durability": _Choice("normal", "full"),
@@ -305,6 +384,10 @@ _KEYS: dict[str, _Spec] = {
     "daemon.loop": _Choice("auto", "uvloop", "asyncio"),
     "log.level": _Choice("debug", "info", "warning", "error"),
     "log.format": _Choice("auto", "text", "json"),
+    "log.levels": _Levels(),
+    "metrics.samples": _Bool(),
+    "metrics.port": _Int(0, 65535),
+    "metrics.host": _Host(),
 }
 
 
@@ -649,6 +732,8 @@ def _toml_value(value: object) -> str:
         return _toml_string(str(value))
     if isinstance(value, str):
         return _toml_string(value)
+    if isinstance(value, LoggerLevels):
+        return "{" + ", ".join(f"{_toml_key(k)} = {_toml_string(v)}" for k, v in value) + "}"
     if isinstance(value, tuple):
         return "[" + ", ".join(_toml_value(item) for item in value) + "]"
     raise TypeError(f"no TOML form for {type(value).__name__}")

@@ -106,6 +106,8 @@ class Claimed(NamedTuple):
     limit_key: str | None = None  # ctx.step(..., limit_key=)
     concurrency_key: str | None = None  # the run's, from Client.start(concurrency_key=)
     unparked: bool = False  # it was parked, waiting for room: it goes before newcomers
+    run_id: str = ""  # for log lines
+    workflow: str = ""  # for metrics labels
 
 
 @dataclass(slots=True)

@@ -3,6 +3,7 @@
     executor run                         the daemon (foreground; systemd runs it as Type=notify)
     executor start NAME [--args JSON]    start a run, print its id (--wait: print its result)
     executor status|result|cancel RUN    watch or cancel one run
+    executor show RUN                    one run whole: its journal and what it waits on
     executor list, executor stats        runs, and queue depths per shard
     executor resume|fail RUN             decide what happens to a parked run
     executor signal RUN TOPIC            send a signal to a run (--payload JSON, --key K)
@@ -24,6 +25,7 @@ The package, by noun:
     daemon.py    run, bump-epoch
     runs.py      start, status, result, cancel, list, resume, fail
     signals.py   signal, event
+    observe.py   show (views.py renders it for a terminal)
     shards.py    stats, fail-pending, clear-replay-queue, clear-task-queue
     database.py  migrate, check
     settings.py  check-config

@@ -28,6 +28,7 @@ from executor.cli.common import (
 from executor.client import RUN_STATUSES, Client, RunStatus
 from executor.daemon.workflows import import_workflows
 from executor.exitcodes import ExitCode
+from executor.store.history import error_line
 
 
 def register(verbs: Verbs) -> None:
@@ -66,7 +67,9 @@ def register(verbs: Verbs) -> None:
     p.add_argument("--wait", action="store_true", help="wait for the result and print it")
     p.add_argument("--timeout", type=seconds, metavar="S", help=TIMEOUT_HELP)
 
-    p = verbs.add("status", cmd_status, "show a run's status", json_flag=True)
+    p = verbs.add(
+        "status", cmd_status, "show a run's status, current step and its last error", json_flag=True
+    )
     p.add_argument("run", metavar="RUN", help=RUN_ARG_HELP)
 
     p = verbs.add(
@@ -182,8 +185,17 @@ def _human(st: RunStatus) -> dict[str, object]:
         "finished": when(st.finished_at),
         "events": st.events,
     }
+    step = st.current_step
+    if step is not None:
+        attempts = step["attempts"]
+        out["step"] = (
+            f"{step['kind']} {step['name']} (position {step['pos']}), {step['status']},"
+            f" {attempts} attempt{'' if attempts == 1 else 's'}"
+        )
+        if step["error"] is not None:
+            out["step error"] = error_line(step["error"])
     if st.error is not None:
-        out["error"] = f"{st.error.get('type')}: {st.error.get('message')}"
+        out["error"] = error_line(st.error)
     return out
 
 

@@ -4,10 +4,10 @@
 from __future__ import annotations
 
 import argparse
-import json
 from collections.abc import Callable, Coroutine
 from typing import Any
 
+from executor.cli import views
 from executor.cli.common import UsageError, Verbs, shard_number, show, table, when, with_client
 from executor.client import RUN_STATUSES, Client
 from executor.exitcodes import ExitCode
@@ -94,10 +94,8 @@ def _render(stats: dict[str, Any], shards: int) -> str:
         parts.append(table(("ENGINE", "PID", "HOST", "STATE", "EPOCH", "HEARTBEAT"), engines))
     else:
         parts.append(f"epoch {stats['epoch']}; no engine running")
-    parts += [
-        f"limits of engine {snapshot.get('engine')}: {json.dumps(snapshot)}"
-        for snapshot in stats.get("limits", ())
-    ]
+    if stats.get("limits"):
+        parts += ["", views.limits_text(stats["limits"])]
     return "\n".join(parts)
 
 

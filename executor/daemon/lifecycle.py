@@ -24,7 +24,7 @@ import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
-from executor import config, errors, vocabulary
+from executor import config, errors, registry, vocabulary
 from executor.daemon import logs
 from executor.daemon.notify import Notifier
 from executor.daemon.workflows import import_workflows
@@ -89,12 +89,13 @@ class Daemon:
         exit code. Startup failures raise (ConfigError, StoreError, WorkflowImportError)."""
         cfg = self.cfg
         factory = loop_factory(cfg.daemon.loop, self.loaded.sources["daemon.loop"])
-        logs.setup_logging(cfg.log.level, cfg.log.format)
+        logs.setup_logging(cfg.log.level, cfg.log.format, levels=cfg.log.levels)
         files = ", ".join(str(p) for p in self.loaded.files) or "none (defaults and environment)"
         log.info("executor daemon starting (pid %d); config files: %s", os.getpid(), files)
         import_workflows(
             cfg.daemon.workflows, f"{self.loaded.sources['daemon.workflows']}: daemon.workflows"
         )
+        _log_workflows(cfg.daemon.workflows)
         with asyncio.Runner(loop_factory=factory) as runner:
             return runner.run(self._serve())
 
@@ -126,9 +127,11 @@ class Daemon:
             cfg.database,
             limits=cfg.limits,
             concurrency_keys=dict(cfg.concurrency_keys),
+            samples=cfg.metrics.samples,
         )
         self.engine = engine
         await engine.start()
+        stop_metrics = _serve_metrics(cfg)
         waiter = asyncio.create_task(engine.wait(), name="executor.daemon.engine-wait")
         waiter.add_done_callback(lambda _: self._wake.set() if self._wake else None)
         load = engine.load()
@@ -148,6 +151,8 @@ class Daemon:
             self._begin_stop("the daemon task was cancelled")
             await asyncio.shield(asyncio.wait([waiter]))
             raise
+        finally:
+            stop_metrics()
         return self._exit_code(waiter)
 
     async def _main_loop(self, waiter: asyncio.Task[None]) -> None:
@@ -294,10 +299,11 @@ class Daemon:
         live, restart = config.diff_live(self.cfg, new.config)
         effective = _with_live_keys(self.cfg, new.config, live)
         try:
+            log_cfg = effective.log
             if "log.format" in live:
-                logs.setup_logging(effective.log.level, effective.log.format)
-            elif "log.level" in live:
-                logs.set_level(effective.log.level)
+                logs.setup_logging(log_cfg.level, log_cfg.format, levels=log_cfg.levels)
+            elif "log.level" in live or "log.levels" in live:
+                logs.set_level(log_cfg.level, log_cfg.levels)
         except errors.ConfigError as exc:  # load_config validated both, so this is a bug
             log.error("reload: could not apply the log settings: %s", exc)
         self.cfg = effective
@@ -333,6 +339,55 @@ class Daemon:
         state = "draining" if self.engine.draining else "running"
         load = " ".join(f"{key}={value}" for key, value in self.engine.load().items())
         return f"{state}: {load}"
+
+
+def _serve_metrics(cfg: config.Config) -> Callable[[], None]:
+    """Start the opt-in Prometheus endpoint ([metrics] port); return what stops it."""
+    metrics = cfg.metrics
+    if metrics.port == 0:
+        return lambda: None
+    # Imported only when asked for: most daemons never open a port.
+    from prometheus_client import start_http_server
+
+    from executor.exporter import registry_for
+
+    registry = registry_for(cfg.database.path, cfg.database.busy_timeout_s)
+    try:
+        server, thread = start_http_server(metrics.port, metrics.host, registry)
+    except OSError as exc:
+        log.error(
+            "metrics: cannot listen on %s:%d (metrics.host, metrics.port): %s; no endpoint",
+            metrics.host,
+            metrics.port,
+            exc,
+        )
+        return lambda: None
+    log.info("metrics: http://%s:%d/metrics", metrics.host, metrics.port)
+
+    def stop() -> None:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=5.0)
+
+    return stop
+
+
+def _log_workflows(modules: tuple[str, ...]) -> None:
+    reg = registry.default_registry
+    if not reg.workflows:
+        log.warning(
+            "no workflows loaded (daemon.workflows: %s): runs will wait for a daemon that has them",
+            ", ".join(modules) or "empty",
+        )
+        return
+    names = [f"{w.name}@{w.version}" if w.version else w.name for w in reg.workflows.values()]
+    log.info(
+        "loaded %d workflows from %s: %s; %d steps",
+        len(names),
+        ", ".join(modules) or "already imported modules",
+        ", ".join(sorted(names)),
+        len(reg.steps),
+    )
 
 
 def _is_limit_key(key: str) -> bool:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import sys
+from collections.abc import Iterable
 from datetime import UTC, datetime
 from typing import TextIO
 
@@ -20,6 +21,7 @@ LEVELS = {
     "warning": logging.WARNING,
     "error": logging.ERROR,
 }
+LOGGER_LEVELS = {**LEVELS, "critical": logging.CRITICAL}
 FORMATS = ("auto", "text", "json")
 
 # aiosqlite logs every statement at DEBUG, which would drown our own debug output.
@@ -75,13 +77,20 @@ class TextFormatter(logging.Formatter):
 
     def formatMessage(self, record: logging.LogRecord) -> str:
         line = super().formatMessage(record)
-        extras = _extras(record)
+        # A field the message already shows (a run id, say) is only repeated in JSON lines.
+        message = record.getMessage()
+        extras = {k: v for k, v in _extras(record).items() if str(v) not in message}
         if extras:
             line += " " + " ".join(f"{key}={value!r}" for key, value in extras.items())
         return line
 
 
-def setup_logging(level: str, fmt: str, stream: TextIO | None = None) -> None:
+def setup_logging(
+    level: str,
+    fmt: str,
+    stream: TextIO | None = None,
+    levels: Iterable[tuple[str, str]] = (),
+) -> None:
     """Send all logging to `stream` (stderr by default); safe to call again, e.g. on SIGHUP."""
     # Check both before touching the handlers, so a bad call leaves logging as it was.
     if level not in LEVELS:
@@ -100,19 +109,36 @@ def setup_logging(level: str, fmt: str, stream: TextIO | None = None) -> None:
         root.removeHandler(old)
         old.close()  # closes nothing of the stream; only unregisters the handler
     root.addHandler(handler)
-    set_level(level)
+    set_level(level, levels)
 
 
-def set_level(level: str) -> None:
-    """Change the log level live (SIGHUP)."""
+# Loggers whose level [log.levels] set, so a reload that drops one gives it back to the root.
+_configured: set[str] = set()
+
+
+def set_level(level: str, levels: Iterable[tuple[str, str]] = ()) -> None:
+    """Change the log level and the per-logger levels ([log.levels]) live (SIGHUP)."""
     number = LEVELS.get(level)
     if number is None:
         raise ConfigError(f"log.level: expected one of {', '.join(LEVELS)}, got {level!r}")
+    per_logger = dict(levels)
+    for name, value in per_logger.items():
+        if value not in LOGGER_LEVELS:
+            raise ConfigError(
+                f"log.levels.{name}: expected one of {', '.join(LOGGER_LEVELS)}, got {value!r}"
+            )
     logging.getLogger().setLevel(number)
+    for name in _configured - per_logger.keys():
+        logging.getLogger(name).setLevel(logging.NOTSET)
     # A logger with a level of its own ignores the root's, so the floor has to rise with the root
     # level too: otherwise aiosqlite's INFO records would get through `level = "error"`.
     for name, floor in _NOISY_LOGGERS.items():
-        logging.getLogger(name).setLevel(max(floor, number))
+        if name not in per_logger:
+            logging.getLogger(name).setLevel(max(floor, number))
+    for name, value in per_logger.items():
+        logging.getLogger(name).setLevel(LOGGER_LEVELS[value])
+    _configured.clear()
+    _configured.update(per_logger)
 
 
 def _extras(record: logging.LogRecord) -> dict[str, object]:

@@ -34,7 +34,10 @@ from executor.engine.cache import HydrationCache, InstanceCache
 from executor.engine.instance import RunInfo, WorkflowInstance
 from executor.engine.limits import Limiter, Ticket, WakeTimer
 from executor.store import repository as repo
+from executor.store import samples
 from executor.store.database import Database
+from executor.store.history import error_line
+from executor.telemetry import Telemetry
 from executor.vocabulary import (
     NEWER_EPOCH,
     Claimed,
@@ -77,6 +80,7 @@ class Engine:
         limits: Iterable[config.LimitSpec] = (),
         concurrency_keys: Mapping[str, int] | None = None,
         shared: resources.Resources | None = None,
+        samples: bool = True,
     ) -> None:
         self.cfg = cfg or config.EngineConfig()
         self.db_cfg = db_cfg or config.DatabaseConfig()
@@ -126,6 +130,8 @@ class Engine:
         )
         self.resources = shared if shared is not None else resources.default_registry
         self._wakes = WakeTimer(self._wake_shards)
+        # Metrics and the dashboard's samples ([metrics] samples); None: not counted at all.
+        self.telemetry = Telemetry() if samples else None
 
     # -- public lifecycle --
 
@@ -392,6 +398,7 @@ class Engine:
     async def _run_step(self, c: Claimed) -> None:
         outcome = None
         key = (c.run_rid, c.pos)
+        began = time.monotonic()
         try:
             outcome = await self._execute(c)
         finally:
@@ -403,6 +410,10 @@ class Engine:
                 if c.shard in self._hungry:
                     self._dispatch_wake.set()
             if outcome is not None:
+                if outcome.kind == OutcomeKind.DONE and outcome.status == StepState.FAILED:
+                    _log_step_failed(c, outcome)
+                if self.telemetry is not None:
+                    self.telemetry.outcome(c, outcome, time.monotonic() - began)
                 self._results.append(outcome)
                 self._flush_wake.set()
 
@@ -565,6 +576,7 @@ class Engine:
             # Let more results join this transaction: one commit for many steps.
             await asyncio.sleep(backoff or self.cfg.flush_interval_s)
             batch, self._results = self._results, []
+            began = time.monotonic()
             try:
                 events = await self.db.run(repo.record, batch, time.time())
             except errors.StoreError as exc:
@@ -574,6 +586,8 @@ class Engine:
                 continue
             backoff = 0.0
             self._write_ok()
+            if self.telemetry is not None:
+                self.telemetry.flushed(len(batch), time.monotonic() - began)
             recorded = {(e.run_rid, e.pos) for e in events}
             for o in batch:
                 if o.kind == OutcomeKind.DONE and (o.run_rid, o.pos) not in recorded:
@@ -697,6 +711,8 @@ class Engine:
                 self._write_failed(exc, "heartbeat")
                 continue
             self._write_ok("heartbeat")
+            if self.telemetry is not None:
+                await self._sample()
             if hb.epoch != self.epoch and not self.draining:
                 log.warning("epoch moved from %d to %d: draining", self.epoch, hb.epoch)
                 self.request_stop(NEWER_EPOCH)
@@ -709,6 +725,17 @@ class Engine:
                 if task is not None:
                     self._cancel_reasons[key] = _CANCELLED_RUN
                     task.cancel()
+
+    async def _sample(self) -> None:
+        # The dashboard's plots and the metrics snapshot (executor/telemetry.py); best effort.
+        assert self.db is not None and self.telemetry is not None
+        now = time.time()
+        limits = self.limits_snapshot() if self.limiter.active else None
+        sample, snapshot = self.telemetry.sample(self.engine_id, now, self.load(), limits)
+        try:
+            await self.db.run(samples.record, sample, len(self._shards), snapshot)
+        except errors.StoreError as exc:
+            log.debug("could not write the metrics sample: %s", exc)
 
     # -- replay: feed results to workflow code, commit what it asks for --
 
@@ -774,6 +801,7 @@ class Engine:
         outputs: list[ReplayOutput] = []
         touched: dict[int, WorkflowInstance | None] = {}
         run_ids: dict[int, str] = {}
+        workflows: dict[int, str] = {}
         for rid in chunk:
             self.counters["replays"] += 1
             if rid in live:
@@ -789,6 +817,7 @@ class Engine:
                     continue
                 self.counters["full_replays"] += 1
                 run_ids[rid] = snap.id
+                workflows[rid] = snap.workflow
                 built = self._build(snap)
                 if isinstance(built, ReplayOutput):
                     outputs.append(built)
@@ -821,9 +850,9 @@ class Engine:
                 if inst is not None:
                     self.instances.pop(out.run_rid)
                     inst.close()
-                    self._finished(inst.run.id, out)
+                    self._finished(inst.run.id, inst.wf.name, out)
                 elif out.run_rid in run_ids:
-                    self._finished(run_ids[out.run_rid], out)
+                    self._finished(run_ids[out.run_rid], workflows[out.run_rid], out)
             elif inst is not None:
                 self.instances.put(out.run_rid, inst)
         if queued_shards:
@@ -840,7 +869,6 @@ class Engine:
             if wf.types is not None:
                 args = wf.types.decode_args(args, f"arguments of run {snap.id} ({wf.name})")
         except errors.ExecutorError as exc:
-            log.error("run %s: %s", snap.id, exc)
             return ReplayOutput(
                 snap.rid,
                 snap.shard,
@@ -862,7 +890,6 @@ class Engine:
         if inst.nondeterminism is not None:
             out.new_steps = []
             out.parked = errors.describe(inst.nondeterminism)
-            log.error("%s; run parked", inst.nondeterminism)
             return out
         status, result, error = inst.outcome()
         if status is not None:
@@ -870,8 +897,10 @@ class Engine:
             out.finished, out.result, out.error = status, result, error
         return out
 
-    def _finished(self, run_id: str, out: ReplayOutput) -> None:
+    def _finished(self, run_id: str, workflow: str, out: ReplayOutput) -> None:
         self.counters["finished"] += 1
+        if out.finished == RunState.FAILED or out.parked is not None:
+            _log_run_stopped(run_id, workflow, out)
         if self.on_finish is not None:
             status = out.finished or RunState.PARKED
             try:
@@ -882,6 +911,37 @@ class Engine:
     @staticmethod
     def _close_instance(inst: WorkflowInstance) -> None:
         inst.close()
+
+
+def _log_step_failed(c: Claimed, outcome: Outcome) -> None:
+    error = codec.decode(outcome.error) if outcome.error else {}
+    if error.get("type") == "Cancelled":
+        return  # its run was cancelled: not the step's failure
+    log.warning(
+        "step %s of run %s (%s) failed for good after %d attempt%s: %s",
+        c.name,
+        c.run_id,
+        c.workflow,
+        c.attempt,
+        "" if c.attempt == 1 else "s",
+        error_line(error),
+        extra={"run": c.run_id, "workflow": c.workflow, "step": c.name, "pos": c.pos},
+    )
+
+
+def _log_run_stopped(run_id: str, workflow: str, out: ReplayOutput) -> None:
+    blob = out.parked if out.parked is not None else out.error
+    error = codec.decode(blob) if blob else {}
+    step = error.get("step")
+    log.error(
+        "run %s (%s) %s%s: %s",
+        run_id,
+        workflow,
+        "parked" if out.parked is not None else "failed",
+        f" at step {step}" if step else "",
+        error_line(error),
+        extra={"run": run_id, "workflow": workflow, "step": step},
+    )
 
 
 def _pid_alive(pid: int) -> bool:

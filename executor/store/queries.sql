@@ -219,12 +219,13 @@ WHERE (run_rid, pos) IN (
 );
 
 -- name: count_claimed_attempts
-UPDATE steps SET attempts = attempts + 1
-WHERE (run_rid, pos) IN (SELECT run_rid, pos FROM tasks WHERE claim_token = ?);
+UPDATE steps SET attempts = attempts + 1, started_at = coalesce(started_at, :now)
+WHERE (run_rid, pos) IN (SELECT run_rid, pos FROM tasks WHERE claim_token = :token);
 
 -- name: select_claimed
-SELECT t.run_rid, t.pos, t.shard, t.attempt, s.name, s.args, s.limit_key
+SELECT t.run_rid, t.pos, t.shard, t.attempt, s.name, s.args, s.limit_key, r.id, r.workflow
 FROM tasks AS t JOIN steps AS s ON s.run_rid = t.run_rid AND s.pos = t.pos
+JOIN runs AS r ON r.rid = t.run_rid
 WHERE t.claim_token = ?
 ORDER BY t.run_rid, t.pos;
 

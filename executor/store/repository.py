@@ -186,9 +186,9 @@ def _claim(
             if limit > 0
         ],
     )
-    conn.execute(Q["count_claimed_attempts"], (token,))
+    conn.execute(Q["count_claimed_attempts"], {"token": token, "now": now})
     out: list[Claimed] = []
-    for run_rid, pos, shard, attempt, name, args, limit_key in conn.execute(
+    for run_rid, pos, shard, attempt, name, args, limit_key, run_id, workflow in conn.execute(
         Q["select_claimed"], (token,)
     ):
         unparked, ckey = (
@@ -198,7 +198,18 @@ def _claim(
         )
         out.append(
             Claimed(
-                run_rid, pos, shard, attempt, name, args, token, limit_key, ckey, bool(unparked)
+                run_rid,
+                pos,
+                shard,
+                attempt,
+                name,
+                args,
+                token,
+                limit_key,
+                ckey,
+                bool(unparked),
+                run_id,
+                workflow,
             )
         )
     return out

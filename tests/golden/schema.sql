@@ -1,4 +1,4 @@
--- PRAGMA user_version = 4
+-- PRAGMA user_version = 5
 
 -- index mailbox_dedup
 CREATE UNIQUE INDEX mailbox_dedup ON mailbox (run_rid, dedup_key) WHERE dedup_key IS NOT NULL;
@@ -27,6 +27,13 @@ CREATE INDEX tasks_token ON tasks (claim_token) WHERE claim_token IS NOT NULL;
 
 -- index timers_due
 CREATE INDEX timers_due ON timers (fire_at);
+
+-- table engine_metrics
+CREATE TABLE engine_metrics (
+    engine_id  INTEGER PRIMARY KEY,
+    snapshot   BLOB NOT NULL,
+    updated_at REAL NOT NULL
+);
 
 -- table engines
 CREATE TABLE engines (
@@ -99,6 +106,23 @@ CREATE TABLE runs (
     last_seq        INTEGER NOT NULL DEFAULT 0  -- journal events recorded so far
 , concurrency_key TEXT);
 
+-- table samples
+CREATE TABLE samples (
+    engine_id      INTEGER NOT NULL,
+    at             REAL NOT NULL,
+    steps          INTEGER NOT NULL,   -- steps finished (succeeded or failed for good)
+    step_failures  INTEGER NOT NULL,   -- failed attempts (retried or for good)
+    runs_finished  INTEGER NOT NULL,
+    queued         INTEGER NOT NULL,   -- queued tasks, every shard
+    oldest_queued_s REAL,              -- age of the oldest queued task's run
+    in_flight      INTEGER NOT NULL,
+    slots          INTEGER NOT NULL,
+    replay_backlog INTEGER NOT NULL,
+    rate_limited   INTEGER NOT NULL,   -- 429s (RateLimited) seen
+    limits         BLOB,               -- JSON {limit: {"saturation": 0..1, "rate_limited": n}}
+    PRIMARY KEY (at, engine_id)
+) WITHOUT ROWID;
+
 -- table steps
 CREATE TABLE steps (
     run_rid     INTEGER NOT NULL,
@@ -113,7 +137,7 @@ CREATE TABLE steps (
     error       BLOB,                       -- last error, JSON
     seq         INTEGER,                    -- delivery order of the result within the run
     created_at  REAL NOT NULL,
-    finished_at REAL, limit_key TEXT,
+    finished_at REAL, limit_key TEXT, started_at REAL,
     PRIMARY KEY (run_rid, pos)
 ) WITHOUT ROWID;
 

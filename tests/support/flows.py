@@ -4,10 +4,11 @@ count how often each step really ran, and see how many ran at once."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 from pathlib import Path
 
-from executor import WorkflowContext, step, workflow
+from executor import RetryPolicy, WorkflowContext, step, workflow
 
 _active = 0  # steps of `tracked` running now in this process
 
@@ -107,3 +108,28 @@ async def switch(ctx: WorkflowContext, path: str) -> str:
     back and `executor resume` it, and it finishes."""
     chosen = flip(path) if _read(path) == "a" else other(path)
     return await chosen
+
+
+@step(retry=RetryPolicy(max_attempts=2, initial_backoff_s=0))
+async def broken(message: str) -> None:
+    raise ValueError(message)
+
+
+@workflow(name="step_fails")
+async def step_fails(ctx: WorkflowContext, message: str) -> None:
+    """Its one step fails on both attempts, so the run fails at that step."""
+    await broken(message)
+
+
+@step
+async def chatter(tag: str) -> str:
+    """Log at info and at warning on a logger of its own (like an HTTP client would)."""
+    chatty = logging.getLogger("tests.support.chatty")
+    chatty.info("chatty info %s", tag)
+    chatty.warning("chatty warning %s", tag)
+    return tag
+
+
+@workflow(name="chatty")
+async def chatty(ctx: WorkflowContext, tag: str) -> str:
+    return await chatter(tag)

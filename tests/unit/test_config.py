@@ -212,7 +212,7 @@ def test_non_utf8_file(tmp_path: Path) -> None:
 def test_unknown_section(tmp_path: Path) -> None:
     path = write(tmp_path / "executor.toml", "[quotas.stripe]\nrate = 5\n")
     assert error_of(path) == (
-        f"{path}: quotas: unknown section (expected one of database, engine, daemon, log,"
+        f"{path}: quotas: unknown section (expected one of database, engine, daemon, log, metrics,"
         " limits, concurrency_keys)"
     )
 

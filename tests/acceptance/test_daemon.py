@@ -334,7 +334,12 @@ def test_sighup_applies_a_new_concurrency_live(
     daemon.wait_for_log(r"limits\.api changed \(applied live\)")
     daemon.wait_for_log(r"engine\.shards changed in .*50-more\.toml but needs a restart")
     assert len(re.findall("received SIGHUP", daemon.log())) == reloads + 1
-    # READY=1 after the reload carries the new load: 5 slots x 2 shards.
+    # READY=1 after the reload carries the new load: 5 slots x 2 shards. The listener reads the
+    # datagrams in its own thread: wait for this reload's RELOADING=1 before looking past it.
+    poll(
+        lambda: sum("RELOADING=1" in m for m in notify.received()) == reloads + 1,
+        "the second RELOADING=1",
+    )
     last_reload = max(i for i, m in enumerate(notify.received()) if "RELOADING=1" in m)
     ready = notify.wait("READY=1", after=last_reload)
     assert "slots=10" in status_of(notify.received()[ready])

@@ -17,7 +17,7 @@ import pytest
 from executor import vocabulary
 
 # Literals that are not states or kinds: keys of the meta table, labels of check.sql's rows, the
-# separator of a group_concat.
+# separator of a group_concat, JSON paths into stored errors (overview.sql).
 NOT_VOCABULARY = {
     "epoch",
     "shards",
@@ -29,6 +29,9 @@ NOT_VOCABULARY = {
     "message",
     "wait on ",
     "|",
+    "$.message",
+    "$.step",
+    "$.type",
 }
 
 _STRING = re.compile(r"'((?:[^']|'')*)'")

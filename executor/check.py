@@ -21,6 +21,11 @@ ones the store's transactions keep (see store/repository.py):
     stale_claim             an in-flight claim belongs to a live engine (heartbeat within the lease)
     bad_replay              a finished run has no replay entry; none is ahead of its journal
     dangling_row            every task, timer, step and replay entry belongs to an existing row
+    missing_payload         every payload a row refers to exists, and so does its file
+    refcount_mismatch       a stored payload's reference count matches the rows that refer to it
+    orphan_payload_file     every file in <database>.payloads/ belongs to a stored payload (a
+                            crash between writing a file and committing it leaves one: harmless,
+                            removed by retention after an hour)
 
 Before those, SQLite's quick_check reads the whole file: damage (a torn page, bytes overwritten)
 is reported as corrupt_file, and the invariants are not checked on a damaged file.
@@ -42,6 +47,7 @@ from pathlib import Path
 from typing import Any
 
 from executor import config, errors, vocabulary
+from executor.store import payloads
 from executor.store.database import APPLICATION_ID, SCHEMA_VERSION
 from executor.store.sql import Q
 
@@ -60,6 +66,9 @@ STALE_CLAIM = "stale_claim"
 BAD_REPLAY = "bad_replay"
 DANGLING_ROW = "dangling_row"
 CORRUPT_FILE = "corrupt_file"
+MISSING_PAYLOAD = "missing_payload"
+REFCOUNT_MISMATCH = "refcount_mismatch"
+ORPHAN_PAYLOAD_FILE = "orphan_payload_file"
 
 KINDS = (
     CORRUPT_FILE,
@@ -77,6 +86,9 @@ KINDS = (
     STALE_CLAIM,
     BAD_REPLAY,
     DANGLING_ROW,
+    MISSING_PAYLOAD,
+    REFCOUNT_MISMATCH,
+    ORPHAN_PAYLOAD_FILE,
 )
 
 # The text summary lists this many problems of each kind; --json lists them all.
@@ -225,6 +237,7 @@ def _check(conn: sqlite3.Connection, path: Path, lease_s: float, now: float) -> 
             for row in conn.execute(Q[query], params(now, lease_s)):
                 run_id, detail = describe(row)
                 report.problems.append(Problem(kind, run_id, detail))
+        _check_payloads(conn, path, report)
     finally:
         # A read transaction has nothing to commit; after damage even ROLLBACK may complain.
         with contextlib.suppress(sqlite3.Error):
@@ -336,6 +349,30 @@ def _dangling(row: Iterable[Any]) -> tuple[str | None, str]:
     where = f"run rid {rid}" + ("" if pos is None else f", position {pos}")
     parent = "run" if what in ("step", "replay entry") else "step"
     return None, f"{what} ({where}) whose {parent} does not exist"
+
+
+def _check_payloads(conn: sqlite3.Connection, path: Path, report: Report) -> None:
+    for run_id, what, pos, pid in conn.execute(Q["check_missing_payloads"]):
+        where = what if pos is None else f"{what} at position {pos}"
+        report.problems.append(
+            Problem(MISSING_PAYLOAD, run_id, f"{where} refers to payload {pid}, which is missing")
+        )
+    for name in payloads.missing_files(conn, path):
+        report.problems.append(
+            Problem(MISSING_PAYLOAD, None, f"the file {name} of a stored payload is missing")
+        )
+    for pid, stored, counted in conn.execute(Q["check_payload_refcounts"]):
+        report.problems.append(
+            Problem(
+                REFCOUNT_MISMATCH,
+                None,
+                f"payload {pid} counts {stored} references, but {counted} rows refer to it",
+            )
+        )
+    for name in payloads.orphan_files(conn, path):
+        report.problems.append(
+            Problem(ORPHAN_PAYLOAD_FILE, None, f"{payloads.folder(path) / name} has no payload row")
+        )
 
 
 _Describe = Callable[[Iterable[Any]], tuple[str | None, str]]

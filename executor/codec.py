@@ -33,7 +33,7 @@ import orjson
 
 from executor import errors
 
-DEFAULT_LIMIT_BYTES = 1024 * 1024
+DEFAULT_LIMIT_BYTES = 64 * 1024 * 1024
 
 # Immutable values that come back as the same type: a decoded one can be shared between replays
 # and handed to the workflow without a decode. Exact types: a StrEnum member is a str, but it

@@ -50,7 +50,7 @@ class EngineConfig:
     hydration_cache_entries: int = 100_000
     hydration_cache_entry_max_bytes: int = 64 * 1024
     instance_cache_size: int = 10_000  # live workflow instances kept in memory; 0 = always replay
-    payload_limit_bytes: int = 1024 * 1024
+    payload_limit_bytes: int = 64 * 1024 * 1024
     # After this long without being able to write, the engine drains and exits non-zero.
     write_failure_limit_s: float = 60.0
     # Steps in flight per concurrency key (Client.start(concurrency_key=...)); 0 = no cap.

@@ -128,6 +128,9 @@ class Outcome:
     # RELEASE: park the task under this group (engine/limits.py) until an UNPARK; UNPARK: the group
     park: str | None = None
     count: int = 0  # UNPARK: how many; record() leaves how many it could not find
+    # DONE: the result made ready for the payload store outside the write lock (a large one is
+    # written to its file already: store/payloads.Staged); recorded instead of `result`.
+    stored: Any = None
 
 
 class Delivery(NamedTuple):

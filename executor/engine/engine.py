@@ -33,6 +33,7 @@ from executor.engine import lag
 from executor.engine.cache import HydrationCache, InstanceCache
 from executor.engine.instance import RunInfo, WorkflowInstance
 from executor.engine.limits import Limiter, Ticket, WakeTimer
+from executor.store import payloads
 from executor.store import repository as repo
 from executor.store import samples
 from executor.store.database import Database
@@ -492,18 +493,16 @@ class Engine:
                     error=errors.describe(exc),
                 )
             self.counters["steps"] += 1
+            done = Outcome(OutcomeKind.DONE, c.run_rid, c.pos, c.token, StepState.SUCCEEDED, blob)
             if codec.is_immutable(value):
-                return Outcome(
-                    OutcomeKind.DONE,
-                    c.run_rid,
-                    c.pos,
-                    c.token,
-                    StepState.SUCCEEDED,
-                    blob,
-                    value=value,
-                    has_value=True,
+                done.value, done.has_value = value, True
+            if len(blob) >= payloads.FILE_MIN_BYTES and self.db is not None:
+                # A large result goes to its file (fsynced) here, off the database thread and
+                # outside the write lock; the flush then only commits its row.
+                done.stored = await asyncio.to_thread(
+                    payloads.stage, payloads.folder(self.db.path), blob
                 )
-            return Outcome(OutcomeKind.DONE, c.run_rid, c.pos, c.token, StepState.SUCCEEDED, blob)
+            return done
         except asyncio.CancelledError as exc:
             task = asyncio.current_task()
             if task is None or not task.cancelling():

@@ -20,7 +20,7 @@ from typing import Any
 import orjson
 
 from executor.errors import error_blob
-from executor.store import signals
+from executor.store import payloads, signals
 from executor.store.database import transaction
 from executor.store.sql import Q
 from executor.vocabulary import (
@@ -59,7 +59,7 @@ def create_runs(conn: sqlite3.Connection, runs: Sequence[NewRun], now: float) ->
                 "workflow": r.workflow,
                 "version": r.version,
                 "shard": r.shard,
-                "args": r.args,
+                "args": payloads.put_args(conn, r.args, now),
                 "key": r.idempotency_key,
                 "now": now,
                 "concurrency_key": r.concurrency_key,
@@ -196,6 +196,8 @@ def _claim(
             if limits
             else (False, None)
         )
+        if payloads.is_ref(args):
+            args = payloads.resolve(conn, args)
         out.append(
             Claimed(
                 run_rid,
@@ -223,7 +225,7 @@ def _record(conn: sqlite3.Connection, o: Outcome, now: float) -> Delivery | None
         Q["record_step"],
         {
             "status": o.status,
-            "result": o.result,
+            "result": payloads.put(conn, o.stored or o.result, now),
             "error": o.error,
             "now": now,
             "rid": o.run_rid,
@@ -287,7 +289,18 @@ def _record_done(done: list[Outcome], conn: sqlite3.Connection, now: float) -> l
     conn.execute(Q["record_in_clear"])
     conn.executemany(
         Q["record_in_add"],
-        [(i, o.run_rid, o.pos, o.token, o.status, o.result, o.error) for i, o in enumerate(done)],
+        [
+            (
+                i,
+                o.run_rid,
+                o.pos,
+                o.token,
+                o.status,
+                payloads.put(conn, o.stored or o.result, now),
+                o.error,
+            )
+            for i, o in enumerate(done)
+        ],
     )
     conn.execute(Q["record_in_fence_claim"])
     conn.execute(Q["record_in_delete_tasks"])
@@ -363,7 +376,17 @@ def load_runs(conn: sqlite3.Connection, rids: Iterable[int]) -> dict[int, RunSna
             if row is None:
                 continue
             journal = [JournalEntry(*j) for j in conn.execute(Q["select_journal"], (rid,))]
-            out[rid] = RunSnapshot._make((*row, journal))
+            if any(payloads.is_ref(j.result) for j in journal):
+                journal = [
+                    j._replace(result=payloads.resolve(conn, j.result))
+                    if payloads.is_ref(j.result)
+                    else j
+                    for j in journal
+                ]
+            snap = RunSnapshot._make((*row, journal))
+            if payloads.is_ref(snap.args):
+                snap = snap._replace(args=payloads.resolve(conn, snap.args))
+            out[rid] = snap
     finally:
         conn.execute("COMMIT")
     return out
@@ -389,7 +412,15 @@ def commit_replays(conn: sqlite3.Connection, outputs: Sequence[ReplayOutput], no
                 continue
             inserted = conn.execute(
                 Q["insert_step"],
-                (out.run_rid, s.pos, s.kind, s.name, s.fingerprint, s.args, now),
+                (
+                    out.run_rid,
+                    s.pos,
+                    s.kind,
+                    s.name,
+                    s.fingerprint,
+                    payloads.put_args(conn, s.args, now),
+                    now,
+                ),
             ).rowcount
             if not inserted:
                 continue
@@ -407,7 +438,7 @@ def commit_replays(conn: sqlite3.Connection, outputs: Sequence[ReplayOutput], no
                 Q["finish_run"],
                 {
                     "status": out.finished,
-                    "result": out.result,
+                    "result": payloads.put(conn, out.result, now),
                     "error": out.error,
                     "now": now,
                     "rid": out.run_rid,
@@ -481,11 +512,31 @@ def send_signal(
 
 def get_run(conn: sqlite3.Connection, run_id: str) -> RunRow | None:
     row = conn.execute(Q["select_run_by_id"], (run_id,)).fetchone()
-    return None if row is None else RunRow(*row)
+    if row is None:
+        return None
+    run = RunRow(*row)
+    if payloads.is_ref(run.result):  # read the row and its payload in one snapshot
+        conn.execute("BEGIN")
+        try:
+            run = RunRow(*conn.execute(Q["select_run_by_id"], (run_id,)).fetchone())
+            run = run._replace(result=payloads.resolve(conn, run.result))
+        finally:
+            conn.execute("COMMIT")
+    return run
 
 
 def list_runs(conn: sqlite3.Connection, status: str | None, limit: int) -> list[RunRow]:
-    return [RunRow(*r) for r in conn.execute(Q["list_runs"], {"status": status, "limit": limit})]
+    conn.execute("BEGIN")
+    try:
+        rows = [
+            RunRow(*r) for r in conn.execute(Q["list_runs"], {"status": status, "limit": limit})
+        ]
+        return [
+            r._replace(result=payloads.resolve(conn, r.result)) if payloads.is_ref(r.result) else r
+            for r in rows
+        ]
+    finally:
+        conn.execute("COMMIT")
 
 
 @transaction

@@ -157,7 +157,7 @@ def test_config_goes_before_or_after_the_verb(run_cli: Any, tmp_path: Path) -> N
     assert before.out == after.out
     assert f"concurrency = 7  # from {config}" in before.out
     assert "lease_s = 1.0" in before.out
-    assert "payload_limit_bytes = 1048576  # from default" in before.out
+    assert "payload_limit_bytes = 67108864  # from default" in before.out
 
 
 def test_bad_config_is_one_line_naming_file_and_key(run_cli: Any, tmp_path: Path) -> None:

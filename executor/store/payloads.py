@@ -1,0 +1,378 @@
+"""The payload store: arguments and results above a size, stored once by content, out of the
+journal rows.
+
+Three tiers, by the size of the encoded payload:
+
+    inline  up to INLINE_MAX_BYTES: in the row itself, as always (small values cost nothing more)
+    table   a row of `payloads`, compressed with zlib when that saves enough, written in the same
+            transaction as the row that refers to it
+    file    from FILE_MIN_BYTES: a file in the folder `<database>.payloads/` beside the database,
+            written and fsynced (file and folder) before the transaction that refers to it
+
+A row that holds a stored payload holds a reference instead: the byte 0x00, then the payload's id
+in decimal digits. Arguments are a JSON array, and one large argument (a system prompt) is often
+passed along with small ones that differ per call: when an argument is over INLINE_MAX_BYTES, each
+such argument is stored on its own, and the row holds the byte 0x01 and a JSON array with one item
+per argument: a string holding the argument's JSON, or the id of its stored payload. JSON never
+starts with 0x00 or 0x01, so rows written before the store read as they always did (codec.py
+names the format bytes). Payloads are addressed by the digest of their encoded bytes: the same
+system prompt passed to 100,000 steps is stored once, and a fork or a retry that copies a journal
+row copies only its references. Reference counts are kept by triggers
+on the tables that hold payloads (migrations/0004_payloads.sql), so no writer can forget one;
+a reference to a missing payload aborts its statement.
+
+Files get a unique name each time one is written, never reused: deleting the row of a file makes
+the file unreachable for good, so it can be unlinked after the commit with no race. A crash
+between writing a file and committing its row leaves an orphan file, which `sweep` removes once
+it is older than a grace period; never a row without its file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import secrets
+import sqlite3
+import time
+import zlib
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import NamedTuple, overload
+
+import orjson
+from lru import LRU
+
+from executor import errors
+from executor.store.sql import Q
+
+# Chosen from `scripts/bench.py --result-bytes` (docs/PERFORMANCE.md, "Payload sizes").
+INLINE_MAX_BYTES = 1024
+FILE_MIN_BYTES = 1024 * 1024
+# zlib level 1: JSON text shrinks 3-5x at ~100 MB/s; higher levels gain a few percent at 2-5x the
+# time. Kept only when it saves at least an eighth.
+ZLIB_LEVEL = 1
+COMPRESS_MIN_BYTES = 512
+_SAVE_FRACTION = 0.875
+# Orphan files (a crash between a file's write and its commit) are swept only when older.
+ORPHAN_GRACE_S = 3600.0
+_REF_PREFIX = b"\x00"
+_SPLIT_PREFIX = b"\x01"
+# Resolved payloads kept in memory, by (database, id): ids are never reused (AUTOINCREMENT).
+_CACHE_ENTRIES = 2048
+_CACHE_MAX_BYTES = 256 * 1024
+_cache: LRU[tuple[str, int], bytes] = LRU(_CACHE_ENTRIES)
+
+
+def is_ref(blob: bytes | None) -> bool:
+    """Whether a row's payload is (or has parts) in the store."""
+    return blob is not None and blob[:1] in (_REF_PREFIX, _SPLIT_PREFIX)
+
+
+def folder(database: str | Path) -> Path:
+    """Where the files of a database's large payloads live."""
+    return Path(f"{database}.payloads")
+
+
+def _database_path(conn: sqlite3.Connection) -> str:
+    for _, name, file in conn.execute("PRAGMA database_list"):
+        if name == "main":
+            return str(file)
+    raise errors.StoreError("the connection has no main database")  # pragma: no cover
+
+
+def digest(blob: bytes) -> bytes:
+    return hashlib.blake2b(blob, digest_size=16).digest()
+
+
+@dataclass(slots=True)
+class Staged:
+    """A payload made ready outside any transaction: its digest, and for a large one the file
+    it was written to (fsynced). `put` then only inserts or references its row."""
+
+    blob: bytes
+    digest: bytes
+    file: str | None = None  # our file, written for this payload (None if the row exists)
+    codec: str = "json"
+
+
+def _compress(blob: bytes) -> tuple[str, bytes]:
+    if len(blob) < COMPRESS_MIN_BYTES:
+        return "json", blob
+    packed = zlib.compress(blob, ZLIB_LEVEL)
+    if len(packed) <= len(blob) * _SAVE_FRACTION:
+        return "zlib", packed
+    return "json", blob
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _write_file(directory: Path, dig: bytes, data: bytes) -> str:
+    """Write `data` to a new file of its own in `directory`, fsync it and the folder; its name."""
+    if not directory.exists():
+        directory.mkdir(mode=0o700, exist_ok=True)
+        _fsync_dir(directory.parent)
+    name = f"{dig.hex()}.{secrets.token_hex(4)}"
+    tmp = directory / f".{name}.tmp"
+    try:
+        with open(tmp, "wb", buffering=0) as f:
+            view = memoryview(data)
+            while view:
+                written = f.write(view)
+                view = view[written or 0 :]
+            os.fsync(f.fileno())
+        os.replace(tmp, directory / name)
+        _fsync_dir(directory)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise errors.StoreWriteError(f"{directory}: cannot write a payload file: {exc}") from exc
+    return name
+
+
+def stage(directory: Path, blob: bytes) -> bytes | Staged:
+    """Make a payload ready before the transaction that stores it (in any thread): a large one is
+    compressed and written to a file of its own now, outside the write lock. If the same bytes
+    turn out to be stored already, `put` references those and removes this file."""
+    if len(blob) < FILE_MIN_BYTES:
+        return blob
+    dig = digest(blob)
+    codec, data = _compress(blob)
+    return Staged(blob, dig, _write_file(directory, dig, data), codec)
+
+
+def _split(blob: bytes) -> list[bytes] | None:
+    """The JSON of each argument of an encoded argument list, if one of them is large."""
+    if blob[:1] != b"[" or len(blob) >= FILE_MIN_BYTES:
+        return None
+    try:
+        items = orjson.loads(blob)
+    except orjson.JSONDecodeError:
+        return None
+    parts = [orjson.dumps(x) for x in items]
+    if not any(len(p) > INLINE_MAX_BYTES for p in parts):
+        return None
+    if b"[" + b",".join(parts) + b"]" != blob:  # not our own compact encoding: keep it whole
+        return None
+    return parts
+
+
+def put_args(conn: sqlite3.Connection, blob: bytes | None, now: float) -> bytes | None:
+    """`put` for an argument list: each large argument stored on its own (see the docstring)."""
+    if blob is None or len(blob) <= INLINE_MAX_BYTES:
+        return blob
+    parts = _split(blob)
+    if parts is None:
+        return put(conn, blob, now)
+    layout: list[str | int] = [
+        p.decode() if len(p) <= INLINE_MAX_BYTES else _insert(conn, Staged(p, digest(p)), now)
+        for p in parts
+    ]
+    return _SPLIT_PREFIX + orjson.dumps(layout)
+
+
+def put(conn: sqlite3.Connection, item: bytes | Staged | None, now: float) -> bytes | None:
+    """Inside a write transaction: what the row should hold for this payload (itself when small,
+    else a reference to its stored copy, inserted now unless the same bytes are stored already).
+    The reference counts itself when the row is written (the triggers)."""
+    if item is None:
+        return None
+    if not isinstance(item, Staged):
+        if len(item) <= INLINE_MAX_BYTES:
+            return item
+        item = Staged(bytes(item), digest(item))
+    return _REF_PREFIX + str(_insert(conn, item, now)).encode()
+
+
+def _insert(conn: sqlite3.Connection, item: Staged, now: float) -> int:
+    """The id of the stored payload with these bytes, inserted now if there is none."""
+    row = conn.execute(Q["payload_by_digest"], (item.digest,)).fetchone()
+    if row is not None:
+        if item.file is not None:  # stored meanwhile by someone else: ours is an orphan now
+            _unlink_later(conn, item.file)
+        return int(row[0])
+    file = item.file
+    codec = item.codec
+    data: bytes | None
+    if file is None and len(item.blob) >= FILE_MIN_BYTES:
+        # Not staged: write it now, under the write lock (callers stage large ones first).
+        codec, packed = _compress(item.blob)
+        file = _write_file(folder(_database_path(conn)), item.digest, packed)
+    if file is not None:
+        if not (folder(_database_path(conn)) / file).exists():
+            raise errors.StoreError(f"payload file {file} vanished before its commit")
+        data = None
+    else:
+        codec, data = _compress(item.blob)
+    (pid,) = conn.execute(
+        Q["insert_payload"],
+        {
+            "digest": item.digest,
+            "size": len(item.blob),
+            "codec": codec,
+            "data": data,
+            "file": file,
+            "now": now,
+        },
+    ).fetchone()
+    return int(pid)
+
+
+def _unlink_later(conn: sqlite3.Connection, name: str) -> None:
+    # A file we wrote that no row will name: harmless to remove now (unique name, unreferenced).
+    try:
+        (folder(_database_path(conn)) / name).unlink(missing_ok=True)
+    except OSError:
+        pass  # swept later
+
+
+# --- reading -------------------------------------------------------------------------------------
+
+
+@overload
+def resolve(conn: sqlite3.Connection, blob: bytes) -> bytes: ...
+@overload
+def resolve(conn: sqlite3.Connection, blob: None) -> None: ...
+@overload
+def resolve(conn: sqlite3.Connection, blob: bytes | None) -> bytes | None: ...
+
+
+def resolve(conn: sqlite3.Connection, blob: bytes | None) -> bytes | None:
+    """The encoded payload a row holds: itself, or rebuilt from the store."""
+    if blob is None:
+        return None
+    first = blob[:1]
+    if first == _REF_PREFIX:
+        return _load(conn, _database_path(conn), int(blob[1:]))
+    if first == _SPLIT_PREFIX:
+        database = _database_path(conn)
+        layout = orjson.loads(blob[1:])
+        parts = [p.encode() if isinstance(p, str) else _load(conn, database, p) for p in layout]
+        return b"[" + b",".join(parts) + b"]"
+    return blob
+
+
+def _load(conn: sqlite3.Connection, database: str, pid: int) -> bytes:
+    key = (database, pid)
+    hit = _cache.get(key)
+    if hit is not None:
+        return hit
+    row = conn.execute(Q["select_payload"], (pid,)).fetchone()
+    if row is None:
+        raise errors.StoreError(f"{database}: payload {pid} is referenced but missing")
+    codec, data, file, size = row
+    if file is not None:
+        path = folder(database) / file
+        try:
+            data = path.read_bytes()
+        except OSError as exc:
+            raise errors.StoreError(
+                f"{database}: payload file {path} cannot be read: {exc}"
+            ) from exc
+    if codec == "zlib":
+        data = zlib.decompress(data)
+    elif codec != "json":
+        raise errors.StoreError(f"{database}: payload {pid} has unknown codec {codec!r}")
+    if len(data) != size:
+        raise errors.StoreError(f"{database}: payload {pid} is {len(data)} bytes, not {size}")
+    if size <= _CACHE_MAX_BYTES:
+        _cache[key] = data
+    return bytes(data)
+
+
+# --- retention -----------------------------------------------------------------------------------
+
+
+class Collected(NamedTuple):
+    payloads: int  # rows deleted
+    files: int  # files unlinked (theirs and orphans)
+    bytes: int  # encoded bytes freed
+
+
+def delete_unreferenced(conn: sqlite3.Connection, now: float) -> tuple[int, int, list[str]]:
+    """Inside a write transaction (a purge's own, say): delete every payload no row refers to.
+    Returns (rows, bytes, files to unlink once the transaction has committed)."""
+    files: list[str] = []
+    rows = 0
+    freed = 0
+    for pid, file in conn.execute(Q["unreferenced_payloads"], {"before": now}).fetchall():
+        size = conn.execute("SELECT size FROM payloads WHERE id = ?", (pid,)).fetchone()
+        if conn.execute(Q["delete_payload"], (pid,)).rowcount:
+            rows += 1
+            freed += size[0] if size else 0
+            if file is not None:
+                files.append(file)
+    return rows, freed, files
+
+
+def unlink(database: str | Path, files: Iterable[str]) -> int:
+    """Remove the files of deleted payload rows (after their commit: no row names them)."""
+    directory = folder(database)
+    removed = 0
+    for name in files:
+        try:
+            (directory / name).unlink()
+            removed += 1
+        except FileNotFoundError:
+            pass
+    return removed
+
+
+def orphan_files(
+    conn: sqlite3.Connection, database: str | Path | None = None, older_than: float | None = None
+) -> list[str]:
+    """Files in the payload folder that no payload row names (in this read snapshot); with
+    `older_than`, only those last modified before it."""
+    directory = folder(database or _database_path(conn))
+    try:
+        names = os.listdir(directory)
+    except FileNotFoundError:
+        return []
+    known = {f for (f,) in conn.execute(Q["payload_files"])}
+    out = []
+    for name in names:
+        if name in known:
+            continue
+        if older_than is not None:
+            try:
+                if (directory / name).stat().st_mtime >= older_than:
+                    continue
+            except FileNotFoundError:
+                continue
+        out.append(name)
+    return sorted(out)
+
+
+def missing_files(conn: sqlite3.Connection, database: str | Path | None = None) -> list[str]:
+    """Payload rows whose file is not there (what `executor check` reports)."""
+    directory = folder(database or _database_path(conn))
+    return [f for (f,) in conn.execute(Q["payload_files"]) if not (directory / f).exists()]
+
+
+def collect(conn: sqlite3.Connection, now: float | None = None) -> Collected:
+    """Retention of payloads: delete the rows no run references, unlink their files, and sweep
+    orphan files older than ORPHAN_GRACE_S. Runs its own transactions (not inside another)."""
+    now = time.time() if now is None else now
+    database = _database_path(conn)
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        rows, freed, files = delete_unreferenced(conn, now)
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    conn.execute("COMMIT")
+    unlinked = unlink(database, files)
+    # Under the write lock: a writer checks its file exists inside its own write transaction,
+    # so a file seen here without a row cannot gain one before we unlink it.
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        orphans = orphan_files(conn, database, older_than=now - ORPHAN_GRACE_S)
+        unlinked += unlink(database, orphans)
+    finally:
+        conn.execute("COMMIT")
+    return Collected(rows, unlinked, freed)

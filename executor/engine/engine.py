@@ -33,9 +33,8 @@ from executor.engine import lag
 from executor.engine.cache import HydrationCache, InstanceCache
 from executor.engine.instance import RunInfo, WorkflowInstance
 from executor.engine.limits import Limiter, Ticket, WakeTimer
-from executor.store import payloads
+from executor.store import payloads, samples
 from executor.store import repository as repo
-from executor.store import samples
 from executor.store.database import Database
 from executor.store.history import error_line
 from executor.telemetry import Telemetry

@@ -1,10 +1,13 @@
--- PRAGMA user_version = 5
+-- PRAGMA user_version = 6
 
 -- index mailbox_dedup
 CREATE UNIQUE INDEX mailbox_dedup ON mailbox (run_rid, dedup_key) WHERE dedup_key IS NOT NULL;
 
 -- index mailbox_unread
 CREATE INDEX mailbox_unread ON mailbox (run_rid, topic, id) WHERE consumed_pos IS NULL;
+
+-- index payloads_unreferenced
+CREATE INDEX payloads_unreferenced ON payloads (id) WHERE refs <= 0;
 
 -- index replays_shard
 CREATE INDEX replays_shard ON replays (shard, run_rid);
@@ -70,6 +73,19 @@ CREATE TABLE meta (
     value INTEGER NOT NULL
 ) WITHOUT ROWID;
 
+-- table payloads
+CREATE TABLE payloads (
+    -- AUTOINCREMENT: an id is never reused, so a cached payload can never be mistaken for another.
+    id         INTEGER PRIMARY KEY AUTOINCREMENT,
+    digest     BLOB NOT NULL UNIQUE,    -- blake2b-128 of the encoded (uncompressed) bytes
+    size       INTEGER NOT NULL,        -- encoded bytes
+    codec      TEXT NOT NULL,           -- format of data (or of the file): json | zlib
+    data       BLOB,                    -- NULL when the payload is in a file
+    file       TEXT,                    -- its file in the folder <database>.payloads, when large
+    refs       INTEGER NOT NULL DEFAULT 0,  -- references from rows, kept by the triggers below
+    created_at REAL NOT NULL
+);
+
 -- table replays
 CREATE TABLE replays (
     run_rid    INTEGER PRIMARY KEY,
@@ -123,6 +139,9 @@ CREATE TABLE samples (
     PRIMARY KEY (at, engine_id)
 ) WITHOUT ROWID;
 
+-- table sqlite_sequence
+CREATE TABLE sqlite_sequence(name,seq);
+
 -- table steps
 CREATE TABLE steps (
     run_rid     INTEGER NOT NULL,
@@ -171,3 +190,145 @@ CREATE TABLE waits (
     pos     INTEGER NOT NULL,
     PRIMARY KEY (run_rid, topic, pos)
 ) WITHOUT ROWID;
+
+-- trigger runs_payloads_delete
+CREATE TRIGGER runs_payloads_delete AFTER DELETE ON runs
+WHEN substr(OLD.args, 1, 1) IN (x'00', x'01') OR substr(OLD.result, 1, 1) IN (x'00', x'01')
+BEGIN
+    UPDATE payloads SET refs = refs - 1 WHERE id IN (
+        SELECT CAST(substr(OLD.args, 2) AS INTEGER) WHERE substr(OLD.args, 1, 1) = x'00'
+        UNION SELECT value FROM json_each(CASE WHEN substr(OLD.args, 1, 1) = x'01' THEN CAST(substr(OLD.args, 2) AS TEXT) ELSE '[]' END) WHERE type = 'integer'
+    );
+    UPDATE payloads SET refs = refs - 1 WHERE id IN (
+        SELECT CAST(substr(OLD.result, 2) AS INTEGER) WHERE substr(OLD.result, 1, 1) = x'00'
+        UNION SELECT value FROM json_each(CASE WHEN substr(OLD.result, 1, 1) = x'01' THEN CAST(substr(OLD.result, 2) AS TEXT) ELSE '[]' END) WHERE type = 'integer'
+    );
+END;
+
+-- trigger runs_payloads_insert
+CREATE TRIGGER runs_payloads_insert AFTER INSERT ON runs
+WHEN substr(NEW.args, 1, 1) IN (x'00', x'01') OR substr(NEW.result, 1, 1) IN (x'00', x'01')
+BEGIN
+    UPDATE payloads SET refs = refs + 1 WHERE id IN (
+        SELECT CAST(substr(NEW.args, 2) AS INTEGER) WHERE substr(NEW.args, 1, 1) = x'00'
+        UNION SELECT value FROM json_each(CASE WHEN substr(NEW.args, 1, 1) = x'01' THEN CAST(substr(NEW.args, 2) AS TEXT) ELSE '[]' END) WHERE type = 'integer'
+    );
+    SELECT RAISE(ABORT, 'reference to a missing payload')
+    WHERE substr(NEW.args, 1, 1) IN (x'00', x'01') AND changes() < (
+        SELECT count(*) FROM (SELECT CAST(substr(NEW.args, 2) AS INTEGER) WHERE substr(NEW.args, 1, 1) = x'00'
+        UNION SELECT value FROM json_each(CASE WHEN substr(NEW.args, 1, 1) = x'01' THEN CAST(substr(NEW.args, 2) AS TEXT) ELSE '[]' END) WHERE type = 'integer')
+    );
+    UPDATE payloads SET refs = refs + 1 WHERE id IN (
+        SELECT CAST(substr(NEW.result, 2) AS INTEGER) WHERE substr(NEW.result, 1, 1) = x'00'
+        UNION SELECT value FROM json_each(CASE WHEN substr(NEW.result, 1, 1) = x'01' THEN CAST(substr(NEW.result, 2) AS TEXT) ELSE '[]' END) WHERE type = 'integer'
+    );
+    SELECT RAISE(ABORT, 'reference to a missing payload')
+    WHERE substr(NEW.result, 1, 1) IN (x'00', x'01') AND changes() < (
+        SELECT count(*) FROM (SELECT CAST(substr(NEW.result, 2) AS INTEGER) WHERE substr(NEW.result, 1, 1) = x'00'
+        UNION SELECT value FROM json_each(CASE WHEN substr(NEW.result, 1, 1) = x'01' THEN CAST(substr(NEW.result, 2) AS TEXT) ELSE '[]' END) WHERE type = 'integer')
+    );
+END;
+
+-- trigger runs_payloads_update
+CREATE TRIGGER runs_payloads_update AFTER UPDATE OF args, result ON runs
+WHEN substr(OLD.args, 1, 1) IN (x'00', x'01') OR substr(OLD.result, 1, 1) IN (x'00', x'01')
+  OR substr(NEW.args, 1, 1) IN (x'00', x'01') OR substr(NEW.result, 1, 1) IN (x'00', x'01')
+BEGIN
+    UPDATE payloads SET refs = refs - 1 WHERE id IN (
+        SELECT CAST(substr(OLD.args, 2) AS INTEGER) WHERE substr(OLD.args, 1, 1) = x'00'
+        UNION SELECT value FROM json_each(CASE WHEN substr(OLD.args, 1, 1) = x'01' THEN CAST(substr(OLD.args, 2) AS TEXT) ELSE '[]' END) WHERE type = 'integer'
+    );
+    UPDATE payloads SET refs = refs - 1 WHERE id IN (
+        SELECT CAST(substr(OLD.result, 2) AS INTEGER) WHERE substr(OLD.result, 1, 1) = x'00'
+        UNION SELECT value FROM json_each(CASE WHEN substr(OLD.result, 1, 1) = x'01' THEN CAST(substr(OLD.result, 2) AS TEXT) ELSE '[]' END) WHERE type = 'integer'
+    );
+    UPDATE payloads SET refs = refs + 1 WHERE id IN (
+        SELECT CAST(substr(NEW.args, 2) AS INTEGER) WHERE substr(NEW.args, 1, 1) = x'00'
+        UNION SELECT value FROM json_each(CASE WHEN substr(NEW.args, 1, 1) = x'01' THEN CAST(substr(NEW.args, 2) AS TEXT) ELSE '[]' END) WHERE type = 'integer'
+    );
+    SELECT RAISE(ABORT, 'reference to a missing payload')
+    WHERE substr(NEW.args, 1, 1) IN (x'00', x'01') AND changes() < (
+        SELECT count(*) FROM (SELECT CAST(substr(NEW.args, 2) AS INTEGER) WHERE substr(NEW.args, 1, 1) = x'00'
+        UNION SELECT value FROM json_each(CASE WHEN substr(NEW.args, 1, 1) = x'01' THEN CAST(substr(NEW.args, 2) AS TEXT) ELSE '[]' END) WHERE type = 'integer')
+    );
+    UPDATE payloads SET refs = refs + 1 WHERE id IN (
+        SELECT CAST(substr(NEW.result, 2) AS INTEGER) WHERE substr(NEW.result, 1, 1) = x'00'
+        UNION SELECT value FROM json_each(CASE WHEN substr(NEW.result, 1, 1) = x'01' THEN CAST(substr(NEW.result, 2) AS TEXT) ELSE '[]' END) WHERE type = 'integer'
+    );
+    SELECT RAISE(ABORT, 'reference to a missing payload')
+    WHERE substr(NEW.result, 1, 1) IN (x'00', x'01') AND changes() < (
+        SELECT count(*) FROM (SELECT CAST(substr(NEW.result, 2) AS INTEGER) WHERE substr(NEW.result, 1, 1) = x'00'
+        UNION SELECT value FROM json_each(CASE WHEN substr(NEW.result, 1, 1) = x'01' THEN CAST(substr(NEW.result, 2) AS TEXT) ELSE '[]' END) WHERE type = 'integer')
+    );
+END;
+
+-- trigger steps_payloads_delete
+CREATE TRIGGER steps_payloads_delete AFTER DELETE ON steps
+WHEN substr(OLD.args, 1, 1) IN (x'00', x'01') OR substr(OLD.result, 1, 1) IN (x'00', x'01')
+BEGIN
+    UPDATE payloads SET refs = refs - 1 WHERE id IN (
+        SELECT CAST(substr(OLD.args, 2) AS INTEGER) WHERE substr(OLD.args, 1, 1) = x'00'
+        UNION SELECT value FROM json_each(CASE WHEN substr(OLD.args, 1, 1) = x'01' THEN CAST(substr(OLD.args, 2) AS TEXT) ELSE '[]' END) WHERE type = 'integer'
+    );
+    UPDATE payloads SET refs = refs - 1 WHERE id IN (
+        SELECT CAST(substr(OLD.result, 2) AS INTEGER) WHERE substr(OLD.result, 1, 1) = x'00'
+        UNION SELECT value FROM json_each(CASE WHEN substr(OLD.result, 1, 1) = x'01' THEN CAST(substr(OLD.result, 2) AS TEXT) ELSE '[]' END) WHERE type = 'integer'
+    );
+END;
+
+-- trigger steps_payloads_insert
+CREATE TRIGGER steps_payloads_insert AFTER INSERT ON steps
+WHEN substr(NEW.args, 1, 1) IN (x'00', x'01') OR substr(NEW.result, 1, 1) IN (x'00', x'01')
+BEGIN
+    UPDATE payloads SET refs = refs + 1 WHERE id IN (
+        SELECT CAST(substr(NEW.args, 2) AS INTEGER) WHERE substr(NEW.args, 1, 1) = x'00'
+        UNION SELECT value FROM json_each(CASE WHEN substr(NEW.args, 1, 1) = x'01' THEN CAST(substr(NEW.args, 2) AS TEXT) ELSE '[]' END) WHERE type = 'integer'
+    );
+    SELECT RAISE(ABORT, 'reference to a missing payload')
+    WHERE substr(NEW.args, 1, 1) IN (x'00', x'01') AND changes() < (
+        SELECT count(*) FROM (SELECT CAST(substr(NEW.args, 2) AS INTEGER) WHERE substr(NEW.args, 1, 1) = x'00'
+        UNION SELECT value FROM json_each(CASE WHEN substr(NEW.args, 1, 1) = x'01' THEN CAST(substr(NEW.args, 2) AS TEXT) ELSE '[]' END) WHERE type = 'integer')
+    );
+    UPDATE payloads SET refs = refs + 1 WHERE id IN (
+        SELECT CAST(substr(NEW.result, 2) AS INTEGER) WHERE substr(NEW.result, 1, 1) = x'00'
+        UNION SELECT value FROM json_each(CASE WHEN substr(NEW.result, 1, 1) = x'01' THEN CAST(substr(NEW.result, 2) AS TEXT) ELSE '[]' END) WHERE type = 'integer'
+    );
+    SELECT RAISE(ABORT, 'reference to a missing payload')
+    WHERE substr(NEW.result, 1, 1) IN (x'00', x'01') AND changes() < (
+        SELECT count(*) FROM (SELECT CAST(substr(NEW.result, 2) AS INTEGER) WHERE substr(NEW.result, 1, 1) = x'00'
+        UNION SELECT value FROM json_each(CASE WHEN substr(NEW.result, 1, 1) = x'01' THEN CAST(substr(NEW.result, 2) AS TEXT) ELSE '[]' END) WHERE type = 'integer')
+    );
+END;
+
+-- trigger steps_payloads_update
+CREATE TRIGGER steps_payloads_update AFTER UPDATE OF args, result ON steps
+WHEN substr(OLD.args, 1, 1) IN (x'00', x'01') OR substr(OLD.result, 1, 1) IN (x'00', x'01')
+  OR substr(NEW.args, 1, 1) IN (x'00', x'01') OR substr(NEW.result, 1, 1) IN (x'00', x'01')
+BEGIN
+    UPDATE payloads SET refs = refs - 1 WHERE id IN (
+        SELECT CAST(substr(OLD.args, 2) AS INTEGER) WHERE substr(OLD.args, 1, 1) = x'00'
+        UNION SELECT value FROM json_each(CASE WHEN substr(OLD.args, 1, 1) = x'01' THEN CAST(substr(OLD.args, 2) AS TEXT) ELSE '[]' END) WHERE type = 'integer'
+    );
+    UPDATE payloads SET refs = refs - 1 WHERE id IN (
+        SELECT CAST(substr(OLD.result, 2) AS INTEGER) WHERE substr(OLD.result, 1, 1) = x'00'
+        UNION SELECT value FROM json_each(CASE WHEN substr(OLD.result, 1, 1) = x'01' THEN CAST(substr(OLD.result, 2) AS TEXT) ELSE '[]' END) WHERE type = 'integer'
+    );
+    UPDATE payloads SET refs = refs + 1 WHERE id IN (
+        SELECT CAST(substr(NEW.args, 2) AS INTEGER) WHERE substr(NEW.args, 1, 1) = x'00'
+        UNION SELECT value FROM json_each(CASE WHEN substr(NEW.args, 1, 1) = x'01' THEN CAST(substr(NEW.args, 2) AS TEXT) ELSE '[]' END) WHERE type = 'integer'
+    );
+    SELECT RAISE(ABORT, 'reference to a missing payload')
+    WHERE substr(NEW.args, 1, 1) IN (x'00', x'01') AND changes() < (
+        SELECT count(*) FROM (SELECT CAST(substr(NEW.args, 2) AS INTEGER) WHERE substr(NEW.args, 1, 1) = x'00'
+        UNION SELECT value FROM json_each(CASE WHEN substr(NEW.args, 1, 1) = x'01' THEN CAST(substr(NEW.args, 2) AS TEXT) ELSE '[]' END) WHERE type = 'integer')
+    );
+    UPDATE payloads SET refs = refs + 1 WHERE id IN (
+        SELECT CAST(substr(NEW.result, 2) AS INTEGER) WHERE substr(NEW.result, 1, 1) = x'00'
+        UNION SELECT value FROM json_each(CASE WHEN substr(NEW.result, 1, 1) = x'01' THEN CAST(substr(NEW.result, 2) AS TEXT) ELSE '[]' END) WHERE type = 'integer'
+    );
+    SELECT RAISE(ABORT, 'reference to a missing payload')
+    WHERE substr(NEW.result, 1, 1) IN (x'00', x'01') AND changes() < (
+        SELECT count(*) FROM (SELECT CAST(substr(NEW.result, 2) AS INTEGER) WHERE substr(NEW.result, 1, 1) = x'00'
+        UNION SELECT value FROM json_each(CASE WHEN substr(NEW.result, 1, 1) = x'01' THEN CAST(substr(NEW.result, 2) AS TEXT) ELSE '[]' END) WHERE type = 'integer')
+    );
+END;

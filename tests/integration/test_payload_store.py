@@ -189,7 +189,7 @@ async def test_check_reports_a_missing_payload_file_and_a_bad_refcount(
 
 def test_a_reference_to_a_missing_payload_is_refused(dbfile: DbFile, db_path: Path) -> None:
     asyncio.run(_open(db_path))
-    with pytest.raises(sqlite3.IntegrityError, match="refers to a missing payload"):
+    with pytest.raises(sqlite3.IntegrityError, match="reference to a missing payload"):
         dbfile.execute(
             "INSERT INTO runs (id, workflow, shard, status, args, created_at, updated_at)"
             " VALUES ('x', 'wf', 0, 'running', x'003432', 0, 0)"

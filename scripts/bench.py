@@ -1,8 +1,14 @@
-"""Benchmark the engine in-process: `python scripts/bench.py --help` (also `executor bench`)."""
+"""Benchmark the engine in-process: `python scripts/bench.py --help`."""
 
 from __future__ import annotations
 
-from executor.bench import main
+import sys
+from pathlib import Path
+
+# The harness lives in the repository (benchmarks/), not in the installed package.
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from benchmarks.main import main
 
 if __name__ == "__main__":
     raise SystemExit(main())

@@ -29,9 +29,6 @@ SELECT id FROM runs WHERE idempotency_key = ?;
 INSERT INTO replays (run_rid, shard, seq, created_at)
 SELECT rid, shard, 0, created_at FROM runs WHERE rid > ?;
 
--- name: delete_claimed_task
-DELETE FROM tasks WHERE run_rid = ? AND pos = ? AND claim_token = ?;
-
 -- name: delete_queued_task
 DELETE FROM tasks WHERE run_rid = ? AND pos = ? AND claim_token IS NULL;
 

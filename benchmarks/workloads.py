@@ -1,0 +1,11 @@
+"""Every workload `scripts/bench.py --workload NAME` knows, in --help order.
+
+A new workload is a module with a `Workload` entry (benchmarks/options.py): add it here.
+"""
+
+from __future__ import annotations
+
+from benchmarks import ceiling, engine_run
+from benchmarks.options import Workload
+
+WORKLOADS: tuple[Workload, ...] = (*engine_run.WORKLOADS, ceiling.WORKLOAD)

@@ -99,9 +99,17 @@ class LimitSpec:
     name: str
     requests_per_second: int | None = None
     requests_per_minute: int | None = None
+    requests_per_hour: int | None = None
     tokens_per_second: int | None = None
     tokens_per_minute: int | None = None
+    tokens_per_hour: int | None = None
     concurrent: int | None = None
+    # Pacing and the adaptive rate (engine/limits/); None: the documented default.
+    pace: bool | None = None
+    backoff: float | None = None
+    floor: float | None = None
+    recovery_s: float | None = None
+    tolerance: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -250,6 +258,25 @@ class _Seconds(_Spec):
             return float(text.strip())
         except ValueError:
             return text
+
+
+class _Fraction(_Spec):
+    """A number within (low, high), each end included or not."""
+
+    def __init__(self, low: float, high: float, *, low_open: bool, high_open: bool) -> None:
+        self.low, self.high, self.low_open, self.high_open = low, high, low_open, high_open
+        left, right = ("(" if low_open else "["), (")" if high_open else "]")
+        self.expected = f"a number in {left}{low:g}, {high:g}{right}"
+
+    def parse(self, value: object) -> object:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise self.fail()
+        x = float(value)
+        low_ok = x > self.low if self.low_open else x >= self.low
+        high_ok = x < self.high if self.high_open else x <= self.high
+        if not (math.isfinite(x) and low_ok and high_ok):
+            raise self.fail()
+        return x
 
 
 class _Bool(_Spec):
@@ -541,13 +568,22 @@ _LIMIT_SPECS: dict[str, _Spec] = {
     "requests_per_minute": _Int(1, MAX_RATE),
     "tokens_per_second": _Int(1, MAX_RATE),
     "tokens_per_minute": _Int(1, MAX_RATE),
+    "requests_per_hour": _Int(1, MAX_RATE),
+    "tokens_per_hour": _Int(1, MAX_RATE),
     "concurrent": _Int(1, MAX_KEY_CAP),
+    "pace": _Bool(),
+    "backoff": _Fraction(0, 1, low_open=True, high_open=True),
+    "floor": _Fraction(0, 1, low_open=True, high_open=False),
+    "recovery_s": _Seconds(),
+    "tolerance": _Fraction(0, 1, low_open=False, high_open=True),
 }
 
 
 _LIMIT_ALIASES = {
     "rps": "requests_per_second",
     "rpm": "requests_per_minute",
+    "rph": "requests_per_hour",
+    "tph": "tokens_per_hour",
     "tps": "tokens_per_second",
     "tpm": "tokens_per_minute",
     "concurrency": "concurrent",

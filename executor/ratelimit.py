@@ -10,15 +10,17 @@
 Raising RateLimited from a step puts it back in the queue after the delay without using a retry
 attempt, and slows down the limits the step draws on. The delay is read from, in order:
 
+    retry-after-ms       milliseconds (OpenAI sends it with Retry-After; the SDKs prefer it)
     Retry-After          seconds, or an HTTP date
-    retry-after-ms       milliseconds (OpenAI)
-    *ratelimit-reset*    the latest of x-ratelimit-reset-requests / -tokens ("1s", "6m0s",
-                         "250ms"), x-ratelimit-reset (seconds, or a UNIX time), and the
-                         anthropic-ratelimit-*-reset timestamps (RFC 3339)
+    *ratelimit-reset*    x-ratelimit-reset-requests / -tokens ("1s", "6m0s", "250ms"),
+                         x-ratelimit-reset (seconds, or a UNIX time), and the
+                         anthropic-ratelimit-*-reset timestamps (RFC 3339): the reset of the
+                         resource whose *-remaining header is 0; if none is, the earliest
+                         reset; without remaining headers, the latest
 
 Works by duck typing with urllib's HTTPError and http.client responses, and with the response
-and error objects of requests, httpx, aiohttp and the common API SDKs (`.status_code`,
-`.status`, `.code`; `.headers`; an exception's `.response`).
+and error objects of requests, httpx, aiohttp and the anthropic and openai SDKs (`.status_code`,
+`.status`, `.code`; `.headers`; an exception's `.response`). Tested against the real packages.
 """
 
 from __future__ import annotations
@@ -57,51 +59,73 @@ def retry_after_s(headers: Mapping[str, str] | Any, now: float | None = None) ->
         return None
     now = time.time() if now is None else now
     get = _getter(headers)
-    value = get("retry-after")
-    if value is not None:
-        seconds = _seconds_or_date(value, now)
-        if seconds is not None:
-            return _clamp(seconds)
-    value = get("retry-after-ms")
+    value = get("retry-after-ms")  # the more precise of the two, when both are given
     if value is not None:
         try:
             return _clamp(float(value) / 1000.0)
         except ValueError:
             pass
-    found: list[float] = []
+    value = get("retry-after")
+    if value is not None:
+        seconds = _seconds_or_date(value, now)
+        if seconds is not None:
+            return _clamp(seconds)
+    return _reset_s(headers, get, now)
+
+
+def _reset_s(headers: Any, get: Any, now: float) -> float | None:
+    """From the `*ratelimit*reset*` headers: when the exhausted resource refills (the one whose
+    `remaining` header says 0), else the earliest reset if the remaining counts are given (none
+    is exhausted: something else refused), else the latest (we cannot tell which)."""
+    exhausted: list[float] = []
+    others: list[float] = []
+    told = False
     for name in _names(headers):
         lower = name.lower()
         if "ratelimit" not in lower or "reset" not in lower:
             continue
         raw = get(name)
         seconds = None if raw is None else _reset_value(raw, now)
-        if seconds is not None:
-            found.append(seconds)
-    return _clamp(max(found)) if found else None
+        if seconds is None:
+            continue
+        remaining = get(lower.replace("reset", "remaining"))
+        told = told or remaining is not None
+        (exhausted if remaining in ("0", "0.0") else others).append(seconds)
+    if exhausted:
+        return _clamp(max(exhausted))
+    if not others:
+        return None
+    return _clamp(min(others) if told else max(others))
 
 
 def _status_and_headers(obj: object) -> tuple[int | None, Any]:
-    for candidate in (obj, getattr(obj, "response", None)):
+    response = getattr(obj, "response", None)
+    for candidate in (obj, response):
         if candidate is None:
             continue
-        status = None
-        for attr in ("status_code", "status", "code"):
-            value = getattr(candidate, attr, None)
-            if callable(value):
-                continue
-            if isinstance(value, int) and not isinstance(value, bool):
-                status = value
-                break
-        getcode = getattr(candidate, "getcode", None)
-        if status is None and callable(getcode):
-            code = getcode()
-            status = code if isinstance(code, int) else None
-        if status is not None:
-            headers = getattr(candidate, "headers", None)
-            if headers is None and isinstance(obj, BaseException):
-                headers = getattr(obj, "headers", None)
-            return status, headers
+        status = _status_of(candidate)
+        if status is None:
+            continue
+        # The SDKs' errors (anthropic, openai) carry the status themselves and the headers on
+        # their `.response`; aiohttp's ClientResponseError carries both itself.
+        for holder in (candidate, obj, response):
+            headers = getattr(holder, "headers", None)
+            if headers is not None:
+                return status, headers
+        return status, None
     return None, None
+
+
+def _status_of(candidate: object) -> int | None:
+    for attr in ("status_code", "status", "code"):
+        value = getattr(candidate, attr, None)
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    getcode = getattr(candidate, "getcode", None)
+    if callable(getcode):
+        code = getcode()
+        return code if isinstance(code, int) and not isinstance(code, bool) else None
+    return None
 
 
 def _getter(headers: Any) -> Any:

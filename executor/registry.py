@@ -153,6 +153,7 @@ class StepDef(Generic[P, R]):
     limits: tuple[str, ...] = ()  # names of [limits.NAME] quotas this step draws on
     cost: Callable[..., float] | None = None  # tokens one call uses, from the step's arguments
     types: Types | None = None  # declared types of the arguments and result
+    optional_limits: tuple[str, ...] = ()  # those of `limits` that may be left unconfigured
 
     def __call__(self, *args: P.args, **kwargs: P.kwargs) -> Awaitable[R]:
         # Inside a workflow this schedules the durable step; outside one it just calls the
@@ -298,6 +299,7 @@ def step(
     registry: Registry | None = None,
     limits: Sequence[str] = (),
     cost: Callable[..., float] | None = None,
+    optional_limits: Sequence[str] = (),
 ) -> Callable[[Callable[P, Any]], StepDef[P, Any]]: ...
 
 
@@ -311,20 +313,24 @@ def step(
     registry: Registry | None = None,
     limits: Sequence[str] = (),
     cost: Callable[..., float] | None = None,
+    optional_limits: Sequence[str] = (),
 ) -> StepDef[P, Any] | Callable[[Callable[P, Any]], StepDef[P, Any]]:
     """Register a step: an async def, or a plain function (which then runs in a thread).
 
     `timeout` is per attempt, in seconds; an attempt over it is cancelled and counts as failed.
     `limits` names the [limits.NAME] quotas each call draws on (docs/LIMITS.md); `cost`, called
-    with the step's arguments, estimates the tokens a call uses from those quotas.
+    with the step's arguments, estimates the tokens a call uses from those quotas. A limit in
+    `limits` that is not configured is refused when the engine starts; `optional_limits` are drawn
+    on when configured and skipped otherwise.
     """
     if timeout is not None and timeout <= 0:
         raise errors.RegistryError("step timeout must be > 0 seconds")
-    if isinstance(limits, str) or not all(isinstance(n, str) and n for n in limits):
-        raise errors.RegistryError(f"step limits must be a list of limit names, got {limits!r}")
+    for names in (limits, optional_limits):
+        if isinstance(names, str) or not all(isinstance(n, str) and n for n in names):
+            raise errors.RegistryError(f"step limits must be a list of limit names, got {names!r}")
     if cost is not None and not callable(cost):
         raise errors.RegistryError(f"step cost must be a function of the arguments, got {cost!r}")
-    if cost is not None and not limits:
+    if cost is not None and not limits and not optional_limits:
         raise errors.RegistryError("step cost is drawn from limits: name them with limits=[...]")
 
     def wrap(f: Callable[P, Any]) -> StepDef[P, Any]:
@@ -335,9 +341,10 @@ def step(
             retry or DEFAULT_RETRY,
             timeout,
             inspect.iscoroutinefunction(f),
-            tuple(dict.fromkeys(limits)),
+            tuple(dict.fromkeys([*limits, *optional_limits])),
             cost,
             Types(f, f"step {st_name}", skip=0),
+            tuple(dict.fromkeys(optional_limits)),
         )
         (registry or default_registry).add_step(st)
         return st

@@ -11,7 +11,7 @@ transaction (a transaction is one thread hop, see store.database):
     timers    fires durable sleeps that are due
     heartbeat proves we are alive, notices a newer epoch, reclaims dead engines' tasks
     lag       warns when something blocks the event loop for too long (engine/lag.py)
-    limits    unparks tasks that waited for their quotas (engine/limits.py); stores the limits
+    limits    unparks tasks that waited for their quotas (engine/limits/); stores the limits
               snapshot for `executor stats`; closes idle shared clients (resources.py)
 
 If any of them dies, the engine stops and `wait()` raises: nothing runs half-supervised.
@@ -139,6 +139,7 @@ class Engine:
         """Open the database, take a new epoch and start working."""
         if self.state is not EngineState.NEW:
             raise errors.ExecutorError("an Engine can be started once")
+        self.limiter.check_steps(self.registry.steps.values())  # a typo'd limit: refuse to start
         self.db = await Database.open(self.db_cfg, shards=self.cfg.shards)
         self._shards = range(self.db.shards)
         self._busy = [0] * self.db.shards
@@ -636,7 +637,7 @@ class Engine:
             self._write_ok("timers")
             self._push(events)
 
-    # -- limits: quotas of API-bound steps (engine/limits.py) --
+    # -- limits: quotas of API-bound steps (engine/limits/) --
 
     def _limit_wait(self, c: Claimed, outcome: Outcome) -> Outcome:
         if outcome.kind == OutcomeKind.RELEASE and outcome.park is None:

@@ -32,10 +32,10 @@ from executor import (
 from executor import config as config_mod
 from executor.config import ConfigError, LimitSpec, load_config
 from executor.engine import limits
-from executor.engine.limits import CostTooHigh, Decision, Limiter
+from executor.engine.limits import CostTooHigh, Decision, Limiter, bucket, window
 from executor.ratelimit import rate_limited_from, retry_after_s
 
-W = 1.0 + limits.WINDOW_MARGIN_S  # a per-second window as the limiter counts it
+W = 1.0 + window.WINDOW_MARGIN_S  # a per-second window as the limiter counts it
 T0 = 1000.0
 
 
@@ -74,7 +74,7 @@ def test_a_sliding_window_staggers_waiters_and_keeps_them_in_order() -> None:
 
 
 def test_no_fixed_window_burst_at_the_edge() -> None:
-    lim = Limiter([LimitSpec("api", requests_per_minute=2)])
+    lim = Limiter([LimitSpec("api", requests_per_minute=2, pace=False)])
     lim.release(admitted(admit(lim, 1, T0 + 59.0)), T0 + 59.0)
     lim.release(admitted(admit(lim, 2, T0 + 59.5)), T0 + 59.5)
     # A fixed window starting at T0 + 60 would admit two more right away; a minute-long wait
@@ -155,21 +155,96 @@ def test_limit_keys_get_their_own_budgets() -> None:
     assert keys == {("api", "a"), ("api", "b")}
 
 
-def test_a_429_halves_the_rate_pauses_it_and_quiet_windows_restore_it() -> None:
-    lim = Limiter([LimitSpec("api", requests_per_second=10)])
-    ticket = admitted(admit(lim, 1, T0))
-    not_before = lim.rate_limited(ticket, 0.5, T0)
-    lim.release(ticket, T0)
-    assert not_before == pytest.approx(T0 + 0.5)
+def factor(lim: Limiter, now: float) -> float:
+    return float(lim.snapshot(now)["limits"][0]["factor"])
+
+
+def test_a_429_that_means_the_quota_slows_the_key_pauses_it_and_it_recovers_linearly() -> None:
+    # tolerance=0: every 429 means the quota (the default waits for 10% of answers to be 429s).
+    spec = LimitSpec("api", requests_per_second=10, backoff=0.5, recovery_s=10.0, tolerance=0)
+    lim = Limiter([spec])
+    tickets = [admitted(admit(lim, i, T0)) for i in range(9)]
+    not_before = lim.rate_limited(tickets[0], 0.5, T0)
+    for t in tickets:
+        lim.release(t, T0)
+    assert not_before >= T0 + 0.5  # the Retry-After, or later: 9 already ran at a rate of 5
     (snap,) = lim.snapshot(T0)["limits"]
     assert snap["factor"] == 0.5 and snap["rate_limited"] == 1
     assert snap["rates"]["requests_per_second"]["effective"] == 5
-    assert admit(lim, 2, T0 + 0.1).wait_until >= T0 + 0.5  # paused for the Retry-After
-    # Additive recovery, one step per quiet window, never above the configured rate.
-    lim.tick(T0 + 1.1 * W)
-    assert lim.snapshot(T0 + 1.1 * W)["limits"][0]["factor"] == pytest.approx(0.7)
-    lim.tick(T0 + 10 * W)
-    assert lim.snapshot(T0 + 10 * W)["limits"][0]["factor"] == 1.0
+    assert admit(lim, 20, T0 + 0.1).wait_until >= T0 + 0.5  # the key is paused
+    # After a second's cooldown, back linearly from the floor (0.25) to 1 in recovery_s.
+    assert factor(lim, T0 + 1.0) == 0.5
+    assert factor(lim, T0 + 1.0 + 5.0) == pytest.approx(0.5 + 0.75 / 2)
+    assert factor(lim, T0 + 1.0 + 10.0) == 1.0
+
+
+def test_sporadic_429s_far_from_the_quota_barely_move_the_rate() -> None:
+    lim = Limiter([LimitSpec("api", requests_per_second=1000)])
+    now = T0
+    for i in range(2000):  # 3% of answers are 429s, at a third of the quota
+        now += 1 / 300
+        ticket = admitted(admit(lim, i, now))
+        if i % 33 == 0:
+            assert lim.rate_limited(ticket, 2.0, now) == pytest.approx(now + 2.0)
+        lim.release(ticket, now)
+        assert factor(lim, now) == 1.0
+    (snap,) = lim.snapshot(now)["limits"]
+    assert snap["paused_for_s"] == 0 and snap["rate_limited"] == 61
+
+
+def test_a_run_of_429s_far_from_the_quota_slows_down_but_never_below_the_floor() -> None:
+    # A key shared with other clients: the provider refuses most of our requests, however
+    # far we are from our own quota.
+    lim = Limiter([LimitSpec("api", requests_per_second=1000, floor=0.4, backoff=0.5)])
+    now = T0
+    for i in range(3000):
+        now += 0.01
+        ticket = admitted(admit(lim, i, now))
+        lim.rate_limited(ticket, 0.001, now)
+        lim.release(ticket, now)
+    assert factor(lim, now) == pytest.approx(0.4)
+    assert lim.snapshot(now)["rate_limited_slowed"] >= 20
+
+
+def test_adaptive_settings_are_checked_in_the_config(tmp_path: Path) -> None:
+    path = tmp_path / "executor.toml"
+    path.write_text("[limits.api]\nrequests_per_minute = 60\nbackoff = 1.5\n")
+    with pytest.raises(ConfigError, match=r"limits.api.backoff: .*\(0, 1\)"):
+        load_config(path, {})
+    path.write_text(
+        "[limits.api]\nrequests_per_hour = 60\nbackoff = 0.8\nfloor = 0.5\n"
+        "recovery_s = 30\ntolerance = 0\npace = false\n"
+    )
+    (spec,) = load_config(path, {}).config.limits
+    assert spec == LimitSpec(
+        "api",
+        requests_per_hour=60,
+        backoff=0.8,
+        floor=0.5,
+        recovery_s=30.0,
+        tolerance=0.0,
+        pace=False,
+    )
+
+
+def test_a_per_minute_quota_is_paced_evenly_and_keeps_its_window() -> None:
+    lim = Limiter([LimitSpec("api", requests_per_minute=600)])  # 10 a second
+    times, now, i = [], T0, 0
+    while now < T0 + 130:
+        d = admit(lim, i, now)
+        if d.ticket is not None:
+            times.append(now)
+            lim.release(d.ticket, now + 0.01)
+            i += 1
+        now = max(now + 0.001, min(d.wait_until or now + 0.05, now + 0.05))
+        lim.tick(now)
+        lim.take_unparks()
+    # Never more than a second's share in any second: no burst of the whole minute's quota.
+    for k, t in enumerate(times):
+        assert bisect.bisect_left(times, t + 1.0) - k <= 10
+        assert bisect.bisect_left(times, t + 60.0) - k <= 600
+    # And the quota is spent, not just respected: close to 10 a second throughout.
+    assert len(times) >= 0.95 * 130 * 10
 
 
 def test_limits_change_live() -> None:
@@ -218,7 +293,7 @@ def test_simulated_traffic_never_exceeds_any_window(
 ) -> None:
     spec = LimitSpec("api", requests_per_second=rps, tokens_per_second=tps, concurrent=concurrent)
     lim = Limiter([spec])
-    delay = min(limits.SEND_DELAY_MAX_S, limits.SEND_DELAY_FRACTION)
+    delay = min(bucket.SEND_DELAY_MAX_S, bucket.SEND_DELAY_FRACTION)
     events: list[tuple[float, int, str, Any]] = []  # (time, seq, what, data)
     seq = 0
 
@@ -330,6 +405,10 @@ def fresh_state() -> None:
 
 
 def make_engine(db_path: Path, **kw: Any) -> Engine:
+    # Every limit REG's steps name must be configured (an empty table declares it, no quota).
+    given = list(kw.pop("limits", []))
+    names = {s.name for s in given}
+    kw["limits"] = given + [LimitSpec(n) for n in ("slow", "api") if n not in names]
     settings_ = {
         "shards": 1,
         "poll_interval_s": 0.02,
@@ -428,6 +507,36 @@ def test_step_limits_and_cost_are_checked() -> None:
         return prompt
 
     assert llm.limits == ("api", "org") and llm.cost is not None and llm.cost("abc") == 3
+
+
+@pytest.mark.anyio
+async def test_a_step_naming_an_unconfigured_limit_is_refused_at_start(db_path: Path) -> None:
+    reg = Registry()
+
+    @step(limits=["anthropc"], registry=reg)  # a typo of "anthropic"
+    async def complete(prompt: str) -> str:
+        return prompt
+
+    @step(limits=["anthropic"], optional_limits=["audit"], registry=reg)
+    async def audited(prompt: str) -> str:
+        return prompt
+
+    assert audited.limits == ("anthropic", "audit") and audited.optional_limits == ("audit",)
+    specs = [LimitSpec("anthropic", requests_per_minute=4000), LimitSpec("search")]
+    engine = Engine(EngineConfig(), DatabaseConfig(path=db_path), reg=reg, limits=specs)
+    with pytest.raises(ConfigError) as refused:
+        await engine.start()
+    message = str(refused.value)
+    assert "\n" not in message
+    assert (
+        "step test_limits.test_a_step_naming_an_unconfigured_limit_is_refused_at_start" in message
+    )
+    assert "'anthropc'" in message and "did you mean 'anthropic'?" in message
+    assert db_path.name not in [p.name for p in db_path.parent.iterdir()]  # untouched
+    # Declared optional (and no typo elsewhere), the step runs unlimited without the limit.
+    del reg.steps[complete.name]
+    async with Engine(EngineConfig(), DatabaseConfig(path=db_path), reg=reg, limits=specs[:1]):
+        pass
 
 
 @pytest.mark.anyio
@@ -562,6 +671,26 @@ NOW = 1_700_000_000.0
         ({"retry-after-ms": "250"}, 0.25),
         ({"x-ratelimit-reset-requests": "1s", "x-ratelimit-reset-tokens": "1m30.5s"}, 90.5),
         ({"x-ratelimit-reset-tokens": "250ms"}, 0.25),
+        # The exhausted resource's reset, not a distant one of a resource with room left.
+        (
+            {
+                "x-ratelimit-remaining-requests": "0",
+                "x-ratelimit-reset-requests": "2s",
+                "x-ratelimit-remaining-tokens": "5000",
+                "x-ratelimit-reset-tokens": "6m0s",
+            },
+            2.0,
+        ),
+        (
+            {
+                "x-ratelimit-remaining-requests": "10",
+                "x-ratelimit-reset-requests": "2s",
+                "x-ratelimit-remaining-tokens": "5000",
+                "x-ratelimit-reset-tokens": "6m0s",
+            },
+            2.0,
+        ),
+        ({"retry-after": "1", "retry-after-ms": "250"}, 0.25),
         ({"X-RateLimit-Reset": str(int(NOW + 12))}, 12.0),
         ({"X-RateLimit-Reset": "4"}, 4.0),
         ({"anthropic-ratelimit-requests-reset": "2023-11-14T22:13:40Z"}, 20.0),

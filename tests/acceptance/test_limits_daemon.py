@@ -6,7 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from executor.daemon.exitcodes import ExitCode
+from executor.exitcodes import ExitCode
 
 
 def test_the_daemon_refuses_a_typo_in_one_line_naming_step_limit_and_closest(

@@ -223,6 +223,7 @@ async def serve(policy: Policy, port: int = 0) -> None:
                     headers[name.strip().lower()] = value.strip()
                 body = await reader.readexactly(int(headers.get("content-length", "0")))
                 extra: dict[str, str] = {}
+                reply: Any
                 if method == "GET" and path == "/log":
                     status, reply = 200, quota.log
                 elif path == "/control":

@@ -96,8 +96,9 @@ def drive(conn: sqlite3.Connection, k: int, shards: int, batch: int) -> tuple[in
                 )
                 for c in claimed
             ],
+            [],
             time.time(),
-        )
+        ).deliveries
         t2 = time.perf_counter()
         shard_of = {c.run_rid: c.shard for c in claimed}
         outputs = []

@@ -11,7 +11,8 @@ The life of one step, by record:
     NewStep       the workflow asked for a step (WorkflowInstance.schedule)
     ReplayOutput  what one replay of one run produced, committed by repository.commit_replays
     Claimed       a queued task taken by an engine (repository.claim)
-    Outcome       what one attempt came to, recorded by repository.record
+    Outcome       what one attempt came to, recorded by repository.record (with the limiter's
+                  Unparks, in the same group commit)
     Delivery      a journal entry just recorded (or read back for a full replay), fed to the
                   workflow by WorkflowInstance.deliver
 """
@@ -73,7 +74,6 @@ class OutcomeKind(enum.StrEnum):
     DONE = "done"  # the step finished (succeeded, or failed for good): record it in the journal
     RETRY = "retry"  # the attempt failed and will be retried after not_before
     RELEASE = "release"  # give the task back without using an attempt (drain, rate limit)
-    UNPARK = "unpark"  # make up to `count` tasks parked under `park` claimable again
 
 
 # Why an engine drains when another engine (or `executor bump-epoch`) took a newer epoch.
@@ -125,12 +125,19 @@ class Outcome:
     # DONE: the result itself when it is immutable, so the live workflow needs no decode.
     value: Any = None
     has_value: bool = False
-    # RELEASE: park the task under this group (engine/limits.py) until an UNPARK; UNPARK: the group
+    # RELEASE: park the task under this group (engine/limits/) until an Unpark of the group
     park: str | None = None
-    count: int = 0  # UNPARK: how many; record() leaves how many it could not find
     # DONE: the result made ready for the payload store outside the write lock (a large one is
     # written to its file already: store/payloads.Staged); recorded instead of `result`.
     stored: Any = None
+
+
+class Unpark(NamedTuple):
+    """Make up to `tasks` tasks parked under `group` claimable again, oldest first (the limiter
+    found room for them); recorded with the outcomes, after any park it answers."""
+
+    group: str
+    tasks: int
 
 
 class Delivery(NamedTuple):
@@ -146,6 +153,14 @@ class Delivery(NamedTuple):
     finished_at: float
     value: Any = None  # the decoded result, when the engine still has it (immutable values only)
     has_value: bool = False
+
+
+class Recorded(NamedTuple):
+    """What repository.record wrote: the journal entries, and the unparks that found fewer
+    parked tasks than asked (`tasks`: how many fewer)."""
+
+    deliveries: list[Delivery]
+    short: list[Unpark]
 
 
 class JournalEntry(NamedTuple):

@@ -35,12 +35,14 @@ from executor.vocabulary import (
     NewStep,
     Outcome,
     OutcomeKind,
+    Recorded,
     ReplayOutput,
     RunRow,
     RunSnapshot,
     RunState,
     StepKind,
     StepState,
+    Unpark,
 )
 
 # --- starting runs -------------------------------------------------------------------------------
@@ -241,14 +243,16 @@ def _record(conn: sqlite3.Connection, o: Outcome, now: float) -> Delivery | None
 
 
 @transaction
-def record(conn: sqlite3.Connection, outcomes: Iterable[Outcome], now: float) -> list[Delivery]:
-    """Apply a batch of step outcomes in one transaction; return the journal events written.
+def record(
+    conn: sqlite3.Connection, outcomes: Sequence[Outcome], unparks: Sequence[Unpark], now: float
+) -> Recorded:
+    """Apply a batch of step outcomes, then unparks, in one transaction.
 
     Each outcome is fenced on its claim token: one whose task was reclaimed, released or already
-    recorded changes nothing.
+    recorded changes nothing. Unparks come after the outcomes, so one never misses a park of the
+    same batch that it answers.
     """
-    outcomes = list(outcomes)
-    events = _record_done([o for o in outcomes if o.kind is OutcomeKind.DONE], conn, now)
+    deliveries = _record_done([o for o in outcomes if o.kind is OutcomeKind.DONE], conn, now)
     for o in outcomes:
         if o.kind is OutcomeKind.DONE:
             continue  # recorded above
@@ -266,12 +270,14 @@ def record(conn: sqlite3.Connection, outcomes: Iterable[Outcome], now: float) ->
             ).rowcount
             if changed and o.error is not None:
                 conn.execute(Q["note_step_error"], (o.error, o.run_rid, o.pos))
-        elif o.kind is OutcomeKind.UNPARK:
-            found = conn.execute(Q["unpark_tasks"], {"parked": o.park, "limit": o.count})
-            o.count -= found.rowcount
         else:  # pragma: no cover
             raise ValueError(f"unknown outcome kind {o.kind}")
-    return events
+    short = []
+    for u in unparks:
+        found = conn.execute(Q["unpark_tasks"], {"parked": u.group, "limit": u.tasks}).rowcount
+        if found < u.tasks:
+            short.append(Unpark(u.group, u.tasks - found))
+    return Recorded(deliveries, short)
 
 
 def _record_done(done: list[Outcome], conn: sqlite3.Connection, now: float) -> list[Delivery]:

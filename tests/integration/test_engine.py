@@ -218,11 +218,13 @@ async def test_a_second_result_for_the_same_claim_is_dropped(db_path: Path, dbfi
     db = await Database.open(DatabaseConfig(path=db_path), shards=1)
     try:
         rid, _, c = await one_claimed_step(db, heartbeat_at=time.time())
-        first = await db.run(repo.record, [done(c, "first")], 10.0)
+        first = (await db.run(repo.record, [done(c, "first")], [], 10.0)).deliveries
         assert [(e.run_rid, e.pos, e.seq, e.result) for e in first] == [(rid, 0, 1, b'"first"')]
-        assert await db.run(repo.record, [done(c, "second")], 11.0) == []
+        assert (await db.run(repo.record, [done(c, "second")], [], 11.0)).deliveries == []
         # Both in one batch: only the first counts.
-        assert await db.run(repo.record, [done(c, "third"), done(c, "fourth")], 12.0) == []
+        assert (
+            await db.run(repo.record, [done(c, "third"), done(c, "fourth")], [], 12.0)
+        ).deliveries == []
     finally:
         await db.close()
     assert dbfile.query("SELECT status, result, seq, finished_at FROM steps") == [
@@ -256,14 +258,14 @@ async def test_a_late_result_from_a_reclaimed_claim_never_overwrites(
             ),
             done(stale, "late"),
         ]
-        assert await db.run(repo.record, late, 20.0) == []
+        assert (await db.run(repo.record, late, [], 20.0)).deliveries == []
         assert dbfile.query("SELECT claim_token, claim_engine, not_before FROM tasks") == [
             (555, live_engine, 0.0)
         ]
         assert dbfile.value("SELECT status FROM steps") == "pending"
-        events = await db.run(repo.record, [done(fresh, "fresh")], 21.0)
+        events = (await db.run(repo.record, [done(fresh, "fresh")], [], 21.0)).deliveries
         assert [e.result for e in events] == [b'"fresh"']
-        assert await db.run(repo.record, [done(stale, "later still")], 22.0) == []
+        assert (await db.run(repo.record, [done(stale, "later still")], [], 22.0)).deliveries == []
     finally:
         await db.close()
     assert dbfile.query("SELECT status, result, attempts FROM steps") == [
@@ -284,7 +286,7 @@ async def test_a_result_for_a_cancelled_run_is_dropped_and_its_task_deleted(
         assert hb.orphaned == [(c.run_rid, c.pos)]
         assert dbfile.value("SELECT count(*) FROM tasks") == 1
         # ... and its result then only deletes the task.
-        assert await db.run(repo.record, [done(c, "too late")], 6.0) == []
+        assert (await db.run(repo.record, [done(c, "too late")], [], 6.0)).deliveries == []
     finally:
         await db.close()
     assert dbfile.value("SELECT count(*) FROM tasks") == 0

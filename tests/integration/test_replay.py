@@ -29,6 +29,7 @@ from executor import (
 )
 from executor.engine.cache import HydrationCache
 from executor.engine.instance import RunInfo, WorkflowInstance
+from executor.engine.replayer import replay_run
 from executor.store import repository as repo
 
 if TYPE_CHECKING:
@@ -315,23 +316,6 @@ async def racer(ctx: Any, delays: list[int]) -> dict[str, Any]:
     return {"seen": seen, "gathered": list(both), "random": ctx.random(), "uuid": str(ctx.uuid())}
 
 
-def replay_from_scratch(
-    snap: vocabulary.RunSnapshot, reg: Registry, cache: HydrationCache | None = None
-) -> WorkflowInstance:
-    run = RunInfo(snap.rid, snap.id, snap.shard, snap.created_at)
-    inst = WorkflowInstance(
-        run,
-        reg.workflow(snap.workflow),
-        codec.decode(snap.args),
-        reg,
-        HydrationCache(1000, 65536) if cache is None else cache,
-        LIMIT,
-        {e.pos: e for e in snap.journal},
-    )
-    inst.replay(snap.journal)
-    return inst
-
-
 async def snapshot(client: Client, run_id: str) -> vocabulary.RunSnapshot:
     """What a full replay of the run would load."""
     row = await client.db.run(repo.get_run, run_id)
@@ -368,7 +352,7 @@ def check_against_journal(snap: vocabulary.RunSnapshot, result: dict[str, Any], 
     seen_positions = [i if i < 100 else None for i, _, _ in result["seen"]]
     recorded = [p if p < n else None for p in seq_order(snap)][: len(seen_positions)]
     assert seen_positions == recorded
-    inst = replay_from_scratch(snap, RACE)
+    inst = replay_run(snap, RACE)
     try:
         assert inst.nondeterminism is None
         status, blob, error = inst.outcome()
@@ -525,7 +509,7 @@ async def test_a_workflow_mutating_a_result_does_not_change_a_later_replay(
         assert engine.counters["full_replays"] == 5
         snap = await snapshot(client, run)
         for _ in range(2):
-            inst = replay_from_scratch(snap, reg, engine.hydration)
+            inst = replay_run(snap, reg, engine.hydration)
             try:
                 assert orjson.loads(inst.outcome()[1] or b"null") == {"n": 2, "items": [1, 2]}
             finally:
@@ -566,7 +550,7 @@ async def test_errors_and_containers_are_never_cached(
     decodes = []
     for _ in range(3):
         before = codec.stats.decodes
-        inst = replay_from_scratch(snap, reg, cache)
+        inst = replay_run(snap, reg, cache)
         decodes.append(codec.stats.decodes - before)
         try:
             assert orjson.loads(inst.outcome()[1] or b"null") == [5, [1, 2], "disk on fire"]
@@ -701,9 +685,9 @@ async def test_replays_of_a_finished_run_decode_nothing_new(tmp_path: Path) -> N
         ],
     )
     cache = HydrationCache(100, 65536)
-    replay_from_scratch(snap, reg, cache).close()
+    replay_run(snap, reg, cache).close()
     before = codec.stats.decodes
-    inst = replay_from_scratch(snap, reg, cache)
+    inst = replay_run(snap, reg, cache)
     try:
         assert inst.outcome()[:2] == (vocabulary.RunState.SUCCEEDED, b"3")
     finally:

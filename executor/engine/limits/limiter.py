@@ -38,7 +38,7 @@ from executor.engine.limits.bucket import (
     Group,
 )
 from executor.engine.limits.window import TaskId
-from executor.vocabulary import Claimed, Outcome, OutcomeKind, StepState
+from executor.vocabulary import Claimed
 
 log = logging.getLogger("executor.limits")
 
@@ -403,9 +403,10 @@ class Limiter:
 
     async def admit(
         self, c: Claimed, st: registry.StepDef[Any, Any], args: list[Any]
-    ) -> Ticket | Outcome | None:
-        """Before running a claimed step: None (nothing to limit), a Ticket (run it, then
-        `release`), or the RELEASE (wait or park) or DONE (can never fit) outcome to record."""
+    ) -> Decision | None:
+        """Before running a claimed step: None (nothing to limit) or the decision, which the step
+        runner acts on: run it with `ticket` (then `release`), or release the task to wait until
+        `wait_until` or to park under `park`. CostTooHigh: it can never fit."""
         if not st.limits and (c.concurrency_key is None or not self.active):
             return None
         task = (c.run_rid, c.pos)
@@ -413,32 +414,12 @@ class Limiter:
         unparked = c.unparked
         for _ in range(1000):
             now = time.time()
-            try:
-                d = self.acquire(
-                    task, st.limits, c.limit_key, c.concurrency_key, tokens, unparked, now
-                )
-            except CostTooHigh as exc:
-                return Outcome(
-                    OutcomeKind.DONE,
-                    c.run_rid,
-                    c.pos,
-                    c.token,
-                    StepState.FAILED,
-                    error=errors.describe(exc),
-                )
-            if d.ticket is not None:
-                return d.ticket
-            if d.park is not None:
-                return Outcome(
-                    OutcomeKind.RELEASE, c.run_rid, c.pos, c.token, not_before=now, park=d.park
-                )
-            if d.wait_until - now > IN_SLOT_WAIT_S:
-                return Outcome(
-                    OutcomeKind.RELEASE, c.run_rid, c.pos, c.token, not_before=d.wait_until
-                )
+            d = self.acquire(task, st.limits, c.limit_key, c.concurrency_key, tokens, unparked, now)
+            if d.ticket is not None or d.park is not None or d.wait_until - now > IN_SLOT_WAIT_S:
+                return d
             await asyncio.sleep(max(0.0, d.wait_until - now))
             unparked = False
-        return Outcome(OutcomeKind.RELEASE, c.run_rid, c.pos, c.token, not_before=time.time())
+        return Decision(wait_until=time.time())
 
 
 def _cost(st: registry.StepDef[Any, Any], args: list[Any]) -> int:

@@ -1,0 +1,319 @@
+"""The replayer: feeds recorded results to workflow code and commits the steps it asks for next.
+
+A run's workflow is either live (an instance kept in memory, fed each result this engine
+recorded) or rebuilt from its journal (a full replay: after a restart, an eviction, a result
+recorded by someone else, or a gap in what we hold). Both go through WorkflowInstance.deliver, so
+they cannot disagree. Replays are batched: one transaction commits what a chunk of runs produced
+and deletes the replay entries they consumed (invariant 2: an entry goes only with the commit of
+what its replay produced).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+from executor import codec, errors, registry
+from executor.engine.cache import HydrationCache, InstanceCache
+from executor.engine.health import WriteHealth
+from executor.engine.instance import RunInfo, WorkflowInstance
+from executor.engine.slots import SlotPool
+from executor.engine.wakeup import sleep_until
+from executor.store import repository as repo
+from executor.store.database import Database
+from executor.store.history import error_line
+from executor.vocabulary import Delivery, ReplayOutput, RunSnapshot, RunState, StepKind
+
+log = logging.getLogger("executor.engine")
+
+REPLAY_BATCH = 512  # runs per replay transaction
+REPLAY_POLL_LIMIT = 4 * REPLAY_BATCH  # replay entries read per poll
+
+
+def replay_run(
+    snap: RunSnapshot,
+    reg: registry.Registry,
+    hydration: HydrationCache | None = None,
+    payload_limit: int = codec.DEFAULT_LIMIT_BYTES,
+) -> WorkflowInstance:
+    """Rebuild a run's workflow from its journal (a full replay), as the engine does.
+
+    The instance has been fed every recorded result; `outcome()`, `nondeterminism` and
+    `take_steps()` say what it came to. RegistryError if the workflow is not registered,
+    PayloadError if its arguments cannot be decoded.
+    """
+    wf = reg.workflow(snap.workflow)
+    return _rebuild(snap, wf, _decode_args(snap, wf), reg, hydration, payload_limit)
+
+
+def _decode_args(snap: RunSnapshot, wf: registry.WorkflowDef[Any]) -> list[Any]:
+    args: list[Any] = codec.decode(snap.args)
+    if wf.types is not None:
+        args = wf.types.decode_args(args, f"arguments of run {snap.id} ({wf.name})")
+    return args
+
+
+def _rebuild(
+    snap: RunSnapshot,
+    wf: registry.WorkflowDef[Any],
+    args: list[Any],
+    reg: registry.Registry,
+    hydration: HydrationCache | None,
+    payload_limit: int,
+) -> WorkflowInstance:
+    inst = WorkflowInstance(
+        RunInfo(snap.rid, snap.id, snap.shard, snap.created_at),
+        wf,
+        args,
+        reg,
+        HydrationCache(1000, 65536) if hydration is None else hydration,
+        payload_limit,
+        {e.pos: e for e in snap.journal},
+    )
+    inst.replay(snap.journal)
+    return inst
+
+
+class Replayer:
+    """The inbox of recorded results and the `replay` loop (`run`)."""
+
+    def __init__(
+        self,
+        db: Database,
+        reg: registry.Registry,
+        pool: SlotPool,
+        health: WriteHealth,
+        stopping: asyncio.Event,
+        *,
+        hydration: HydrationCache,
+        instances: int,
+        payload_limit: int,
+        poll_interval_s: Callable[[], float],
+        sleeps_queued: Callable[[], None],
+        on_finish: Callable[[str, str], None] | None,
+    ) -> None:
+        self._db = db
+        self._registry = reg
+        self._pool = pool
+        self._health = health
+        self._stopping = stopping
+        self._hydration = hydration
+        self._payload_limit = payload_limit
+        self._poll_interval_s = poll_interval_s  # the engine's, which SIGHUP may change
+        self._sleeps_queued = sleeps_queued
+        self._on_finish = on_finish
+        self.instances = InstanceCache(instances, _close_instance)
+        self._inbox: dict[int, list[Delivery]] = {}
+        self._wake = asyncio.Event()
+        self.counters = {"replays": 0, "full_replays": 0, "finished": 0}
+
+    def deliver(self, deliveries: list[Delivery]) -> None:
+        """Journal entries just recorded (by our flush or our timers): replay their runs."""
+        if not deliveries:
+            return
+        inbox = self._inbox
+        for d in deliveries:
+            inbox.setdefault(d.run_rid, []).append(d)
+        self._wake.set()
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    def close(self) -> None:
+        """Unload every live workflow (the engine stopped)."""
+        self.instances.clear()
+
+    async def run(self) -> None:
+        next_poll = 0.0
+        while not self._stopping.is_set():
+            await sleep_until(self._wake, max(0.0, next_poll - time.monotonic()))
+            if self._stopping.is_set():
+                return
+            todo: dict[int, int] = {}  # run -> highest seq we know of (0: unknown)
+            polled: list[tuple[int, int]] = []
+            if time.monotonic() >= next_poll:
+                next_poll = time.monotonic() + self._poll_interval_s()
+                polled = await self._db.run(repo.pending_replays, REPLAY_POLL_LIMIT)
+                if len(polled) == REPLAY_POLL_LIMIT:
+                    next_poll = 0.0  # a backlog (a bulk start): keep reading it, no pause
+            # Taken after the poll: results of every flush the poll saw are in the inbox by now
+            # (the recorder delivers them before this task resumes), so a result of our own
+            # never forces a full replay.
+            inbox, self._inbox = self._inbox, {}
+            for rid, ds in inbox.items():
+                todo[rid] = max(d.seq for d in ds)
+            for rid, seq in polled:
+                inst = self.instances.get(rid)
+                if inst is not None and inst.last_seq >= seq:
+                    continue  # consumed already; its commit deletes the entry
+                todo[rid] = max(todo.get(rid, 0), seq)
+            rids = sorted(todo)  # oldest workflows first
+            for i in range(0, len(rids), REPLAY_BATCH):
+                await self._replay_chunk(rids[i : i + REPLAY_BATCH], todo, inbox)
+                if self._stopping.is_set():
+                    return
+
+    def _live_deliveries(
+        self, inst: WorkflowInstance, ds: list[Delivery], known_seq: int
+    ) -> list[Delivery] | None:
+        """What to feed a live instance: our results past its position, if they are contiguous
+        and reach every result we know of; None if it needs a full replay."""
+        ds = sorted((d for d in ds if d.seq > inst.last_seq), key=lambda d: d.seq)
+        expected = inst.last_seq
+        for d in ds:
+            expected += 1
+            if d.seq != expected:
+                return None
+        return ds if expected >= known_seq else None
+
+    async def _replay_chunk(
+        self, chunk: list[int], todo: dict[int, int], inbox: dict[int, list[Delivery]]
+    ) -> None:
+        live: dict[int, list[Delivery]] = {}
+        to_load: list[int] = []
+        for rid in chunk:
+            inst = self.instances.get(rid)
+            if inst is not None:
+                ds = self._live_deliveries(inst, inbox.get(rid, []), todo[rid])
+                if ds is not None:
+                    live[rid] = ds
+                    continue
+                self.instances.pop(rid)
+                inst.close()
+            to_load.append(rid)
+        snapshots = await self._db.run(repo.load_runs, to_load) if to_load else {}
+        outputs: list[ReplayOutput] = []
+        # Runs replayed in this chunk -> their instance (None: it could not be built).
+        replayed: dict[int, WorkflowInstance | None] = {}
+        run_ids: dict[int, str] = {}
+        workflows: dict[int, str] = {}
+        for rid in chunk:
+            self.counters["replays"] += 1
+            if rid in live:
+                inst = self.instances.get(rid)
+                for d in live[rid]:
+                    inst.deliver(d)
+            else:
+                snap = snapshots.get(rid)
+                if snap is None:
+                    continue
+                if snap.status != RunState.RUNNING:
+                    outputs.append(ReplayOutput(rid, snap.shard, snap.last_seq, [], inactive=True))
+                    continue
+                self.counters["full_replays"] += 1
+                run_ids[rid] = snap.id
+                workflows[rid] = snap.workflow
+                built = self._build(snap)
+                if isinstance(built, ReplayOutput):
+                    outputs.append(built)
+                    replayed[rid] = None
+                    continue
+                inst = built
+            outputs.append(_output(inst))
+            replayed[rid] = inst
+        try:
+            await self._db.run(repo.commit_replays, outputs, time.time())
+        except errors.StoreError as exc:
+            for rid in chunk:
+                self._pool.release(rid)
+            # The replay entries are still there: a later poll replays these runs from scratch.
+            for rid, maybe in replayed.items():
+                self.instances.pop(rid)
+                if maybe is not None:
+                    maybe.close()
+            self._health.failed(exc, "replay")
+            return
+        self._health.ok("replay")
+        for rid in chunk:
+            self._pool.release(rid)  # their next steps, if any, are queued now
+        self._committed(outputs, replayed, run_ids, workflows)
+
+    def _committed(
+        self,
+        outputs: list[ReplayOutput],
+        replayed: dict[int, WorkflowInstance | None],
+        run_ids: dict[int, str],
+        workflows: dict[int, str],
+    ) -> None:
+        queued_shards: set[int] = set()
+        sleeps = False
+        for out in outputs:
+            inst = replayed.get(out.run_rid)
+            if out.new_steps:
+                queued_shards.add(out.shard)
+                sleeps = sleeps or any(s.kind == StepKind.SLEEP for s in out.new_steps)
+            if out.finished is not None or out.parked is not None:
+                if inst is not None:
+                    self.instances.pop(out.run_rid)
+                    inst.close()
+                    self._finished(inst.run.id, inst.wf.name, out)
+                elif out.run_rid in run_ids:
+                    self._finished(run_ids[out.run_rid], workflows[out.run_rid], out)
+            elif inst is not None:
+                self.instances.put(out.run_rid, inst)
+        if queued_shards:
+            self._pool.wake(queued_shards)
+        if sleeps:
+            self._sleeps_queued()
+
+    def _build(self, snap: RunSnapshot) -> WorkflowInstance | ReplayOutput:
+        try:
+            wf = self._registry.workflow(snap.workflow)
+            args = _decode_args(snap, wf)
+        except errors.ExecutorError as exc:
+            return ReplayOutput(
+                snap.rid,
+                snap.shard,
+                snap.last_seq,
+                [],
+                finished=RunState.FAILED,
+                error=errors.describe(exc),
+            )
+        return _rebuild(snap, wf, args, self._registry, self._hydration, self._payload_limit)
+
+    def _finished(self, run_id: str, workflow: str, out: ReplayOutput) -> None:
+        self.counters["finished"] += 1
+        if out.finished == RunState.FAILED or out.parked is not None:
+            _log_run_stopped(run_id, workflow, out)
+        if self._on_finish is not None:
+            status = out.finished or RunState.PARKED
+            try:
+                self._on_finish(run_id, status)
+            except Exception:
+                log.exception("on_finish callback failed")
+
+
+def _output(inst: WorkflowInstance) -> ReplayOutput:
+    steps = inst.take_steps()
+    out = ReplayOutput(inst.run.rid, inst.run.shard, inst.last_seq, steps)
+    if inst.nondeterminism is not None:
+        out.new_steps = []
+        out.parked = errors.describe(inst.nondeterminism)
+        return out
+    status, result, error = inst.outcome()
+    if status is not None:
+        out.new_steps = []
+        out.finished, out.result, out.error = status, result, error
+    return out
+
+
+def _log_run_stopped(run_id: str, workflow: str, out: ReplayOutput) -> None:
+    blob = out.parked if out.parked is not None else out.error
+    error = codec.decode(blob) if blob else {}
+    step = error.get("step")
+    log.error(
+        "run %s (%s) %s%s: %s",
+        run_id,
+        workflow,
+        "parked" if out.parked is not None else "failed",
+        f" at step {step}" if step else "",
+        error_line(error),
+        extra={"run": run_id, "workflow": workflow, "step": step},
+    )
+
+
+def _close_instance(inst: WorkflowInstance) -> None:
+    inst.close()

@@ -1,0 +1,258 @@
+"""The step runner: one claimed attempt of a step, from its claim to its outcome.
+
+Each claimed task runs as one asyncio task holding one slot of its shard. The runner looks the
+step up, decodes its arguments, asks the limiter (engine/limits/) and acts on its decision,
+calls the step under its timeout, encodes the result, and decides between success, retry and
+failure. The outcome goes to the recorder; the slot goes back to the pool, or is held for the
+run's next step when the step finished.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import logging
+import random
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from executor import codec, errors, registry
+from executor.engine.limits import CostTooHigh, Decision, Limiter, Ticket, WakeTimer
+from executor.engine.slots import SlotPool
+from executor.store import payloads
+from executor.store.history import error_line
+from executor.telemetry import Telemetry
+from executor.vocabulary import Claimed, Outcome, OutcomeKind, StepState
+
+log = logging.getLogger("executor.engine")
+
+TaskKey = tuple[int, int]  # (run rid, position)
+
+
+class CancelReason(enum.Enum):
+    """Why an in-flight attempt is cancelled: what its outcome is then."""
+
+    DRAIN = "drain"  # the engine stops: no outcome, the claim goes back to the queue at stop
+    RUN_CANCELLED = "run cancelled"  # its run is no longer running: record it failed (fenced)
+
+
+class _Attempt:
+    """One in-flight attempt: its task, and why it was cancelled, if it was."""
+
+    __slots__ = ("reason", "task")
+
+    def __init__(self) -> None:
+        self.reason = CancelReason.DRAIN
+        self.task: asyncio.Task[None] | None = None
+
+
+class StepRunner:
+    """Runs claimed steps; each outcome goes to `record`, each slot back to the pool."""
+
+    def __init__(
+        self,
+        reg: registry.Registry,
+        pool: SlotPool,
+        limiter: Limiter,
+        wakes: WakeTimer,
+        *,
+        record: Callable[[Outcome], None],
+        unparks_ready: Callable[[], None],
+        payload_limit: int,
+        payload_folder: Path,
+        telemetry: Telemetry | None,
+    ) -> None:
+        self._registry = reg
+        self._pool = pool
+        self._limiter = limiter
+        self._wakes = wakes
+        self._record = record
+        self._unparks_ready = unparks_ready
+        self._payload_limit = payload_limit
+        self._payload_folder = payload_folder
+        self._telemetry = telemetry
+        self._inflight: dict[TaskKey, _Attempt] = {}
+        self._rng = random.Random()
+        self.counters = {"steps": 0, "retries": 0}
+
+    @property
+    def in_flight(self) -> int:
+        return len(self._inflight)
+
+    def start(self, c: Claimed) -> None:
+        """Run a claimed task in a slot of its shard."""
+        self._pool.occupy(c.shard)
+        attempt = _Attempt()
+        self._inflight[(c.run_rid, c.pos)] = attempt
+        # Unnamed: a name per step costs a string and a call, and the step's own frames say
+        # which step it is in any traceback.
+        attempt.task = asyncio.create_task(self._run(c, attempt))
+
+    def cancel(self, key: TaskKey, reason: CancelReason) -> bool:
+        """Cancel the in-flight attempt of task `key`, saying why; False if there is none."""
+        attempt = self._inflight.get(key)
+        if attempt is None or attempt.task is None:
+            return False
+        attempt.reason = reason
+        attempt.task.cancel()
+        return True
+
+    async def drain(self, timeout_s: float) -> None:
+        """Wait up to `timeout_s` for in-flight steps; cancel the rest (back to the queue)."""
+        tasks = [a.task for a in self._inflight.values() if a.task is not None]
+        if not tasks:
+            return
+        _, late = await asyncio.wait(tasks, timeout=timeout_s)
+        if late:
+            log.warning("drain timeout: cancelling %d steps; they go back to the queue", len(late))
+            for task in late:
+                task.cancel()
+            await asyncio.wait(late, timeout=5.0)
+
+    async def _run(self, c: Claimed, attempt: _Attempt) -> None:
+        outcome = None
+        began = time.monotonic()
+        try:
+            outcome = await self._execute(c, attempt)
+        finally:
+            del self._inflight[(c.run_rid, c.pos)]
+            if outcome is not None and outcome.kind is OutcomeKind.DONE:
+                self._pool.hold(c.run_rid, c.pos, c.shard)
+            else:
+                self._pool.free(c.shard)
+            if outcome is not None:
+                if outcome.kind is OutcomeKind.DONE and outcome.status == StepState.FAILED:
+                    _log_step_failed(c, outcome)
+                if self._telemetry is not None:
+                    self._telemetry.outcome(c, outcome, time.monotonic() - began)
+                self._record(outcome)
+
+    async def _execute(self, c: Claimed, attempt: _Attempt) -> Outcome | None:
+        try:
+            st = self._registry.step(c.name)
+        except errors.RegistryError as exc:
+            return _failed_for_good(c, errors.describe(exc))
+        ticket: Ticket | None = None
+        try:
+            args = codec.decode(c.args)
+            if st.types is not None:
+                args = st.types.decode_args(args, f"arguments of step {c.name}")
+            if st.limits or c.concurrency_key is not None:
+                try:
+                    decision = await self._limiter.admit(c, st, args)
+                except CostTooHigh as exc:
+                    return _failed_for_good(c, errors.describe(exc))
+                if decision is not None:
+                    if decision.ticket is None:
+                        return self._not_now(c, decision)  # holds no slot meanwhile
+                    ticket = decision.ticket
+            call = st.fn(*args) if st.is_async else asyncio.to_thread(st.fn, *args)
+            if st.timeout_s is None:
+                value = await call
+            else:
+                async with asyncio.timeout(st.timeout_s):
+                    value = await call
+            try:
+                blob = codec.encode(
+                    value, what=f"result of step {c.name}", limit=self._payload_limit
+                )
+            except errors.PayloadError as exc:
+                # The same value would be refused on every attempt: fail now, no retries.
+                return _failed_for_good(c, errors.describe(exc))
+            self.counters["steps"] += 1
+            done = Outcome(OutcomeKind.DONE, c.run_rid, c.pos, c.token, StepState.SUCCEEDED, blob)
+            if codec.is_immutable(value):
+                done.value, done.has_value = value, True
+            if len(blob) >= payloads.FILE_MIN_BYTES:
+                # A large result goes to its file (fsynced) here, off the database thread and
+                # outside the write lock; the flush then only commits its row.
+                done.stored = await asyncio.to_thread(payloads.stage, self._payload_folder, blob)
+            return done
+        except asyncio.CancelledError as exc:
+            task = asyncio.current_task()
+            if task is None or not task.cancelling():
+                return self._failed(c, st, exc)  # raised by the step's own code
+            if attempt.reason is CancelReason.RUN_CANCELLED:
+                # Fenced away (the run is not running): this just deletes the task row.
+                return _failed_for_good(c, errors.error_blob("Cancelled", "the run was cancelled"))
+            raise  # drain: the claim is released when the engine stops
+        except errors.RateLimited as exc:
+            delay = exc.retry_after if exc.retry_after is not None else 1.0
+            # Slows the step's limits down, and gives it a staggered place after the delay.
+            not_before = self._limiter.rate_limited(ticket, delay, time.time())
+            self._wakes.at(not_before, c.shard)
+            return Outcome(
+                OutcomeKind.RELEASE,
+                c.run_rid,
+                c.pos,
+                c.token,
+                error=errors.describe(exc),
+                not_before=not_before,
+            )
+        except BaseException as exc:
+            return self._failed(c, st, exc)
+        finally:
+            if ticket is not None:
+                self._limiter.release(ticket, time.time())
+                self._unparks_ready()
+
+    def _not_now(self, c: Claimed, decision: Decision) -> Outcome:
+        """The limiter said wait or park: give the task back without using an attempt."""
+        if decision.park is not None:
+            return Outcome(
+                OutcomeKind.RELEASE,
+                c.run_rid,
+                c.pos,
+                c.token,
+                not_before=time.time(),
+                park=decision.park,
+            )
+        self._wakes.at(decision.wait_until, c.shard)  # claim it again when it fits
+        return Outcome(
+            OutcomeKind.RELEASE, c.run_rid, c.pos, c.token, not_before=decision.wait_until
+        )
+
+    def _failed(self, c: Claimed, st: registry.StepDef[Any, Any], exc: BaseException) -> Outcome:
+        error = errors.describe(exc)
+        if c.attempt < st.retry.max_attempts and st.retry.retryable(type(exc).__name__, exc):
+            delay = st.retry.backoff_s(c.attempt, self._rng)
+            self.counters["retries"] += 1
+            log.info(
+                "step %s failed (attempt %d of %d), retrying in %.2fs: %r",
+                c.name,
+                c.attempt,
+                st.retry.max_attempts,
+                delay,
+                exc,
+            )
+            return Outcome(
+                OutcomeKind.RETRY,
+                c.run_rid,
+                c.pos,
+                c.token,
+                error=error,
+                not_before=time.time() + delay,
+            )
+        return _failed_for_good(c, error)
+
+
+def _failed_for_good(c: Claimed, error: bytes) -> Outcome:
+    return Outcome(OutcomeKind.DONE, c.run_rid, c.pos, c.token, StepState.FAILED, error=error)
+
+
+def _log_step_failed(c: Claimed, outcome: Outcome) -> None:
+    error = codec.decode(outcome.error) if outcome.error else {}
+    if error.get("type") == "Cancelled":
+        return  # its run was cancelled: not the step's failure
+    log.warning(
+        "step %s of run %s (%s) failed for good after %d attempt%s: %s",
+        c.name,
+        c.run_id,
+        c.workflow,
+        c.attempt,
+        "" if c.attempt == 1 else "s",
+        error_line(error),
+        extra={"run": c.run_id, "workflow": c.workflow, "step": c.name, "pos": c.pos},
+    )

@@ -1,0 +1,129 @@
+"""The slot pool: how many steps each shard runs at once, and which shards are worth a claim.
+
+The pool is the only writer of slot state. Everything else tells it what happened: a claim took
+slots (`occupy`), a step finished (`hold` or `free`), a run's next step was queued or dropped
+(`release`), tasks became claimable somewhere (`wake`, `wake_all`). The dispatcher asks it what to
+claim (`wants`) and sleeps on `wait` until something changed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Iterable, Sequence
+
+from executor.engine.wakeup import sleep_until
+
+HOLD_MAX_S = 1.0  # longest a finished step's slot waits for its run's next step
+
+
+class SlotPool:
+    """Per-shard busy slots, shards worth asking for work, and slots held for a run's next step."""
+
+    def __init__(self, shards: int, slots_per_shard: int) -> None:
+        self.shards = range(shards)
+        self.slots_per_shard = slots_per_shard
+        self._busy = [0] * shards
+        # Shards worth asking for work: a claim that got fewer tasks than it asked for drops its
+        # shard until something may have queued more (a poll, a wake).
+        self._hungry = set(self.shards)
+        # Slots kept for a run whose step just finished, until its replay has queued the next
+        # step (run -> {pos: (shard, since)}). Freed at once, a slot would go to a newer
+        # workflow's queued step before this run's next step exists: FIFO completion would
+        # suffer, and the run would wait a whole step time for the next free slot.
+        self._held: dict[int, dict[int, tuple[int, float]]] = {}
+        self._changed = asyncio.Event()
+
+    @property
+    def capacity(self) -> int:
+        return self.slots_per_shard * len(self.shards)
+
+    def resize(self, slots_per_shard: int) -> None:
+        """Change the slots per shard; shrinking lets extra in-flight steps finish."""
+        self.slots_per_shard = slots_per_shard
+        self.wake_all()
+
+    # -- the dispatcher's side --
+
+    def wants(self, poll: bool) -> list[tuple[int, int]]:
+        """(shard, free slots) to claim for. `poll`: ask every shard again, and free slots held
+        too long for a replay that lags (a backlog, write failures)."""
+        if poll:
+            self._hungry = set(self.shards)
+            if self._held:
+                self._release_stale_holds()
+        cap = self.slots_per_shard
+        busy = self._busy
+        return [(s, cap - busy[s]) for s in sorted(self._hungry) if busy[s] < cap]
+
+    def claimed(self, wants: Sequence[tuple[int, int]], got: dict[int, int]) -> None:
+        """A claim for `wants` got `got` tasks per shard: a shard that got fewer has no more."""
+        for shard, wanted in wants:
+            if got.get(shard, 0) < wanted:
+                self._hungry.discard(shard)
+
+    async def wait(self, timeout_s: float) -> None:
+        """Sleep until a slot or a shard's queue may have changed, or `timeout_s`."""
+        await sleep_until(self._changed, timeout_s)
+
+    def interrupt(self) -> None:
+        """Wake the dispatcher without a change (it is stopping)."""
+        self._changed.set()
+
+    # -- a step's side --
+
+    def occupy(self, shard: int) -> None:
+        self._busy[shard] += 1
+
+    def free(self, shard: int) -> None:
+        """A step gave its slot back (released, retried, drained)."""
+        self._busy[shard] -= 1
+        if shard in self._hungry:
+            self._changed.set()
+
+    def hold(self, rid: int, pos: int, shard: int) -> None:
+        """A step finished: keep its slot for its run's next step, until `release`."""
+        self._held.setdefault(rid, {})[pos] = (shard, time.monotonic())
+
+    def release(self, rid: int, pos: int | None = None) -> None:
+        """Free the slots held for run `rid` (only the one of step `pos`, if given)."""
+        held = self._held.get(rid)
+        if not held:
+            return
+        if pos is None:
+            slots = list(held.values())
+            del self._held[rid]
+        else:
+            slot = held.pop(pos, None)
+            if slot is None:
+                return
+            slots = [slot]
+            if not held:
+                del self._held[rid]
+        for shard, _ in slots:
+            self._busy[shard] -= 1
+            self._hungry.add(shard)
+        self._changed.set()
+
+    def _release_stale_holds(self) -> None:
+        cutoff = time.monotonic() - HOLD_MAX_S
+        stale = [
+            (rid, pos)
+            for rid, held in self._held.items()
+            for pos, (_, since) in held.items()
+            if since < cutoff
+        ]
+        for rid, pos in stale:
+            self.release(rid, pos)
+
+    # -- tasks became claimable --
+
+    def wake(self, shards: Iterable[int]) -> None:
+        """Tasks may be claimable in `shards` (queued by a replay, due after a wait)."""
+        self._hungry.update(shards)
+        self._changed.set()
+
+    def wake_all(self) -> None:
+        """Tasks may be claimable in any shard (unparked, reclaimed from a dead engine)."""
+        self._hungry = set(self.shards)
+        self._changed.set()

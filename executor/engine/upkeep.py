@@ -1,0 +1,179 @@
+"""Upkeep: the engine's clocks besides dispatch, flush and replay.
+
+    timers     fires durable sleeps that are due, and hands their journal entries to the replayer
+    heartbeat  proves we are alive, notices a newer epoch, reclaims dead engines' tasks, cancels
+               in-flight steps whose run is no longer running
+    limits     unparks tasks that waited for their quotas (engine/limits/), stores the limits
+               snapshot for `executor stats`, closes idle shared clients (resources.py)
+
+And at start, `reclaim_dead_local_engines`: the claims of engines on this host whose process is
+gone come back at once, not after a whole lease.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import socket
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from executor import codec, config, errors, resources
+from executor.engine.health import WriteHealth
+from executor.engine.limits import Limiter
+from executor.engine.recorder import Recorder
+from executor.engine.runner import CancelReason, StepRunner
+from executor.engine.slots import SlotPool
+from executor.engine.wakeup import sleep_until
+from executor.store import repository as repo
+from executor.store.database import Database
+from executor.vocabulary import NEWER_EPOCH, Delivery, EngineState
+
+log = logging.getLogger("executor.engine")
+
+TIMER_BATCH = 1000
+LIMITS_TICK_S = 0.05  # how often tasks parked for a rate are let back in, when limits are set
+
+
+class Upkeep:
+    """The `timers`, `heartbeat` and `limits` loops."""
+
+    def __init__(
+        self,
+        db: Database,
+        engine_id: int,
+        epoch: int,
+        cfg: config.EngineConfig,
+        pool: SlotPool,
+        runner: StepRunner,
+        recorder: Recorder,
+        limiter: Limiter,
+        shared: resources.Resources,
+        health: WriteHealth,
+        stopping: asyncio.Event,
+        *,
+        deliver: Callable[[list[Delivery]], None],
+        request_stop: Callable[[str], None],
+        limits_snapshot: Callable[[], dict[str, Any]],
+        poll_interval_s: Callable[[], float],
+        sample: Callable[[], Awaitable[None]] | None,
+    ) -> None:
+        self._db = db
+        self._engine_id = engine_id
+        self._epoch = epoch
+        self._cfg = cfg
+        self._pool = pool
+        self._runner = runner
+        self._recorder = recorder
+        self._limiter = limiter
+        self._resources = shared
+        self._health = health
+        self._stopping = stopping
+        self._deliver = deliver
+        self._request_stop = request_stop
+        self._limits_snapshot = limits_snapshot
+        self._sample = sample
+        self._poll_interval_s = poll_interval_s  # the engine's, which SIGHUP may change
+        self._timer_wake = asyncio.Event()
+        # The heartbeat outlives the drain: it stops last, after the final flush.
+        self._heartbeat_stop = asyncio.Event()
+
+    def wake_timers(self) -> None:
+        """New sleeps were queued (one may be due before the next poll), or we are stopping."""
+        self._timer_wake.set()
+
+    def stop_heartbeat(self) -> None:
+        self._heartbeat_stop.set()
+
+    async def timers(self) -> None:
+        while not self._stopping.is_set():
+            await sleep_until(self._timer_wake, self._poll_interval_s())
+            if self._stopping.is_set():
+                return
+            try:
+                fired = await self._db.run(repo.fire_timers, time.time(), TIMER_BATCH)
+            except errors.StoreError as exc:
+                self._health.failed(exc, "timers")
+                continue
+            self._health.ok("timers")
+            self._deliver(fired)
+
+    async def heartbeat(self) -> None:
+        while not self._heartbeat_stop.is_set():
+            await sleep_until(self._heartbeat_stop, self._cfg.heartbeat_interval_s, clear=False)
+            if self._heartbeat_stop.is_set():
+                return
+            draining = self._stopping.is_set()
+            try:
+                hb = await self._db.run(
+                    repo.heartbeat,
+                    self._engine_id,
+                    EngineState.DRAINING if draining else EngineState.RUNNING,
+                    time.time(),
+                    self._cfg.lease_s,
+                )
+            except errors.StoreError as exc:
+                self._health.failed(exc, "heartbeat")
+                continue
+            self._health.ok("heartbeat")
+            if self._sample is not None:
+                await self._sample()
+            if hb.epoch != self._epoch and not self._stopping.is_set():
+                log.warning("epoch moved from %d to %d: draining", self._epoch, hb.epoch)
+                self._request_stop(NEWER_EPOCH)
+            if hb.reclaimed:
+                log.warning("reclaimed %d tasks from engines whose lease ran out", hb.reclaimed)
+                self._pool.wake_all()
+            for key in hb.orphaned:
+                self._runner.cancel(key, CancelReason.RUN_CANCELLED)
+
+    async def limits(self) -> None:
+        next_sync = 0.0
+        while not self._stopping.is_set():
+            tick_s = LIMITS_TICK_S if self._limiter.active else 1.0
+            await sleep_until(self._stopping, tick_s, clear=False)
+            now = time.time()
+            self._limiter.tick(now)
+            idle = self._resources.sweep()
+            if idle:
+                await self._resources.aclose_entries(idle)
+            if self._limiter.active and time.monotonic() >= next_sync:
+                next_sync = time.monotonic() + self._cfg.heartbeat_interval_s
+                snapshot = codec.encode(self._limits_snapshot(), what="limits snapshot")
+                try:
+                    parked = await self._db.run(repo.sync_limits, self._engine_id, snapshot, now)
+                except errors.StoreError as exc:
+                    log.warning("could not store the limits snapshot: %s", exc)
+                else:
+                    self._limiter.reconcile(parked, now)
+            self._recorder.send_unparks()
+
+
+async def reclaim_dead_local_engines(db: Database, engine_id: int) -> None:
+    """Take back the claims of engines on this host whose process is gone (SIGKILL, power cut):
+    they cannot be holding them, so there is no need to wait a whole lease."""
+    host = socket.gethostname()
+    dead = [
+        other
+        for other, pid in await db.run(repo.engines_on_host, host)
+        if other != engine_id and not _pid_alive(pid)
+    ]
+    if dead:
+        released = await db.run(repo.reclaim_from, dead)
+        log.warning(
+            "engines %s on this host are gone; %d of their tasks are back in the queue",
+            dead,
+            released,
+        )
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # exists, owned by someone else
+    return True

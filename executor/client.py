@@ -83,21 +83,40 @@ def _check_name(what: str, value: object) -> None:
 class Client:
     """Start and manage runs in one database file.
 
+    `database`: the file (a path or a DatabaseConfig). Without it, the client reads the same
+    configuration as the daemon (`config`, else $EXECUTOR_CONFIG, else the default file, then
+    the drop-ins and EXECUTOR_* variables): the database, its shard count and the payload limit
+    come from there, so code does not repeat the path. With `database` and `config`, the file is
+    the one given and the rest comes from `config`.
+
     `registry`: when given, workflows are checked at start() (known name, number of arguments);
     with `strict=False`, names it does not know are let through for the engine to resolve.
     """
 
     def __init__(
         self,
-        database: config.DatabaseConfig | str | Path,
+        database: config.DatabaseConfig | str | Path | None = None,
         *,
+        config_file: str | Path | None = None,
         reg: registry.Registry | None = None,
         strict: bool = False,
-        payload_limit_bytes: int = codec.DEFAULT_LIMIT_BYTES,
+        payload_limit_bytes: int | None = None,
         shards: int | None = None,
     ) -> None:
-        if not isinstance(database, config.DatabaseConfig):
+        loaded = None
+        if database is None or config_file is not None:
+            loaded = config.load_config(None if config_file is None else Path(config_file)).config
+        if database is None:
+            assert loaded is not None
+            database = loaded.database
+            if shards is None:
+                shards = loaded.engine.shards
+        elif not isinstance(database, config.DatabaseConfig):
             database = config.DatabaseConfig(path=Path(database))
+        if payload_limit_bytes is None:
+            payload_limit_bytes = (
+                codec.DEFAULT_LIMIT_BYTES if loaded is None else loaded.engine.payload_limit_bytes
+            )
         self.db_cfg = database
         self.registry = reg if reg is not None else registry.default_registry
         self.strict = strict

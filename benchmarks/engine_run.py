@@ -60,9 +60,13 @@ def build_workload(
     """A private registry holding the workload's workflow and steps, and each run's arguments."""
     reg = registry.Registry()
 
+    words = prose_words() if opts.result_bytes else ""
+
     @registry.step(name="bench.noop", registry=reg)
-    async def noop(index: int, i: int) -> int:
+    async def noop(index: int, i: int) -> int | str:
         clock.start(index)
+        if opts.result_bytes:
+            return prose(words, opts.result_bytes, index * 1_000_003 + i)
         return i
 
     @registry.step(name="bench.nap", registry=reg)
@@ -239,8 +243,38 @@ async def run_engine(opts: Options, db_path: Path) -> dict[str, Any]:
         rss_per_slot_kib=round((peak_rss_kib() - rss_idle) / opts.slots, 3),
         engine_crashed=crashed,
         engine_load=load,
+        file_bytes=file_bytes(db_path),
     )
     return result
+
+
+def prose_words() -> str:
+    """1 MB of words (zlib level 1 shrinks it about 1.8x, real prose 2-3x), made once."""
+    import random
+
+    rng = random.Random(7)
+    letters = "etaoinshrdlcumwfgypbvkjxqz"
+    words = ["".join(rng.choices(letters, k=rng.randint(2, 9))) for _ in range(3000)]
+    return " ".join(rng.choices(words, k=200_000))
+
+
+def prose(text: str, size: int, seed: int) -> str:
+    """About `size` bytes of that text, different for every seed (cheap: a slice)."""
+    head = f"{seed}: "
+    start = (seed * 7919) % max(1, len(text) - size)
+    return head + text[start : start + max(0, size - len(head))]
+
+
+def file_bytes(db_path: Path) -> int:
+    """The database's bytes on disk: the file, its WAL, and its payload files."""
+    total = 0
+    for path in (db_path, Path(f"{db_path}-wal")):
+        with contextlib.suppress(FileNotFoundError):
+            total += path.stat().st_size
+    folder = Path(f"{db_path}.payloads")
+    if folder.is_dir():
+        total += sum(p.stat().st_size for p in folder.iterdir())
+    return total
 
 
 def _engine_report(

@@ -215,6 +215,15 @@ def build_parser(workloads: Sequence[Workload], prog: str | None = None) -> argp
         " both unless this is given)",
     )
     parser.add_argument(
+        "--result-bytes",
+        dest="result_bytes",
+        type=_non_negative_int,
+        default=0,
+        help="noop and long: each step returns text of about this many bytes, different for"
+        " every step and compressible like prose (default: 0, a small int); the report adds"
+        " file_bytes, the database with its WAL and payload files",
+    )
+    parser.add_argument(
         "--instance-cache",
         dest="instance_cache",
         type=_non_negative_int,
@@ -330,6 +339,7 @@ class Options:
     timeout: float
     timeline: bool
     trace_steps: bool
+    result_bytes: int = 0
 
     @property
     def steps_per_workflow(self) -> int:
@@ -374,4 +384,5 @@ def resolve(ns: argparse.Namespace, workloads: Sequence[Workload]) -> Options:
         timeout=ns.timeout,
         timeline=ns.timeline,
         trace_steps=ns.trace_steps,
+        result_bytes=ns.result_bytes,
     )

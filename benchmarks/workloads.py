@@ -5,7 +5,7 @@ A new workload is a module with a `Workload` entry (benchmarks/options.py): add 
 
 from __future__ import annotations
 
-from benchmarks import ceiling, engine_run
+from benchmarks import ceiling, engine_run, prompt
 from benchmarks.options import Workload
 
-WORKLOADS: tuple[Workload, ...] = (*engine_run.WORKLOADS, ceiling.WORKLOAD)
+WORKLOADS: tuple[Workload, ...] = (*engine_run.WORKLOADS, ceiling.WORKLOAD, prompt.WORKLOAD)

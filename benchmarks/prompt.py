@@ -26,6 +26,7 @@ async def _start(opts: Options, db_path: Path, prompt_bytes: int) -> dict[str, A
     size = file_bytes(db_path)
     return {
         "workload": "prompt",
+        "completed": True,
         "runs": opts.workflows,
         "prompt_bytes": len(prompt.encode()),
         "start_s": round(wall, 3),

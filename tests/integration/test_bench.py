@@ -184,8 +184,23 @@ def test_ceiling_via_subprocess(tmp_path: Path) -> None:
         assert all(us >= 0 for us in row["us_per_step"].values())
 
 
+def test_noop_with_large_results(capsys: pytest.CaptureFixture[str]) -> None:
+    report = run_main(
+        capsys, "--workload", "noop", "-W", "10", "-K", "2", "--result-bytes", "5000", *FAST
+    )
+    check_engine_report(report, 10, 2)
+    assert report["file_bytes"] > 0
+
+
+def test_prompt(capsys: pytest.CaptureFixture[str]) -> None:
+    report = run_main(capsys, "--workload", "prompt", "-W", "300", "--prompt-bytes", "5000")
+    assert report["runs"] == 300 and report["prompt_bytes"] == 5000
+    # One stored copy of the prompt, not 300: far less than 300 x 5,000 bytes.
+    assert 0 < report["file_bytes"] < 300 * 5000 / 3
+
+
 def test_every_workload_has_a_smoke_test_here() -> None:
-    tested = {"noop", "sleep", "fanout", "long", "ceiling"}
+    tested = {"noop", "sleep", "fanout", "long", "ceiling", "prompt"}
     assert {w.name for w in WORKLOADS} == tested, "add a small run of the new workload here"
 
 

@@ -33,7 +33,8 @@ def db_path(tmp_path: Path) -> Path:
 def engine_factory(db_path: Path) -> EngineFactory:
     """`async with engine_factory(reg, concurrency=2) as engine:` a started Engine, stopped after.
 
-    Settings default to FAST_SETTINGS; the file defaults to the test's db_path.
+    Settings default to FAST_SETTINGS; the file defaults to the test's db_path; keywords that
+    are not EngineConfig fields go to Engine() (limits=, concurrency_keys=, ...).
     """
 
     def start(
@@ -41,11 +42,11 @@ def engine_factory(db_path: Path) -> EngineFactory:
         *,
         path: Path | None = None,
         on_finish: Callable[[str, str], None] | None = None,
-        engine_kwargs: dict[str, Any] | None = None,
+        database: dict[str, Any] | None = None,
         **settings: Any,
     ) -> contextlib.AbstractAsyncContextManager[Engine]:
         return start_engine(
-            reg, path or db_path, on_finish=on_finish, engine_kwargs=engine_kwargs, **settings
+            reg, path or db_path, on_finish=on_finish, database=database, **settings
         )
 
     return start

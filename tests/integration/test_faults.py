@@ -33,7 +33,6 @@ from executor import (
     Client,
     DatabaseConfig,
     Engine,
-    EngineConfig,
     EngineCrashed,
     Registry,
     RetryPolicy,
@@ -45,7 +44,7 @@ from executor import (
 )
 from executor.store.database import Database
 from tests.support import REPO
-from tests.support.engine import FAST_SETTINGS
+from tests.support.engine import make_engine
 
 if TYPE_CHECKING:
     from tests.support.engine import DbFile, EngineFactory, WaitUntil
@@ -140,8 +139,7 @@ def gated_registry(gate: Gate) -> Registry:
 
 
 def _engine(db: Path, reg: Registry, **settings: Any) -> Engine:
-    cfg = EngineConfig(**{**FAST_SETTINGS, **settings})
-    return Engine(cfg, DatabaseConfig(path=db, busy_timeout_s=BUSY_TIMEOUT_S), reg=reg)
+    return make_engine(reg, db, database={"busy_timeout_s": BUSY_TIMEOUT_S}, **settings)
 
 
 @pytest.fixture

@@ -22,8 +22,9 @@ from typing import Any
 
 import pytest
 
-from executor import Client, DatabaseConfig, Engine, EngineConfig, WorkflowFailed
+from executor import Client, DatabaseConfig, WorkflowFailed
 from tests.golden import flows
+from tests.support.engine import make_engine
 
 pytestmark = pytest.mark.anyio
 
@@ -69,18 +70,9 @@ async def finish_golden_runs(src: Path, tmp_path: Path) -> Path:
     shutil.copyfile(src, db_path)
     ids: dict[str, str] = manifest["runs"]
     assert set(ids) == set(flows.RUNS), "the golden file and flows.RUNS disagree on the runs"
-    cfg = EngineConfig(
-        shards=manifest["shards"],
-        concurrency=8,
-        poll_interval_s=0.01,
-        heartbeat_interval_s=0.05,
-        lease_s=30.0,
-        flush_interval_s=0.001,
-        drain_timeout_s=5.0,
-    )
     db = DatabaseConfig(path=db_path)
     async with (
-        Engine(cfg, db, reg=flows.registry),
+        make_engine(flows.registry, db_path, shards=manifest["shards"]),
         Client(db, reg=flows.registry) as client,
     ):
         # The parked run stays parked, with the error that names the position and both codes.

@@ -20,9 +20,7 @@ from hypothesis import strategies as st
 
 from executor import (
     Client,
-    DatabaseConfig,
     Engine,
-    EngineConfig,
     Registry,
     RetryPolicy,
     errors,
@@ -34,6 +32,7 @@ from executor.config import ConfigError, LimitSpec, load_config
 from executor.engine import limits
 from executor.engine.limits import CostTooHigh, Decision, Limiter, bucket, window
 from executor.ratelimit import rate_limited_from, retry_after_s
+from tests.support import engine as support
 
 W = 1.0 + window.WINDOW_MARGIN_S  # a per-second window as the limiter counts it
 T0 = 1000.0
@@ -412,12 +411,11 @@ def make_engine(db_path: Path, **kw: Any) -> Engine:
     settings_ = {
         "shards": 1,
         "poll_interval_s": 0.02,
-        "heartbeat_interval_s": 0.05,
         "lease_s": 1.0,
         "concurrency": kw.pop("concurrency", 2),
         "concurrency_key_cap": kw.pop("key_cap", 0),
     }
-    return Engine(EngineConfig(**settings_), DatabaseConfig(path=db_path), reg=REG, **kw)
+    return support.make_engine(REG, db_path, **settings_, **kw)
 
 
 @pytest.mark.anyio

@@ -24,9 +24,7 @@ from benchmarks.quota_server import (
 )
 from executor import (
     Client,
-    DatabaseConfig,
     Engine,
-    EngineConfig,
     Registry,
     RetryPolicy,
     resources,
@@ -35,6 +33,7 @@ from executor import (
 )
 from executor.config import LimitSpec
 from executor.ratelimit import rate_limited_from
+from tests.support.engine import make_engine
 
 pytestmark = pytest.mark.anyio
 
@@ -80,17 +79,8 @@ async def client(db_path: Path) -> AsyncIterator[Client]:
 
 
 def engine(db_path: Path, *limits: LimitSpec, **settings: Any) -> Engine:
-    cfg = EngineConfig(
-        **{
-            "shards": 2,
-            "concurrency": 16,
-            "poll_interval_s": 0.05,
-            "heartbeat_interval_s": 0.1,
-            "lease_s": 1.0,
-            **settings,
-        }
-    )
-    return Engine(cfg, DatabaseConfig(path=db_path), reg=REG, limits=limits)
+    settings = {"concurrency": 16, "poll_interval_s": 0.05, "lease_s": 1.0, **settings}
+    return make_engine(REG, db_path, limits=limits, **settings)
 
 
 async def run_all(client: Client, args: list[list[Any]]) -> list[Any]:

@@ -11,8 +11,9 @@ from typing import Any
 
 import pytest
 
-from executor import Client, DatabaseConfig, Engine, EngineConfig, Registry, errors, step, workflow
+from executor import Client, Registry, errors, step, workflow
 from executor.resources import Resources
+from tests.support.engine import EngineFactory
 
 pytestmark = pytest.mark.anyio
 
@@ -210,11 +211,10 @@ async def calls(ctx: Any, keys: list[str]) -> list[str]:
 
 
 async def test_steps_reuse_clients_per_key_and_the_engine_closes_them_on_drain(
-    db_path: Path,
+    db_path: Path, engine_factory: EngineFactory
 ) -> None:
     used.clear()
-    cfg = EngineConfig(shards=1, concurrency=4, poll_interval_s=0.02)
-    async with Engine(cfg, DatabaseConfig(path=db_path), reg=REG):
+    async with engine_factory(REG, shards=1, concurrency=4, poll_interval_s=0.02):
         async with Client(db_path, reg=REG) as c:
             run = await c.start(calls, ["a", "b", "a", "b", "a"] * 4)
             assert await c.result(run, timeout=10) == ["a", "b", "a", "b", "a"] * 4

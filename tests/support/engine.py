@@ -1,13 +1,15 @@
 """The one way tests build an in-process engine, wait for something, and read the database file.
 
 conftest.py turns these into fixtures (`engine_factory`, `wait_until`, `dbfile`); tests that need
-an engine outside a fixture (a second engine, a hypothesis example) call `start_engine` directly.
+an engine outside a fixture (a second engine, a hypothesis example, an engine they start and stop
+themselves) call `make_engine` or `start_engine` directly.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import inspect
 import sqlite3
 import time
@@ -41,31 +43,37 @@ WHERE r.status = 'running'
 """
 
 
-def engine_config(**settings: Any) -> EngineConfig:
-    """FAST_SETTINGS with `settings` on top."""
-    return EngineConfig(**{**FAST_SETTINGS, **settings})
+_CONFIG_FIELDS = frozenset(f.name for f in dataclasses.fields(EngineConfig))
 
 
-@contextlib.asynccontextmanager
-async def start_engine(
+def make_engine(
     reg: Registry,
     path: Path,
     *,
     on_finish: Callable[[str, str], None] | None = None,
-    engine_kwargs: dict[str, Any] | None = None,
+    database: dict[str, Any] | None = None,
     **settings: Any,
-) -> AsyncIterator[Engine]:
-    """A started Engine on `path` with FAST_SETTINGS (overridden by `settings`), stopped after.
+) -> Engine:
+    """An Engine on `path`, not started (`async with` starts and stops it).
 
-    `engine_kwargs` go to Engine() itself (limits=, concurrency_keys=, shared=).
+    `settings`: EngineConfig fields over FAST_SETTINGS; any other keyword goes to Engine() itself
+    (limits=, concurrency_keys=, shared=, ...). `database`: DatabaseConfig fields besides the path.
     """
-    engine = Engine(
-        engine_config(**settings),
-        DatabaseConfig(path=path),
+    cfg = {k: v for k, v in settings.items() if k in _CONFIG_FIELDS}
+    extra = {k: v for k, v in settings.items() if k not in _CONFIG_FIELDS}
+    return Engine(
+        EngineConfig(**{**FAST_SETTINGS, **cfg}),
+        DatabaseConfig(path=path, **(database or {})),
         reg=reg,
         on_finish=on_finish,
-        **(engine_kwargs or {}),
+        **extra,
     )
+
+
+@contextlib.asynccontextmanager
+async def start_engine(reg: Registry, path: Path, **kwargs: Any) -> AsyncIterator[Engine]:
+    """make_engine(...), started, and stopped when the block ends."""
+    engine = make_engine(reg, path, **kwargs)
     await engine.start()
     try:
         yield engine
@@ -80,7 +88,7 @@ class EngineFactory(Protocol):
         *,
         path: Path | None = None,
         on_finish: Callable[[str, str], None] | None = None,
-        engine_kwargs: dict[str, Any] | None = None,
+        database: dict[str, Any] | None = None,
         **settings: Any,
     ) -> contextlib.AbstractAsyncContextManager[Engine]: ...
 

@@ -40,8 +40,8 @@ from typing import Any
 import pytest
 
 from executor import Client, check
-from tests.support import REPO
 from tests.support import crashloop as app
+from tests.support.daemon import DaemonProcess, child_env, write_config
 
 SEED_ENV = "CRASHLOOP_SEED"
 ITERATIONS_ENV = "CRASHLOOP_ITERATIONS"
@@ -56,25 +56,8 @@ EXIT_DEADLINE_S = 30.0
 
 LEASE_S = 1.0
 
-CONFIG = """\
-[database]
-path = "{db}"
-
-[engine]
-shards = {shards}
-concurrency = 2
-poll_interval_s = 0.02
-heartbeat_interval_s = 0.2
-lease_s = {lease}
-drain_timeout_s = 5.0
-
-[daemon]
-workflows = ["tests.support.crashloop"]
-
-[log]
-level = "info"
-format = "json"
-"""
+# The daemon's settings over the shared fast ones (tests/support/daemon.py).
+ENGINE = {"shards": SHARDS, "concurrency": 2, "lease_s": LEASE_S}
 
 
 # --- the workload --------------------------------------------------------------------------------
@@ -125,70 +108,45 @@ class Harness:
     tmp: Path
     db: Path
     config: Path
-    log: Path
     env: dict[str, str]
     incarnations: int = 0
     kills: dict[int, float] = field(default_factory=dict)  # pid -> when it was SIGKILLed
 
+    @property
+    def log(self) -> Path:
+        """The steps' log (tests/support/crashloop.py writes it)."""
+        return self.tmp / "steps.log"
+
     @classmethod
     def create(cls, tmp: Path) -> Harness:
-        db = tmp / "executor.sqlite"
-        config = tmp / "executor.toml"
-        config.write_text(CONFIG.format(db=db, shards=SHARDS, lease=LEASE_S))
+        config = write_config(
+            tmp,
+            engine=ENGINE,
+            daemon={"workflows": ["tests.support.crashloop"]},
+            log={"format": "json"},
+        )
         state = tmp / "state"
         state.mkdir()
-        log = tmp / "steps.log"
-        env = {
-            **os.environ,
-            "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]),
-            app.LOG_ENV: str(log),
-            app.STATE_ENV: str(state),
-        }
-        for name in list(env):
-            if name.startswith("EXECUTOR_") or name in ("NOTIFY_SOCKET", "WATCHDOG_USEC"):
-                del env[name]
-        return cls(tmp, db, config, log, env)
+        env = child_env(**{app.LOG_ENV: str(tmp / "steps.log"), app.STATE_ENV: str(state)})
+        return cls(tmp, tmp / "executor.sqlite", config, env)
 
-    def spawn(self) -> subprocess.Popen[bytes]:
+    def spawn(self) -> DaemonProcess:
         self.incarnations += 1
-        stderr = (self.tmp / f"daemon-{self.incarnations:03d}.log").open("wb")
-        with stderr:
-            return subprocess.Popen(
-                [sys.executable, "-m", "executor", "run", "--config", str(self.config)],
-                env=self.env,
-                stdin=subprocess.DEVNULL,
-                stdout=stderr,
-                stderr=stderr,
-                cwd=self.tmp,
+        log = self.tmp / f"daemon-{self.incarnations:03d}.log"
+        return DaemonProcess(self.config, log, env=self.env, cwd=self.tmp)
+
+    def kill(self, d: DaemonProcess) -> None:
+        if d.proc.poll() is not None:
+            raise AssertionError(
+                f"the daemon exited by itself ({d.proc.returncode}):\n{self.tail()}"
             )
+        self.kills[d.pid] = time.time()
+        d.proc.send_signal(signal.SIGKILL)
+        d.proc.wait(EXIT_DEADLINE_S)
 
-    def kill(self, proc: subprocess.Popen[bytes]) -> None:
-        if proc.poll() is not None:
-            raise AssertionError(f"the daemon exited by itself ({proc.returncode}):\n{self.tail()}")
-        self.kills[proc.pid] = time.time()
-        proc.send_signal(signal.SIGKILL)
-        proc.wait(EXIT_DEADLINE_S)
-
-    def wait_ready(self, proc: subprocess.Popen[bytes]) -> None:
-        """Wait until the daemon's engine is registered: its signal handlers are in place."""
-        deadline = time.monotonic() + EXIT_DEADLINE_S
-        while not self.registered(proc.pid):
-            if proc.poll() is not None:
-                raise AssertionError(f"the daemon exited ({proc.returncode}):\n{self.tail()}")
-            if time.monotonic() > deadline:
-                raise AssertionError(f"the daemon did not start:\n{self.tail()}")
-            time.sleep(0.02)
-
-    def registered(self, pid: int) -> bool:
-        with contextlib.closing(sqlite3.connect(self.db, timeout=10)) as conn:
-            row = conn.execute(
-                "SELECT 1 FROM engines WHERE pid = ? AND state = 'running'", (pid,)
-            ).fetchone()
-        return row is not None
-
-    def stop(self, proc: subprocess.Popen[bytes]) -> int:
-        proc.send_signal(signal.SIGTERM)
-        return proc.wait(EXIT_DEADLINE_S)
+    def stop(self, d: DaemonProcess) -> int:
+        d.send(signal.SIGTERM)
+        return d.wait_exit(EXIT_DEADLINE_S)
 
     def tail(self, lines: int = 40) -> str:
         path = self.tmp / f"daemon-{self.incarnations:03d}.log"
@@ -200,11 +158,11 @@ class Harness:
                 conn.execute("SELECT count(*) FROM runs WHERE status = 'running'").fetchone()[0]
             )
 
-    def wait_finished(self, proc: subprocess.Popen[bytes], deadline_s: float) -> None:
+    def wait_finished(self, d: DaemonProcess, deadline_s: float) -> None:
         deadline = time.monotonic() + deadline_s
         while self.unfinished():
-            if proc.poll() is not None:
-                raise AssertionError(f"the daemon exited ({proc.returncode}):\n{self.tail()}")
+            if d.proc.poll() is not None:
+                raise AssertionError(f"the daemon exited ({d.proc.returncode}):\n{self.tail()}")
             if time.monotonic() > deadline:
                 raise AssertionError(
                     f"{self.unfinished()} runs still running after {deadline_s}s:\n"
@@ -329,20 +287,19 @@ def crash_loop(tmp: Path, *, kills: int | None, seconds: float | None) -> None:
             break
         if seconds is not None and not h.unfinished():
             runs |= start_runs(h.db, workload(rng, RUNS))  # the long form: another wave
-        proc = h.spawn()
+        daemon = h.spawn()
         # The random moment of the kill is the point of the test, not a stand-in for waiting.
         time.sleep(rng.uniform(*KILL_AFTER_S))
-        h.kill(proc)
+        h.kill(daemon)
         killed += 1
         progress.append(h.unfinished())
     # Right after a kill, its claims are stale until the next daemon's heartbeat reclaims them.
     after_kill = check.check(h.db, lease_s=LEASE_S)
     assert {p.kind for p in after_kill.problems} <= {check.STALE_CLAIM}, after_kill.summary()
 
-    proc = h.spawn()
-    h.wait_ready(proc)
-    h.wait_finished(proc, FINISH_DEADLINE_S)
-    assert h.stop(proc) == 0, h.tail()
+    last = h.spawn().wait_registered(h.db, EXIT_DEADLINE_S)
+    h.wait_finished(last, FINISH_DEADLINE_S)
+    assert h.stop(last) == 0, h.tail()
 
     report = check.check(h.db, lease_s=LEASE_S)
     assert report.ok, report.summary()

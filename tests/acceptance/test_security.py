@@ -8,82 +8,38 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import socket
 import stat
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pytest
 
 from executor import Client, Registry, errors, step, workflow
-from tests.support import REPO
+from tests.support.daemon import DaemonProcess, child_env
 
 if TYPE_CHECKING:
     from tests.support.engine import EngineFactory
 
 
-READY_DEADLINE_S = 30.0
 INET_TABLES = ("tcp", "tcp6", "udp", "udp6", "udplite", "udplite6", "raw", "raw6")
-
-
-@dataclass
-class Daemon:
-    proc: subprocess.Popen[bytes]
-    log: Path
-    notify: socket.socket
-
-    def wait_ready(self) -> None:
-        deadline = time.monotonic() + READY_DEADLINE_S
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise AssertionError(f"the daemon exited:\n{self.log.read_text()}")
-            try:
-                if b"READY=1" in self.notify.recv(4096):
-                    return
-            except TimeoutError:
-                continue
-        raise AssertionError(f"the daemon never got ready:\n{self.log.read_text()}")
 
 
 @contextlib.contextmanager
 def daemon(
     tmp: Path, config: str, *, umask: int = 0o022, pythonpath: Path | None = None
-) -> Iterator[Daemon]:
+) -> Iterator[DaemonProcess]:
     """`executor run` on a config (TOML text), stopped with SIGTERM (it must exit 0)."""
     path = tmp / "executor.toml"
     path.write_text(config)
-    log = tmp / "daemon.log"
-    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as notify:
-        notify.bind(str(tmp / "notify.sock"))
-        notify.settimeout(0.1)
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("EXECUTOR_", "WATCHDOG"))}
-        env["NOTIFY_SOCKET"] = str(tmp / "notify.sock")
-        paths = [str(p) for p in (pythonpath, REPO) if p is not None]
-        env["PYTHONPATH"] = os.pathsep.join([*paths, os.environ.get("PYTHONPATH", "")])
-        env["CRASHLOOP_LOG"] = str(tmp / "steps.log")
-        with log.open("wb") as out:
-            proc = subprocess.Popen(
-                [sys.executable, "-m", "executor", "run", "--config", str(path)],
-                env=env,
-                stdin=subprocess.DEVNULL,
-                stdout=out,
-                stderr=out,
-                cwd=tmp,
-                umask=umask,
-            )
-        d = Daemon(proc, log, notify)
-        try:
-            d.wait_ready()
-            yield d
-        finally:
-            proc.terminate()
-            code = proc.wait(30)
-        assert code == 0, log.read_text()
+    env = child_env(pythonpath=pythonpath, CRASHLOOP_LOG=str(tmp / "steps.log"))
+    d = DaemonProcess(path, tmp / "daemon.log", env=env, cwd=tmp, umask=umask)
+    try:
+        d.ready()
+        yield d
+    finally:
+        code = d.stop()
+    assert code == 0, d.log()
 
 
 def _config(db: Path, *, group_readable: bool = False, modules: tuple[str, ...] = ()) -> str:

@@ -15,12 +15,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 import shutil
-import socket
 import sqlite3
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -43,8 +40,7 @@ from executor import (
     workflow,
 )
 from executor.store.database import Database
-from tests.support import REPO
-from tests.support.engine import make_engine
+from tests.support.engine import make_engine, write_lock
 
 if TYPE_CHECKING:
     from tests.support.engine import DbFile, EngineFactory, WaitUntil
@@ -80,19 +76,6 @@ def immutable(db: Path) -> Iterator[None]:
         yield
     finally:
         _chattr("-i", *files)  # always: an immutable file cannot even be deleted by pytest
-
-
-@contextlib.contextmanager
-def write_lock(db: Path) -> Iterator[sqlite3.Connection]:
-    """Another connection takes the write lock and holds it until the block ends."""
-    conn = sqlite3.connect(db, timeout=10, isolation_level=None)
-    try:
-        conn.execute("BEGIN IMMEDIATE")
-        yield conn
-    finally:
-        if conn.in_transaction:
-            conn.execute("ROLLBACK")
-        conn.close()
 
 
 def _have_chattr(tmp: Path) -> bool:
@@ -404,135 +387,6 @@ async def test_a_workflow_blocking_the_loop_is_logged_by_name(
     named = [w for w in warnings if "blocks_the_loop" in w and run in w]
     assert named, warnings
     assert any("event loop" in w and "blocked" in w for w in warnings), warnings
-
-
-# --- the daemon: exit code and watchdog --------------------------------------------------------
-
-
-def _config(tmp: Path, db: Path, extra_engine: str = "") -> Path:
-    path = tmp / "executor.toml"
-    path.write_text(
-        f'[database]\npath = "{db}"\nbusy_timeout_s = {BUSY_TIMEOUT_S}\n\n'
-        "[engine]\nshards = 2\npoll_interval_s = 0.02\nheartbeat_interval_s = 0.2\n"
-        f"lease_s = 1.0\n{extra_engine}\n"
-        '[daemon]\nworkflows = ["tests.support.crashloop"]\n\n[log]\nformat = "json"\n'
-    )
-    return path
-
-
-def _daemon_env(tmp: Path) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("EXECUTOR_", "WATCHDOG_"))}
-    env.pop("NOTIFY_SOCKET", None)
-    env["PYTHONPATH"] = os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])
-    env["CRASHLOOP_LOG"] = str(tmp / "steps.log")
-    return env
-
-
-def _engine_registered(dbfile: DbFile) -> bool:
-    if not dbfile.path.exists():
-        return False
-    try:
-        return bool(dbfile.value("SELECT count(*) FROM engines WHERE state = 'running'"))
-    except sqlite3.OperationalError:  # not migrated yet
-        return False
-
-
-def test_the_daemon_exits_3_when_it_cannot_write_past_the_limit(
-    tmp_path: Path, dbfile: DbFile
-) -> None:
-    db = dbfile.path
-    config = _config(tmp_path, db, "write_failure_limit_s = 0.5\n")
-    log = tmp_path / "daemon.log"
-    with log.open("wb") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "executor", "run", "--config", str(config)],
-            env=_daemon_env(tmp_path),
-            stdin=subprocess.DEVNULL,
-            stdout=out,
-            stderr=out,
-        )
-    try:
-        deadline = time.monotonic() + 30
-        while not _engine_registered(dbfile):
-            assert proc.poll() is None and time.monotonic() < deadline, log.read_text()
-            time.sleep(0.02)
-        with write_lock(db):  # its heartbeat (and everything else) cannot write from now on
-            code = proc.wait(30)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-    text = log.read_text()
-    assert code == 3, text
-    assert text.count(CANNOT_WRITE) == 1, text
-    assert "write_failure_limit_s" in text
-
-
-def test_the_watchdog_ping_stops_while_the_loop_is_blocked(tmp_path: Path) -> None:
-    db = tmp_path / "executor.sqlite"
-    marker = tmp_path / "blocked"
-    sock_path = tmp_path / "notify.sock"
-    received: list[tuple[float, str]] = []
-    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
-        sock.bind(str(sock_path))
-        sock.settimeout(0.05)
-        env = {
-            **{k: v for k, v in os.environ.items() if not k.startswith("EXECUTOR_")},
-            "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]),
-            "NOTIFY_SOCKET": str(sock_path),
-            "WATCHDOG_USEC": "200000",
-            "CRASHLOOP_MARKER": str(marker),
-            "CRASHLOOP_LOG": str(tmp_path / "steps.log"),
-        }
-        env.pop("WATCHDOG_PID", None)
-        stderr = tmp_path / "daemon.log"
-        with stderr.open("wb") as err:
-            proc = subprocess.Popen(
-                [sys.executable, "-m", "executor", "run", "--config", str(_config(tmp_path, db))],
-                env=env,
-                stdin=subprocess.DEVNULL,
-                stdout=err,
-                stderr=err,
-                cwd=tmp_path,
-            )
-
-        def receive_until(done: Any, deadline_s: float = 20.0) -> None:
-            deadline = time.monotonic() + deadline_s
-            while not done():
-                if time.monotonic() > deadline:
-                    raise AssertionError(f"timed out; daemon log:\n{stderr.read_text()}")
-                try:
-                    data = sock.recv(4096)
-                except TimeoutError:
-                    continue
-                received.append((time.time(), data.decode()))
-
-        try:
-            receive_until(lambda: any("READY=1" in d for _, d in received))
-            run = _start_blocker(db)
-            receive_until(marker.exists)
-            # A few pings after the block, to see they resume.
-            start = len(received)
-            receive_until(lambda: sum("WATCHDOG=1" in d for _, d in received[start:]) >= 3)
-        finally:
-            proc.terminate()
-            assert proc.wait(30) == 0, stderr.read_text()
-    began, ended = (float(x) for x in marker.read_text().split())
-    pings = [t for t, d in received if "WATCHDOG=1" in d]
-    # Margins cover the receiving thread's own scheduling, not the daemon's.
-    during = [t for t in pings if began + 0.3 < t < ended - 0.05]
-    assert not during, f"pings while the loop was blocked: {during} (block {began}..{ended})"
-    assert any(t < began for t in pings) and any(t > ended for t in pings)
-    log = stderr.read_text()
-    assert "crashloop.blocker" in log and run in log, log
-
-
-def _start_blocker(db: Path) -> str:
-    async def go() -> str:
-        async with Client(db) as c:
-            return await c.start("crashloop.blocker", 2.0)
-
-    return asyncio.run(go())
 
 
 # --- a step that finishes while its run is parked ----------------------------------------------

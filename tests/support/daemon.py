@@ -1,12 +1,15 @@
 """Helpers for tests that drive the real `python -m executor` processes: configs, the daemon as a
-subprocess, CLI calls, and polling with deadlines."""
+subprocess (the one way every test starts it: DaemonProcess), CLI calls, and polling with
+deadlines."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import re
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
@@ -70,17 +73,17 @@ def write_config(directory: Path, **overrides: dict[str, Any]) -> Path:
     return path
 
 
-def child_env(**extra: str) -> dict[str, str]:
-    """The environment for child processes: none of ours or systemd's, plus the test workflows."""
+def child_env(*, pythonpath: Path | None = None, **extra: str) -> dict[str, str]:
+    """The environment for child processes: none of ours or systemd's, plus the test workflows
+    (the repository on PYTHONPATH, after `pythonpath` if given) and `extra`."""
     env = {
         key: value
         for key, value in os.environ.items()
         if not key.startswith("EXECUTOR_")
         and key not in ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID")
     }
-    env["PYTHONPATH"] = os.pathsep.join(
-        p for p in (str(REPO), os.environ.get("PYTHONPATH", "")) if p
-    )
+    paths = (pythonpath, REPO, os.environ.get("PYTHONPATH", ""))
+    env["PYTHONPATH"] = os.pathsep.join(str(p) for p in paths if p)
     env.update(extra)
     return env
 
@@ -98,7 +101,7 @@ def poll(check: Callable[[], T | None], what: str, timeout_s: float = DEADLINE_S
 
 
 class DaemonProcess:
-    """`python -m executor run` as a child process, its stderr in a file."""
+    """`python -m executor run` as a child process, its stdout and stderr in a file."""
 
     def __init__(
         self,
@@ -106,9 +109,10 @@ class DaemonProcess:
         log_path: Path,
         env: dict[str, str] | None = None,
         cwd: Path | None = None,
+        umask: int = -1,
     ) -> None:
         """`config` None: no --config (the defaults); the working directory is `cwd`, else the
-        config's folder."""
+        config's folder. `env` defaults to child_env()."""
         self.log_path = log_path
         argv = [sys.executable, "-m", "executor", "run"]
         if config is not None:
@@ -117,10 +121,11 @@ class DaemonProcess:
             self.proc = subprocess.Popen(
                 argv,
                 stdin=subprocess.DEVNULL,
-                stdout=subprocess.DEVNULL,
+                stdout=log,
                 stderr=log,
                 env=env if env is not None else child_env(),
                 cwd=cwd if cwd is not None else config.parent if config is not None else None,
+                umask=umask,
             )
 
     @property
@@ -147,6 +152,27 @@ class DaemonProcess:
 
     def ready(self) -> DaemonProcess:
         self.wait_for_log(r"daemon ready")
+        return self
+
+    def wait_registered(self, db_path: Path, timeout_s: float = DEADLINE_S) -> DaemonProcess:
+        """Wait until this daemon's engine is registered as running in `db_path` (its signal
+        handlers are in place by then); fail early if the process exits."""
+
+        def registered() -> bool:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"daemon exited ({self.proc.returncode}):\n{self.log()}")
+            if not db_path.exists():
+                return False
+            try:
+                with contextlib.closing(sqlite3.connect(db_path, timeout=10)) as conn:
+                    row = conn.execute(
+                        "SELECT 1 FROM engines WHERE pid = ? AND state = 'running'", (self.pid,)
+                    ).fetchone()
+            except sqlite3.OperationalError:  # not migrated yet
+                return False
+            return row is not None
+
+        poll(registered, f"daemon {self.pid} to register its engine", timeout_s)
         return self
 
     def send(self, sig: signal.Signals) -> None:

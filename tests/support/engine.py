@@ -17,7 +17,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any, Protocol
 
-from executor import DatabaseConfig, Engine, EngineConfig, Registry
+from executor import DatabaseConfig, Engine, EngineConfig, Registry, check
 
 SHARDS = 2
 # Fast enough that a test waits milliseconds for the engine, slow enough for 2 busy cores.
@@ -31,17 +31,6 @@ FAST_SETTINGS: dict[str, Any] = {
     "drain_timeout_s": 10.0,
 }
 DEADLINE_S = 15.0  # generous: a deadline only matters when something is broken
-
-# Invariant 2: a running run always has something that will make it progress.
-STUCK_RUNS_SQL = """
-SELECT r.id FROM runs AS r
-WHERE r.status = 'running'
-  AND NOT EXISTS (SELECT 1 FROM tasks AS t WHERE t.run_rid = r.rid)
-  AND NOT EXISTS (SELECT 1 FROM timers AS m WHERE m.run_rid = r.rid)
-  AND NOT EXISTS (SELECT 1 FROM replays AS p WHERE p.run_rid = r.rid)
-  AND NOT EXISTS (SELECT 1 FROM waits AS w WHERE w.run_rid = r.rid)
-"""
-
 
 _CONFIG_FIELDS = frozenset(f.name for f in dataclasses.fields(EngineConfig))
 
@@ -146,8 +135,23 @@ class DbFile:
             return conn.execute(sql, params).rowcount
 
     def stuck_runs(self) -> list[str]:
-        """Running runs with no task, no timer and no replay entry (must always be empty)."""
-        return [r[0] for r in self.query(STUCK_RUNS_SQL)]
+        """Running runs nothing will move on (invariant 2: must always be empty), as
+        `executor check` finds them."""
+        report = check.check(self.path)
+        return [p.run_id for p in report.problems if p.kind == check.STUCK_RUN]
 
     def rid(self, run_id: str) -> int:
         return int(self.value("SELECT rid FROM runs WHERE id = ?", run_id))
+
+
+@contextlib.contextmanager
+def write_lock(db: Path) -> Iterator[sqlite3.Connection]:
+    """Another connection takes the write lock and holds it until the block ends."""
+    conn = sqlite3.connect(db, timeout=10, isolation_level=None)
+    try:
+        conn.execute("BEGIN IMMEDIATE")
+        yield conn
+    finally:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        conn.close()

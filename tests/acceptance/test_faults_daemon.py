@@ -1,0 +1,98 @@
+"""Faults seen from outside the daemon process: the exit code when the database cannot be
+written past the limit, and the systemd watchdog ping stopping while workflow code blocks the
+event loop. (The same faults inside an in-process engine: tests/integration/test_faults.py.)"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import time
+from pathlib import Path
+from typing import Any
+
+from executor import Client
+from tests.support.daemon import DaemonProcess, child_env, write_config
+from tests.support.engine import write_lock
+
+BUSY_TIMEOUT_S = 0.1
+CANNOT_WRITE = "cannot write the database"
+
+
+def _config(tmp: Path, **engine: Any) -> Path:
+    return write_config(
+        tmp,
+        database={"busy_timeout_s": BUSY_TIMEOUT_S},
+        engine=engine,
+        daemon={"workflows": ["tests.support.crashloop"]},
+        log={"format": "json"},
+    )
+
+
+def test_the_daemon_exits_3_when_it_cannot_write_past_the_limit(tmp_path: Path) -> None:
+    config = _config(tmp_path, write_failure_limit_s=0.5)
+    env = child_env(CRASHLOOP_LOG=str(tmp_path / "steps.log"))
+    d = DaemonProcess(config, tmp_path / "daemon.log", env=env)
+    try:
+        d.wait_registered(tmp_path / "executor.sqlite", timeout_s=30)
+        with write_lock(tmp_path / "executor.sqlite"):  # its heartbeat cannot write from now on
+            code = d.wait_exit(30)
+    finally:
+        d.kill()
+    text = d.log()
+    assert code == 3, text
+    assert text.count(CANNOT_WRITE) == 1, text
+    assert "write_failure_limit_s" in text
+
+
+def test_the_watchdog_ping_stops_while_the_loop_is_blocked(tmp_path: Path) -> None:
+    db = tmp_path / "executor.sqlite"
+    marker = tmp_path / "blocked"
+    sock_path = tmp_path / "notify.sock"
+    received: list[tuple[float, str]] = []
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+        sock.bind(str(sock_path))
+        sock.settimeout(0.05)
+        env = child_env(
+            NOTIFY_SOCKET=str(sock_path),
+            WATCHDOG_USEC="200000",
+            CRASHLOOP_MARKER=str(marker),
+            CRASHLOOP_LOG=str(tmp_path / "steps.log"),
+        )
+        d = DaemonProcess(_config(tmp_path), tmp_path / "daemon.log", env=env, cwd=tmp_path)
+
+        def receive_until(done: Any, deadline_s: float = 20.0) -> None:
+            deadline = time.monotonic() + deadline_s
+            while not done():
+                if time.monotonic() > deadline:
+                    raise AssertionError(f"timed out; daemon log:\n{d.log()}")
+                try:
+                    data = sock.recv(4096)
+                except TimeoutError:
+                    continue
+                received.append((time.time(), data.decode()))
+
+        try:
+            receive_until(lambda: any("READY=1" in m for _, m in received))
+            run = _start_blocker(db)
+            receive_until(marker.exists)
+            # A few pings after the block, to see they resume.
+            start = len(received)
+            receive_until(lambda: sum("WATCHDOG=1" in m for _, m in received[start:]) >= 3)
+        finally:
+            assert d.stop() == 0, d.log()
+    began, ended = (float(x) for x in marker.read_text().split())
+    pings = [t for t, m in received if "WATCHDOG=1" in m]
+    # Margins cover the receiving thread's own scheduling, not the daemon's.
+    during = [t for t in pings if began + 0.3 < t < ended - 0.05]
+    assert not during, f"pings while the loop was blocked: {during} (block {began}..{ended})"
+    assert any(t < began for t in pings) and any(t > ended for t in pings)
+    log = d.log()
+    assert "crashloop.blocker" in log and run in log, log
+
+
+def _start_blocker(db: Path) -> str:
+    async def go() -> str:
+        async with Client(db) as c:
+            return await c.start("crashloop.blocker", 2.0)
+
+    return asyncio.run(go())

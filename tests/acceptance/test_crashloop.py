@@ -320,6 +320,7 @@ def crash_loop(tmp: Path, *, kills: int | None, seconds: float | None) -> None:
     )
 
 
+@pytest.mark.slow
 def test_crash_loop(tmp_path: Path) -> None:
     crash_loop(tmp_path, kills=KILLS, seconds=None)
 

@@ -15,6 +15,7 @@ import tempfile
 from pathlib import Path
 
 import orjson
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -75,6 +76,7 @@ def _check_state(conn: sqlite3.Connection, rid: int, sent: int) -> None:
     assert not (pending and unread), "an unread message while a wait waits for it"
 
 
+@pytest.mark.slow
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(ops=OPS)
 def test_signal_wait_and_timeout_in_any_order(ops: list[Op]) -> None:

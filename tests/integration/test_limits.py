@@ -20,7 +20,9 @@ from hypothesis import strategies as st
 
 from executor import (
     Client,
+    DatabaseConfig,
     Engine,
+    EngineConfig,
     Registry,
     RetryPolicy,
     errors,

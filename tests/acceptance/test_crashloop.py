@@ -1,6 +1,6 @@
 """The crash loop: a daemon SIGKILLed at random moments, again and again, loses nothing.
 
-500 runs of mixed shapes (tests/support/crashloop.py: sequential steps, fan-out and join,
+500 runs of mixed shapes (tests/support/flows.py: sequential steps, fan-out and join,
 durable sleeps, steps that fail and are retried, steps that fail for good) run under
 `python -m executor run`, which is killed with SIGKILL 20 times and restarted each time. At the end:
 
@@ -40,7 +40,7 @@ from typing import Any
 import pytest
 
 from executor import Client, check
-from tests.support import crashloop as app
+from tests.support import flows as app
 from tests.support.daemon import DaemonProcess, child_env, write_config
 
 SEED_ENV = "CRASHLOOP_SEED"
@@ -114,7 +114,7 @@ class Harness:
 
     @property
     def log(self) -> Path:
-        """The steps' log (tests/support/crashloop.py writes it)."""
+        """The steps' log (tests/support/flows.py writes it)."""
         return self.tmp / "steps.log"
 
     @classmethod
@@ -122,7 +122,7 @@ class Harness:
         config = write_config(
             tmp,
             engine=ENGINE,
-            daemon={"workflows": ["tests.support.crashloop"]},
+            daemon={"workflows": ["tests.support.flows"]},
             log={"format": "json"},
         )
         state = tmp / "state"

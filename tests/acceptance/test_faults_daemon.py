@@ -23,7 +23,7 @@ def _config(tmp: Path, **engine: Any) -> Path:
         tmp,
         database={"busy_timeout_s": BUSY_TIMEOUT_S},
         engine=engine,
-        daemon={"workflows": ["tests.support.crashloop"]},
+        daemon={"workflows": ["tests.support.flows"]},
         log={"format": "json"},
     )
 

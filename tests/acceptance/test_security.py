@@ -107,7 +107,7 @@ def _inet_sockets(pid: int) -> dict[int, str]:
 
 def test_the_daemon_opens_no_network_socket(tmp_path: Path) -> None:
     db = tmp_path / "executor.sqlite"
-    with daemon(tmp_path, _config(db, modules=("tests.support.crashloop",))) as d:
+    with daemon(tmp_path, _config(db, modules=("tests.support.flows",))) as d:
         run = asyncio.run(_start(db, "crashloop.sequential", 1, 3))
         assert asyncio.run(_outcome(db, run))[0] == "succeeded"  # it really worked meanwhile
         mine = _socket_inodes(d.proc.pid)

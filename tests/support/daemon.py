@@ -24,7 +24,9 @@ WORKFLOWS = "tests.support.flows"
 DEADLINE_S = 20.0  # generous: only reached when something is broken
 POLL_S = 0.02
 
-# Small intervals so drains, leases and reclaims happen in test time.
+# Small intervals so drains, leases and reclaims happen in test time; longer than the in-process
+# FAST_SETTINGS (tests/support/engine.py) because a daemon is another process on a shared
+# machine, where a 0.5 s lease would let a busy daemon's own claims look stale.
 FAST_ENGINE: dict[str, Any] = {
     "shards": 2,
     "concurrency": 4,

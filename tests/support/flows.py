@@ -1,12 +1,29 @@
-"""Workflows for the daemon and CLI tests: their steps leave side effects in files, so a test can
-count how often each step really ran, and see how many ran at once."""
+"""The workflows every acceptance test runs in a real daemon (`tests.support.flows`).
+
+The first part serves the daemon and CLI tests: steps leave side effects in files, so a test can
+count how often each step really ran, and see how many ran at once. The second part (names
+`crashloop.*`) serves the crash loop and the reliability tests:
+
+Every step appends one JSON line when it begins and one when it ends (ok or fail) to the file
+named by $CRASHLOOP_LOG, fsynced, with the daemon's pid and the time: the test counts from it how
+often each step really ran, and in which daemon incarnation. Steps get the run id and their own
+label as arguments, since a step knows nothing else about where it runs.
+
+`expected()` computes every workflow's result from its arguments alone, so the test can check
+each run without trusting anything the daemon recorded.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import logging
 import os
+import random
+import time
 from pathlib import Path
+from typing import Any
+
+import orjson
 
 from executor import RetryPolicy, WorkflowContext, step, workflow
 
@@ -133,3 +150,203 @@ async def chatter(tag: str) -> str:
 @workflow(name="chatty")
 async def chatty(ctx: WorkflowContext, tag: str) -> str:
     return await chatter(tag)
+
+
+# --- the crash loop (tests/acceptance/test_crashloop.py) and the reliability tests ---------------
+
+
+LOG_ENV = "CRASHLOOP_LOG"
+STATE_ENV = "CRASHLOOP_STATE"  # a folder: per-step execution counters of the flaky steps
+MARKER_ENV = "CRASHLOOP_MARKER"  # a file the `blocker` workflow writes its block's start/end to
+MAX_STEP_S = 0.1  # async steps take up to this long, so kills land inside steps too
+
+FAST_RETRY = RetryPolicy(max_attempts=5, initial_backoff_s=0.02, max_backoff_s=0.1, jitter=0.5)
+DOOMED_ATTEMPTS = 2
+DOOMED_RETRY = RetryPolicy(max_attempts=DOOMED_ATTEMPTS, initial_backoff_s=0.02, max_backoff_s=0.05)
+
+
+def _log(event: str, run: str, label: str) -> None:
+    line = orjson.dumps(
+        {"ev": event, "run": run, "label": label, "pid": os.getpid(), "t": time.time()}
+    )
+    # O_APPEND: one write per line, so concurrent steps never interleave their lines; fsync so
+    # a line that was written is there whatever happens to the process next.
+    fd = os.open(os.environ[LOG_ENV], os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    try:
+        os.write(fd, line + b"\n")
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+async def _work() -> None:
+    await asyncio.sleep(random.random() * MAX_STEP_S)
+
+
+# --- steps ---------------------------------------------------------------------------------------
+
+
+def bump_value(value: int, i: int) -> int:
+    return (value * 3 + i) % 1_000_003
+
+
+@step(name="crashloop.bump")
+async def bump(run: str, label: str, value: int, i: int) -> int:
+    _log("begin", run, label)
+    await _work()
+    _log("ok", run, label)
+    return bump_value(value, i)
+
+
+@step(name="crashloop.bump_sync")
+def bump_sync(run: str, label: str, value: int, i: int) -> int:
+    """The same as bump, as a plain function: it runs in a thread."""
+    _log("begin", run, label)
+    time.sleep(random.random() * MAX_STEP_S)
+    _log("ok", run, label)
+    return bump_value(value, i)
+
+
+@step(name="crashloop.square")
+async def square(run: str, label: str, value: int) -> int:
+    _log("begin", run, label)
+    await _work()
+    _log("ok", run, label)
+    return value * value
+
+
+@step(name="crashloop.total")
+def total(run: str, label: str, values: list[int]) -> int:
+    _log("begin", run, label)
+    _log("ok", run, label)
+    return sum(values)
+
+
+def _executions_so_far(run: str, label: str) -> int:
+    """Count this execution in a per-step file; return how many came before it."""
+    path = os.path.join(os.environ[STATE_ENV], f"{run}.{label}")
+    try:
+        with open(path, "rb") as f:
+            before = int(f.read() or b"0")
+    except FileNotFoundError:
+        before = 0
+    with open(path, "wb") as f:
+        f.write(str(before + 1).encode())
+        f.flush()
+        os.fsync(f.fileno())
+    return before
+
+
+@step(name="crashloop.flaky", retry=FAST_RETRY)
+async def flaky(run: str, label: str, value: int, failures: int) -> int:
+    """Fails its first `failures` executions, then succeeds."""
+    _log("begin", run, label)
+    await _work()
+    if _executions_so_far(run, label) < failures:
+        _log("fail", run, label)
+        raise ConnectionError(f"flaky: failing on purpose ({failures} times in all)")
+    _log("ok", run, label)
+    return value + 100
+
+
+@step(name="crashloop.doomed", retry=DOOMED_RETRY)
+async def doomed(run: str, label: str) -> None:
+    """Fails every time: the run sees StepFailed once retries are spent."""
+    _log("begin", run, label)
+    await _work()
+    _log("fail", run, label)
+    raise ValueError("doomed: this step always fails")
+
+
+# --- workflows -----------------------------------------------------------------------------------
+
+
+@workflow(name="crashloop.sequential")
+async def sequential(ctx: WorkflowContext, value: int, n: int) -> int:
+    for i in range(n):
+        fn = bump if i % 2 == 0 else bump_sync
+        value = await fn(ctx.run_id, f"s{i}", value, i)
+    return value
+
+
+@workflow(name="crashloop.fanout")
+async def crash_fanout(ctx: WorkflowContext, value: int, k: int) -> int:
+    squares = await asyncio.gather(*(square(ctx.run_id, f"f{i}", value + i) for i in range(k)))
+    return await total(ctx.run_id, "join", list(squares))
+
+
+@workflow(name="crashloop.sleeper")
+async def sleeper(ctx: WorkflowContext, value: int, seconds: float) -> int:
+    a = await bump(ctx.run_id, "before", value, 1)
+    await ctx.sleep(seconds)
+    return await bump(ctx.run_id, "after", a, 2)
+
+
+@workflow(name="crashloop.flaky")
+async def flaky_flow(ctx: WorkflowContext, value: int, failures: int) -> int:
+    got = await flaky(ctx.run_id, "flaky", value, failures)
+    return await bump(ctx.run_id, "then", got, 3)
+
+
+@workflow(name="crashloop.doomed")
+async def doomed_flow(ctx: WorkflowContext, catch: bool) -> str:
+    if not catch:
+        await doomed(ctx.run_id, "doomed")
+        return "unreachable"
+    try:
+        await doomed(ctx.run_id, "doomed")
+    except Exception as exc:
+        return f"caught {type(exc).__name__}"
+    return "unreachable"
+
+
+@workflow(name="crashloop.blocker")
+async def blocker(ctx: WorkflowContext, seconds: float) -> str:
+    """Blocks the event loop (a bug a user could write): time.sleep in workflow code."""
+    marker = os.environ.get(MARKER_ENV)
+    started = time.time()
+    time.sleep(seconds)  # noqa: ASYNC251 - the bug the watchdog test shows
+    if marker:
+        with open(marker, "w") as f:  # noqa: ASYNC230 - after the block, for the test to read
+            f.write(f"{started} {time.time()}")
+    return "unblocked"
+
+
+# --- what each run must end with, and which steps it must run ---------------------------------
+
+
+def expected(name: str, args: list[Any]) -> tuple[str, Any]:
+    """(status, result) for a finished run; for a failed run, the result is the error type."""
+    if name == "crashloop.sequential":
+        value, n = args
+        for i in range(n):
+            value = bump_value(value, i)
+        return "succeeded", value
+    if name == "crashloop.fanout":
+        value, k = args
+        return "succeeded", sum((value + i) ** 2 for i in range(k))
+    if name == "crashloop.sleeper":
+        value, _ = args
+        return "succeeded", bump_value(bump_value(value, 1), 2)
+    if name == "crashloop.flaky":
+        value, _ = args
+        return "succeeded", bump_value(value + 100, 3)
+    if name == "crashloop.doomed":
+        (catch,) = args
+        return ("succeeded", "caught StepFailed") if catch else ("failed", "StepFailed")
+    raise ValueError(name)
+
+
+def labels(name: str, args: list[Any]) -> list[str]:
+    """The labels of the steps the run executes (sleeps are not steps)."""
+    if name == "crashloop.sequential":
+        return [f"s{i}" for i in range(args[1])]
+    if name == "crashloop.fanout":
+        return [f"f{i}" for i in range(args[1])] + ["join"]
+    if name == "crashloop.sleeper":
+        return ["before", "after"]
+    if name == "crashloop.flaky":
+        return ["flaky", "then"]
+    if name == "crashloop.doomed":
+        return ["doomed"]
+    raise ValueError(name)

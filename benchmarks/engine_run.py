@@ -170,7 +170,7 @@ async def run_engine(opts: Options, db_path: Path) -> dict[str, Any]:
         instance_cache_size=opts.instance_cache,
     )
     finishes = Finishes(opts.workflows)
-    engine = Engine(eng_cfg, db_cfg, reg=reg, on_finish=finishes)
+    engine = Engine(eng_cfg, db_cfg, reg=reg, on_finish=finishes, samples=opts.metrics)
     client = Client(db_cfg, reg=reg, strict=True, shards=opts.shards)
     samples: list[Sample] = []
     sampler: asyncio.Task[None] | None = None

@@ -298,6 +298,13 @@ def build_parser(workloads: Sequence[Workload], prog: str | None = None) -> argp
         " next step of the same run (always on for long; not for fanout)",
     )
     parser.add_argument(
+        "--no-metrics",
+        dest="no_metrics",
+        action="store_true",
+        help="turn the engine's metrics and samples off ([metrics] samples = false), to"
+        " measure what they cost",
+    )
+    parser.add_argument(
         "--json-indent",
         dest="json_indent",
         type=_non_negative_int,
@@ -340,6 +347,7 @@ class Options:
     timeline: bool
     trace_steps: bool
     result_bytes: int = 0
+    metrics: bool = True  # the engine's telemetry and sample row per heartbeat ([metrics])
 
     @property
     def steps_per_workflow(self) -> int:
@@ -385,4 +393,5 @@ def resolve(ns: argparse.Namespace, workloads: Sequence[Workload]) -> Options:
         timeline=ns.timeline,
         trace_steps=ns.trace_steps,
         result_bytes=ns.result_bytes,
+        metrics=not ns.no_metrics,
     )

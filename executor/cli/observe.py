@@ -1,15 +1,35 @@
-"""Verbs to see what runs are doing: `show` (one run whole)."""
+"""Verbs to see what runs are doing: `show` (one run whole), `watch` (a batch, live) and `serve`
+(the read-only dashboard and /metrics, executor/web)."""
 
 from __future__ import annotations
 
 import argparse
+import datetime as dt
+import re
+import sys
 import time
+from collections.abc import Awaitable
 
-from executor.cli import views
-from executor.cli.common import RUN_ARG_HELP, Verbs, show, with_client
+from executor.cli import progress, views
+from executor.cli.common import (
+    RUN_ARG_HELP,
+    NotClean,
+    UsageError,
+    Verbs,
+    load,
+    seconds,
+    show,
+    wants_json,
+    with_client,
+)
 from executor.client import Client
 from executor.exitcodes import ExitCode
 from executor.store.history import RunHistory
+from executor.store.overview import BatchProgress
+
+DEFAULT_SERVE_PORT = 9470
+_AGO = re.compile(r"(\d+(?:\.\d+)?)([smhd])")
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 
 
 def register(verbs: Verbs) -> None:
@@ -23,6 +43,95 @@ def register(verbs: Verbs) -> None:
         json_flag=True,
     )
     p.add_argument("run", metavar="RUN", help=RUN_ARG_HELP)
+
+    p = verbs.add(
+        "watch",
+        cmd_watch,
+        "follow a batch of runs live until none is running",
+        "Follow a batch (the runs of --workflow, created since --since) with a progress bar:"
+        " finished of total, succeeded, failed, parked, steps per second, ETA. Ends when none"
+        " of its runs is running: exit 0 if every run succeeded, 1 otherwise. Not on a"
+        " terminal (or with --json): one JSON object per interval.",
+        json_flag=True,
+    )
+    p.add_argument("--workflow", metavar="NAME", help="only runs of this workflow")
+    p.add_argument(
+        "--since",
+        type=_since,
+        metavar="T",
+        help="only runs created since T: an age like 30m, 2h, 1d, or a UTC time like"
+        " 2026-11-27T16:00:00Z",
+    )
+    p.add_argument(
+        "--interval", type=seconds, default=1.0, metavar="S", help="seconds between readings"
+    )
+
+    p = verbs.add(
+        "serve",
+        cmd_serve,
+        "serve the read-only dashboard and /metrics",
+        "Serve a read-only dashboard of the database (overview with the last hour's plots,"
+        " failures grouped with the command that re-drives them, runs, each run's journal)"
+        " and its Prometheus /metrics, until Ctrl-C or SIGTERM. A separate process that"
+        " opens the file read-only: it works while the daemon is down. Every asset ships in"
+        " the package; nothing is fetched.",
+    )
+    p.add_argument(
+        "--host", default="127.0.0.1", metavar="H", help="address to listen on (default 127.0.0.1)"
+    )
+    p.add_argument(
+        "--port",
+        type=int,
+        default=DEFAULT_SERVE_PORT,
+        metavar="P",
+        help=f"port (default {DEFAULT_SERVE_PORT}; 0: any free port, printed)",
+    )
+
+
+def _since(text: str) -> float:
+    found = _AGO.fullmatch(text.strip())
+    if found is not None:
+        return time.time() - float(found.group(1)) * _UNITS[found.group(2)]
+    try:
+        when = dt.datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected an age like 30m or 2h, or a time like 2026-11-27T16:00:00Z, got {text!r}"
+        ) from None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=dt.UTC)
+    return when.timestamp()
+
+
+def cmd_watch(args: argparse.Namespace) -> int:
+    terminal = not wants_json(args)
+    title = args.workflow or "all workflows"
+    if args.since is not None:
+        title += f" since {dt.datetime.fromtimestamp(args.since, dt.UTC):%Y-%m-%d %H:%M:%SZ}"
+
+    async def go(client: Client) -> BatchProgress:
+        first = await client.progress(workflow=args.workflow, since=args.since)
+        if first.total == 0:
+            raise NotClean(f"no runs match ({title})")
+
+        def read() -> Awaitable[BatchProgress]:
+            return client.progress(workflow=args.workflow, since=args.since)
+
+        return await progress.watch(read, title=title, interval_s=args.interval, terminal=terminal)
+
+    last = with_client(args, go)
+    done = last.runs.get("succeeded", 0)
+    return ExitCode.OK if done == last.total else ExitCode.NOT_CLEAN
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from executor.web.serve import serve  # the daemon and other verbs never import the web
+
+    if not 0 <= args.port <= 65535:
+        raise UsageError(f"--port: expected 0 to 65535, got {args.port}")
+    cfg = load(args).config
+    serve(cfg.database.path, args.host, args.port, cfg.database.busy_timeout_s, sys.stdout)
+    return ExitCode.OK
 
 
 def cmd_show(args: argparse.Namespace) -> int:

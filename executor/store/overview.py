@@ -1,0 +1,96 @@
+"""Reads for the dashboard: failures grouped by what went wrong, and pages of runs.
+
+Read-only; each function is one query on a read-only connection (store/reader.py).
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from dataclasses import dataclass
+
+from executor.store.sql import Q
+from executor.vocabulary import FINISHED, RunState
+
+
+@dataclass(frozen=True, slots=True)
+class FailureGroup:
+    workflow: str
+    status: str  # failed | parked
+    step: str | None
+    error_type: str | None
+    runs: int
+    first_at: float
+    last_at: float
+    sample_run: str
+    sample_message: str | None
+
+
+def failure_groups(conn: sqlite3.Connection, since: float, limit: int = 200) -> list[FailureGroup]:
+    """Failed and parked runs updated since `since`, by (workflow, status, step, error type)."""
+    return [
+        FailureGroup(*row)
+        for row in conn.execute(Q["failure_groups"], {"since": since, "limit": limit})
+    ]
+
+
+@dataclass(frozen=True, slots=True)
+class RunLine:
+    rid: int
+    id: str
+    workflow: str
+    status: str
+    created_at: float
+    finished_at: float | None
+    events: int
+    error_type: str | None
+    error_message: str | None
+
+
+def list_runs(
+    conn: sqlite3.Connection,
+    *,
+    status: str | None = None,
+    workflow: str | None = None,
+    before: int | None = None,
+    limit: int = 100,
+) -> list[RunLine]:
+    """Runs newest first, filtered; `before` is the last rid of the previous page."""
+    params = {"status": status, "workflow": workflow, "before": before, "limit": limit}
+    return [RunLine(*row) for row in conn.execute(Q["list_runs_page"], params)]
+
+
+def workflow_names(conn: sqlite3.Connection) -> list[str]:
+    return [name for (name,) in conn.execute(Q["workflow_names"])]
+
+
+@dataclass(frozen=True, slots=True)
+class BatchProgress:
+    """Runs of a batch by status, and the journal events they recorded (steps finished)."""
+
+    runs: dict[str, int]
+    events: int
+
+    @property
+    def total(self) -> int:
+        return sum(self.runs.values())
+
+    @property
+    def finished(self) -> int:
+        return sum(n for status, n in self.runs.items() if status in FINISHED)
+
+    @property
+    def running(self) -> int:
+        return self.runs.get(RunState.RUNNING, 0)
+
+
+def batch_progress(
+    conn: sqlite3.Connection, *, workflow: str | None = None, since: float | None = None
+) -> BatchProgress:
+    runs: dict[str, int] = {}
+    events = 0
+    for status, count, recorded in conn.execute(
+        Q["batch_progress"], {"workflow": workflow, "since": since}
+    ):
+        runs[status] = count
+        events += recorded
+    return BatchProgress(runs, events)

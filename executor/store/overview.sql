@@ -1,0 +1,57 @@
+-- Reads for the dashboard (executor/store/overview.py): failures grouped, runs listed.
+
+-- name: failure_groups
+-- Failed and parked runs since :since, grouped by workflow, the step that failed and the error's
+-- type. A run that failed because a step did takes that step's error type (ValueError), not the
+-- wrapper's (StepFailed), so the groups say what went wrong. Each group shows its latest run.
+WITH failed AS (
+    SELECT r.rid, r.id, r.workflow, r.status, r.updated_at, r.error,
+           (SELECT s.pos FROM steps AS s
+            WHERE s.run_rid = r.rid AND s.status = 'failed' ORDER BY s.pos DESC LIMIT 1) AS pos
+    FROM runs AS r
+    WHERE r.status IN ('failed', 'parked') AND r.updated_at >= :since
+), described AS (
+    SELECT f.workflow, f.status, f.updated_at, f.id,
+           coalesce(s.name, json_extract(CAST(f.error AS TEXT), '$.step')) AS step,
+           coalesce(json_extract(CAST(s.error AS TEXT), '$.type'),
+                    json_extract(CAST(f.error AS TEXT), '$.type')) AS error_type,
+           coalesce(json_extract(CAST(s.error AS TEXT), '$.message'),
+                    json_extract(CAST(f.error AS TEXT), '$.message')) AS message
+    FROM failed AS f
+    LEFT JOIN steps AS s ON s.run_rid = f.rid AND s.pos = f.pos
+), ranked AS (
+    SELECT *,
+           count(*) OVER g AS runs,
+           min(updated_at) OVER g AS first_at,
+           row_number() OVER (g ORDER BY updated_at DESC, id) AS latest
+    FROM described
+    WINDOW g AS (PARTITION BY workflow, status, step, error_type)
+)
+SELECT workflow, status, step, error_type, runs, first_at, updated_at, id, message
+FROM ranked
+WHERE latest = 1
+ORDER BY runs DESC, workflow, step, error_type
+LIMIT :limit;
+
+-- name: list_runs_page
+-- Newest first; :before (a rid) pages on without OFFSET.
+SELECT rid, id, workflow, status, created_at, finished_at, last_seq,
+       json_extract(CAST(error AS TEXT), '$.type'), json_extract(CAST(error AS TEXT), '$.message')
+FROM runs
+WHERE (:status IS NULL OR status = :status)
+  AND (:workflow IS NULL OR workflow = :workflow)
+  AND (:before IS NULL OR rid < :before)
+ORDER BY rid DESC
+LIMIT :limit;
+
+-- name: workflow_names
+SELECT DISTINCT workflow FROM runs ORDER BY workflow;
+
+-- name: batch_progress
+-- A batch: the runs of a workflow (or every workflow) created since a time. Per status: runs and
+-- journal events recorded (steps finished), for `executor watch`.
+SELECT status, count(*), coalesce(sum(last_seq), 0)
+FROM runs
+WHERE (:workflow IS NULL OR workflow = :workflow)
+  AND (:since IS NULL OR created_at >= :since)
+GROUP BY status;

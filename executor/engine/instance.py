@@ -21,7 +21,7 @@ import logging
 import random
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple, TypeVar
 
 from executor import codec, errors, registry
@@ -32,6 +32,7 @@ log = logging.getLogger("executor.workflow")
 
 T = TypeVar("T")
 
+_NO_DEFAULT: Any = object()
 # One activation (the code run for one event) taking longer than this blocked the engine's event
 # loop for that long: it is logged as a warning naming the workflow and the run.
 SLOW_ACTIVATION_S = 1.0
@@ -183,6 +184,44 @@ class WorkflowContext:
             raise errors.WorkflowUsageError(f"ctx.sleep: seconds must be >= 0, got {seconds!r}")
         return self._inst.schedule(StepKind.SLEEP, "sleep", [float(seconds)], float(seconds))
 
+    def wait_for(
+        self,
+        topic: str | Sequence[str],
+        *,
+        timeout: float | None = None,
+        default: Any = _NO_DEFAULT,
+    ) -> asyncio.Future[Any]:
+        """Wait for a signal (`Client.signal(run_id, topic, payload)`); await it for the payload.
+
+        A list of topics waits for the first message on any of them and gives `(topic, payload)`.
+        Messages sent before the wait are kept, and each topic's are taken in arrival order. After
+        `timeout` seconds (durable, like ctx.sleep) it raises `WaitTimeout`, or gives `default`
+        when one is given. While it waits, the run holds no slot.
+        """
+        many = not isinstance(topic, str)
+        topics: list[Any] = [topic] if isinstance(topic, str) else _as_list(topic)
+        if not topics or not all(isinstance(t, str) and t for t in topics):
+            raise errors.WorkflowUsageError(
+                f"ctx.wait_for: topic must be a non-empty string or a list of them, got {topic!r}"
+            )
+        if len(set(topics)) != len(topics):
+            raise errors.WorkflowUsageError(f"ctx.wait_for: topics listed twice in {topics!r}")
+        if timeout is not None and (not isinstance(timeout, int | float) or not timeout >= 0):
+            raise errors.WorkflowUsageError(
+                f"ctx.wait_for: timeout must be seconds >= 0 or None, got {timeout!r}"
+            )
+        return self._inst.schedule_wait(topics, many, timeout, default)
+
+    def set_event(self, key: str, value: Any) -> None:
+        """Publish `value` under `key` for other code (`Client.get_event(run_id, key)`).
+
+        Recorded once, at this point of the workflow: replays do not publish it again. The
+        latest value of each key is kept, also after the run finishes.
+        """
+        if not isinstance(key, str) or not key:
+            raise errors.WorkflowUsageError(f"ctx.set_event: key must be a string, got {key!r}")
+        self._inst.publish(key, value)
+
     def time(self) -> float:
         """The workflow's clock: when the event it is reacting to was recorded (same on replay)."""
         return self._inst.loop.now_s
@@ -226,6 +265,8 @@ class WorkflowInstance:
         self.last_seq = 0
         self.next_pos = 0
         self.pending: dict[int, tuple[str, asyncio.Future[Any]]] = {}
+        # Pending waits by position: (topics, many, timeout, default). None until the first one.
+        self._waits: dict[int, tuple[list[str], bool, float | None, Any]] | None = None
         self.new_steps: list[NewStep] = []
         self.nondeterminism: errors.NonDeterminismError | None = None
         self._closing = False
@@ -282,6 +323,35 @@ class WorkflowInstance:
         self.pending[pos] = (name, fut)
         return fut
 
+    def schedule_wait(
+        self, topics: list[str], many: bool, timeout: float | None, default: Any
+    ) -> asyncio.Future[Any]:
+        pos = self.next_pos
+        # The topics are the wait's arguments: a replay checks them. The timeout is not: it is
+        # stored once as the due time of its timer, so changing it does not break old runs.
+        fut = self.schedule(StepKind.WAIT, "|".join(topics), [topics], timeout)
+        if self._waits is None:
+            self._waits = {}
+        self._waits[pos] = (topics, many, timeout, default)
+        return fut
+
+    def publish(self, key: str, value: Any) -> None:
+        if self._closing:
+            raise errors.WorkflowUsageError("the workflow is being unloaded")
+        blob = codec.encode(value, what=f"event {key}", limit=self.payload_limit)
+        pos = self.next_pos
+        self.next_pos += 1
+        # Only the key is checked on replay: a published value may change with the code.
+        fp = codec.fingerprint(codec.encode([key]))
+        entry = self.journal.get(pos)
+        if entry is not None:
+            if entry.kind != StepKind.EVENT or entry.name != key:
+                self._mismatch(
+                    pos, f"{entry.kind} {entry.name}", f"{StepKind.EVENT} {key} (ctx.set_event)"
+                )
+        elif self.nondeterminism is None:
+            self.new_steps.append(NewStep(pos, StepKind.EVENT, key, fp, blob, None))
+
     def _real_now(self) -> float:
         # Only used to store a new timer's due time, once; replays read it from the journal.
         return time.time()
@@ -309,9 +379,12 @@ class WorkflowInstance:
                 )
             return
         name, fut = waiting
+        wait = self._waits.pop(d.pos, None) if self._waits else None
         if fut.done():  # cancelled by the workflow code itself
             return
-        if d.status == StepState.SUCCEEDED:
+        if wait is not None:
+            self._deliver_wait(d, fut, *wait)
+        elif d.status == StepState.SUCCEEDED:
             if d.has_value:
                 value = d.value
                 self.cache.put((self.run.rid, d.pos), value, len(d.result or b""))
@@ -332,6 +405,23 @@ class WorkflowInstance:
             error = codec.decode(d.error) if d.error is not None else {}
             fut.set_exception(errors.StepFailed(name, error))
         self.loop.run_until_quiet()
+
+    def _deliver_wait(
+        self,
+        d: Delivery,
+        fut: asyncio.Future[Any],
+        topics: list[str],
+        many: bool,
+        timeout: float | None,
+        default: Any,
+    ) -> None:
+        if d.status == StepState.SUCCEEDED:
+            topic, payload = codec.decode(d.result or b"[null, null]")
+            fut.set_result((topic, payload) if many else payload)
+        elif default is not _NO_DEFAULT:
+            fut.set_result(default)
+        else:
+            fut.set_exception(errors.WaitTimeout(topics, timeout, d.pos))
 
     def replay(self, entries: list[JournalEntry]) -> None:
         """Feed every recorded journal entry, in recorded order (full replay)."""
@@ -391,3 +481,7 @@ class WorkflowInstance:
         if self.main.done() and not self.main.cancelled():
             self.main.exception()  # retrieved: no "never retrieved" warning at GC
         self.loop.close()
+
+
+def _as_list(value: Any) -> list[Any]:
+    return list(value) if isinstance(value, list | tuple) else [value]

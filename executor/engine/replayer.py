@@ -229,6 +229,7 @@ class Replayer:
         self._health.ok("replay")
         for rid in chunk:
             self._pool.release(rid)  # their next steps, if any, are queued now
+        self.deliver([d for out in outputs for d in out.recorded])  # waits that found a message
         self._committed(outputs, replayed, run_ids, workflows)
 
     def _committed(
@@ -295,7 +296,8 @@ def _output(inst: WorkflowInstance) -> ReplayOutput:
         return out
     status, result, error = inst.outcome()
     if status is not None:
-        out.new_steps = []
+        # Published values are settled when written: those of the last activation stay.
+        out.new_steps = [s for s in steps if s.kind == StepKind.EVENT]
         out.finished, out.result, out.error = status, result, error
     return out
 

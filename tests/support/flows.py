@@ -350,3 +350,11 @@ def labels(name: str, args: list[Any]) -> list[str]:
     if name == "crashloop.doomed":
         return ["doomed"]
     raise ValueError(name)
+
+
+@workflow(name="approval")
+async def approval(ctx: WorkflowContext, subject: str) -> object:
+    """Publish a stage, wait for a reviewer's signal, finish with it."""
+    ctx.set_event("stage", "waiting")
+    decision = await ctx.wait_for("review")
+    return {"subject": subject, "decision": decision, "sum": await add(1, 1)}

@@ -8,6 +8,8 @@ from executor.config import Config, DatabaseConfig, EngineConfig
 from executor.engine.engine import Engine, EngineCrashed
 from executor.engine.instance import WorkflowContext
 from executor.errors import (
+    ChildCancelled,
+    ChildFailed,
     ConfigError,
     ExecutorError,
     NonDeterminismError,
@@ -19,11 +21,14 @@ from executor.errors import (
     RunParked,
     StepFailed,
     StoreError,
+    WaitTimeout,
     WorkflowFailed,
 )
 from executor.registry import Registry, RetryPolicy, step, workflow
 
 __all__ = [
+    "ChildCancelled",
+    "ChildFailed",
     "Client",
     "Config",
     "ConfigError",
@@ -44,6 +49,7 @@ __all__ = [
     "RunStatus",
     "StepFailed",
     "StoreError",
+    "WaitTimeout",
     "WorkflowContext",
     "WorkflowFailed",
     "register_codec",

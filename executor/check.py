@@ -13,6 +13,8 @@ ones the store's transactions keep (see store/repository.py):
     wait_of_recorded_step   ... and so are a wait's rows
     lost_message            no unread message sits on the topic of a pending wait (the wait
                             would never see it)
+    child_done_parent_pending  a finished child's end is in its parent's journal
+    orphan_child            a finished run has no running (or parked) child
     leftover_of_finished_run  finishing a run deletes its queued tasks and timers
     seq_mismatch            a step has a seq exactly when its result is recorded
     duplicate_seq           no two results of a run share a seq (a result is recorded once)
@@ -57,6 +59,8 @@ TASK_OF_RECORDED_STEP = "task_of_recorded_step"
 TIMER_OF_RECORDED_STEP = "timer_of_recorded_step"
 WAIT_OF_RECORDED_STEP = "wait_of_recorded_step"
 LOST_MESSAGE = "lost_message"
+CHILD_DONE_PARENT_PENDING = "child_done_parent_pending"
+ORPHAN_CHILD = "orphan_child"
 LEFTOVER_OF_FINISHED_RUN = "leftover_of_finished_run"
 SEQ_MISMATCH = "seq_mismatch"
 DUPLICATE_SEQ = "duplicate_seq"
@@ -78,6 +82,8 @@ KINDS = (
     TIMER_OF_RECORDED_STEP,
     WAIT_OF_RECORDED_STEP,
     LOST_MESSAGE,
+    CHILD_DONE_PARENT_PENDING,
+    ORPHAN_CHILD,
     LEFTOVER_OF_FINISHED_RUN,
     SEQ_MISMATCH,
     DUPLICATE_SEQ,
@@ -263,7 +269,7 @@ def _stuck(row: Iterable[Any]) -> tuple[str | None, str]:
 
 def _lost(row: Iterable[Any]) -> tuple[str | None, str]:
     run_id, pos, kind, name, status = row
-    what = {"sleep": "timer", "wait": "wait rows"}.get(kind, "task")
+    what = {"sleep": "timer", "wait": "wait rows", "child": "child run"}.get(kind, "task")
     parked = " (the run is parked: resuming it would wait forever)" if status == "parked" else ""
     return run_id, f"{kind} {name} at position {pos} is pending but has no {what}{parked}"
 
@@ -289,6 +295,16 @@ def _lost_message(row: Iterable[Any]) -> tuple[str | None, str]:
     return run_id, (
         f"message {message_id} on {topic} is unread while the wait at position {pos} waits for it"
     )
+
+
+def _child_done(row: Iterable[Any]) -> tuple[str | None, str]:
+    parent_id, pos, child_id, status = row
+    return parent_id, f"child run {child_id} is {status}, but position {pos} still waits for it"
+
+
+def _orphan(row: Iterable[Any]) -> tuple[str | None, str]:
+    child_id, parent_id, parent_status, status = row
+    return child_id, f"{status}, but its parent {parent_id} is {parent_status}"
 
 
 def _leftover(row: Iterable[Any]) -> tuple[str | None, str]:
@@ -385,6 +401,8 @@ _CHECKS: tuple[tuple[str, str, _Describe, _Params], ...] = (
     (TIMER_OF_RECORDED_STEP, "check_timers_of_recorded_steps", _timer_of_recorded, _no_params),
     (WAIT_OF_RECORDED_STEP, "check_waits_of_recorded_steps", _wait_of_recorded, _no_params),
     (LOST_MESSAGE, "check_unread_messages_of_waits", _lost_message, _no_params),
+    (CHILD_DONE_PARENT_PENDING, "check_children_done_parent_pending", _child_done, _no_params),
+    (ORPHAN_CHILD, "check_orphan_children", _orphan, _no_params),
     (LEFTOVER_OF_FINISHED_RUN, "check_leftovers_of_finished_runs", _leftover, _no_params),
     (SEQ_MISMATCH, "check_seq_mismatches", _seq_mismatch, _no_params),
     (DUPLICATE_SEQ, "check_duplicate_seqs", _duplicate_seq, _no_params),

@@ -121,6 +121,25 @@ class WaitTimeout(ExecutorError, TimeoutError):
         super().__init__(f"no signal on {which}{after} (wait at position {position})")
 
 
+class ChildFailed(ExecutorError):
+    """A child workflow failed (raised at the parent's `await ctx.child(...)`; catchable)."""
+
+    def __init__(self, child_id: str, error: dict[str, object]) -> None:
+        self.child_id = child_id
+        self.error = error  # the child's own error: {type, message, ...}
+        super().__init__(
+            f"child run {child_id} failed: {error.get('type')}: {error.get('message')}"
+        )
+
+
+class ChildCancelled(ExecutorError):
+    """A child workflow was cancelled (raised at the parent's `await ctx.child(...)`)."""
+
+    def __init__(self, child_id: str) -> None:
+        self.child_id = child_id
+        super().__init__(f"child run {child_id} was cancelled")
+
+
 class WorkflowUsageError(ExecutorError):
     """A workflow did something that cannot be replayed (asyncio.sleep, not ctx.sleep, ...)."""
 

@@ -53,6 +53,19 @@ class StepKind(enum.StrEnum):
     # ctx.wait_for: recorded by a signal (Client.signal) or by its timeout (a timer of kind WAIT)
     WAIT = "wait"
     EVENT = "event"  # ctx.set_event: settled when written (succeeded, no seq: never delivered)
+    CHILD = "child"  # ctx.child: recorded by whatever ends the child run (its result referenced)
+    START = "start"  # ctx.start: a detached run, settled when written
+
+
+# Kinds whose journal entry is done when the replay commit writes it: the code never awaits a
+# result for them, so they carry no seq, and those of a workflow's last activation are kept.
+SETTLED_KINDS = frozenset({StepKind.EVENT, StepKind.START})
+
+
+def child_run_id(parent_id: str, pos: int) -> str:
+    """The id of the run a workflow starts at journal position `pos` (ctx.child, ctx.start):
+    derived, so replaying the parent finds the same child instead of starting another."""
+    return f"{parent_id}.{pos}"
 
 
 class EngineState(enum.StrEnum):
@@ -198,6 +211,7 @@ class NewStep(NamedTuple):
     args: bytes | None
     fire_at: float | None  # for sleeps
     limit_key: str | None = None  # its own budget of the step's limits
+    target: str | None = None  # CHILD, START: the id of the run it starts
 
 
 @dataclass(slots=True)

@@ -26,7 +26,15 @@ from typing import Any, NamedTuple, TypeVar
 
 from executor import codec, errors, registry
 from executor.engine.cache import HydrationCache
-from executor.vocabulary import Delivery, JournalEntry, NewStep, RunState, StepKind, StepState
+from executor.vocabulary import (
+    Delivery,
+    JournalEntry,
+    NewStep,
+    RunState,
+    StepKind,
+    StepState,
+    child_run_id,
+)
 
 log = logging.getLogger("executor.workflow")
 
@@ -146,6 +154,12 @@ class RunInfo(NamedTuple):
     created_at: float
 
 
+class ChildRun(asyncio.Future[T]):
+    """The handle of a child workflow (ctx.child): a future of its result, and its run id."""
+
+    run_id: str
+
+
 class WorkflowContext:
     """The `ctx` every workflow function receives as its first argument."""
 
@@ -222,6 +236,39 @@ class WorkflowContext:
             raise errors.WorkflowUsageError(f"ctx.set_event: key must be a string, got {key!r}")
         self._inst.publish(key, value)
 
+    def child(self, wf: registry.WorkflowDef[T] | str, *args: Any) -> ChildRun[T]:
+        """Start a child workflow now; await the returned handle for its result.
+
+        `await ctx.child(wf, x)` starts and waits (one journal position); keep the handle to
+        await it later, or gather many. The child is a run of its own (`handle.run_id`): it
+        queues with its root run's creation (FIFO), inherits the concurrency key, and is
+        cancelled with the parent. A failed child raises `ChildFailed`, a cancelled one
+        `ChildCancelled`. Children still running when the parent finishes are cancelled.
+        """
+        wf = self._workflow_def(wf, "ctx.child")
+        wf.check_args(args)
+        return self._inst.schedule_child(wf.name, list(args))
+
+    def start(self, wf: registry.WorkflowDef[Any] | str, *args: Any) -> str:
+        """Start a detached run of `wf` and return its id at once: not a child, it is neither
+        awaited nor cancelled with this run. Started once, whatever the replays."""
+        wf = self._workflow_def(wf, "ctx.start")
+        wf.check_args(args)
+        return self._inst.start_detached(wf.name, list(args))
+
+    def _workflow_def(
+        self, wf: registry.WorkflowDef[T] | str, what: str
+    ) -> registry.WorkflowDef[T]:
+        if isinstance(wf, registry.WorkflowDef):
+            return wf
+        if isinstance(wf, str):
+            found = self._inst.registry.workflows.get(wf)
+            if found is not None:
+                return found
+        raise errors.WorkflowUsageError(
+            f"{what}: {wf!r} is not a registered workflow (pass the @workflow or its name)"
+        )
+
     def time(self) -> float:
         """The workflow's clock: when the event it is reacting to was recorded (same on replay)."""
         return self._inst.loop.now_s
@@ -267,6 +314,7 @@ class WorkflowInstance:
         self.pending: dict[int, tuple[str, asyncio.Future[Any]]] = {}
         # Pending waits by position: (topics, many, timeout, default). None until the first one.
         self._waits: dict[int, tuple[list[str], bool, float | None, Any]] | None = None
+        self._children: dict[int, str] | None = None  # pending children by position: run id
         self.new_steps: list[NewStep] = []
         self.nondeterminism: errors.NonDeterminismError | None = None
         self._closing = False
@@ -300,6 +348,7 @@ class WorkflowInstance:
         args: list[Any],
         sleep_s: float | None,
         limit_key: str | None = None,
+        target: str | None = None,
     ) -> asyncio.Future[Any]:
         if self._closing:
             raise errors.WorkflowUsageError("the workflow is being unloaded")
@@ -318,7 +367,7 @@ class WorkflowInstance:
                 )
         elif self.nondeterminism is None:
             fire_at = None if sleep_s is None else self._real_now() + sleep_s
-            self.new_steps.append(NewStep(pos, kind, name, fp, blob, fire_at, limit_key))
+            self.new_steps.append(NewStep(pos, kind, name, fp, blob, fire_at, limit_key, target))
         fut: asyncio.Future[Any] = self.loop.create_future()
         self.pending[pos] = (name, fut)
         return fut
@@ -334,6 +383,42 @@ class WorkflowInstance:
             self._waits = {}
         self._waits[pos] = (topics, many, timeout, default)
         return fut
+
+    def schedule_child(self, workflow: str, args: list[Any]) -> ChildRun[Any]:
+        pos = self.next_pos
+        child_id = child_run_id(self.run.id, pos)
+        fut = self.schedule(StepKind.CHILD, workflow, args, None, target=child_id)
+        handle: ChildRun[Any] = ChildRun(loop=self.loop)
+        handle.run_id = child_id
+        # The journal's future feeds the handle, so ChildFailed/ChildCancelled reach the code
+        # from the handle the code holds.
+        fut.add_done_callback(lambda f: _chain(f, handle))
+        if self._children is None:
+            self._children = {}
+        self._children[pos] = child_id
+        return handle
+
+    def start_detached(self, workflow: str, args: list[Any]) -> str:
+        if self._closing:
+            raise errors.WorkflowUsageError("the workflow is being unloaded")
+        blob = codec.encode(args, what=f"{workflow} arguments", limit=self.payload_limit)
+        pos = self.next_pos
+        self.next_pos += 1
+        fp = codec.fingerprint(blob)
+        run_id = child_run_id(self.run.id, pos)
+        entry = self.journal.get(pos)
+        if entry is not None:
+            if entry.kind != StepKind.START or entry.name != workflow or entry.fingerprint != fp:
+                self._mismatch(
+                    pos,
+                    f"{entry.kind} {entry.name} (args fingerprint {entry.fingerprint})",
+                    f"{StepKind.START} {workflow} (args fingerprint {fp})",
+                )
+        elif self.nondeterminism is None:
+            self.new_steps.append(
+                NewStep(pos, StepKind.START, workflow, fp, blob, None, target=run_id)
+            )
+        return run_id
 
     def publish(self, key: str, value: Any) -> None:
         if self._closing:
@@ -380,10 +465,17 @@ class WorkflowInstance:
             return
         name, fut = waiting
         wait = self._waits.pop(d.pos, None) if self._waits else None
+        child = self._children.pop(d.pos, None) if self._children else None
         if fut.done():  # cancelled by the workflow code itself
             return
         if wait is not None:
             self._deliver_wait(d, fut, *wait)
+        elif child is not None and d.status != StepState.SUCCEEDED:
+            error = codec.decode(d.error) if d.error is not None else {}
+            if error.get("type") == "ChildCancelled":
+                fut.set_exception(errors.ChildCancelled(child))
+            else:
+                fut.set_exception(errors.ChildFailed(child, error.get("error") or error))
         elif d.status == StepState.SUCCEEDED:
             if d.has_value:
                 value = d.value
@@ -392,7 +484,7 @@ class WorkflowInstance:
                 value = None
             else:
                 value = self.cache.get((self.run.rid, d.pos), d.result)
-            st = self.registry.steps.get(name)
+            st = self.registry.workflows.get(name) if child else self.registry.steps.get(name)
             if st is not None and st.types is not None:
                 try:
                     value = st.types.decode_result(value, f"result of step {name} at {d.pos}")
@@ -481,6 +573,17 @@ class WorkflowInstance:
         if self.main.done() and not self.main.cancelled():
             self.main.exception()  # retrieved: no "never retrieved" warning at GC
         self.loop.close()
+
+
+def _chain(source: asyncio.Future[Any], handle: ChildRun[Any]) -> None:
+    if handle.done():
+        return
+    if source.cancelled():
+        handle.cancel()
+    elif source.exception() is not None:
+        handle.set_exception(source.exception())  # type: ignore[arg-type]
+    else:
+        handle.set_result(source.result())
 
 
 def _as_list(value: Any) -> list[Any]:

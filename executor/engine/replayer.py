@@ -25,7 +25,14 @@ from executor.engine.wakeup import sleep_until
 from executor.store import repository as repo
 from executor.store.database import Database
 from executor.store.history import error_line
-from executor.vocabulary import Delivery, ReplayOutput, RunSnapshot, RunState, StepKind
+from executor.vocabulary import (
+    SETTLED_KINDS,
+    Delivery,
+    ReplayOutput,
+    RunSnapshot,
+    RunState,
+    StepKind,
+)
 
 log = logging.getLogger("executor.engine")
 
@@ -296,8 +303,9 @@ def _output(inst: WorkflowInstance) -> ReplayOutput:
         return out
     status, result, error = inst.outcome()
     if status is not None:
-        # Published values are settled when written: those of the last activation stay.
-        out.new_steps = [s for s in steps if s.kind == StepKind.EVENT]
+        # Published values and detached starts are settled when written: those of the last
+        # activation stay. Children it never awaited are not started at all.
+        out.new_steps = [s for s in steps if s.kind in SETTLED_KINDS]
         out.finished, out.result, out.error = status, result, error
     return out
 

@@ -15,7 +15,8 @@ SELECT count(*) FROM runs;
 
 -- name: check_stuck_runs
 -- A running run must have something that makes it progress: a task, a timer or a replay entry,
--- or be legitimately idle: waiting for a signal (with no timeout, it may wait forever).
+-- or be legitimately idle: waiting for a signal (with no timeout, it may wait forever) or for a
+-- child that is still running (or parked).
 SELECT r.id, r.last_seq,
        (SELECT count(*) FROM steps AS s WHERE s.run_rid = r.rid AND s.status = 'pending')
 FROM runs AS r
@@ -24,6 +25,8 @@ WHERE r.status = 'running'
   AND NOT EXISTS (SELECT 1 FROM timers AS m WHERE m.run_rid = r.rid)
   AND NOT EXISTS (SELECT 1 FROM replays AS p WHERE p.run_rid = r.rid)
   AND NOT EXISTS (SELECT 1 FROM waits AS w WHERE w.run_rid = r.rid)
+  AND NOT EXISTS (SELECT 1 FROM runs AS c
+                  WHERE c.parent_rid = r.rid AND c.status IN ('running', 'parked'))
 ORDER BY r.rid;
 
 -- name: check_lost_steps
@@ -36,6 +39,7 @@ WHERE r.status IN ('running', 'parked') AND s.status = 'pending'
   AND NOT EXISTS (SELECT 1 FROM tasks AS t WHERE t.run_rid = s.run_rid AND t.pos = s.pos)
   AND NOT EXISTS (SELECT 1 FROM timers AS m WHERE m.run_rid = s.run_rid AND m.pos = s.pos)
   AND NOT EXISTS (SELECT 1 FROM waits AS w WHERE w.run_rid = s.run_rid AND w.pos = s.pos)
+  AND NOT EXISTS (SELECT 1 FROM runs AS c WHERE c.parent_rid = s.run_rid AND c.parent_pos = s.pos)
 ORDER BY s.run_rid, s.pos;
 
 -- name: check_tasks_of_recorded_steps
@@ -94,8 +98,9 @@ ORDER BY 1, 4;
 -- when written and never delivered: succeeded, without a seq.
 SELECT r.id, s.pos, s.name, s.status, s.seq
 FROM steps AS s JOIN runs AS r ON r.rid = s.run_rid
-WHERE (s.kind != 'event' AND (s.status IN ('succeeded', 'failed')) != (s.seq IS NOT NULL))
-   OR (s.kind = 'event' AND (s.status != 'succeeded' OR s.seq IS NOT NULL))
+WHERE (s.kind NOT IN ('event', 'start')
+       AND (s.status IN ('succeeded', 'failed')) != (s.seq IS NOT NULL))
+   OR (s.kind IN ('event', 'start') AND (s.status != 'succeeded' OR s.seq IS NOT NULL))
    OR s.status NOT IN ('pending', 'succeeded', 'failed')
 ORDER BY s.run_rid, s.pos;
 
@@ -165,3 +170,20 @@ UNION ALL
 SELECT 'replay entry', p.run_rid, NULL FROM replays AS p
 WHERE NOT EXISTS (SELECT 1 FROM runs AS r WHERE r.rid = p.run_rid)
 ORDER BY 2, 3;
+
+-- name: check_children_done_parent_pending
+-- Whatever ends a child records it in its parent's journal in the same transaction: a finished
+-- child whose parent (running or parked) still waits for it would keep the parent stuck.
+SELECT p.id, c.parent_pos, c.id, c.status
+FROM runs AS c JOIN runs AS p ON p.rid = c.parent_rid
+JOIN steps AS s ON s.run_rid = c.parent_rid AND s.pos = c.parent_pos
+WHERE c.status IN ('succeeded', 'failed', 'cancelled') AND p.status IN ('running', 'parked')
+  AND s.status = 'pending'
+ORDER BY c.parent_rid, c.parent_pos;
+
+-- name: check_orphan_children
+-- A run that finishes cancels its unfinished children (and theirs) in the same transaction.
+SELECT c.id, p.id, p.status, c.status
+FROM runs AS c JOIN runs AS p ON p.rid = c.parent_rid
+WHERE c.status IN ('running', 'parked') AND p.status IN ('succeeded', 'failed', 'cancelled')
+ORDER BY c.rid;

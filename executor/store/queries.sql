@@ -70,15 +70,22 @@ SELECT status FROM runs WHERE rid = ?;
 SELECT rid, id, workflow, version, shard, status, args, created_at, last_seq FROM runs WHERE rid = ?;
 
 -- name: select_journal
-SELECT pos, kind, name, fingerprint, status, result, error, seq, finished_at
-FROM steps WHERE run_rid = ? ORDER BY pos;
+-- A child's result is not copied into its parent's journal: it is read from the child's row.
+SELECT s.pos, s.kind, s.name, s.fingerprint, s.status,
+       CASE WHEN s.kind = 'child' AND s.status = 'succeeded'
+            THEN (SELECT c.result FROM runs AS c WHERE c.parent_rid = s.run_rid AND c.parent_pos = s.pos)
+            ELSE s.result END,
+       s.error, s.seq, s.finished_at
+FROM steps AS s WHERE s.run_rid = ? ORDER BY s.pos;
 
 -- name: insert_step
 INSERT OR IGNORE INTO steps (run_rid, pos, kind, name, fingerprint, args, status, created_at)
 VALUES (?, ?, ?, ?, ?, ?, 'pending', ?);
 
 -- name: insert_task
-INSERT INTO tasks (run_rid, pos, shard) VALUES (?, ?, ?);
+-- order_rid: the run's root (itself for a root run), the task's place in its shard's FIFO queue.
+INSERT INTO tasks (run_rid, pos, shard, order_rid)
+SELECT ?1, ?2, ?3, coalesce(root_rid, rid) FROM runs WHERE rid = ?1;
 
 -- name: insert_timer
 INSERT OR IGNORE INTO timers (run_rid, pos, shard, fire_at) VALUES (?, ?, ?, ?);
@@ -211,7 +218,7 @@ SET claim_token = :token, claim_engine = :engine, claim_epoch = :epoch, claimed_
 WHERE (run_rid, pos) IN (
     SELECT run_rid, pos FROM tasks
     WHERE shard = :shard AND claim_token IS NULL AND parked IS NULL AND not_before <= :now
-    ORDER BY run_rid, pos
+    ORDER BY order_rid, run_rid, pos
     LIMIT :limit
 );
 
@@ -224,7 +231,7 @@ SELECT t.run_rid, t.pos, t.shard, t.attempt, s.name, s.args, s.limit_key, r.id, 
 FROM tasks AS t JOIN steps AS s ON s.run_rid = t.run_rid AND s.pos = t.pos
 JOIN runs AS r ON r.rid = t.run_rid
 WHERE t.claim_token = ?
-ORDER BY t.run_rid, t.pos;
+ORDER BY t.order_rid, t.run_rid, t.pos;
 
 -- Recording a batch of finished steps, set-based (repository._record_done): the outcomes go into
 -- a temporary table, and each fence and write is one statement over the whole batch.

@@ -20,7 +20,7 @@ from typing import Any
 import orjson
 
 from executor.errors import error_blob
-from executor.store import payloads, signals
+from executor.store import children, payloads, signals
 from executor.store.database import transaction
 from executor.store.sql import Q
 from executor.vocabulary import (
@@ -416,6 +416,13 @@ def commit_replays(conn: sqlite3.Connection, outputs: Sequence[ReplayOutput], no
                 assert s.args is not None
                 signals.publish(conn, out.run_rid, s.pos, s.name, s.fingerprint, s.args, now)
                 continue
+            if s.kind == StepKind.START:
+                if conn.execute(
+                    Q["insert_settled_step"],
+                    (out.run_rid, s.pos, s.kind, s.name, s.fingerprint, s.args, now, now),
+                ).rowcount:
+                    _start_child(conn, out.run_rid, s, False, now)
+                continue
             inserted = conn.execute(
                 Q["insert_step"],
                 (
@@ -436,6 +443,8 @@ def commit_replays(conn: sqlite3.Connection, outputs: Sequence[ReplayOutput], no
                 conn.execute(Q["insert_timer"], (out.run_rid, s.pos, out.shard, s.fire_at))
             elif s.kind == StepKind.WAIT:
                 _open_wait(conn, out, s, now)
+            elif s.kind == StepKind.CHILD:
+                _start_child(conn, out.run_rid, s, True, now)
             else:
                 conn.execute(Q["insert_task"], (out.run_rid, s.pos, out.shard))
                 queued += 1
@@ -451,8 +460,11 @@ def commit_replays(conn: sqlite3.Connection, outputs: Sequence[ReplayOutput], no
                 },
             ).rowcount
             if changed:
-                # Steps the workflow started but never awaited are abandoned with it.
-                _drop_pending_work(conn, out.run_rid)
+                # Steps the workflow started but never awaited are abandoned with it, and so are
+                # the children it never awaited (cancelled, with their own children).
+                out.recorded.extend(
+                    _run_left(conn, out.run_rid, out.finished, out.result, out.error, now)
+                )
             conn.execute(Q["delete_replay"], (out.run_rid,))
         elif out.parked is not None:
             conn.execute(Q["park_run"], {"error": out.parked, "now": now, "rid": out.run_rid})
@@ -474,6 +486,60 @@ def _drop_pending_work(conn: sqlite3.Connection, rid: int) -> None:
     conn.execute(Q["delete_queued_tasks_of_run"], (rid,))
     conn.execute(Q["delete_timers_of_run"], (rid,))
     signals.drop_waits(conn, rid)
+
+
+def _run_left(
+    conn: sqlite3.Connection,
+    rid: int,
+    status: str,
+    result: bytes | None,
+    error: bytes | None,
+    now: float,
+) -> list[Delivery]:
+    """The run just finished (any way): drop its pending work, cancel the children it still
+    has, and if it is a child, record its end in its parent's journal. Returns that record."""
+    _drop_pending_work(conn, rid)
+    below = children.cancel_descendants(conn, rid, "cancelled with its parent", now)
+    for child in below:
+        _drop_pending_work(conn, child)
+        conn.execute(Q["delete_replay"], (child,))
+    entry = children.parent_entry(conn, rid)
+    if entry is None:
+        return []
+    child_id, parent_rid, parent_pos = entry
+    if status == RunState.SUCCEEDED:
+        # The parent's entry references the child's result (loaded from the child's row on a
+        # replay); only this in-memory record carries a copy, for a live parent.
+        o = Outcome(OutcomeKind.DONE, parent_rid, parent_pos)
+    else:
+        o = Outcome(
+            OutcomeKind.DONE,
+            parent_rid,
+            parent_pos,
+            status=StepState.FAILED,
+            error=children.outcome_error(child_id, status, error),
+        )
+    recorded = _record(conn, o, now)
+    if recorded is None:
+        return []
+    return [recorded._replace(result=result) if status == RunState.SUCCEEDED else recorded]
+
+
+def _start_child(
+    conn: sqlite3.Connection, parent_rid: int, s: NewStep, attached: bool, now: float
+) -> None:
+    assert s.target is not None and s.args is not None
+    children.start(
+        conn,
+        parent_rid=parent_rid,
+        pos=s.pos,
+        run_id=s.target,
+        workflow=s.name,
+        args=s.args,
+        shards=int(conn.execute(Q["select_shards"]).fetchone()[0]),
+        attached=attached,
+        now=now,
+    )
 
 
 def _open_wait(conn: sqlite3.Connection, out: ReplayOutput, s: NewStep, now: float) -> None:
@@ -547,19 +613,19 @@ def list_runs(conn: sqlite3.Connection, status: str | None, limit: int) -> list[
 
 @transaction
 def cancel_run(conn: sqlite3.Connection, run_id: str, now: float) -> bool:
-    """Cancel a running or parked run: its queued tasks, timers and replay entry go away.
+    """Cancel a running or parked run: its queued tasks, timers, waits and replay entry go
+    away, its running children (and theirs) are cancelled too, and if it is a child its parent
+    sees ChildCancelled; all in this one transaction.
 
     In-flight tasks stay until their engine notices (heartbeat) and cancels them; their results
     are then dropped by the fence, since the run is no longer running.
     """
-    row = conn.execute(
-        Q["cancel_run"],
-        {"id": run_id, "now": now, "error": error_blob("Cancelled", "cancelled by request")},
-    ).fetchone()
+    error = error_blob("Cancelled", "cancelled by request")
+    row = conn.execute(Q["cancel_run"], {"id": run_id, "now": now, "error": error}).fetchone()
     if row is None:
         return False
     rid = row[0]
-    _drop_pending_work(conn, rid)
+    _run_left(conn, rid, RunState.CANCELLED, None, error, now)
     conn.execute(Q["delete_replay"], (rid,))
     return True
 
@@ -577,13 +643,11 @@ def resume_run(conn: sqlite3.Connection, run_id: str, now: float) -> bool:
 
 @transaction
 def fail_parked_run(conn: sqlite3.Connection, run_id: str, reason: str, now: float) -> bool:
-    row = conn.execute(
-        Q["fail_parked_run"],
-        {"id": run_id, "now": now, "error": error_blob("FailedByOperator", reason)},
-    ).fetchone()
+    error = error_blob("FailedByOperator", reason)
+    row = conn.execute(Q["fail_parked_run"], {"id": run_id, "now": now, "error": error}).fetchone()
     if row is None:
         return False
-    _drop_pending_work(conn, row[0])
+    _run_left(conn, row[0], RunState.FAILED, None, error, now)
     conn.execute(Q["delete_replay"], (row[0],))
     return True
 
@@ -611,7 +675,7 @@ def clear_task_queue(conn: sqlite3.Connection, shard: int, now: float) -> int:
     for rid in rids:
         conn.execute(Q["delete_queued_tasks_of_run"], (rid,))
         if conn.execute(Q["fail_running_run"], {"rid": rid, "error": error, "now": now}).rowcount:
-            _drop_pending_work(conn, rid)
+            _run_left(conn, rid, RunState.FAILED, None, error, now)
             conn.execute(Q["delete_replay"], (rid,))
     return len(rids)
 
@@ -624,7 +688,7 @@ def clear_replay_queue(conn: sqlite3.Connection, shard: int, now: float) -> int:
     conn.execute(Q["delete_replays_of_shard"], (shard,))
     for rid in rids:
         if conn.execute(Q["fail_running_run"], {"rid": rid, "error": error, "now": now}).rowcount:
-            _drop_pending_work(conn, rid)
+            _run_left(conn, rid, RunState.FAILED, None, error, now)
     return len(rids)
 
 

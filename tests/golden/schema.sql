@@ -12,6 +12,9 @@ CREATE INDEX payloads_unreferenced ON payloads (id) WHERE refs <= 0;
 -- index replays_shard
 CREATE INDEX replays_shard ON replays (shard, run_rid);
 
+-- index runs_parent
+CREATE UNIQUE INDEX runs_parent ON runs (parent_rid, parent_pos) WHERE parent_rid IS NOT NULL;
+
 -- index runs_status
 CREATE INDEX runs_status ON runs (status, rid);
 
@@ -22,7 +25,7 @@ CREATE INDEX tasks_claimed ON tasks (claim_engine) WHERE claim_token IS NOT NULL
 CREATE INDEX tasks_parked ON tasks (parked, run_rid, pos) WHERE parked IS NOT NULL;
 
 -- index tasks_queued
-CREATE INDEX tasks_queued ON tasks (shard, run_rid, pos, not_before)
+CREATE INDEX tasks_queued ON tasks (shard, order_rid, run_rid, pos, not_before)
     WHERE claim_token IS NULL AND parked IS NULL;
 
 -- index tasks_token
@@ -120,7 +123,7 @@ CREATE TABLE runs (
     updated_at      REAL NOT NULL,
     finished_at     REAL,
     last_seq        INTEGER NOT NULL DEFAULT 0  -- journal events recorded so far
-, concurrency_key TEXT);
+, concurrency_key TEXT, parent_rid INTEGER, parent_pos INTEGER, root_rid INTEGER);
 
 -- table samples
 CREATE TABLE samples (
@@ -170,7 +173,7 @@ CREATE TABLE tasks (
     claim_token  INTEGER,
     claim_engine INTEGER,
     claim_epoch  INTEGER,
-    claimed_at   REAL, parked TEXT,
+    claimed_at   REAL, parked TEXT, order_rid INTEGER NOT NULL DEFAULT 0,
     PRIMARY KEY (run_rid, pos)
 ) WITHOUT ROWID;
 

@@ -7,6 +7,7 @@ file. Every call is one short transaction, safe while engines run.
 from __future__ import annotations
 
 import asyncio
+import builtins
 import random
 import sqlite3
 import time
@@ -16,9 +17,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from executor import codec, config, errors, registry, vocabulary
+from executor import codec, config, errors, registry, schedules, vocabulary
 from executor.store import history, overview, sharding, signals
 from executor.store import repository as repo
+from executor.store import schedules as stored_schedules
 from executor.store.database import Database
 
 # Every run status, the unfinished ones first (for `executor list --status` and the stats table).
@@ -73,6 +75,31 @@ def _status(row: vocabulary.RunRow, step: history.CurrentStep | None = None) -> 
         error=None if row.error is None else codec.decode(row.error),
         current_step=None if step is None else step._asdict(),
     )
+
+
+@dataclass(frozen=True, slots=True)
+class ScheduleInfo:
+    name: str
+    workflow: str
+    cron: str
+    timezone: str
+    args: list[Any]
+    catchup: str
+    overlap: str
+    source: str  # config | client
+    paused: bool
+    next_fire_at: float
+    last_fire_at: float | None
+    last_run_id: str | None
+    fired: int  # runs started
+    skipped: int  # ticks not started (catch-up or overlap policy)
+
+    @classmethod
+    def of(cls, row: stored_schedules.ScheduleRow) -> ScheduleInfo:
+        return cls(**{**row._asdict(), "args": codec.decode(row.args), "paused": bool(row.paused)})
+
+    def to_dict(self) -> dict[str, Any]:
+        return {f: getattr(self, f) for f in self.__slots__}
 
 
 def _check_name(what: str, value: object) -> None:
@@ -386,6 +413,75 @@ class Client:
                 return default
             await asyncio.sleep(min(delay, left))
             delay = min(_RESULT_POLL_MAX_S, delay * 1.5)
+
+    # -- schedules --
+
+    async def schedule(
+        self,
+        name: str,
+        workflow: str | registry.WorkflowDef[Any],
+        cron: str,
+        *args: Any,
+        timezone: str = "UTC",
+        catchup: str = "skip",
+        overlap: str = "skip",
+    ) -> ScheduleInfo:
+        """Run `workflow(tick, *args)` on `cron` (create or replace the schedule `name`).
+
+        The workflow's first argument is the tick's time (UNIX seconds). `catchup` (skip, once,
+        all) decides which ticks missed while no engine ran are started; `overlap` (skip, allow,
+        cancel) what a tick does while the previous run still runs (executor/schedules.py).
+        Schedules from `[schedules.NAME]` in the config are reconciled by the daemon; those made
+        here are left alone by reloads.
+        """
+        wf_name, _, wf = self._resolve(workflow)
+        if wf is not None:
+            wf.check_args((0.0, *args))
+        codec.encode(list(args), what=f"schedule {name} arguments", limit=self.payload_limit_bytes)
+        spec = schedules.ScheduleSpec(name, wf_name, cron, timezone, tuple(args), catchup, overlap)
+        try:
+            schedules.validate(spec, f"schedule {name!r}")
+        except errors.ConfigError as exc:
+            raise errors.ExecutorError(exc.message) from None
+        await self.db.run(stored_schedules.put, spec, time.time())
+        return await self.get_schedule(name)
+
+    async def get_schedule(self, name: str) -> ScheduleInfo:
+        row = await self.db.run(stored_schedules.get, name)
+        if row is None:
+            raise errors.ScheduleNotFound(f"no schedule named {name!r} in {self.db.path}")
+        return ScheduleInfo.of(row)
+
+    async def schedules(self) -> builtins.list[ScheduleInfo]:
+        """Every schedule, by name."""
+        return [ScheduleInfo.of(r) for r in await self.db.run(stored_schedules.list_all)]
+
+    async def unschedule(self, name: str) -> bool:
+        """Delete a schedule (its runs go on); False if there was none. One from the config
+        comes back at the daemon's next start or reload unless it is removed there too."""
+        return await self.db.run(stored_schedules.delete, name)
+
+    async def pause_schedule(self, name: str) -> bool:
+        """Stop starting runs (until resumed); False if it was paused already."""
+        return await self._pause(name, True)
+
+    async def resume_schedule(self, name: str) -> bool:
+        """Start runs again from the next tick (ticks missed while paused are skipped)."""
+        return await self._pause(name, False)
+
+    async def _pause(self, name: str, paused: bool) -> bool:
+        done = await self.db.run(stored_schedules.set_paused, name, paused, time.time())
+        if done is None:
+            raise errors.ScheduleNotFound(f"no schedule named {name!r} in {self.db.path}")
+        return done
+
+    async def trigger_schedule(self, name: str) -> str:
+        """Start a run of the schedule now (paused or not); return its id."""
+        run_id = await self.db.run(stored_schedules.trigger, name, time.time())
+        if run_id is None:
+            await self.get_schedule(name)  # ScheduleNotFound
+            raise errors.ExecutorError(f"schedule {name!r} was triggered this second already")
+        return run_id
 
     # -- operator functions: each one transaction --
 

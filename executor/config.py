@@ -20,6 +20,7 @@ from types import MappingProxyType
 from typing import Any, Literal
 
 from executor.errors import ConfigError
+from executor.schedules import ScheduleSpec, from_table
 
 Durability = Literal["normal", "full"]
 LoopKind = Literal["auto", "uvloop", "asyncio"]
@@ -122,6 +123,7 @@ class Config:
     # Tuples, sorted by name, so the config stays hashable and compares by value.
     limits: tuple[LimitSpec, ...] = ()
     concurrency_keys: tuple[tuple[str, int], ...] = ()  # (key, cap) overrides
+    schedules: tuple[ScheduleSpec, ...] = ()  # [schedules.NAME], sorted by name
 
     def replace(self, **sections: object) -> Config:
         return dataclasses.replace(self, **sections)  # type: ignore[arg-type]
@@ -156,6 +158,7 @@ LIVE_KEYS = frozenset(
 # Tables with names chosen by the user: [limits.NAME] and [concurrency_keys]; always live.
 LIMITS_SECTION = "limits"
 CONCURRENCY_KEYS_SECTION = "concurrency_keys"
+SCHEDULES_SECTION = "schedules"  # [schedules.NAME] (executor/schedules.py); live on SIGHUP
 _LIMIT_FIELDS = tuple(f.name for f in dataclasses.fields(LimitSpec) if f.name != "name")
 _LIMIT_NAME = re.compile(r"[A-Za-z0-9_-]+")
 _BARE_KEY = re.compile(r"[A-Za-z0-9_-]+")
@@ -485,6 +488,15 @@ def render_config(loaded: LoadedConfig) -> str:
             key = _toml_key(name)
             source = loaded.sources.get(f"{CONCURRENCY_KEYS_SECTION}.{key}", DEFAULT_SOURCE)
             lines.append(f"{key} = {cap}  # from {source}")
+    for schedule in loaded.config.schedules:
+        where = f"{SCHEDULES_SECTION}.{_toml_key(schedule.name)}"
+        lines += ["", f"[{where}]  # from {loaded.sources.get(where, DEFAULT_SOURCE)}"]
+        for item in dataclasses.fields(schedule):
+            value = getattr(schedule, item.name)
+            if item.name != "name":
+                # args hold any JSON; the rest are strings.
+                shown = json.dumps(list(value)) if item.name == "args" else _toml_value(value)
+                lines.append(f"{item.name} = {shown}")
     return "\n".join(lines) + "\n"
 
 
@@ -508,6 +520,8 @@ def diff_live(old: Config, new: Config) -> tuple[list[str], list[str]]:
     )
     if old.concurrency_keys != new.concurrency_keys:
         live.append(CONCURRENCY_KEYS_SECTION)
+    if old.schedules != new.schedules:
+        live.append(SCHEDULES_SECTION)
     return live, restart
 
 
@@ -547,6 +561,9 @@ def _read_file(path: Path) -> dict[str, object]:
             continue
         if section_name == CONCURRENCY_KEYS_SECTION:
             values.update(_read_concurrency_keys(path, table))
+            continue
+        if section_name == SCHEDULES_SECTION:
+            values.update(_read_schedules(path, table))
             continue
         if section_name not in _SECTIONS and not isinstance(table, dict):
             raise ConfigError(f"{path}: {section_name}: unknown key{_top_level_hint(section_name)}")
@@ -639,6 +656,25 @@ def _read_concurrency_keys(path: Path, table: object) -> dict[str, object]:
     return values
 
 
+def _read_schedules(path: Path, table: object) -> dict[str, object]:
+    """[schedules.NAME] tables into {"schedules.NAME": ScheduleSpec}: a schedule is replaced
+    whole by a later file that defines the same name."""
+    if not isinstance(table, dict):
+        raise ConfigError(
+            f"{path}: {SCHEDULES_SECTION}: expected tables like [schedules.NAME],"
+            f" got {_show(table)}"
+        )
+    values: dict[str, object] = {}
+    for name, schedule in table.items():
+        where = f"{path}: {SCHEDULES_SECTION}.{_toml_key(name)}"
+        if not isinstance(schedule, dict):
+            raise ConfigError(
+                f"{where}: expected a table with workflow and cron, got {_show(schedule)}"
+            )
+        values[f"{SCHEDULES_SECTION}.{name}"] = from_table(name, schedule, where)
+    return values
+
+
 def _toml_key(name: str) -> str:
     return name if _BARE_KEY.fullmatch(name) else _toml_string(name)
 
@@ -687,6 +723,7 @@ def _build(values: Mapping[str, object]) -> Config:
         sections[section_name] = dataclasses.replace(section_type(), **changes)
     limits: dict[str, dict[str, Any]] = {}
     caps: dict[str, int] = {}
+    scheduled: dict[str, ScheduleSpec] = {}
     for key, value in values.items():
         head, _, rest = key.partition(".")
         if head == LIMITS_SECTION:
@@ -697,8 +734,11 @@ def _build(values: Mapping[str, object]) -> Config:
                 fields[field_name] = value
         elif head == CONCURRENCY_KEYS_SECTION:
             caps[_from_toml_key(rest)] = int(value)  # type: ignore[call-overload]
+        elif head == SCHEDULES_SECTION and isinstance(value, ScheduleSpec):
+            scheduled[value.name] = value
     sections["limits"] = tuple(LimitSpec(name=name, **limits[name]) for name in sorted(limits))
     sections["concurrency_keys"] = tuple(sorted(caps.items()))
+    sections["schedules"] = tuple(scheduled[name] for name in sorted(scheduled))
     return Config().replace(**sections)
 
 
@@ -721,7 +761,7 @@ def _check_cross_fields(config: Config, sources: Mapping[str, str], files: list[
 
 
 def _hint(name: str, candidates: list[str] | None = None) -> str:
-    sections = [*_SECTIONS, LIMITS_SECTION, CONCURRENCY_KEYS_SECTION]
+    sections = [*_SECTIONS, LIMITS_SECTION, CONCURRENCY_KEYS_SECTION, SCHEDULES_SECTION]
     if candidates is None:
         candidates = sections if "." not in name else list(_KEYS)
     close = difflib.get_close_matches(name, candidates, n=1)

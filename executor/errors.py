@@ -58,6 +58,10 @@ class RunNotFound(ExecutorError):
     """No run with that id."""
 
 
+class ScheduleNotFound(ExecutorError):
+    """No schedule with that name."""
+
+
 class WorkflowFailed(ExecutorError):
     """The run ended in failure."""
 

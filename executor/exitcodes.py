@@ -26,7 +26,7 @@ MEANINGS: dict[ExitCode, str] = {
     ExitCode.NOT_CLEAN: "the run failed, was cancelled, is parked or unfinished; or nothing to do",
     ExitCode.USAGE: "bad usage or configuration, or a workflow module failed to import",
     ExitCode.DATABASE: "the database cannot be opened, read or written",
-    ExitCode.NOT_FOUND: "no run with that id",
+    ExitCode.NOT_FOUND: "no run with that id (or no schedule with that name)",
     ExitCode.TIMEOUT: "--timeout passed before the run finished",
     ExitCode.INTERNAL: "internal error (a bug), or the daemon's engine crashed",
     ExitCode.FORCED: "interrupted; for the daemon: a second SIGINT skipped the drain",

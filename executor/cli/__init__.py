@@ -8,6 +8,7 @@
     executor resume|fail RUN             decide what happens to a parked run
     executor signal RUN TOPIC            send a signal to a run (--payload JSON, --key K)
     executor event RUN KEY               print a value the run published (--wait S)
+    executor schedules list|pause|resume|trigger [NAME]
     executor bump-epoch                  make running daemons drain and exit
     executor fail-pending|clear-replay-queue|clear-task-queue --shard N|--all --yes
     executor check                       check the database's invariants (read-only)
@@ -25,6 +26,7 @@ The package, by noun:
     daemon.py    run, bump-epoch
     runs.py      start, status, result, cancel, list, resume, fail
     signals.py   signal, event
+    schedules.py schedules
     observe.py   show (views.py renders it for a terminal)
     shards.py    stats, fail-pending, clear-replay-queue, clear-task-queue
     database.py  migrate, check

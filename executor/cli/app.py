@@ -12,14 +12,33 @@ from pathlib import Path
 from types import ModuleType
 
 from executor import errors, exitcodes
-from executor.cli import common, daemon, database, observe, runs, settings, shards, signals
+from executor.cli import (
+    common,
+    daemon,
+    database,
+    observe,
+    runs,
+    schedules,
+    settings,
+    shards,
+    signals,
+)
 from executor.cli.common import PROG, UsageError
 from executor.daemon.workflows import WorkflowImportError
 from executor.exitcodes import ExitCode
 
 # Every module with verbs, in the order their verbs appear in `executor --help`. A new verb module
 # goes here (see the package docstring).
-VERB_MODULES: tuple[ModuleType, ...] = (daemon, runs, observe, signals, shards, database, settings)
+VERB_MODULES: tuple[ModuleType, ...] = (
+    daemon,
+    runs,
+    observe,
+    signals,
+    schedules,
+    shards,
+    database,
+    settings,
+)
 
 _EXIT_EPILOG = "exit codes:\n"
 _EXIT_CODES: tuple[tuple[type[BaseException], ExitCode], ...] = (
@@ -30,6 +49,7 @@ _EXIT_CODES: tuple[tuple[type[BaseException], ExitCode], ...] = (
     (errors.PayloadError, ExitCode.USAGE),
     (errors.StoreError, ExitCode.DATABASE),
     (errors.RunNotFound, ExitCode.NOT_FOUND),
+    (errors.ScheduleNotFound, ExitCode.NOT_FOUND),
     (errors.ResultTimeout, ExitCode.TIMEOUT),
     (errors.ExecutorError, ExitCode.NOT_CLEAN),
 )

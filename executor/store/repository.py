@@ -620,7 +620,12 @@ def cancel_run(conn: sqlite3.Connection, run_id: str, now: float) -> bool:
     In-flight tasks stay until their engine notices (heartbeat) and cancels them; their results
     are then dropped by the fence, since the run is no longer running.
     """
-    error = error_blob("Cancelled", "cancelled by request")
+    return cancel_in(conn, run_id, "cancelled by request", now)
+
+
+def cancel_in(conn: sqlite3.Connection, run_id: str, reason: str, now: float) -> bool:
+    """cancel_run inside a transaction that is already open."""
+    error = error_blob("Cancelled", reason)
     row = conn.execute(Q["cancel_run"], {"id": run_id, "now": now, "error": error}).fetchone()
     if row is None:
         return False

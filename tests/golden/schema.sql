@@ -1,4 +1,4 @@
--- PRAGMA user_version = 6
+-- PRAGMA user_version = 8
 
 -- index mailbox_dedup
 CREATE UNIQUE INDEX mailbox_dedup ON mailbox (run_rid, dedup_key) WHERE dedup_key IS NOT NULL;
@@ -17,6 +17,9 @@ CREATE UNIQUE INDEX runs_parent ON runs (parent_rid, parent_pos) WHERE parent_ri
 
 -- index runs_status
 CREATE INDEX runs_status ON runs (status, rid);
+
+-- index schedules_due
+CREATE INDEX schedules_due ON schedules (next_fire_at) WHERE paused = 0;
 
 -- index tasks_claimed
 CREATE INDEX tasks_claimed ON tasks (claim_engine) WHERE claim_token IS NOT NULL;
@@ -141,6 +144,26 @@ CREATE TABLE samples (
     limits         BLOB,               -- JSON {limit: {"saturation": 0..1, "rate_limited": n}}
     PRIMARY KEY (at, engine_id)
 ) WITHOUT ROWID;
+
+-- table schedules
+CREATE TABLE schedules (
+    name         TEXT PRIMARY KEY,
+    workflow     TEXT NOT NULL,
+    cron         TEXT NOT NULL,
+    timezone     TEXT NOT NULL,
+    args         BLOB NOT NULL,           -- JSON array, after the tick time
+    catchup      TEXT NOT NULL,           -- skip | once | all
+    overlap      TEXT NOT NULL,           -- skip | allow | cancel
+    source       TEXT NOT NULL,           -- config ([schedules.NAME]) | client (Client.schedule)
+    paused       INTEGER NOT NULL DEFAULT 0,
+    next_fire_at REAL NOT NULL,           -- the first tick not handled yet
+    last_fire_at REAL,                    -- the latest tick a run was started for
+    last_run_id  TEXT,                    -- that run (the overlap policy looks at it)
+    fired        INTEGER NOT NULL DEFAULT 0,  -- runs started
+    skipped      INTEGER NOT NULL DEFAULT 0,  -- ticks not started (catch-up or overlap policy)
+    created_at   REAL NOT NULL,
+    updated_at   REAL NOT NULL
+);
 
 -- table sqlite_sequence
 CREATE TABLE sqlite_sequence(name,seq);

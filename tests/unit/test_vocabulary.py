@@ -119,7 +119,7 @@ def test_schema_comments_list_exactly_the_members() -> None:
         {m.value for m in tables["runs.status"]},
         {m.value for m in tables["steps.status"]},
     ]
-    # Kinds added by later migrations (0004_signals.sql: wait, event; 0005_children.sql: child,
+    # Kinds added by later migrations (0004_signals.sql: wait, event; 0007_children.sql: child,
     # start); 0001 stays as written.
     later = {"wait", "event", "child", "start"}
     assert documented["kind"] == [{m.value for m in tables["steps.kind"]} - later]

@@ -73,10 +73,21 @@ SELECT rid, id, workflow, version, shard, status, args, created_at, last_seq FRO
 -- A child's result is not copied into its parent's journal: it is read from the child's row.
 SELECT s.pos, s.kind, s.name, s.fingerprint, s.status,
        CASE WHEN s.kind = 'child' AND s.status = 'succeeded'
-            THEN (SELECT c.result FROM runs AS c WHERE c.parent_rid = s.run_rid AND c.parent_pos = s.pos)
+            THEN (SELECT c.result FROM runs AS c
+                  WHERE c.parent_rid = s.run_rid AND c.parent_pos = s.pos)
             ELSE s.result END,
        s.error, s.seq, s.finished_at
 FROM steps AS s WHERE s.run_rid = ? ORDER BY s.pos;
+
+-- name: select_journal_after
+-- The results recorded after a seq, for a live instance to catch up (repository.load_deliveries).
+SELECT s.pos, s.seq, s.status,
+       CASE WHEN s.kind = 'child' AND s.status = 'succeeded'
+            THEN (SELECT c.result FROM runs AS c
+                  WHERE c.parent_rid = s.run_rid AND c.parent_pos = s.pos)
+            ELSE s.result END,
+       s.error, s.finished_at
+FROM steps AS s WHERE s.run_rid = ? AND s.seq > ? ORDER BY s.seq;
 
 -- name: insert_step
 INSERT OR IGNORE INTO steps (run_rid, pos, kind, name, fingerprint, args, status, created_at)

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import sqlite3
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import orjson
@@ -393,6 +393,39 @@ def load_runs(conn: sqlite3.Connection, rids: Iterable[int]) -> dict[int, RunSna
             if payloads.is_ref(snap.args):
                 snap = snap._replace(args=payloads.resolve(conn, snap.args))
             out[rid] = snap
+    finally:
+        conn.execute("COMMIT")
+    return out
+
+
+def load_deliveries(
+    conn: sqlite3.Connection, after: Mapping[int, int]
+) -> dict[int, list[Delivery]]:
+    """For each running run, its journal results recorded after seq `after[rid]`, in seq order:
+    what a live instance misses when someone else recorded results (a signal, a child's end, a
+    resume), so it is fed just those instead of being rebuilt from the whole journal. Runs that
+    are no longer running are left out (they need the full path)."""
+    conn.execute("BEGIN")  # one snapshot across the run rows and their journals
+    try:
+        out: dict[int, list[Delivery]] = {}
+        for rid, seq in after.items():
+            row = conn.execute(Q["run_status_of_rid"], (rid,)).fetchone()
+            if row is None or row[0] != RunState.RUNNING:
+                continue
+            out[rid] = [
+                Delivery(
+                    rid,
+                    pos,
+                    s,
+                    status,
+                    payloads.resolve(conn, result) if payloads.is_ref(result) else result,
+                    error,
+                    finished_at,
+                )
+                for pos, s, status, result, error, finished_at in conn.execute(
+                    Q["select_journal_after"], (rid, seq)
+                )
+            ]
     finally:
         conn.execute("COMMIT")
     return out

@@ -75,8 +75,12 @@ def workload(rng: random.Random, n: int) -> list[tuple[str, list[Any]]]:
             out.append(("crashloop.fanout", [value, rng.randint(2, 8)]))
         elif shape < 0.75:
             out.append(("crashloop.sleeper", [value, round(rng.uniform(0.05, 0.8), 3)]))
-        elif shape < 0.94:
+        elif shape < 0.85:
             out.append(("crashloop.flaky", [value, rng.randint(1, 3)]))
+        elif shape < 0.90:
+            out.append(("crashloop.review", [value, rng.random() < 0.8]))
+        elif shape < 0.95:
+            out.append(("crashloop.tree", [value, rng.randint(1, 4)]))
         else:
             out.append(("crashloop.doomed", [rng.random() < 0.5]))
     return out
@@ -98,6 +102,26 @@ async def _start(db: Path, runs: list[tuple[str, list[Any]]]) -> list[str]:
 def start_runs(db: Path, runs: list[tuple[str, list[Any]]]) -> dict[str, tuple[str, list[Any]]]:
     ids = asyncio.run(_start(db, runs))
     return dict(zip(ids, runs, strict=True))
+
+
+def send_signals(db: Path, runs: dict[str, tuple[str, list[Any]]], share: float, seed: int) -> int:
+    """Signal a share of the review runs that wait for one (all of them with share=1), from this
+    process, whether a daemon runs or not. Each send has a key: a repeat is a no-op."""
+    rng = random.Random(seed)
+    chosen = [
+        (run_id, args[0])
+        for run_id, (name, args) in runs.items()
+        if name == "crashloop.review" and args[1] and rng.random() < share
+    ]
+
+    async def go() -> int:
+        async with Client(db, shards=SHARDS) as client:
+            for run_id, value in chosen:
+                payload = app.review_payload(value)
+                assert await client.signal(run_id, app.REVIEW_TOPIC, payload, key="approve-1")
+        return len(chosen)
+
+    return asyncio.run(go())
 
 
 # --- the daemon ----------------------------------------------------------------------------------
@@ -202,6 +226,8 @@ def executions(log: Path) -> dict[tuple[str, str], list[Execution]]:
 
 def verdict(h: Harness, runs: dict[str, tuple[str, list[Any]]]) -> dict[str, int]:
     """Assert everything the module docstring promises; return counts for the test's output."""
+    for run_id, (name, args) in list(runs.items()):
+        runs |= app.children(run_id, name, args)  # children are runs of their own
     with contextlib.closing(sqlite3.connect(h.db)) as conn:
         run_rows = {r[0]: r[1:] for r in conn.execute("SELECT id, status, result, error FROM runs")}
         step_rows = conn.execute(
@@ -290,13 +316,18 @@ def crash_loop(tmp: Path, *, kills: int | None, seconds: float | None) -> None:
         daemon = h.spawn()
         # The random moment of the kill is the point of the test, not a stand-in for waiting.
         time.sleep(rng.uniform(*KILL_AFTER_S))
+        if rng.random() < 0.5:
+            send_signals(h.db, runs, 0.2, rng.randrange(2**32))  # while a daemon runs
         h.kill(daemon)
+        if rng.random() < 0.5:
+            send_signals(h.db, runs, 0.2, rng.randrange(2**32))  # while none runs
         killed += 1
         progress.append(h.unfinished())
     # Right after a kill, its claims are stale until the next daemon's heartbeat reclaims them.
     after_kill = check.check(h.db, lease_s=LEASE_S)
     assert {p.kind for p in after_kill.problems} <= {check.STALE_CLAIM}, after_kill.summary()
 
+    send_signals(h.db, runs, 1.0, 0)  # the rest (and repeats, which change nothing)
     last = h.spawn().wait_registered(h.db, EXIT_DEADLINE_S)
     h.wait_finished(last, FINISH_DEADLINE_S)
     assert h.stop(last) == 0, h.tail()

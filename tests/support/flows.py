@@ -312,6 +312,62 @@ async def blocker(ctx: WorkflowContext, seconds: float) -> str:
     return "unblocked"
 
 
+REVIEW_TOPIC = "approve"
+
+
+def review_payload(value: int) -> int:
+    """What the test sends to a `review` run: derived from its argument, so it can be checked."""
+    return value * 7 + 1
+
+
+@workflow(name="crashloop.review")
+async def review(ctx: WorkflowContext, value: int, signalled: bool) -> int:
+    """Waits for a signal the test sends (from its own process, daemon up or down); a run the
+    test never signals times out into the default."""
+    a = await bump(ctx.run_id, "r-before", value, 4)
+    timeout = 3600.0 if signalled else 0.05
+    got = await ctx.wait_for(REVIEW_TOPIC, timeout=timeout, default=-1)
+    ctx.set_event("got", got)
+    return await bump(ctx.run_id, "r-after", a + got, 5)
+
+
+@workflow(name="crashloop.leaf")
+async def leaf(ctx: WorkflowContext, value: int, depth: int) -> int:
+    """A child; at depth > 0 it has a child of its own."""
+    got = await bump(ctx.run_id, "leaf", value, 6)
+    if depth > 0:
+        got += await ctx.child(leaf, got, depth - 1)
+    return got
+
+
+@workflow(name="crashloop.tree")
+async def tree(ctx: WorkflowContext, value: int, k: int) -> int:
+    parts = await asyncio.gather(*(ctx.child(leaf, value + i, i % 2) for i in range(k)))
+    return await total(ctx.run_id, "join", list(parts))
+
+
+def _leaf_value(value: int, depth: int) -> int:
+    got = bump_value(value, 6)
+    return got + _leaf_value(got, depth - 1) if depth > 0 else got
+
+
+def children(run_id: str, name: str, args: list[Any]) -> dict[str, tuple[str, list[Any]]]:
+    """The child runs a run starts (and theirs), by id: (workflow, arguments)."""
+    found: dict[str, tuple[str, list[Any]]] = {}
+    if name == "crashloop.tree":
+        value, k = args
+        for i in range(k):
+            child = f"{run_id}.{i}"
+            found[child] = ("crashloop.leaf", [value + i, i % 2])
+            found |= children(child, "crashloop.leaf", [value + i, i % 2])
+    elif name == "crashloop.leaf":
+        value, depth = args
+        if depth > 0:
+            got = bump_value(value, 6)
+            found[f"{run_id}.1"] = ("crashloop.leaf", [got, depth - 1])
+    return found
+
+
 # --- what each run must end with, and which steps it must run ---------------------------------
 
 
@@ -334,6 +390,15 @@ def expected(name: str, args: list[Any]) -> tuple[str, Any]:
     if name == "crashloop.doomed":
         (catch,) = args
         return ("succeeded", "caught StepFailed") if catch else ("failed", "StepFailed")
+    if name == "crashloop.review":
+        value, signalled = args
+        got = review_payload(value) if signalled else -1
+        return "succeeded", bump_value(bump_value(value, 4) + got, 5)
+    if name == "crashloop.leaf":
+        return "succeeded", _leaf_value(*args)
+    if name == "crashloop.tree":
+        value, k = args
+        return "succeeded", sum(_leaf_value(value + i, i % 2) for i in range(k))
     raise ValueError(name)
 
 
@@ -349,6 +414,12 @@ def labels(name: str, args: list[Any]) -> list[str]:
         return ["flaky", "then"]
     if name == "crashloop.doomed":
         return ["doomed"]
+    if name == "crashloop.review":
+        return ["r-before", "r-after"]
+    if name == "crashloop.leaf":
+        return ["leaf"]
+    if name == "crashloop.tree":
+        return ["join"]
     raise ValueError(name)
 
 

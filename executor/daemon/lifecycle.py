@@ -128,6 +128,7 @@ class Daemon:
             limits=cfg.limits,
             concurrency_keys=dict(cfg.concurrency_keys),
             samples=cfg.metrics.samples,
+            schedules=cfg.schedules,
         )
         self.engine = engine
         await engine.start()
@@ -319,6 +320,8 @@ class Daemon:
                 key_cap=engine_cfg.concurrency_key_cap,
                 key_caps=dict(effective.concurrency_keys),
             )
+        if config.SCHEDULES_SECTION in live:
+            self.engine.set_schedules(effective.schedules)
         for key in live:
             section_name, _, name = key.partition(".")
             section = getattr(effective, section_name)

@@ -27,7 +27,7 @@ import logging
 import os
 import socket
 import time
-from collections.abc import Callable, Coroutine, Iterable, Mapping
+from collections.abc import Callable, Coroutine, Iterable, Mapping, Sequence
 from typing import Any
 
 from executor import config, errors, registry, resources
@@ -41,6 +41,7 @@ from executor.engine.replayer import Replayer
 from executor.engine.runner import StepRunner
 from executor.engine.slots import SlotPool
 from executor.engine.upkeep import Upkeep, reclaim_dead_local_engines
+from executor.schedules import ScheduleSpec
 from executor.store import payloads
 from executor.store import repository as repo
 from executor.store import samples as stored_samples
@@ -130,6 +131,8 @@ class _Pieces:
             limits_snapshot=engine.limits_snapshot,
             poll_interval_s=poll_interval_s,
             sample=None if engine.telemetry is None else engine.sample,
+            wake_replay=self.replayer.wake,
+            schedules=engine.schedules,
         )
 
 
@@ -147,6 +150,7 @@ class Engine:
         concurrency_keys: Mapping[str, int] | None = None,
         shared: resources.Resources | None = None,
         samples: bool = True,
+        schedules: Sequence[ScheduleSpec] | None = None,
     ) -> None:
         self.cfg = cfg or config.EngineConfig()
         self.db_cfg = db_cfg or config.DatabaseConfig()
@@ -171,6 +175,8 @@ class Engine:
         self.resources = shared if shared is not None else resources.default_registry
         # Metrics and the dashboard's samples ([metrics] samples); None: not counted at all.
         self.telemetry = Telemetry() if samples else None
+        # [schedules.*] from the config, applied to the file at start; None: leave them alone.
+        self.schedules = None if schedules is None else tuple(schedules)
         self._pieces: _Pieces | None = None
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._lifecycle: asyncio.Task[None] | None = None
@@ -254,6 +260,12 @@ class Engine:
         self.concurrency = slots_per_shard
         if self._pieces is not None:
             self._pieces.pool.resize(slots_per_shard)
+
+    def set_schedules(self, specs: Sequence[ScheduleSpec]) -> None:
+        """Apply a reloaded [schedules.*] live (SIGHUP)."""
+        self.schedules = tuple(specs)
+        if self._pieces is not None:
+            self._pieces.upkeep.set_schedules(self.schedules)
 
     def set_poll_interval(self, seconds: float) -> None:
         """Change how often the loops poll the database live (each reads it on every pass)."""

@@ -115,7 +115,8 @@ class Replayer:
         self.instances = InstanceCache(instances, _close_instance)
         self._inbox: dict[int, list[Delivery]] = {}
         self._wake = asyncio.Event()
-        self.counters = {"replays": 0, "full_replays": 0, "finished": 0}
+        # caught_up: live instances fed the results someone else recorded, without a rebuild.
+        self.counters = {"replays": 0, "full_replays": 0, "caught_up": 0, "finished": 0}
 
     def deliver(self, deliveries: list[Delivery]) -> None:
         """Journal entries just recorded (by our flush or our timers): replay their runs."""
@@ -176,11 +177,35 @@ class Replayer:
                 return None
         return ds if expected >= known_seq else None
 
+    async def _catch_up(
+        self,
+        behind: dict[int, WorkflowInstance],
+        todo: dict[int, int],
+        live: dict[int, list[Delivery]],
+    ) -> list[int]:
+        """Live instances that miss results someone else recorded (a signal from a Client, a
+        child's end, a resume): read just those rows and feed them, instead of rebuilding the
+        instance from its whole journal. Returns the runs that need a full replay after all."""
+        after = {rid: inst.last_seq for rid, inst in behind.items()}
+        missed = await self._db.run(repo.load_deliveries, after)
+        rebuild = []
+        for rid, inst in behind.items():
+            ds = missed.get(rid)
+            if ds and self._live_deliveries(inst, ds, todo[rid]) is not None:
+                live[rid] = ds
+                self.counters["caught_up"] += 1
+            else:
+                self.instances.pop(rid)
+                inst.close()
+                rebuild.append(rid)
+        return rebuild
+
     async def _replay_chunk(
         self, chunk: list[int], todo: dict[int, int], inbox: dict[int, list[Delivery]]
     ) -> None:
         live: dict[int, list[Delivery]] = {}
         to_load: list[int] = []
+        behind: dict[int, WorkflowInstance] = {}
         for rid in chunk:
             inst = self.instances.get(rid)
             if inst is not None:
@@ -188,9 +213,11 @@ class Replayer:
                 if ds is not None:
                     live[rid] = ds
                     continue
-                self.instances.pop(rid)
-                inst.close()
+                behind[rid] = inst
+                continue
             to_load.append(rid)
+        if behind:
+            to_load += await self._catch_up(behind, todo, live)
         snapshots = await self._db.run(repo.load_runs, to_load) if to_load else {}
         outputs: list[ReplayOutput] = []
         # Runs replayed in this chunk -> their instance (None: it could not be built).

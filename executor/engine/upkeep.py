@@ -1,6 +1,7 @@
 """Upkeep: the engine's clocks besides dispatch, flush and replay.
 
-    timers     fires durable sleeps that are due, and hands their journal entries to the replayer
+    timers     fires durable sleeps (and wait timeouts) that are due, and hands their journal
+               entries to the replayer; starts the runs of due schedule ticks
     heartbeat  proves we are alive, notices a newer epoch, reclaims dead engines' tasks, cancels
                in-flight steps whose run is no longer running
     limits     unparks tasks that waited for their quotas (engine/limits/), stores the limits
@@ -17,7 +18,7 @@ import logging
 import os
 import socket
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 from executor import codec, config, errors, resources
@@ -27,7 +28,9 @@ from executor.engine.recorder import Recorder
 from executor.engine.runner import CancelReason, StepRunner
 from executor.engine.slots import SlotPool
 from executor.engine.wakeup import sleep_until
+from executor.schedules import ScheduleSpec
 from executor.store import repository as repo
+from executor.store import schedules as stored_schedules
 from executor.store.database import Database
 from executor.vocabulary import NEWER_EPOCH, Delivery, EngineState
 
@@ -59,6 +62,8 @@ class Upkeep:
         limits_snapshot: Callable[[], dict[str, Any]],
         poll_interval_s: Callable[[], float],
         sample: Callable[[], Awaitable[None]] | None,
+        wake_replay: Callable[[], None],
+        schedules: Sequence[ScheduleSpec] | None = None,
     ) -> None:
         self._db = db
         self._engine_id = engine_id
@@ -77,6 +82,10 @@ class Upkeep:
         self._sample = sample
         self._poll_interval_s = poll_interval_s  # the engine's, which SIGHUP may change
         self._timer_wake = asyncio.Event()
+        self._wake_replay = wake_replay
+        # [schedules.*] still to write to the file (at start, then after a reload); None: leave
+        # the file's schedules alone (an engine without a config).
+        self._schedules = None if schedules is None else tuple(schedules)
         # The heartbeat outlives the drain: it stops last, after the final flush.
         self._heartbeat_stop = asyncio.Event()
 
@@ -87,18 +96,46 @@ class Upkeep:
     def stop_heartbeat(self) -> None:
         self._heartbeat_stop.set()
 
+    def set_schedules(self, specs: Sequence[ScheduleSpec]) -> None:
+        """A reloaded [schedules.*] (SIGHUP): written to the file by the timers loop."""
+        self._schedules = tuple(specs)
+        self._timer_wake.set()
+
     async def timers(self) -> None:
+        first = True
         while not self._stopping.is_set():
-            await sleep_until(self._timer_wake, self._poll_interval_s())
+            if not first:
+                await sleep_until(self._timer_wake, self._poll_interval_s())
+            first = False
             if self._stopping.is_set():
                 return
             try:
                 fired = await self._db.run(repo.fire_timers, time.time(), TIMER_BATCH)
+                await self._apply_schedules()
+                started = await self._db.run(stored_schedules.fire_due, time.time())
             except errors.StoreError as exc:
                 self._health.failed(exc, "timers")
                 continue
             self._health.ok("timers")
             self._deliver(fired)
+            if started:
+                log.info("schedules started %d runs: %s", len(started), ", ".join(started[:10]))
+                self._wake_replay()
+
+    async def _apply_schedules(self) -> None:
+        specs, self._schedules = self._schedules, None
+        if specs is None:
+            return
+        try:
+            gone = await self._db.run(stored_schedules.reconcile, specs, time.time())
+        except errors.StoreError:
+            self._schedules = specs  # tried again at the next tick
+            raise
+        log.info(
+            "schedules from the config: %s%s",
+            ", ".join(s.name for s in specs) or "none",
+            f"; removed {', '.join(gone)}" if gone else "",
+        )
 
     async def heartbeat(self) -> None:
         while not self._heartbeat_stop.is_set():

@@ -223,3 +223,33 @@ async def test_wait_for_refuses_bad_topics(engine_factory: EngineFactory, client
             run_id = await client.start("bad", topic)
             with pytest.raises(errors.WorkflowFailed, match="WorkflowUsageError"):
                 await client.result(run_id, timeout=DEADLINE_S)
+
+
+async def test_foreign_results_reach_a_live_run_without_a_full_replay(
+    engine_factory: EngineFactory, client: Client, dbfile: DbFile, wait_until: WaitUntil
+) -> None:
+    """A signal (recorded by the client's own connection, as another process would) and a
+    child's end are delivered to the live instance: one delivery each, no rebuild."""
+    reg = Registry()
+
+    @workflow(registry=reg, name="kid")
+    async def kid(ctx: WorkflowContext, n: int) -> int:
+        return n * 2
+
+    @workflow(registry=reg, name="loop")
+    async def loop(ctx: WorkflowContext, rounds: int) -> int:
+        total = 0
+        for i in range(rounds):
+            total += await ctx.wait_for("next")
+            total += await ctx.child(kid, i)
+        return total
+
+    async with engine_factory(reg) as engine:
+        run_id = await client.start("loop", 5)
+        for i in range(5):
+            await wait_until(lambda: waiting(dbfile, run_id, "next"), f"wait #{i}")
+            assert await client.signal(run_id, "next", 10)
+        assert await client.result(run_id, timeout=DEADLINE_S) == 50 + 2 * (0 + 1 + 2 + 3 + 4)
+        # One build of the parent and of each child; every signal was one delivery.
+        assert engine.counters["full_replays"] == 1 + 5
+        assert engine.counters["caught_up"] >= 5

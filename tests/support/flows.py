@@ -429,3 +429,9 @@ async def approval(ctx: WorkflowContext, subject: str) -> object:
     ctx.set_event("stage", "waiting")
     decision = await ctx.wait_for("review")
     return {"subject": subject, "decision": decision, "sum": await add(1, 1)}
+
+
+@workflow(name="ticker")
+async def ticker(ctx: WorkflowContext, tick: float, tag: str) -> str:
+    """Started by a schedule: the tick's time comes first."""
+    return f"{tag}@{tick:.0f}"

@@ -387,7 +387,7 @@ class Client:
         if key is not None and (not isinstance(key, str) or not key):
             raise errors.ExecutorError(f"key must be a non-empty string, got {key!r}")
         blob = codec.encode(payload, what=f"signal {topic} payload", limit=self.payload_limit_bytes)
-        sent = await self.db.run(repo.send_signal, run_id, topic, blob, key, time.time())
+        sent = await self.db.run(signals.send_signal, run_id, topic, blob, key, time.time())
         if sent is None:
             raise errors.RunNotFound(f"no run with id {run_id!r} in {self.db.path}")
         return sent

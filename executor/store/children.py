@@ -18,36 +18,29 @@ from typing import Any
 import orjson
 
 from executor.errors import error_blob
-from executor.store import payloads, sharding
+from executor.store import journal, payloads, sharding
 from executor.store.sql import Q
-from executor.vocabulary import RunState
+from executor.vocabulary import Delivery, NewStep, Outcome, OutcomeKind, RunState, StepState
 
 
 def start(
-    conn: sqlite3.Connection,
-    *,
-    parent_rid: int,
-    pos: int,
-    run_id: str,
-    workflow: str,
-    args: bytes,
-    shards: int,
-    attached: bool,
-    now: float,
+    conn: sqlite3.Connection, parent_rid: int, s: NewStep, attached: bool, now: float
 ) -> None:
-    """Insert the child run (attached: cancelled with its parent, its result goes back to the
-    parent's entry at `pos`) or a detached run, with its first replay entry."""
+    """Insert the run a parent's entry `s` starts (attached: a child, cancelled with its parent,
+    its end recorded in the parent's entry; else a detached run), with its first replay entry."""
+    assert s.target is not None and s.args is not None
+    shards = int(conn.execute(Q["select_shards"]).fetchone()[0])
     row = conn.execute(
         Q["insert_child_run"],
         {
-            "id": run_id,
-            "workflow": workflow,
+            "id": s.target,
+            "workflow": s.name,
             # A child's own id picks its shard, so a fan-out spreads over every shard's slots.
-            "shard": sharding.shard_of(run_id, shards),
-            "args": payloads.put_args(conn, args, now),
+            "shard": sharding.shard_of(s.target, shards),
+            "args": payloads.put_args(conn, s.args, now),
             "now": now,
             "parent": parent_rid,
-            "pos": pos,
+            "pos": s.pos,
             "attached": attached,
         },
     ).fetchone()
@@ -83,3 +76,35 @@ def cancel_descendants(conn: sqlite3.Connection, rid: int, reason: str, now: flo
     error = error_blob("Cancelled", reason)
     rows = conn.execute(Q["cancel_descendants"], {"rid": rid, "now": now, "error": error})
     return [r[0] for r in rows.fetchall()]
+
+
+def run_left(
+    conn: sqlite3.Connection,
+    rid: int,
+    status: str,
+    result: bytes | None,
+    error: bytes | None,
+    now: float,
+) -> list[Delivery]:
+    """The run just finished (any way): drop its pending work, cancel the children it still
+    has (and theirs), and if it is a child, record its end in its parent's journal. Returns
+    that record, for a live parent."""
+    journal.drop_pending_work(conn, rid)
+    for child in cancel_descendants(conn, rid, "cancelled with its parent", now):
+        journal.drop_pending_work(conn, child)
+        conn.execute(Q["delete_replay"], (child,))
+    entry = parent_entry(conn, rid)
+    if entry is None:
+        return []
+    child_id, parent_rid, parent_pos = entry
+    if status == RunState.SUCCEEDED:
+        # The parent's entry references the child's result (loaded from the child's row on a
+        # replay); only this in-memory record carries a copy, for a live parent.
+        o = Outcome(OutcomeKind.DONE, parent_rid, parent_pos)
+    else:
+        error = outcome_error(child_id, status, error)
+        o = Outcome(OutcomeKind.DONE, parent_rid, parent_pos, status=StepState.FAILED, error=error)
+    recorded = journal.record_one(conn, o, now)
+    if recorded is None:
+        return []
+    return [recorded._replace(result=result) if status == RunState.SUCCEEDED else recorded]

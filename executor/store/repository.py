@@ -20,11 +20,10 @@ from typing import Any
 import orjson
 
 from executor.errors import error_blob
-from executor.store import children, payloads, signals
+from executor.store import children, journal, payloads, signals
 from executor.store.database import transaction
 from executor.store.sql import Q
 from executor.vocabulary import (
-    FINISHED,
     LIVE_ENGINE_STATES,
     Claimed,
     Delivery,
@@ -32,7 +31,6 @@ from executor.vocabulary import (
     Heartbeat,
     JournalEntry,
     NewRun,
-    NewStep,
     Outcome,
     OutcomeKind,
     Recorded,
@@ -222,26 +220,6 @@ def _claim(
 # --- recording results ---------------------------------------------------------------------------
 
 
-def _record(conn: sqlite3.Connection, o: Outcome, now: float) -> Delivery | None:
-    row = conn.execute(
-        Q["record_step"],
-        {
-            "status": o.status,
-            "result": payloads.put(conn, o.stored or o.result, now),
-            "error": o.error,
-            "now": now,
-            "rid": o.run_rid,
-            "pos": o.pos,
-        },
-    ).fetchone()
-    if row is None:
-        return None  # step already recorded, or the run is no longer running: drop it
-    seq = row[0]
-    shard = conn.execute(Q["advance_run"], {"seq": seq, "now": now, "rid": o.run_rid}).fetchone()[0]
-    conn.execute(Q["queue_replay"], {"rid": o.run_rid, "shard": shard, "seq": seq, "now": now})
-    return Delivery(o.run_rid, o.pos, seq, o.status, o.result, o.error, now, o.value, o.has_value)
-
-
 @transaction
 def record(
     conn: sqlite3.Connection, outcomes: Sequence[Outcome], unparks: Sequence[Unpark], now: float
@@ -283,7 +261,7 @@ def record(
 def _record_done(done: list[Outcome], conn: sqlite3.Connection, now: float) -> list[Delivery]:
     """Record finished steps with a few statements over the whole batch.
 
-    The same fences as _record, one statement each: our claim token still holds the task, the
+    The same fences as journal.record_one, one statement each: our claim token still holds the task, the
     step is still pending, the run is running or parked. sqlite3 lets go of the GIL around every
     statement step, and the event loop keeps it busy, so per-row statements made this the most
     expensive transaction of the engine.
@@ -343,25 +321,14 @@ def _fire_due_timers(conn: sqlite3.Connection, now: float, limit: int) -> list[D
     return events
 
 
-_WAIT_TIMEOUT = error_blob("WaitTimeout", "no signal arrived before the wait's timeout")
-
-
 def _record_fired(
     conn: sqlite3.Connection, run_rid: int, pos: int, kind: str | None, now: float
 ) -> Delivery | None:
     if not conn.execute(Q["delete_timer"], (run_rid, pos)).rowcount:
         return None
     if kind == StepKind.WAIT:
-        # The timeout and a signal race through the same fence: whichever records first wins,
-        # and a message that loses stays unread for the next wait.
-        timeout = Outcome(
-            OutcomeKind.DONE, run_rid, pos, status=StepState.FAILED, error=_WAIT_TIMEOUT
-        )
-        event = _record(conn, timeout, now)
-        if event is not None:
-            signals.settle_wait(conn, run_rid, pos, None)
-        return event
-    return _record(conn, Outcome(OutcomeKind.DONE, run_rid, pos), now)
+        return signals.time_out(conn, run_rid, pos, now)
+    return journal.record_one(conn, Outcome(OutcomeKind.DONE, run_rid, pos), now)
 
 
 # --- replays -------------------------------------------------------------------------------------
@@ -454,7 +421,7 @@ def commit_replays(conn: sqlite3.Connection, outputs: Sequence[ReplayOutput], no
                     Q["insert_settled_step"],
                     (out.run_rid, s.pos, s.kind, s.name, s.fingerprint, s.args, now, now),
                 ).rowcount:
-                    _start_child(conn, out.run_rid, s, False, now)
+                    children.start(conn, out.run_rid, s, False, now)
                 continue
             inserted = conn.execute(
                 Q["insert_step"],
@@ -475,9 +442,11 @@ def commit_replays(conn: sqlite3.Connection, outputs: Sequence[ReplayOutput], no
             if s.kind == StepKind.SLEEP:
                 conn.execute(Q["insert_timer"], (out.run_rid, s.pos, out.shard, s.fire_at))
             elif s.kind == StepKind.WAIT:
-                _open_wait(conn, out, s, now)
+                took = signals.open_wait(conn, out.run_rid, out.shard, s, now)
+                if took is not None:
+                    out.recorded.append(took)
             elif s.kind == StepKind.CHILD:
-                _start_child(conn, out.run_rid, s, True, now)
+                children.start(conn, out.run_rid, s, True, now)
             else:
                 conn.execute(Q["insert_task"], (out.run_rid, s.pos, out.shard))
                 queued += 1
@@ -496,7 +465,7 @@ def commit_replays(conn: sqlite3.Connection, outputs: Sequence[ReplayOutput], no
                 # Steps the workflow started but never awaited are abandoned with it, and so are
                 # the children it never awaited (cancelled, with their own children).
                 out.recorded.extend(
-                    _run_left(conn, out.run_rid, out.finished, out.result, out.error, now)
+                    children.run_left(conn, out.run_rid, out.finished, out.result, out.error, now)
                 )
             conn.execute(Q["delete_replay"], (out.run_rid,))
         elif out.parked is not None:
@@ -512,104 +481,6 @@ def commit_replays(conn: sqlite3.Connection, outputs: Sequence[ReplayOutput], no
 def _is_active(conn: sqlite3.Connection, rid: int) -> bool:
     row = conn.execute(Q["run_status_of_rid"], (rid,)).fetchone()
     return row is not None and row[0] in (RunState.RUNNING, RunState.PARKED)
-
-
-def _drop_pending_work(conn: sqlite3.Connection, rid: int) -> None:
-    """A run left the running states: its queued tasks, timers and waits go with it."""
-    conn.execute(Q["delete_queued_tasks_of_run"], (rid,))
-    conn.execute(Q["delete_timers_of_run"], (rid,))
-    signals.drop_waits(conn, rid)
-
-
-def _run_left(
-    conn: sqlite3.Connection,
-    rid: int,
-    status: str,
-    result: bytes | None,
-    error: bytes | None,
-    now: float,
-) -> list[Delivery]:
-    """The run just finished (any way): drop its pending work, cancel the children it still
-    has, and if it is a child, record its end in its parent's journal. Returns that record."""
-    _drop_pending_work(conn, rid)
-    below = children.cancel_descendants(conn, rid, "cancelled with its parent", now)
-    for child in below:
-        _drop_pending_work(conn, child)
-        conn.execute(Q["delete_replay"], (child,))
-    entry = children.parent_entry(conn, rid)
-    if entry is None:
-        return []
-    child_id, parent_rid, parent_pos = entry
-    if status == RunState.SUCCEEDED:
-        # The parent's entry references the child's result (loaded from the child's row on a
-        # replay); only this in-memory record carries a copy, for a live parent.
-        o = Outcome(OutcomeKind.DONE, parent_rid, parent_pos)
-    else:
-        o = Outcome(
-            OutcomeKind.DONE,
-            parent_rid,
-            parent_pos,
-            status=StepState.FAILED,
-            error=children.outcome_error(child_id, status, error),
-        )
-    recorded = _record(conn, o, now)
-    if recorded is None:
-        return []
-    return [recorded._replace(result=result) if status == RunState.SUCCEEDED else recorded]
-
-
-def _start_child(
-    conn: sqlite3.Connection, parent_rid: int, s: NewStep, attached: bool, now: float
-) -> None:
-    assert s.target is not None and s.args is not None
-    children.start(
-        conn,
-        parent_rid=parent_rid,
-        pos=s.pos,
-        run_id=s.target,
-        workflow=s.name,
-        args=s.args,
-        shards=int(conn.execute(Q["select_shards"]).fetchone()[0]),
-        attached=attached,
-        now=now,
-    )
-
-
-def _open_wait(conn: sqlite3.Connection, out: ReplayOutput, s: NewStep, now: float) -> None:
-    # A message that arrived before the wait is taken now, in the transaction that creates it.
-    topics = orjson.loads(s.args or b"[[]]")[0]
-    found = signals.open_wait(conn, out.run_rid, s.pos, out.shard, topics, s.fire_at)
-    if found is None:
-        return
-    message_id, topic, payload = found
-    result = signals.wait_result(topic, payload)
-    event = _record(conn, Outcome(OutcomeKind.DONE, out.run_rid, s.pos, result=result), now)
-    if event is not None:
-        signals.settle_wait(conn, out.run_rid, s.pos, message_id)
-        out.recorded.append(event)
-
-
-@transaction
-def send_signal(
-    conn: sqlite3.Connection, run_id: str, topic: str, payload: bytes, key: str | None, now: float
-) -> bool | None:
-    """Client.signal: keep the message for the run, and hand it to the run's earliest pending
-    wait on its topic if there is one. False: the run has finished; None: no such run."""
-    found = signals.run_for_signal(conn, run_id)
-    if found is None:
-        return None
-    rid, status = found
-    if status in FINISHED:
-        return False
-    message_id = signals.insert_message(conn, rid, topic, payload, key, now)
-    if message_id is None:
-        return True  # this key was sent before: a no-op
-    pos = signals.oldest_wait(conn, rid, topic)
-    if pos is not None:
-        result = signals.wait_result(topic, payload)
-        if _record(conn, Outcome(OutcomeKind.DONE, rid, pos, result=result), now) is not None:
-            signals.settle_wait(conn, rid, pos, message_id)
-    return True
 
 
 # --- client and operator -------------------------------------------------------------------------
@@ -663,7 +534,7 @@ def cancel_in(conn: sqlite3.Connection, run_id: str, reason: str, now: float) ->
     if row is None:
         return False
     rid = row[0]
-    _run_left(conn, rid, RunState.CANCELLED, None, error, now)
+    children.run_left(conn, rid, RunState.CANCELLED, None, error, now)
     conn.execute(Q["delete_replay"], (rid,))
     return True
 
@@ -685,7 +556,7 @@ def fail_parked_run(conn: sqlite3.Connection, run_id: str, reason: str, now: flo
     row = conn.execute(Q["fail_parked_run"], {"id": run_id, "now": now, "error": error}).fetchone()
     if row is None:
         return False
-    _run_left(conn, row[0], RunState.FAILED, None, error, now)
+    children.run_left(conn, row[0], RunState.FAILED, None, error, now)
     conn.execute(Q["delete_replay"], (row[0],))
     return True
 
@@ -697,7 +568,7 @@ def fail_pending_tasks(conn: sqlite3.Connection, shard: int, now: float) -> int:
     error = error_blob("ForceFailed", f"failed by an operator: fail_pending_tasks(shard={shard})")
     for run_rid, pos in conn.execute(Q["queued_tasks_of_shard"], (shard,)).fetchall():
         conn.execute(Q["delete_queued_task"], (run_rid, pos))
-        if _record(
+        if journal.record_one(
             conn, Outcome(OutcomeKind.DONE, run_rid, pos, status=StepState.FAILED, error=error), now
         ):
             failed += 1
@@ -713,7 +584,7 @@ def clear_task_queue(conn: sqlite3.Connection, shard: int, now: float) -> int:
     for rid in rids:
         conn.execute(Q["delete_queued_tasks_of_run"], (rid,))
         if conn.execute(Q["fail_running_run"], {"rid": rid, "error": error, "now": now}).rowcount:
-            _run_left(conn, rid, RunState.FAILED, None, error, now)
+            children.run_left(conn, rid, RunState.FAILED, None, error, now)
             conn.execute(Q["delete_replay"], (rid,))
     return len(rids)
 
@@ -726,7 +597,7 @@ def clear_replay_queue(conn: sqlite3.Connection, shard: int, now: float) -> int:
     conn.execute(Q["delete_replays_of_shard"], (shard,))
     for rid in rids:
         if conn.execute(Q["fail_running_run"], {"rid": rid, "error": error, "now": now}).rowcount:
-            _run_left(conn, rid, RunState.FAILED, None, error, now)
+            children.run_left(conn, rid, RunState.FAILED, None, error, now)
     return len(rids)
 
 

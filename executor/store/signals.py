@@ -17,8 +17,21 @@ import sqlite3
 
 import orjson
 
+from executor.errors import error_blob
+from executor.store import journal
+from executor.store.database import transaction
 from executor.store.sql import Q
-from executor.vocabulary import StepKind
+from executor.vocabulary import (
+    FINISHED,
+    Delivery,
+    NewStep,
+    Outcome,
+    OutcomeKind,
+    StepKind,
+    StepState,
+)
+
+_WAIT_TIMEOUT = error_blob("WaitTimeout", "no signal arrived before the wait's timeout")
 
 
 def wait_result(topic: str, payload: bytes) -> bytes:
@@ -52,24 +65,60 @@ def oldest_wait(conn: sqlite3.Connection, rid: int, topic: str) -> int | None:
 
 
 def open_wait(
-    conn: sqlite3.Connection,
-    rid: int,
-    pos: int,
-    shard: int,
-    topics: list[str],
-    fire_at: float | None,
-) -> tuple[int, str, bytes] | None:
-    """A new wait at `pos`: return the oldest unread message of its topics (id, topic, payload)
-    for the caller to record; if there is none, register the wait (and its timeout) instead."""
+    conn: sqlite3.Connection, rid: int, shard: int, s: NewStep, now: float
+) -> Delivery | None:
+    """A new wait (the replay commit): it takes the oldest unread message of its topics at
+    once, in the transaction that creates it, and returns that record; if there is none, the
+    wait is registered (with its timeout) for a signal to find."""
+    topics: list[str] = orjson.loads(s.args or b"[[]]")[0]
     row = conn.execute(
         Q["oldest_unread_of_topics"], {"rid": rid, "topics": orjson.dumps(topics).decode()}
     ).fetchone()
-    if row is not None:
-        return int(row[0]), str(row[1]), bytes(row[2])
-    conn.executemany(Q["insert_wait"], [(rid, topic, pos) for topic in topics])
-    if fire_at is not None:
-        conn.execute(Q["insert_wait_timer"], (rid, pos, shard, fire_at))
-    return None
+    if row is None:
+        conn.executemany(Q["insert_wait"], [(rid, topic, s.pos) for topic in topics])
+        if s.fire_at is not None:
+            conn.execute(Q["insert_wait_timer"], (rid, s.pos, shard, s.fire_at))
+        return None
+    message_id, topic, payload = int(row[0]), str(row[1]), bytes(row[2])
+    result = wait_result(topic, payload)
+    recorded = journal.record_one(conn, Outcome(OutcomeKind.DONE, rid, s.pos, result=result), now)
+    if recorded is not None:
+        settle_wait(conn, rid, s.pos, message_id)
+    return recorded
+
+
+def time_out(conn: sqlite3.Connection, rid: int, pos: int, now: float) -> Delivery | None:
+    """A wait's timer is due: record WaitTimeout. The timeout and a signal race through the same
+    fence: whichever records first wins, and a message that loses stays unread."""
+    timeout = Outcome(OutcomeKind.DONE, rid, pos, status=StepState.FAILED, error=_WAIT_TIMEOUT)
+    recorded = journal.record_one(conn, timeout, now)
+    if recorded is not None:
+        settle_wait(conn, rid, pos, None)
+    return recorded
+
+
+@transaction
+def send_signal(
+    conn: sqlite3.Connection, run_id: str, topic: str, payload: bytes, key: str | None, now: float
+) -> bool | None:
+    """Client.signal: keep the message for the run, and hand it to the run's earliest pending
+    wait on its topic if there is one. False: the run has finished; None: no such run."""
+    found = run_for_signal(conn, run_id)
+    if found is None:
+        return None
+    rid, status = found
+    if status in FINISHED:
+        return False
+    message_id = insert_message(conn, rid, topic, payload, key, now)
+    if message_id is None:
+        return True  # this key was sent before: a no-op
+    pos = oldest_wait(conn, rid, topic)
+    if pos is not None:
+        result = wait_result(topic, payload)
+        o = Outcome(OutcomeKind.DONE, rid, pos, result=result)
+        if journal.record_one(conn, o, now) is not None:
+            settle_wait(conn, rid, pos, message_id)
+    return True
 
 
 def settle_wait(conn: sqlite3.Connection, rid: int, pos: int, message_id: int | None) -> None:
@@ -78,11 +127,6 @@ def settle_wait(conn: sqlite3.Connection, rid: int, pos: int, message_id: int | 
         conn.execute(Q["consume_message"], (pos, message_id))
     conn.execute(Q["delete_waits_at"], (rid, pos))
     conn.execute(Q["delete_timer"], (rid, pos))
-
-
-def drop_waits(conn: sqlite3.Connection, rid: int) -> None:
-    """The run finished or was cancelled: nothing waits any more (its messages stay readable)."""
-    conn.execute(Q["delete_waits_of_run"], (rid,))
 
 
 def publish(

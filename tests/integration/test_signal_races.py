@@ -22,6 +22,7 @@ from hypothesis import strategies as st
 from executor import codec, config, vocabulary
 from executor.check import check
 from executor.store import repository as repo
+from executor.store import signals
 from executor.store.database import Database
 
 Op = tuple[str, int]
@@ -96,7 +97,7 @@ def test_signal_wait_and_timeout_in_any_order(ops: list[Op]) -> None:
                     pos += 1
                 elif kind == "signal":
                     key = None if arg == 0 else f"k{arg}"
-                    assert repo.send_signal(conn, "run-1", "t", orjson.dumps(sent), key, 3.0)
+                    assert signals.send_signal(conn, "run-1", "t", orjson.dumps(sent), key, 3.0)
                     if key is None or arg not in keys:
                         sent += 1
                         keys.add(arg)

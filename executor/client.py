@@ -479,8 +479,7 @@ class Client:
         """Start a run of the schedule now (paused or not); return its id."""
         run_id = await self.db.run(stored_schedules.trigger, name, time.time())
         if run_id is None:
-            await self.get_schedule(name)  # ScheduleNotFound
-            raise errors.ExecutorError(f"schedule {name!r} was triggered this second already")
+            raise errors.ScheduleNotFound(f"no schedule named {name!r} in {self.db.path}")
         return run_id
 
     # -- operator functions: each one transaction --

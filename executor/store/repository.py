@@ -261,10 +261,10 @@ def record(
 def _record_done(done: list[Outcome], conn: sqlite3.Connection, now: float) -> list[Delivery]:
     """Record finished steps with a few statements over the whole batch.
 
-    The same fences as journal.record_one, one statement each: our claim token still holds the task, the
-    step is still pending, the run is running or parked. sqlite3 lets go of the GIL around every
-    statement step, and the event loop keeps it busy, so per-row statements made this the most
-    expensive transaction of the engine.
+    The same fences as journal.record_one, one statement each: our claim token still holds the
+    task, the step is still pending, the run is running or parked. sqlite3 lets go of the GIL
+    around every statement step, and the event loop keeps it busy, so per-row statements made
+    this the most expensive transaction of the engine.
     """
     if not done:
         return []

@@ -11,6 +11,7 @@ compare-and-set.
 from __future__ import annotations
 
 import sqlite3
+import uuid
 from collections.abc import Sequence
 from typing import Any, NamedTuple
 
@@ -171,9 +172,11 @@ def _is_running(conn: sqlite3.Connection, run_id: str) -> bool:
     return found is not None and found.status in (RunState.RUNNING, RunState.PARKED)
 
 
-def _start(conn: sqlite3.Connection, row: ScheduleRow, tick: float, now: float) -> str | None:
+def _start(
+    conn: sqlite3.Connection, row: ScheduleRow, tick: float, now: float, run_id: str | None = None
+) -> str | None:
     """Start the run of one tick; None if it was started before (its id is the tick's)."""
-    run_id = schedules.tick_id(row.name, tick)
+    run_id = run_id or schedules.tick_id(row.name, tick)
     args: list[Any] = [tick, *orjson.loads(row.args)]
     shards = int(conn.execute(Q["select_shards"]).fetchone()[0])
     shard = sharding.shard_of(run_id, shards)
@@ -200,7 +203,8 @@ def trigger(conn: sqlite3.Connection, name: str, now: float) -> str | None:
     row = get(conn, name)
     if row is None:
         return None
-    run_id = _start(conn, row, now, now)
+    # Not a tick: its own id, so it never takes (or is refused by) the id of a cron tick.
+    run_id = _start(conn, row, now, now, f"{name}@manual-{uuid.uuid4().hex[:12]}")
     if run_id is not None:
         conn.execute(Q["note_schedule_run"], {"name": name, "run": run_id, "now": now})
     return run_id

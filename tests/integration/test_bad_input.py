@@ -13,7 +13,6 @@ import re
 import sqlite3
 import string
 import subprocess
-import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -24,6 +23,7 @@ from hypothesis import strategies as st
 
 from executor import Client, DatabaseConfig, Engine, Registry, check, errors, step, workflow
 from executor.store.database import APPLICATION_ID, SCHEMA_VERSION, Database
+from tests.support.daemon import cli
 
 if TYPE_CHECKING:
     from tests.support.engine import DbFile, EngineFactory
@@ -190,15 +190,7 @@ def _sql(db: Path, *statements: str) -> list[tuple[Any, ...]]:
 
 
 def _run_cli(*args: str, config: Path) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("EXECUTOR_")}
-    return subprocess.run(
-        [sys.executable, "-m", "executor", *args, "--config", str(config)],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        stdin=subprocess.DEVNULL,
-    )
+    return cli(config, *args, timeout_s=60)
 
 
 def _config(tmp: Path, db: Path) -> Path:

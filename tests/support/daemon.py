@@ -241,6 +241,7 @@ def cli(
         argv += ["--config", str(config)]
     return subprocess.run(
         argv,
+        stdin=subprocess.DEVNULL,
         capture_output=True,
         text=True,
         env=env if env is not None else child_env(),

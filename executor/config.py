@@ -24,6 +24,7 @@ from executor.schedules import ScheduleSpec, from_table
 
 Durability = Literal["normal", "full"]
 LoopKind = Literal["auto", "uvloop", "asyncio"]
+ReplayArgsPolicy = Literal["log", "strict"]  # vocabulary.ReplayArgs
 LogLevel = Literal["debug", "info", "warning", "error"]
 LogFormat = Literal["auto", "text", "json"]
 
@@ -57,6 +58,9 @@ class EngineConfig:
     # Steps in flight per concurrency key (Client.start(concurrency_key=...)); 0 = no cap.
     # [concurrency_keys] overrides it per key.
     concurrency_key_cap: int = 0
+    # A recorded step called with other arguments on replay (an edited prompt): "log" keeps the
+    # journal's result and counts it; "strict" parks the run.
+    replay_args: ReplayArgsPolicy = "log"
 
 
 @dataclass(frozen=True, slots=True)
@@ -410,6 +414,7 @@ _KEYS: dict[str, _Spec] = {
     "engine.payload_limit_bytes": _Int(_KIB, _GIB),
     "engine.write_failure_limit_s": _Seconds(),
     "engine.concurrency_key_cap": _Int(0, MAX_KEY_CAP),
+    "engine.replay_args": _Choice("log", "strict"),
     "daemon.workflows": _Modules(),
     "daemon.loop": _Choice("auto", "uvloop", "asyncio"),
     "log.level": _Choice("debug", "info", "warning", "error"),

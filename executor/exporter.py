@@ -164,6 +164,7 @@ def _engines(
     steps: dict[tuple[str, str, str], int] = {}
     durations: dict[str, list[Any]] = {}
     replays = {"live": 0, "full": 0}
+    args_changed = 0
     flush: list[Any] = [None, 0.0]
     commit: list[Any] = [None, 0.0]
     for m in engines:
@@ -182,6 +183,7 @@ def _engines(
         full = load.get("full_replays", 0)
         replays["full"] += full
         replays["live"] += max(0, load.get("replays", 0) - full)
+        args_changed += load.get("replay_args_changed", 0)
     slots.add_metric(["busy"], busy)
     slots.add_metric(["total"], total)
     yield from (heartbeat, start, slots)
@@ -209,6 +211,13 @@ def _engines(
     for kind, n in replays.items():
         replayed.add_metric([kind], n)
     yield replayed
+    changed = CounterMetricFamily(
+        "executor_replay_args_changed",
+        "Recorded steps a replay found called with other arguments (an edited prompt); their"
+        " recorded results stood (engine.replay_args = log).",
+    )
+    changed.add_metric([], args_changed)
+    yield changed
     for name, doc, (buckets, total_s) in (
         ("executor_flush_batch_size", "Step outcomes recorded per transaction.", flush),
         ("executor_flush_commit_seconds", "Time to record one batch of outcomes.", commit),

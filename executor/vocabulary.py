@@ -55,17 +55,27 @@ class StepKind(enum.StrEnum):
     EVENT = "event"  # ctx.set_event: settled when written (succeeded, no seq: never delivered)
     CHILD = "child"  # ctx.child: recorded by whatever ends the child run (its result referenced)
     START = "start"  # ctx.start: a detached run, settled when written
+    # ctx.patched(id): a marker that this run took the patched code; settled when written; its
+    # name is the patch id
+    PATCH = "patch"
 
 
 # Kinds whose journal entry is done when the replay commit writes it: the code never awaits a
 # result for them, so they carry no seq, and those of a workflow's last activation are kept.
-SETTLED_KINDS = frozenset({StepKind.EVENT, StepKind.START})
+SETTLED_KINDS = frozenset({StepKind.EVENT, StepKind.START, StepKind.PATCH})
 
 
 def child_run_id(parent_id: str, pos: int) -> str:
     """The id of the run a workflow starts at journal position `pos` (ctx.child, ctx.start):
     derived, so replaying the parent finds the same child instead of starting another."""
     return f"{parent_id}.{pos}"
+
+
+class ReplayArgs(enum.StrEnum):
+    """`engine.replay_args`: what a replay does when a recorded step's arguments changed."""
+
+    LOG = "log"  # the journal stands: the step's recorded result (or its pending task) is kept
+    STRICT = "strict"  # the run is parked, as for any other mismatch
 
 
 class EngineState(enum.StrEnum):

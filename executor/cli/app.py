@@ -17,6 +17,7 @@ from executor.cli import (
     daemon,
     database,
     observe,
+    replay,
     runs,
     schedules,
     settings,
@@ -37,6 +38,7 @@ VERB_MODULES: tuple[ModuleType, ...] = (
     schedules,
     shards,
     database,
+    replay,
     settings,
 )
 

@@ -47,7 +47,7 @@ from executor.store import repository as repo
 from executor.store import samples as stored_samples
 from executor.store.database import Database
 from executor.telemetry import Telemetry
-from executor.vocabulary import EngineState
+from executor.vocabulary import EngineState, ReplayArgs
 
 log = logging.getLogger("executor.engine")
 
@@ -77,6 +77,7 @@ class _Pieces:
             hydration=engine.hydration,
             instances=cfg.instance_cache_size,
             payload_limit=cfg.payload_limit_bytes,
+            replay_args=ReplayArgs(cfg.replay_args),
             poll_interval_s=poll_interval_s,
             sleeps_queued=lambda: self.upkeep.wake_timers(),
             on_finish=engine.on_finish,
@@ -292,7 +293,14 @@ class Engine:
         """Steps run, retries, replays (full ones too) and runs finished, since start."""
         p = self._pieces
         if p is None:
-            return {"steps": 0, "retries": 0, "replays": 0, "full_replays": 0, "finished": 0}
+            return {
+                "steps": 0,
+                "retries": 0,
+                "replays": 0,
+                "full_replays": 0,
+                "finished": 0,
+                "replay_args_changed": 0,
+            }
         return {**p.runner.counters, **p.replayer.counters}
 
     def load(self) -> dict[str, int]:

@@ -30,6 +30,7 @@ from executor.vocabulary import (
     Delivery,
     JournalEntry,
     NewStep,
+    ReplayArgs,
     RunState,
     StepKind,
     StepState,
@@ -285,6 +286,28 @@ class WorkflowContext:
         """A random UUID (version 4), the same on every replay of this run."""
         return uuid.UUID(int=self._inst.rng.getrandbits(128), version=4)
 
+    def patched(self, patch_id: str) -> bool:
+        """Branch code by version while runs are in flight: `if ctx.patched("new-prompt"):`.
+
+        True for runs that reach this point under the new code (a marker is recorded, so their
+        replays take the same branch); False for runs that were already past it under the old
+        code (their journal holds something else here), so they replay the old branch. Call it
+        as a plain expression, not across an await. See docs/VERSIONING.md.
+        """
+        return self._inst.patch(_patch_id(patch_id), deprecated=False)
+
+    def deprecate_patch(self, patch_id: str) -> None:
+        """The patch's old branch is gone (no run that took it is left): replays of runs that
+        recorded the marker skip it, and new runs record nothing. Remove the call once no run
+        holding the marker is left."""
+        self._inst.patch(_patch_id(patch_id), deprecated=True)
+
+
+def _patch_id(patch_id: object) -> str:
+    if not isinstance(patch_id, str) or not patch_id:
+        raise errors.WorkflowUsageError(f"a patch id must be a non-empty string, got {patch_id!r}")
+    return patch_id
+
 
 class WorkflowInstance:
     """One run's workflow code, its journal position, and what it asked for since last taken."""
@@ -298,6 +321,7 @@ class WorkflowInstance:
         cache: HydrationCache,
         payload_limit: int,
         journal: dict[int, JournalEntry] | None = None,
+        replay_args: ReplayArgs = ReplayArgs.LOG,
     ) -> None:
         self.run = run
         self.wf = wf
@@ -317,6 +341,10 @@ class WorkflowInstance:
         self._children: dict[int, str] | None = None  # pending children by position: run id
         self.new_steps: list[NewStep] = []
         self.nondeterminism: errors.NonDeterminismError | None = None
+        self.replay_args = replay_args
+        # Recorded steps whose arguments the code now gives differently (replay_args "log"):
+        # (position, step name, journal fingerprint, code fingerprint).
+        self.args_changed: list[tuple[int, str, str, str]] = []
         self._closing = False
         context = contextvars.copy_context()
         context.run(registry.current_context.set, self.ctx)
@@ -359,7 +387,18 @@ class WorkflowInstance:
         fp = codec.fingerprint(blob)
         entry = self.journal.get(pos)
         if entry is not None:
-            if entry.kind != kind or entry.name != name or entry.fingerprint != fp:
+            if entry.kind == kind and entry.name == name and entry.fingerprint != fp:
+                if self.replay_args is ReplayArgs.LOG:
+                    # The journal stands: its recorded result is what this call returns (or,
+                    # pending, its task runs with the recorded arguments). Counted and logged.
+                    self.args_changed.append((pos, name, entry.fingerprint, fp))
+                else:
+                    self._mismatch(
+                        pos,
+                        f"{entry.kind} {entry.name} (args fingerprint {entry.fingerprint})",
+                        f"{kind} {name} (args fingerprint {fp}; engine.replay_args is strict)",
+                    )
+            elif entry.kind != kind or entry.name != name:
                 self._mismatch(
                     pos,
                     f"{entry.kind} {entry.name} (args fingerprint {entry.fingerprint})",
@@ -436,6 +475,23 @@ class WorkflowInstance:
                 )
         elif self.nondeterminism is None:
             self.new_steps.append(NewStep(pos, StepKind.EVENT, key, fp, blob, None))
+
+    def patch(self, patch_id: str, *, deprecated: bool) -> bool:
+        if self._closing:
+            raise errors.WorkflowUsageError("the workflow is being unloaded")
+        pos = self.next_pos
+        entry = self.journal.get(pos)
+        if entry is not None:
+            if entry.kind == StepKind.PATCH and entry.name == patch_id:
+                self.next_pos += 1  # recorded by this run: the patched branch, again
+                return True
+            return False  # this run was past here under the old code: the old branch
+        if deprecated:
+            return True
+        self.next_pos += 1
+        if self.nondeterminism is None:
+            self.new_steps.append(NewStep(pos, StepKind.PATCH, patch_id, "", None, None))
+        return True
 
     def _real_now(self) -> float:
         # Only used to store a new timer's due time, once; replays read it from the journal.

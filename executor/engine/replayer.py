@@ -28,6 +28,7 @@ from executor.store.history import error_line
 from executor.vocabulary import (
     SETTLED_KINDS,
     Delivery,
+    ReplayArgs,
     ReplayOutput,
     RunSnapshot,
     RunState,
@@ -38,6 +39,7 @@ log = logging.getLogger("executor.engine")
 
 REPLAY_BATCH = 512  # runs per replay transaction
 REPLAY_POLL_LIMIT = 4 * REPLAY_BATCH  # replay entries read per poll
+_ARGS_LOGGED_MAX = 10_000  # distinct (workflow, step, position) warnings kept track of
 
 
 def replay_run(
@@ -45,6 +47,7 @@ def replay_run(
     reg: registry.Registry,
     hydration: HydrationCache | None = None,
     payload_limit: int = codec.DEFAULT_LIMIT_BYTES,
+    replay_args: ReplayArgs = ReplayArgs.LOG,
 ) -> WorkflowInstance:
     """Rebuild a run's workflow from its journal (a full replay), as the engine does.
 
@@ -53,7 +56,7 @@ def replay_run(
     PayloadError if its arguments cannot be decoded.
     """
     wf = reg.workflow(snap.workflow)
-    return _rebuild(snap, wf, _decode_args(snap, wf), reg, hydration, payload_limit)
+    return _rebuild(snap, wf, _decode_args(snap, wf), reg, hydration, payload_limit, replay_args)
 
 
 def _decode_args(snap: RunSnapshot, wf: registry.WorkflowDef[Any]) -> list[Any]:
@@ -70,6 +73,7 @@ def _rebuild(
     reg: registry.Registry,
     hydration: HydrationCache | None,
     payload_limit: int,
+    replay_args: ReplayArgs = ReplayArgs.LOG,
 ) -> WorkflowInstance:
     inst = WorkflowInstance(
         RunInfo(snap.rid, snap.id, snap.shard, snap.created_at),
@@ -79,6 +83,7 @@ def _rebuild(
         HydrationCache(1000, 65536) if hydration is None else hydration,
         payload_limit,
         {e.pos: e for e in snap.journal},
+        replay_args,
     )
     inst.replay(snap.journal)
     return inst
@@ -98,6 +103,7 @@ class Replayer:
         hydration: HydrationCache,
         instances: int,
         payload_limit: int,
+        replay_args: ReplayArgs = ReplayArgs.LOG,
         poll_interval_s: Callable[[], float],
         sleeps_queued: Callable[[], None],
         on_finish: Callable[[str, str], None] | None,
@@ -109,6 +115,9 @@ class Replayer:
         self._stopping = stopping
         self._hydration = hydration
         self._payload_limit = payload_limit
+        self._replay_args = replay_args
+        # (workflow, step, position) whose changed arguments were logged: once each, not per run.
+        self._args_logged: set[tuple[str, str, int]] = set()
         self._poll_interval_s = poll_interval_s  # the engine's, which SIGHUP may change
         self._sleeps_queued = sleeps_queued
         self._on_finish = on_finish
@@ -116,7 +125,13 @@ class Replayer:
         self._inbox: dict[int, list[Delivery]] = {}
         self._wake = asyncio.Event()
         # caught_up: live instances fed the results someone else recorded, without a rebuild.
-        self.counters = {"replays": 0, "full_replays": 0, "caught_up": 0, "finished": 0}
+        self.counters = {
+            "replays": 0,
+            "full_replays": 0,
+            "caught_up": 0,
+            "finished": 0,
+            "replay_args_changed": 0,
+        }
 
     def deliver(self, deliveries: list[Delivery]) -> None:
         """Journal entries just recorded (by our flush or our timers): replay their runs."""
@@ -307,7 +322,31 @@ class Replayer:
                 finished=RunState.FAILED,
                 error=errors.describe(exc),
             )
-        return _rebuild(snap, wf, args, self._registry, self._hydration, self._payload_limit)
+        inst = _rebuild(
+            snap, wf, args, self._registry, self._hydration, self._payload_limit, self._replay_args
+        )
+        if inst.args_changed:
+            self._args_changed(inst)
+        return inst
+
+    def _args_changed(self, inst: WorkflowInstance) -> None:
+        self.counters["replay_args_changed"] += len(inst.args_changed)
+        for pos, step, journal_fp, code_fp in inst.args_changed:
+            key = (inst.wf.name, step, pos)
+            if key in self._args_logged or len(self._args_logged) >= _ARGS_LOGGED_MAX:
+                continue
+            self._args_logged.add(key)
+            log.warning(
+                "workflow %s (run %s): step %s at position %d was recorded with other arguments"
+                " (fingerprint %s) than the code gives now (%s); the recorded result stands"
+                " (engine.replay_args = log). Logged once per workflow, step and position.",
+                inst.wf.name,
+                inst.run.id,
+                step,
+                pos,
+                journal_fp,
+                code_fp,
+            )
 
     def _finished(self, run_id: str, workflow: str, out: ReplayOutput) -> None:
         self.counters["finished"] += 1

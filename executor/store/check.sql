@@ -94,13 +94,14 @@ ORDER BY 1, 4;
 
 -- name: check_seq_mismatches
 -- A step has a seq exactly when its result is recorded: never a result without its place in the
--- delivery order, never a place without a result. Published values (kind event) are settled
--- when written and never delivered: succeeded, without a seq.
+-- delivery order, never a place without a result. Published values (kind event), detached
+-- starts (start) and patch markers (patch) are settled when written and never delivered:
+-- succeeded, without a seq.
 SELECT r.id, s.pos, s.name, s.status, s.seq
 FROM steps AS s JOIN runs AS r ON r.rid = s.run_rid
-WHERE (s.kind NOT IN ('event', 'start')
+WHERE (s.kind NOT IN ('event', 'start', 'patch')
        AND (s.status IN ('succeeded', 'failed')) != (s.seq IS NOT NULL))
-   OR (s.kind IN ('event', 'start') AND (s.status != 'succeeded' OR s.seq IS NOT NULL))
+   OR (s.kind IN ('event', 'start', 'patch') AND (s.status != 'succeeded' OR s.seq IS NOT NULL))
    OR s.status NOT IN ('pending', 'succeeded', 'failed')
 ORDER BY s.run_rid, s.pos;
 

@@ -423,6 +423,12 @@ def commit_replays(conn: sqlite3.Connection, outputs: Sequence[ReplayOutput], no
                 ).rowcount:
                     children.start(conn, out.run_rid, s, False, now)
                 continue
+            if s.kind == StepKind.PATCH:  # a marker: settled when written, nothing to run
+                conn.execute(
+                    Q["insert_settled_step"],
+                    (out.run_rid, s.pos, s.kind, s.name, s.fingerprint, None, now, now),
+                )
+                continue
             inserted = conn.execute(
                 Q["insert_step"],
                 (

@@ -244,7 +244,9 @@ async def test_changed_code_parks_the_run_until_resumed_or_failed(
 
     v2 = Registry()
     changed_code(v2, change, calls)
-    async with engine_factory(v2) as engine:
+    # Strict: changed arguments park too (by default the recorded result would stand, see
+    # test_versioning.py); a changed step or an early return parks under either policy.
+    async with engine_factory(v2, replay_args="strict") as engine:
         for run in (to_resume, to_fail):
             await wait_until(
                 lambda r=run: dbfile.value("SELECT status FROM runs WHERE id = ?", r) == "parked",

@@ -5,7 +5,12 @@ A new workload is a module with a `Workload` entry (benchmarks/options.py): add 
 
 from __future__ import annotations
 
-from benchmarks import ceiling, engine_run, prompt
+from benchmarks import ceiling, engine_run, prompt, quota
 from benchmarks.options import Workload
 
-WORKLOADS: tuple[Workload, ...] = (*engine_run.WORKLOADS, ceiling.WORKLOAD, prompt.WORKLOAD)
+WORKLOADS: tuple[Workload, ...] = (
+    *engine_run.WORKLOADS,
+    ceiling.WORKLOAD,
+    prompt.WORKLOAD,
+    *quota.WORKLOADS,
+)

@@ -1,10 +1,4 @@
--- Queries of the limits area (executor/engine/limits.py): parking, unparking, limit_state.
-
--- name: claimed_task_limits
--- A negative not_before marks a task just unparked (see migration 0002).
-SELECT t.not_before < 0, r.concurrency_key
-FROM tasks AS t JOIN runs AS r ON r.rid = t.run_rid
-WHERE t.run_rid = ? AND t.pos = ?;
+-- Queries of the limits area (executor/engine/limits/): parking, unparking, limit_state.
 
 -- name: set_step_limit_key
 UPDATE steps SET limit_key = ? WHERE run_rid = ? AND pos = ?;

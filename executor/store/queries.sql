@@ -238,7 +238,10 @@ UPDATE steps SET attempts = attempts + 1, started_at = coalesce(started_at, :now
 WHERE (run_rid, pos) IN (SELECT run_rid, pos FROM tasks WHERE claim_token = :token);
 
 -- name: select_claimed
-SELECT t.run_rid, t.pos, t.shard, t.attempt, s.name, s.args, s.limit_key, r.id, r.workflow
+-- A negative not_before marks a task just unparked (see migration 0002): the limiter lets it go
+-- before newcomers. Read here for the whole batch, not per task.
+SELECT t.run_rid, t.pos, t.shard, t.attempt, s.name, s.args, s.limit_key, r.id, r.workflow,
+    t.not_before < 0, r.concurrency_key
 FROM tasks AS t JOIN steps AS s ON s.run_rid = t.run_rid AND s.pos = t.pos
 JOIN runs AS r ON r.rid = t.run_rid
 WHERE t.claim_token = ?

@@ -188,14 +188,10 @@ def _claim(
     )
     conn.execute(Q["count_claimed_attempts"], {"token": token, "now": now})
     out: list[Claimed] = []
-    for run_rid, pos, shard, attempt, name, args, limit_key, run_id, workflow in conn.execute(
-        Q["select_claimed"], (token,)
-    ):
-        unparked, ckey = (
-            conn.execute(Q["claimed_task_limits"], (run_rid, pos)).fetchone()
-            if limits
-            else (False, None)
-        )
+    for row in conn.execute(Q["select_claimed"], (token,)):
+        run_rid, pos, shard, attempt, name, args, limit_key, run_id, workflow, unparked, ckey = row
+        if not limits:
+            unparked, ckey = False, None
         if payloads.is_ref(args):
             args = payloads.resolve(conn, args)
         out.append(

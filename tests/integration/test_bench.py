@@ -199,8 +199,26 @@ def test_prompt(capsys: pytest.CaptureFixture[str]) -> None:
     assert 0 < report["file_bytes"] < 300 * 5000 / 3
 
 
+def test_quota(capsys: pytest.CaptureFixture[str]) -> None:
+    # Two rows, a second of backlog each: a per-second quota and the paced per-minute one.
+    report = run_main(capsys, "--workload", "quota", "--rows", "rps200,rpm6000", "--seconds", "1")
+    assert [r["row"] for r in report["rows"]] == ["rps200", "rpm6000"]
+    for row in report["rows"]:
+        assert row["succeeded"] == row["calls"] > 0
+        assert row["achieved_pct"] > 0 and row["over_quota"] >= 0
+    assert report["rows"][1]["most_in_any_window"]["1:100"]["requests"] <= 100
+
+
+def test_quota_cpu(capsys: pytest.CaptureFixture[str]) -> None:
+    report = run_main(capsys, "--workload", "quota-cpu", "-W", "200", "-S", "0.01", "--repeat", "1")
+    assert [r["limit"] for r in report["runs"]] == [False, True]
+    assert report["never_bound"] is True
+    assert report["cpu_us_per_step_no_limit"] > 0 and report["cpu_us_per_step_limit"] > 0
+    assert report["limiter_us_per_step"] > 0 and report["limiter_share"] > 0
+
+
 def test_every_workload_has_a_smoke_test_here() -> None:
-    tested = {"noop", "sleep", "fanout", "long", "ceiling", "prompt"}
+    tested = {"noop", "sleep", "fanout", "long", "ceiling", "prompt", "quota", "quota-cpu"}
     assert {w.name for w in WORKLOADS} == tested, "add a small run of the new workload here"
 
 

@@ -79,7 +79,8 @@ class Bucket:
         self.group = Group(f"limit:{self.label}")
         # Configured windows count from admission until the request surely arrived; pace
         # windows from admission (window.py).
-        self.req, self.tok, self.pace_req, self.pace_tok = Log(), Log(), Log(), Log()
+        # One entry per admission in each: requests by index, tokens by running totals.
+        self.log, self.pace = Log(False), Log(False)
         # Reservations, by time: the plan is these plus the logs.
         self.r_times: list[float] = []
         self.r_tasks: list[TaskId] = []
@@ -92,6 +93,13 @@ class Bucket:
         self.avg_cost = 0.0
         self.last_used = -math.inf
         self.cold_until = 0.0
+        # Headroom: requests and tokens that surely fit every window from now on (entries only
+        # leave windows as time passes), measured on a slow admission. Admissions within it skip
+        # the window arithmetic: a limit with room costs a step close to nothing. A lower rate
+        # (a 429) or a new configuration empties it.
+        self.room_req = 0
+        self.room_tok = 0.0
+        self.tight = True  # some window was half full when measured: settle entries at the end
         self.configure(spec)
 
     def configure(self, spec: config.LimitSpec) -> None:
@@ -109,12 +117,14 @@ class Bucket:
         self.longest_s = max(configured, default=0.0)
         self.pace_s = max(paces, default=0.0)
         self.tokens = any(w.metric == "tok" for w in self.windows)
+        if self.tokens:
+            self.log.count_tokens()
+            self.pace.count_tokens()
         self.rate.configure(spec.backoff, spec.floor, spec.recovery_s, spec.tolerance)
+        self.room_req, self.room_tok, self.tight = 0, 0.0, True
 
     def _log(self, w: Window) -> Log:
-        if w.metric == "req":
-            return self.pace_req if w.paced else self.req
-        return self.pace_tok if w.paced else self.tok
+        return self.pace if w.paced else self.log
 
     # -- adaptive rate --
 
@@ -139,7 +149,45 @@ class Bucket:
             return False
         self.blocked_until = max(self.blocked_until, now + retry_after)
         self.refresh(now)
+        self.room_req, self.room_tok, self.tight = 0, 0.0, True
         return True
+
+    # -- headroom: the fast path --
+
+    def quick(self, tokens: int, now: float) -> bool:
+        """Admissible now without looking at the windows: within the headroom, nobody waiting
+        or parked before it, not paused, not adapting."""
+        return (
+            self.room_req >= 1
+            and self.room_tok >= tokens
+            and not self.pending
+            and not self.group.parked
+            and now >= self.blocked_until
+            and self.rate.low >= 1.0
+        )
+
+    def measure(self, now: float) -> None:
+        """Measure the headroom after a slow admission. While no window is half full, the
+        headroom stops at half of each window, so entries need no settling (their step's end
+        would only free room nobody needs; counting them a little longer is safe)."""
+        room_req, room_tok, tight = 1 << 62, math.inf, False
+        for w in self.windows:
+            cap = self.cap(w)
+            used = self._log(w).used(now, w.length, w.metric == "req")
+            tight = tight or used * 2 >= cap
+            left = cap - used
+            if w.metric == "req":
+                room_req = min(room_req, int(left))
+            else:
+                room_tok = min(room_tok, left)
+        if not tight:
+            for w in self.windows:
+                half = self.cap(w) / 2 - self._log(w).used(now, w.length, w.metric == "req")
+                if w.metric == "req":
+                    room_req = min(room_req, int(half))
+                else:
+                    room_tok = min(room_tok, half)
+        self.room_req, self.room_tok, self.tight = max(0, room_req), max(0.0, room_tok), tight
 
     # -- fitting --
 
@@ -148,7 +196,7 @@ class Bucket:
         t = max(now, self.blocked_until)
         for w in self.windows:
             amount = 1 if w.metric == "req" else tokens
-            t = max(t, self._log(w).fit(now, w.length, self.cap(w), amount))
+            t = max(t, self._log(w).fit(now, w.length, self.cap(w), amount, w.metric == "req"))
         return t
 
     def fit_plan(self, tokens: int, now: float) -> float:
@@ -165,10 +213,10 @@ class Bucket:
         x0 = t0 - window
         i = lg.after(x0)
         if not self.r_times:  # nobody waits: the log alone decides
-            return lg.fit(t0, window, cap, amount)
+            return lg.fit(t0, window, cap, amount, req)
         k = bisect.bisect_right(self.r_times, x0)
         planned = len(self.r_times) - k if req else sum(self.r_tokens[k:])
-        need = lg.total - lg.before(i) + planned + min(amount, cap) - cap
+        need = lg.total(req) - lg.cum(i, req) + planned + min(amount, cap) - cap
         if need <= 0:
             return t0
         # Drop the oldest entries of log and plan, in time order, until the amount fits.
@@ -177,7 +225,7 @@ class Bucket:
             ta = lg.times[i] if i < n else math.inf
             tr = self.r_times[k] if k < m else math.inf
             if ta <= tr:
-                need -= lg.cums[i] - lg.before(i)
+                need -= lg.amount(i, req)
                 i += 1
                 t = ta
             else:
@@ -250,13 +298,11 @@ class Bucket:
         until = now + (self.cold_s if cold else self.send_delay_s)
         pace_until = now + (self.cold_s if cold else self.pace_delay_s)
         if self.windows:
-            until = self.req.append(until, 1, task)
-            if self.tokens:
-                self.tok.append(until, tokens, task)
+            until = self.log.append(until, tokens, task)
             if self.pace_s:
-                pace_until = self.pace_req.append(pace_until, 1, task)
-                if self.tokens:
-                    self.pace_tok.append(pace_until, tokens, task)
+                pace_until = self.pace.append(pace_until, tokens, task)
+        self.room_req -= 1
+        self.room_tok -= tokens
         self.group.in_use += 1
         self.admitted += 1
         if self.tokens:
@@ -268,22 +314,18 @@ class Bucket:
         """The step ended: its request arrived by now, so it counts from now, not `until`."""
         if not self.windows:
             return
+        if not self.tight and until[0] - now <= self.send_delay_s:
+            return  # room to spare, and a warm entry that counts at most send_delay longer
         if now < until[0]:
-            self.req.move_earlier(until[0], now, task)
-            if self.tokens:
-                self.tok.move_earlier(until[0], now, task)
-        if self.pace_s and now < until[1]:
-            self.pace_req.move_earlier(until[1], now, task)
-            if self.tokens:
-                self.pace_tok.move_earlier(until[1], now, task)
+            self.log.move_earlier(until[0], now, task)
+        if self.pace_s and now < until[1]:  # (a cold entry, or a tight bucket)
+            self.pace.move_earlier(until[1], now, task)
 
     def expire(self, now: float) -> None:
         self.refresh(now)
         older = now - self.longest_s
-        self.req.prune(older)
-        self.tok.prune(older)
-        self.pace_req.prune(now - self.pace_s)
-        self.pace_tok.prune(now - self.pace_s)
+        self.log.prune(older)
+        self.pace.prune(now - self.pace_s)
         cutoff = now - ABANDON_S
         drop = bisect.bisect_left(self.r_times, cutoff)
         if drop:
@@ -310,7 +352,7 @@ class Bucket:
                 rates[w.field] = {
                     "configured": w.quota,
                     "effective": round(self.cap(w), 3),
-                    "used": self._log(w).used(now, w.length),
+                    "used": self._log(w).used(now, w.length, w.metric == "req"),
                 }
         out: dict[str, Any] = {"limit": self.spec.name, "key": self.key, "rates": rates}
         if self.spec.concurrent is not None:

@@ -214,6 +214,15 @@ class Limiter:
                 if g is not None and g.on_the_way(now):
                     g.unparking.popleft()
         for b in buckets:
+            if not b.quick(tokens, now):
+                break
+            cap = b.concurrency_cap()
+            if cap and not b.group.has_room(cap, unparked, now):
+                break
+        else:
+            if kg is None or kg.has_room(kg.cap, unparked, now):
+                return self._admit(task, buckets, kg, tokens, now, measure=False)
+        for b in buckets:
             b.refresh(now)
             if tokens and b.tokens:
                 for w in b.windows:
@@ -237,11 +246,7 @@ class Limiter:
                 if t > when:
                     when, binding = t, b
         if binding is None:
-            ticket = Ticket(task, buckets, kg, tokens)
-            ticket.until = [b.admit(task, tokens, now) for b in buckets]
-            if kg is not None:
-                kg.in_use += 1
-            return Decision(ticket)
+            return self._admit(task, buckets, kg, tokens, now, measure=True)
         if when - now > HORIZON_S:
             return self._park(binding.group, task, buckets, now)
         for b in buckets:
@@ -249,6 +254,25 @@ class Limiter:
                 b.reserve(task, when, tokens)
         self.counters["limit_waits"] += 1
         return Decision(wait_until=when)
+
+    def _admit(
+        self,
+        task: TaskId,
+        buckets: list[Bucket],
+        kg: Group | None,
+        tokens: int,
+        now: float,
+        *,
+        measure: bool,
+    ) -> Decision:
+        ticket = Ticket(task, buckets, kg, tokens)
+        ticket.until = [b.admit(task, tokens, now) for b in buckets]
+        if measure:
+            for b in buckets:
+                b.measure(now)
+        if kg is not None:
+            kg.in_use += 1
+        return Decision(ticket)
 
     def _park(self, g: Group, task: TaskId, buckets: list[Bucket], now: float) -> Decision:
         for b in buckets:

@@ -69,81 +69,107 @@ def windows_of(quotas: dict[str, int | None], pace: bool) -> list[Window]:
 
 
 class Log:
-    """Amounts of one bucket by time, with running totals for O(log n) window sums."""
+    """Entries of one bucket by time (one request each, with its tokens), for O(log n) window
+    sums: a request count is an index difference; tokens keep running totals (only when the
+    limit has token windows, so a requests-only limit pays for two list appends an entry)."""
 
-    __slots__ = ("amounts", "base", "cums", "head", "tasks", "times")
+    __slots__ = ("amounts", "base", "cums", "head", "tasks", "times", "tokens")
 
-    def __init__(self) -> None:
+    def __init__(self, tokens: bool) -> None:
         self.times: list[float] = []
         self.tasks: list[TaskId] = []
-        self.amounts: list[int] = []
-        self.cums: list[int] = []  # total amount through each entry
+        self.tokens = tokens
+        self.amounts: list[int] = []  # tokens of each entry (when tokens)
+        self.cums: list[int] = []  # tokens through each entry (when tokens)
         self.head = 0  # entries before head have left every window
-        self.base = 0  # total amount before index 0
+        self.base = 0  # tokens before index 0
+
+    def count_tokens(self) -> None:
+        """Start counting tokens (a token window was configured live): earlier entries count 0."""
+        if not self.tokens:
+            self.tokens = True
+            self.amounts = [0] * len(self.times)
+            self.cums = [0] * len(self.times)
+            self.base = 0
 
     def append(self, t: float, amount: int, task: TaskId) -> float:
         """Add an entry at `t`, or at the last entry's time if that is later (counting an entry
         longer is always safe, and keeps the log sorted); return the time used."""
-        if self.times and t < self.times[-1]:
-            t = self.times[-1]
-        self.times.append(t)
+        times = self.times
+        if times and t < times[-1]:
+            t = times[-1]
+        times.append(t)
         self.tasks.append(task)
-        self.amounts.append(amount)
-        self.cums.append(self.total + amount)
+        if self.tokens:
+            cums = self.cums
+            self.amounts.append(amount)
+            cums.append((cums[-1] if cums else self.base) + amount)
         return t
 
     def move_earlier(self, old: float, new: float, task: TaskId) -> None:
         """The step ended: its entry counts from `new` (<= old) on, not `old`."""
-        p = bisect.bisect_left(self.times, old, self.head)
-        while p < len(self.times) and self.times[p] == old and self.tasks[p] != task:
+        times, tasks = self.times, self.tasks
+        p = bisect.bisect_left(times, old, self.head)
+        while p < len(times) and times[p] == old and tasks[p] != task:
             p += 1
-        if p >= len(self.times) or self.tasks[p] != task:
+        if p >= len(times) or tasks[p] != task:
             return  # pruned already
-        q = bisect.bisect_right(self.times, new, self.head, p)
+        q = bisect.bisect_right(times, new, self.head, p)
         if q == p:
-            self.times[p] = new  # nothing between: it keeps its place
+            times[p] = new  # nothing between: it keeps its place
             return
-        amount = self.amounts[p]
-        del self.times[p], self.tasks[p], self.amounts[p], self.cums[p]
-        self.times.insert(q, new)
-        self.tasks.insert(q, task)
-        self.amounts.insert(q, amount)
-        self.cums.insert(q, 0)
-        total = self.before(q)
-        for i in range(q, p + 1):  # only the entries it moved past: a few
-            total += self.amounts[i]
-            self.cums[i] = total
+        del times[p], tasks[p]
+        times.insert(q, new)
+        tasks.insert(q, task)
+        if self.tokens:
+            amount = self.amounts.pop(p)
+            self.amounts.insert(q, amount)
+            del self.cums[p]
+            self.cums.insert(q, 0)
+            total = self.cum(q, False)
+            for i in range(q, p + 1):  # only the entries it moved past: a few
+                total += self.amounts[i]
+                self.cums[i] = total
 
-    @property
-    def total(self) -> int:
+    def total(self, req: bool) -> int:
+        if req:
+            return len(self.times)
         return self.cums[-1] if self.cums else self.base
 
-    def before(self, i: int) -> int:
+    def cum(self, i: int, req: bool) -> int:
+        """The amount before entry i."""
+        if req:
+            return i
         return self.cums[i - 1] if i > 0 else self.base
+
+    def amount(self, i: int, req: bool) -> int:
+        return 1 if req else self.amounts[i]
 
     def after(self, x: float) -> int:
         """The index of the first entry later than x."""
         return bisect.bisect_right(self.times, x, self.head)
 
-    def used(self, now: float, window: float) -> int:
-        return self.total - self.before(self.after(now - window))
+    def used(self, now: float, window: float, req: bool) -> int:
+        return self.total(req) - self.cum(self.after(now - window), req)
 
-    def fit(self, now: float, window: float, cap: float, amount: int) -> float:
+    def fit(self, now: float, window: float, cap: float, amount: int, req: bool) -> float:
         """The earliest time >= now at which `amount` more fits in every window ending then."""
         j = self.after(now - window)
-        base = self.before(j)
-        need = self.total - base + min(amount, cap) - cap
+        base = self.cum(j, req)
+        need = self.total(req) - base + min(amount, cap) - cap
         if need <= 0:
             return now
-        i = bisect.bisect_left(self.cums, base + need, j)
-        return self.times[i] + window
+        if req:
+            return self.times[j + math.ceil(need) - 1] + window
+        return self.times[bisect.bisect_left(self.cums, base + need, j)] + window
 
     def prune(self, older_than: float) -> None:
         self.head = self.after(older_than)
         if self.head > 1024 and self.head * 2 > len(self.times):
-            self.base = self.cums[self.head - 1]
-            for column in (self.times, self.tasks, self.amounts, self.cums):
-                del column[: self.head]
+            if self.tokens:
+                self.base = self.cums[self.head - 1]
+                del self.amounts[: self.head], self.cums[: self.head]
+            del self.times[: self.head], self.tasks[: self.head]
             self.head = 0
 
     def __len__(self) -> int:

@@ -91,14 +91,15 @@ def test_no_fixed_window_burst_at_the_edge() -> None:
 def test_a_request_counts_until_its_step_ends() -> None:
     # While its step runs, a request may not have reached the server yet. In the first window
     # after idling (cold connections) it counts as if it arrived up to a window late; once its
-    # step ends, from then on; later (warm) at most a tenth of a window late.
+    # step ends, from then on; later (warm) at most 3% of a window late.
     running, ended = (Limiter([LimitSpec("api", requests_per_second=1)]) for _ in range(2))
     admitted(admit(running, 1, T0))
     ended.release(admitted(admit(ended, 1, T0)), T0 + 0.03)
     assert admit(running, 2, T0 + 0.03 + W).wait_until == pytest.approx(T0 + 2 * W)
     second = T0 + 0.03 + W
     assert admit(ended, 2, second).ticket is not None
-    assert admit(ended, 3, second + W).wait_until == pytest.approx(second + 0.1 + W)
+    warm = bucket.SEND_DELAY_FRACTION * W
+    assert admit(ended, 3, second + W).wait_until == pytest.approx(second + warm + W)
 
 
 def test_tokens_are_drawn_by_cost_and_an_impossible_cost_fails() -> None:

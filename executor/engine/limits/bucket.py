@@ -25,8 +25,12 @@ from executor.engine.limits.adaptive import AdaptiveRate
 from executor.engine.limits.window import PACE_SEND_DELAY, RATES, Log, TaskId, Window, windows_of
 
 # How late after its admission a request may reach the server and still be counted in the right
-# windows: a tenth of the limit's shortest configured window, at most SEND_DELAY_MAX_S.
-SEND_DELAY_FRACTION = 0.1
+# windows: 3% of the limit's shortest configured window (30 ms for a second), at most
+# SEND_DELAY_MAX_S. What matters is the spread of those delays, not their size: requests that all
+# take the same time to arrive arrive in the same order and spacing as they were admitted. A
+# request also counts until its step ends (the reply proves it arrived), so the hold costs
+# min(latency, this) per request: 3% of a per-second quota at most.
+SEND_DELAY_FRACTION = 0.03
 SEND_DELAY_MAX_S = 2.0
 # Openings are reserved at most this far ahead; later waiters park instead of holding a
 # reservation, which keeps the queue of tasks with a future not_before short.

@@ -302,9 +302,9 @@ class Bucket:
         until = now + (self.cold_s if cold else self.send_delay_s)
         pace_until = now + (self.cold_s if cold else self.pace_delay_s)
         if self.windows:
-            until = self.log.append(until, tokens, task)
+            until = self.log.append(until, tokens)
             if self.pace_s:
-                pace_until = self.pace.append(pace_until, tokens, task)
+                pace_until = self.pace.append(pace_until, tokens)
         self.room_req -= 1
         self.room_tok -= tokens
         self.group.in_use += 1
@@ -314,16 +314,16 @@ class Bucket:
         self.last_used = now
         return until, pace_until
 
-    def settle(self, task: TaskId, until: tuple[float, float], now: float) -> None:
+    def settle(self, tokens: int, until: tuple[float, float], now: float) -> None:
         """The step ended: its request arrived by now, so it counts from now, not `until`."""
         if not self.windows:
             return
         if not self.tight and until[0] - now <= self.send_delay_s:
             return  # room to spare, and a warm entry that counts at most send_delay longer
         if now < until[0]:
-            self.log.move_earlier(until[0], now, task)
+            self.log.move_earlier(until[0], now, tokens)
         if self.pace_s and now < until[1]:  # (a cold entry, or a tight bucket)
-            self.pace.move_earlier(until[1], now, task)
+            self.pace.move_earlier(until[1], now, tokens)
 
     def expire(self, now: float) -> None:
         self.refresh(now)

@@ -288,7 +288,7 @@ class Limiter:
             return
         ticket.released = True
         for b, until in zip(ticket.buckets, ticket.until, strict=True):
-            b.settle(ticket.task, until, now)
+            b.settle(ticket.tokens, until, now)
             if not ticket.limited:
                 b.rate.answered()
             b.group.in_use -= 1

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import bisect
 import math
+from array import array
 from typing import NamedTuple
 
 TaskId = tuple[int, int]  # (run rid, position)
@@ -71,16 +72,17 @@ def windows_of(quotas: dict[str, int | None], pace: bool) -> list[Window]:
 class Log:
     """Entries of one bucket by time (one request each, with its tokens), for O(log n) window
     sums: a request count is an index difference; tokens keep running totals (only when the
-    limit has token windows, so a requests-only limit pays for two list appends an entry)."""
+    limit has token windows). Columns are arrays, not lists: a log holds a window's worth of
+    entries (minutes of them), and the garbage collector would walk every list entry on each
+    full collection; arrays hold plain numbers it never looks at."""
 
-    __slots__ = ("amounts", "base", "cums", "head", "tasks", "times", "tokens")
+    __slots__ = ("amounts", "base", "cums", "head", "times", "tokens")
 
     def __init__(self, tokens: bool) -> None:
-        self.times: list[float] = []
-        self.tasks: list[TaskId] = []
+        self.times = array("d")
         self.tokens = tokens
-        self.amounts: list[int] = []  # tokens of each entry (when tokens)
-        self.cums: list[int] = []  # tokens through each entry (when tokens)
+        self.amounts = array("q")  # tokens of each entry (when tokens)
+        self.cums = array("q")  # tokens through each entry (when tokens)
         self.head = 0  # entries before head have left every window
         self.base = 0  # tokens before index 0
 
@@ -88,43 +90,43 @@ class Log:
         """Start counting tokens (a token window was configured live): earlier entries count 0."""
         if not self.tokens:
             self.tokens = True
-            self.amounts = [0] * len(self.times)
-            self.cums = [0] * len(self.times)
+            self.amounts = array("q", bytes(8 * len(self.times)))
+            self.cums = array("q", bytes(8 * len(self.times)))
             self.base = 0
 
-    def append(self, t: float, amount: int, task: TaskId) -> float:
+    def append(self, t: float, amount: int) -> float:
         """Add an entry at `t`, or at the last entry's time if that is later (counting an entry
         longer is always safe, and keeps the log sorted); return the time used."""
         times = self.times
         if times and t < times[-1]:
             t = times[-1]
         times.append(t)
-        self.tasks.append(task)
         if self.tokens:
             cums = self.cums
             self.amounts.append(amount)
             cums.append((cums[-1] if cums else self.base) + amount)
         return t
 
-    def move_earlier(self, old: float, new: float, task: TaskId) -> None:
-        """The step ended: its entry counts from `new` (<= old) on, not `old`."""
-        times, tasks = self.times, self.tasks
+    def move_earlier(self, old: float, new: float, amount: int) -> None:
+        """A step ended: its entry counts from `new` (<= old) on, not `old`. Entries of the same
+        time (and tokens) are interchangeable, so any one of them is moved."""
+        times = self.times
         p = bisect.bisect_left(times, old, self.head)
-        while p < len(times) and times[p] == old and tasks[p] != task:
-            p += 1
-        if p >= len(times) or tasks[p] != task:
+        if self.tokens:
+            amounts = self.amounts
+            while p < len(times) and times[p] == old and amounts[p] != amount:
+                p += 1
+        if p >= len(times) or times[p] != old:
             return  # pruned already
         q = bisect.bisect_right(times, new, self.head, p)
         if q == p:
             times[p] = new  # nothing between: it keeps its place
             return
-        del times[p], tasks[p]
+        del times[p]
         times.insert(q, new)
-        tasks.insert(q, task)
         if self.tokens:
-            amount = self.amounts.pop(p)
+            del self.amounts[p], self.cums[p]
             self.amounts.insert(q, amount)
-            del self.cums[p]
             self.cums.insert(q, 0)
             total = self.cum(q, False)
             for i in range(q, p + 1):  # only the entries it moved past: a few
@@ -169,7 +171,7 @@ class Log:
             if self.tokens:
                 self.base = self.cums[self.head - 1]
                 del self.amounts[: self.head], self.cums[: self.head]
-            del self.times[: self.head], self.tasks[: self.head]
+            del self.times[: self.head]
             self.head = 0
 
     def __len__(self) -> int:

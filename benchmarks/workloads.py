@@ -5,7 +5,7 @@ A new workload is a module with a `Workload` entry (benchmarks/options.py): add 
 
 from __future__ import annotations
 
-from benchmarks import ceiling, engine_run, prompt, quota
+from benchmarks import ceiling, engine_run, prompt, quota, repair
 from benchmarks.options import Workload
 
 WORKLOADS: tuple[Workload, ...] = (
@@ -13,4 +13,5 @@ WORKLOADS: tuple[Workload, ...] = (
     ceiling.WORKLOAD,
     prompt.WORKLOAD,
     *quota.WORKLOADS,
+    *repair.WORKLOADS,
 )

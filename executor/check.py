@@ -25,6 +25,10 @@ ones the store's transactions keep (see store/repository.py):
     dangling_row            every task, timer, step and replay entry belongs to an existing row
     missing_payload         every payload a row refers to exists, and so does its file
     refcount_mismatch       a stored payload's reference count matches the rows that refer to it
+    held_task_of_running_run  a step held back because its name was not registered (the run is
+                            parked) belongs to a parked run: resume and retry release it
+    bad_action              an action by filter is open or done, and its cursor never passes
+                            the last run that existed when it began
     orphan_payload_file     every file in <database>.payloads/ belongs to a stored payload (a
                             crash between writing a file and committing it leaves one: harmless,
                             removed by retention after an hour)
@@ -73,6 +77,8 @@ CORRUPT_FILE = "corrupt_file"
 MISSING_PAYLOAD = "missing_payload"
 REFCOUNT_MISMATCH = "refcount_mismatch"
 ORPHAN_PAYLOAD_FILE = "orphan_payload_file"
+HELD_TASK_OF_RUNNING_RUN = "held_task_of_running_run"
+BAD_ACTION = "bad_action"
 
 KINDS = (
     CORRUPT_FILE,
@@ -92,6 +98,8 @@ KINDS = (
     STALE_CLAIM,
     BAD_REPLAY,
     DANGLING_ROW,
+    HELD_TASK_OF_RUNNING_RUN,
+    BAD_ACTION,
     MISSING_PAYLOAD,
     REFCOUNT_MISMATCH,
     ORPHAN_PAYLOAD_FILE,
@@ -391,6 +399,23 @@ def _check_payloads(conn: sqlite3.Connection, path: Path, report: Report) -> Non
         )
 
 
+def _held_task(row: Iterable[Any]) -> tuple[str | None, str]:
+    run_id, pos, name = row
+    return run_id, (
+        f"the task of step {name} at position {pos} is held back as unregistered, but the run"
+        " is running: no engine will claim it"
+    )
+
+
+def _bad_action(row: Iterable[Any]) -> tuple[str | None, str]:
+    op_id, action, phase, cursor, cutoff = row
+    return None, (
+        f"action {op_id} ({action}, {phase}): cursor at run rid {cursor}, cutoff {cutoff}"
+        if cursor > cutoff
+        else f"action {op_id} has an unknown action or phase ({action}, {phase})"
+    )
+
+
 _Describe = Callable[[Iterable[Any]], tuple[str | None, str]]
 _Params = Callable[[float, float], dict[str, float]]
 
@@ -411,4 +436,6 @@ _CHECKS: tuple[tuple[str, str, _Describe, _Params], ...] = (
     (STALE_CLAIM, "check_stale_claims", _stale_claim, _stale_before),
     (BAD_REPLAY, "check_bad_replays", _bad_replay, _no_params),
     (DANGLING_ROW, "check_dangling_rows", _dangling, _no_params),
+    (HELD_TASK_OF_RUNNING_RUN, "check_held_tasks_of_running_runs", _held_task, _no_params),
+    (BAD_ACTION, "check_bad_actions", _bad_action, _no_params),
 )

@@ -12,13 +12,14 @@ import random
 import sqlite3
 import time
 import uuid
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from executor import codec, config, errors, registry, schedules, vocabulary
-from executor.store import history, overview, sharding, signals
+from executor import codec, config, errors, registry, runfilter, schedules, vocabulary
+from executor.runfilter import RunFilter
+from executor.store import actions, history, overview, sharding, signals
 from executor.store import repository as repo
 from executor.store import schedules as stored_schedules
 from executor.store.database import Database
@@ -48,6 +49,9 @@ class RunStatus:
     # Client.status only: the pending step with the highest position, else the last one
     # ({pos, kind, name, status, attempts, error}); None in lists and for a run with no steps.
     current_step: dict[str, Any] | None = None
+    labels: dict[str, str] = field(default_factory=dict)
+    generation: int = 0  # retries in place so far
+    forked_from: str | None = None  # the run this one was forked from
 
     @property
     def finished(self) -> bool:
@@ -74,6 +78,9 @@ def _status(row: vocabulary.RunRow, step: history.CurrentStep | None = None) -> 
         events=row.last_seq,
         error=None if row.error is None else codec.decode(row.error),
         current_step=None if step is None else step._asdict(),
+        labels={} if row.labels is None else codec.decode(row.labels),
+        generation=row.generation,
+        forked_from=row.forked_from,
     )
 
 
@@ -100,6 +107,38 @@ class ScheduleInfo:
 
     def to_dict(self) -> dict[str, Any]:
         return {f: getattr(self, f) for f in self.__slots__}
+
+
+@dataclass(frozen=True, slots=True)
+class RunPage:
+    """A page of runs, newest first; `cursor` fetches the next one (None: this was the last)."""
+
+    runs: list[RunStatus]
+    cursor: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class ActionReport:
+    """What an action on runs by filter did (over every attempt, if it was resumed)."""
+
+    id: int
+    action: str
+    acted: int  # runs changed
+    skipped: int  # runs that matched but were no longer in a state to act on
+    resumed: bool  # it continued an unfinished action with the same action, filter, parameters
+    done: bool
+    filter: RunFilter
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "action": self.action,
+            "acted": self.acted,
+            "skipped": self.skipped,
+            "resumed": self.resumed,
+            "done": self.done,
+            "filter": self.filter.describe(),
+        }
 
 
 def _check_name(what: str, value: object) -> None:
@@ -212,6 +251,7 @@ class Client:
         shard_key: str | None,
         index: int | None = None,
         concurrency_key: str | None = None,
+        labels: str | None = None,
     ) -> vocabulary.NewRun:
         if not isinstance(args, list | tuple):
             raise errors.PayloadError(
@@ -240,7 +280,7 @@ class Client:
             shard = self._next_shard % self.db.shards
             self._next_shard += 1
             run_id = sharding.run_id_for_shard(shard, self.db.shards)
-        return vocabulary.NewRun(run_id, name, version, shard, blob, key, concurrency_key)
+        return vocabulary.NewRun(run_id, name, version, shard, blob, key, concurrency_key, labels)
 
     async def start(
         self,
@@ -249,15 +289,27 @@ class Client:
         idempotency_key: str | None = None,
         shard_key: str | None = None,
         concurrency_key: str | None = None,
+        labels: dict[str, str] | None = None,
     ) -> str:
-        """Start a run; return its id. The same idempotency_key returns the same run.
+        """Start a run; return its id.
 
-        `concurrency_key` (a tenant, say) caps how many of the run's steps are in flight together
-        with every other run of that key: engine.concurrency_key_cap, [concurrency_keys].
+        The same idempotency_key with the same workflow and arguments returns the same run; with
+        another workflow or other arguments it raises IdempotencyConflict. `concurrency_key` (a
+        tenant, say) caps how many of the run's steps are in flight together with every other run
+        of that key: engine.concurrency_key_cap, [concurrency_keys]. `labels` (a few short
+        strings, {"batch": "2026-11-27"}) are shown by status and list, and select runs in
+        every filter (RunFilter.labels).
         """
         name, version, wf = self._resolve(workflow)
         new = self._new_run(
-            name, version, wf, args, idempotency_key, shard_key, concurrency_key=concurrency_key
+            name,
+            version,
+            wf,
+            args,
+            idempotency_key,
+            shard_key,
+            concurrency_key=concurrency_key,
+            labels=runfilter.check_labels(labels),
         )
         ids = await self.db.run(repo.create_runs, [new], time.time())
         return ids[0]
@@ -270,16 +322,29 @@ class Client:
         idempotency_keys: Sequence[str | None] | None = None,
         shard_keys: Sequence[str | None] | None = None,
         concurrency_keys: Sequence[str | None] | None = None,
+        labels: dict[str, str] | None = None,
     ) -> list[str]:
-        """Start many runs of one workflow in one transaction; return their ids in order."""
+        """Start many runs of one workflow in one transaction; return their ids in order.
+        `labels` are given to every one of them."""
         name, version, wf = self._resolve(workflow)
+        stored_labels = runfilter.check_labels(labels)
         batch = []
         for i, args in enumerate(args_list):
             key = idempotency_keys[i] if idempotency_keys is not None else None
             skey = shard_keys[i] if shard_keys is not None else None
             ckey = concurrency_keys[i] if concurrency_keys is not None else None
             batch.append(
-                self._new_run(name, version, wf, args, key, skey, index=i, concurrency_key=ckey)
+                self._new_run(
+                    name,
+                    version,
+                    wf,
+                    args,
+                    key,
+                    skey,
+                    index=i,
+                    concurrency_key=ckey,
+                    labels=stored_labels,
+                )
             )
         if not batch:
             return []
@@ -482,6 +547,149 @@ class Client:
             raise errors.ScheduleNotFound(f"no schedule named {name!r} in {self.db.path}")
         return run_id
 
+    # -- repairing runs --
+
+    async def retry(self, run_id: str, from_step: int | None = None) -> int:
+        """Run a failed, cancelled or parked run again, in place (same id); return the journal
+        position it restarts from.
+
+        The journal before that position is kept and those steps do not run again; the rest
+        is dropped, with the run's timers. The default position is the first one that did not
+        succeed. A result of the old attempt that arrives late is dropped. Raises RunNotFound, or
+        RunStateError for a running or succeeded run or a position past the journal.
+        """
+        _check_position(from_step, required=False)
+        return await self.db.run(actions.retry_run, run_id, from_step, time.time())
+
+    async def fork(
+        self, run_id: str, from_step: int, *, labels: dict[str, str] | None = None
+    ) -> str:
+        """A new run of the same workflow and arguments whose journal is `run_id`'s up to
+        position `from_step` (positions as `executor show` prints them, from 0); it runs today's
+        code from there. The original is not changed, whatever its status. ctx.now(),
+        ctx.random() and ctx.uuid() give the kept prefix the values they had. The fork gets the
+        original's labels unless `labels` is given. Returns the new run's id."""
+        _check_position(from_step, required=True)
+        stored = runfilter.check_labels(labels)
+        shard = self._next_shard % self.db.shards
+        self._next_shard += 1
+        new_id = sharding.run_id_for_shard(shard, self.db.shards)
+        forked = await self.db.run(
+            actions.fork_run,
+            run_id,
+            from_step,
+            new_id,
+            shard,
+            stored,
+            time.time(),
+            labels is None,
+        )
+        return forked.id
+
+    # -- runs by filter --
+
+    async def count(self, where: RunFilter | None = None) -> int:
+        """How many runs match."""
+        return await self.db.run(actions.count_runs, where or RunFilter())
+
+    async def runs(
+        self, where: RunFilter | None = None, *, limit: int = 100, cursor: str | None = None
+    ) -> RunPage:
+        """Matching runs, newest first, `limit` at a time; pass the page's cursor for the next."""
+        if limit < 1:
+            raise errors.ExecutorError(f"limit must be at least 1, got {limit}")
+        before = _parse_cursor(cursor)
+        rows = await self.db.run(actions.page_runs, where or RunFilter(), before, limit + 1)
+        more = len(rows) > limit
+        rows = rows[:limit]
+        return RunPage([_status(r) for r in rows], str(rows[-1].rid) if more else None)
+
+    async def act(
+        self,
+        action: str,
+        where: RunFilter,
+        *,
+        from_step: int | None = None,
+        reason: str | None = None,
+        batch_size: int = 500,
+        spec: str | None = None,
+        on_batch: Callable[[ActionReport], None] | None = None,
+    ) -> ActionReport:
+        """Cancel, retry, resume, fail or purge every run that matches, in batches of
+        `batch_size` runs, one short transaction each, so a running engine keeps committing.
+
+        Runs started after the action began never match. An action cut short (a crash, a kill)
+        is continued by the next call with the same action, filter and parameters (`spec`, what
+        the operator typed: by default the filter itself), which acts on the remaining runs
+        only: each run is acted on once. Each run's change is the single-run verb's (`retry`
+        only changes failed, cancelled or parked runs, ...); runs no longer in a state for it
+        are counted as skipped. `purge` deletes finished runs with their journal, and gives the
+        space back to the file system as it goes (files made before version 4 of the schema
+        only reuse it; see `executor vacuum`).
+        """
+        if action not in actions.ACTIONS:
+            raise errors.ExecutorError(
+                f"unknown action {action!r}; expected one of {actions.ACTIONS}"
+            )
+        if batch_size < 1:
+            raise errors.ExecutorError(f"batch_size must be at least 1, got {batch_size}")
+        _check_position(from_step, required=False)
+        params: dict[str, Any] = {}
+        if from_step is not None:
+            params["from_step"] = from_step
+        if reason is not None:
+            params["reason"] = reason
+        if spec is None:
+            spec = where.to_json()
+        spec = actions.spec_of(spec, params)
+        state = await self.db.run(actions.begin_action, action, spec, where, time.time())
+        acted, skipped, cursor, done = state.acted, state.skipped, state.cursor, False
+        while not done:
+            batch = await self.db.run(
+                actions.action_batch, state, action, params, cursor, batch_size, time.time()
+            )
+            acted += batch.acted
+            skipped += batch.skipped
+            cursor, done = batch.cursor, batch.done
+            if action == actions.PURGE and batch.acted:
+                await self.db.run(actions.vacuum_step)
+            if on_batch is not None:
+                on_batch(
+                    ActionReport(
+                        state.id, action, acted, skipped, state.resumed, done, state.filter
+                    )
+                )
+        return ActionReport(state.id, action, acted, skipped, state.resumed, True, state.filter)
+
+    async def forget_actions(self, before: float) -> int:
+        """Delete the records of actions by filter that finished before `before` (UNIX s)."""
+        return await self.db.run(actions.forget_actions, before)
+
+    async def vacuum(self) -> tuple[int, int]:
+        """Rewrite the file to its smallest size, in incremental auto-vacuum mode (so later purges
+        give space back as they go); (bytes before, bytes after). Holds the write lock
+        throughout: run it with the daemon stopped."""
+        return await self.db.run(actions.vacuum_file)
+
+    async def cancel_runs(self, where: RunFilter, **kw: Any) -> ActionReport:
+        return await self.act(actions.CANCEL, where, **kw)
+
+    async def retry_runs(
+        self, where: RunFilter, from_step: int | None = None, **kw: Any
+    ) -> ActionReport:
+        return await self.act(actions.RETRY, where, from_step=from_step, **kw)
+
+    async def resume_runs(self, where: RunFilter, **kw: Any) -> ActionReport:
+        return await self.act(actions.RESUME, where, **kw)
+
+    async def fail_runs(
+        self, where: RunFilter, reason: str = "failed by an operator", **kw: Any
+    ) -> ActionReport:
+        return await self.act(actions.FAIL, where, reason=reason, **kw)
+
+    async def purge_runs(self, where: RunFilter, **kw: Any) -> ActionReport:
+        return await self.act(actions.PURGE, where, **kw)
+
     # -- operator functions: each one transaction --
 
     def _check_shard(self, shard: int) -> None:
@@ -503,3 +711,24 @@ class Client:
     async def clear_replay_queue(self, shard: int) -> int:
         self._check_shard(shard)
         return await self.db.run(repo.clear_replay_queue, shard, time.time())
+
+
+def _check_position(pos: int | None, *, required: bool) -> None:
+    if pos is None and not required:
+        return
+    if isinstance(pos, bool) or not isinstance(pos, int) or pos < 0:
+        raise errors.ExecutorError(
+            f"from_step must be a journal position (an int >= 0), got {pos!r}"
+        )
+
+
+def _parse_cursor(cursor: str | None) -> int | None:
+    if cursor is None:
+        return None
+    try:
+        value = int(cursor)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise errors.ExecutorError(f"not a cursor of `runs`: {cursor!r}")
+    return value

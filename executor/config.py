@@ -98,6 +98,16 @@ class MetricsConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class RetentionConfig:
+    # Finished runs (succeeded, failed, cancelled) are purged with their journal and payloads
+    # this many days after they finished; 0 = never (the default: nothing is deleted unless the
+    # operator says so). `executor runs purge` does it on demand.
+    finished_days: float = 0.0
+    interval_s: float = 600.0  # how often the daemon looks for runs to purge
+    batch: int = 500  # runs per transaction
+
+
+@dataclass(frozen=True, slots=True)
 class LimitSpec:
     """A named quota, [limits.NAME]: any subset of the rates and a concurrency cap."""
 
@@ -124,6 +134,7 @@ class Config:
     daemon: DaemonConfig = field(default_factory=DaemonConfig)
     log: LogConfig = field(default_factory=LogConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    retention: RetentionConfig = field(default_factory=RetentionConfig)
     # Tuples, sorted by name, so the config stays hashable and compares by value.
     limits: tuple[LimitSpec, ...] = ()
     concurrency_keys: tuple[tuple[str, int], ...] = ()  # (key, cap) overrides
@@ -157,6 +168,9 @@ LIVE_KEYS = frozenset(
         "engine.concurrency",
         "engine.poll_interval_s",
         "engine.concurrency_key_cap",
+        "retention.finished_days",
+        "retention.interval_s",
+        "retention.batch",
     }
 )
 # Tables with names chosen by the user: [limits.NAME] and [concurrency_keys]; always live.
@@ -176,13 +190,17 @@ _ENV_TRUE = frozenset({"true", "1", "yes"})
 _ENV_FALSE = frozenset({"false", "0", "no"})
 
 _SECTIONS: dict[
-    str, type[DatabaseConfig | EngineConfig | DaemonConfig | LogConfig | MetricsConfig]
+    str,
+    type[
+        DatabaseConfig | EngineConfig | DaemonConfig | LogConfig | MetricsConfig | RetentionConfig
+    ],
 ] = {
     "database": DatabaseConfig,
     "engine": EngineConfig,
     "daemon": DaemonConfig,
     "log": LogConfig,
     "metrics": MetricsConfig,
+    "retention": RetentionConfig,
 }
 
 
@@ -284,6 +302,24 @@ class _Fraction(_Spec):
         if not (math.isfinite(x) and low_ok and high_ok):
             raise self.fail()
         return x
+
+
+class _Days(_Spec):
+    expected = "a number of days >= 0 (0: never)"
+
+    def parse(self, value: object) -> object:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise self.fail()
+        days = float(value)
+        if not math.isfinite(days) or days < 0:
+            raise self.fail()
+        return days
+
+    def from_env(self, text: str) -> object:
+        try:
+            return float(text.strip())
+        except ValueError:
+            return text
 
 
 class _Bool(_Spec):
@@ -420,6 +456,9 @@ _KEYS: dict[str, _Spec] = {
     "log.level": _Choice("debug", "info", "warning", "error"),
     "log.format": _Choice("auto", "text", "json"),
     "log.levels": _Levels(),
+    "retention.finished_days": _Days(),
+    "retention.interval_s": _Seconds(),
+    "retention.batch": _Int(1, 100_000),
     "metrics.samples": _Bool(),
     "metrics.port": _Int(0, 65535),
     "metrics.host": _Host(),

@@ -170,3 +170,26 @@ def describe(exc: BaseException) -> bytes:
     if isinstance(exc, StepFailed):
         extra["step"] = exc.step
     return error_blob(type(exc).__name__, str(exc), **extra)
+
+
+class IdempotencyConflict(ExecutorError):
+    """The idempotency key belongs to a run of another workflow, or with other arguments."""
+
+
+class RunStateError(ExecutorError):
+    """The run is not in a state that allows this (e.g. retrying a run that is still running)."""
+
+
+class EngineHeld(ExecutorError):
+    """Another live engine works on this database file."""
+
+
+def unregistered(kind: str, name: str) -> bytes:
+    """The error of a run parked because its workflow or a step's name is not registered in the
+    engine that met it (a deploy mistake): resumable once the module is deployed."""
+    return error_blob(
+        "Unregistered",
+        f"{kind} {name!r} is not registered in this daemon: deploy the module that defines it"
+        " (daemon.workflows), then `executor resume` the run",
+        **{kind: name},
+    )

@@ -65,10 +65,11 @@ class StepKind(enum.StrEnum):
 SETTLED_KINDS = frozenset({StepKind.EVENT, StepKind.START, StepKind.PATCH})
 
 
-def child_run_id(parent_id: str, pos: int) -> str:
+def child_run_id(parent_id: str, pos: int, generation: int = 0) -> str:
     """The id of the run a workflow starts at journal position `pos` (ctx.child, ctx.start):
-    derived, so replaying the parent finds the same child instead of starting another."""
-    return f"{parent_id}.{pos}"
+    derived, so replaying the parent finds the same child instead of starting another. After a
+    retry in place (generation > 0) a position past the restart point starts a new child."""
+    return f"{parent_id}.{pos}" if generation == 0 else f"{parent_id}.{pos}.r{generation}"
 
 
 class ReplayArgs(enum.StrEnum):
@@ -97,6 +98,37 @@ class OutcomeKind(enum.StrEnum):
     DONE = "done"  # the step finished (succeeded, or failed for good): record it in the journal
     RETRY = "retry"  # the attempt failed and will be retried after not_before
     RELEASE = "release"  # give the task back without using an attempt (drain, rate limit)
+    # The step's name is not registered here (a deploy mistake): hold its task back, parked as
+    # UNREGISTERED, and park the run with `error`, until the fix is deployed and it is resumed.
+    PARK = "park"
+
+
+class TaskHold(enum.StrEnum):
+    """tasks.parked values that are not quota groups (those are the limits' group names)."""
+
+    # The step's name is not registered in the engine that claimed it (OutcomeKind.PARK); the
+    # run is parked, and `resume` or `retry` makes the task claimable again.
+    UNREGISTERED = "unregistered"
+
+
+UNREGISTERED = TaskHold.UNREGISTERED
+
+
+class ActionKind(enum.StrEnum):
+    """run_actions.action: what an action on runs by filter does to each run."""
+
+    CANCEL = "cancel"
+    RETRY = "retry"
+    RESUME = "resume"
+    FAIL = "fail"
+    PURGE = "purge"
+
+
+class ActionPhase(enum.StrEnum):
+    """run_actions.phase: open until its last batch, then done."""
+
+    OPEN = "open"
+    DONE = "done"
 
 
 # Why an engine drains when another engine (or `executor bump-epoch`) took a newer epoch.
@@ -114,6 +146,7 @@ class NewRun(NamedTuple):
     args: bytes
     idempotency_key: str | None
     concurrency_key: str | None = None  # caps the run's steps in flight (engine.limits)
+    labels: str | None = None  # JSON object, from runfilter.check_labels
 
 
 class Claimed(NamedTuple):
@@ -211,6 +244,10 @@ class RunSnapshot(NamedTuple):
     created_at: float
     last_seq: int
     journal: list[JournalEntry]
+    generation: int = 0  # bumped by every retry in place
+    seed: str | None = None  # ctx.random()/uuid() seed: the run id, or a fork's source's seed
+    clock_origin: float | None = None  # ctx.now() before any event: created_at, or the source's
+    inherited: int = 0  # a fork: positions below this were copied from the source's journal
 
 
 class NewStep(NamedTuple):
@@ -242,6 +279,10 @@ class ReplayOutput:
     # Filled by the commit: journal results it recorded itself (a wait that found its message
     # already in the mailbox), for the engine to deliver like any other.
     recorded: list[Delivery] = field(default_factory=list)
+    generation: int = 0  # of the journal the replay read
+    # Set by commit_replays: the run was no longer running in that generation (cancelled, or
+    # retried), so nothing of this output was written. The instance that made it is stale.
+    dropped: bool = False
 
 
 class RunRow(NamedTuple):
@@ -257,6 +298,9 @@ class RunRow(NamedTuple):
     updated_at: float
     finished_at: float | None
     last_seq: int
+    labels: str | None = None  # JSON object
+    generation: int = 0  # retries in place so far
+    forked_from: str | None = None  # the run's id this one was forked from
 
 
 class Heartbeat(NamedTuple):

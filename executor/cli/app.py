@@ -17,6 +17,7 @@ from executor.cli import (
     daemon,
     database,
     observe,
+    repair,
     replay,
     runs,
     schedules,
@@ -27,12 +28,14 @@ from executor.cli import (
 from executor.cli.common import PROG, UsageError
 from executor.daemon.workflows import WorkflowImportError
 from executor.exitcodes import ExitCode
+from executor.runfilter import FilterError
 
 # Every module with verbs, in the order their verbs appear in `executor --help`. A new verb module
 # goes here (see the package docstring).
 VERB_MODULES: tuple[ModuleType, ...] = (
     daemon,
     runs,
+    repair,
     observe,
     signals,
     schedules,
@@ -49,6 +52,9 @@ _EXIT_CODES: tuple[tuple[type[BaseException], ExitCode], ...] = (
     (errors.ConfigError, ExitCode.USAGE),
     (errors.RegistryError, ExitCode.USAGE),
     (errors.PayloadError, ExitCode.USAGE),
+    (errors.IdempotencyConflict, ExitCode.USAGE),
+    (errors.EngineHeld, ExitCode.USAGE),
+    (FilterError, ExitCode.USAGE),
     (errors.StoreError, ExitCode.DATABASE),
     (errors.RunNotFound, ExitCode.NOT_FOUND),
     (errors.ScheduleNotFound, ExitCode.NOT_FOUND),

@@ -15,7 +15,7 @@ _LIVE = ", ".join(sorted(config.LIVE_KEYS))
 
 
 def register(verbs: Verbs) -> None:
-    verbs.add(
+    p = verbs.add(
         "run",
         cmd_run,
         "run the daemon in the foreground",
@@ -23,7 +23,13 @@ def register(verbs: Verbs) -> None:
         " and work until SIGTERM/SIGINT (graceful drain; a second SIGINT exits at once)."
         f" SIGHUP reloads the config: {_LIVE}, [limits.*] and [concurrency_keys] apply live;"
         " other keys are logged as needing a restart. With no config at all it uses"
-        " ./executor.sqlite.",
+        " ./executor.sqlite. It refuses to start (exit 2) while another live daemon works on"
+        " the same file, unless --takeover.",
+    )
+    p.add_argument(
+        "--takeover",
+        action="store_true",
+        help="start even if another daemon works on the file: it stops claiming, drains, exits 0",
     )
     verbs.add(
         "bump-epoch",
@@ -35,7 +41,7 @@ def register(verbs: Verbs) -> None:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    return Daemon(load(args), config_path=args.config).run()
+    return Daemon(load(args), config_path=args.config, takeover=args.takeover).run()
 
 
 def cmd_bump_epoch(args: argparse.Namespace) -> int:

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from executor.cli import repair
 from executor.cli.common import (
     RUN_ARG_HELP,
     TIMEOUT_HELP,
@@ -16,18 +17,16 @@ from executor.cli.common import (
     UsageError,
     Verbs,
     load,
-    positive_int,
     print_json,
     seconds,
     show,
-    table,
-    wants_json,
     when,
     with_client,
 )
-from executor.client import RUN_STATUSES, Client, RunStatus
+from executor.client import Client, RunPage, RunStatus
 from executor.daemon.workflows import import_workflows
 from executor.exitcodes import ExitCode
+from executor.runfilter import parse_label
 from executor.store.history import error_line
 
 
@@ -64,6 +63,13 @@ def register(verbs: Verbs) -> None:
         help="runs with the same key share a cap on steps in flight (engine.concurrency_key_cap,"
         " [concurrency_keys])",
     )
+    p.add_argument(
+        "--label",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a label, shown by status and list and usable in filters; repeat for more",
+    )
     p.add_argument("--wait", action="store_true", help="wait for the result and print it")
     p.add_argument("--timeout", type=seconds, metavar="S", help=TIMEOUT_HELP)
 
@@ -86,11 +92,16 @@ def register(verbs: Verbs) -> None:
     p = verbs.add("cancel", cmd_cancel, "cancel a run (it stops at its next step)")
     p.add_argument("run", metavar="RUN", help=RUN_ARG_HELP)
 
-    p = verbs.add("list", cmd_list, "list runs, newest first", json_flag=True)
-    p.add_argument("--status", choices=RUN_STATUSES, help="only runs with this status")
-    p.add_argument(
-        "--limit", type=positive_int, default=100, metavar="N", help="at most N runs (default 100)"
+    p = verbs.add(
+        "list",
+        cmd_list,
+        "list runs, newest first (by filter, a page at a time)",
+        "List runs, newest first, that match the filters (the same as `executor runs`). When"
+        " there are more, the last line on stderr gives the --cursor of the next page.",
+        json_flag=True,
     )
+    repair.add_filter_args(p)
+    repair.add_page_args(p)
 
     p = verbs.add("resume", cmd_resume, "replay a parked run against the deployed code")
     p.add_argument("run", metavar="RUN", help=RUN_ARG_HELP)
@@ -143,6 +154,7 @@ def cmd_start(args: argparse.Namespace) -> int:
     if args.timeout is not None and not args.wait:
         raise UsageError("--timeout needs --wait")
     workflow_args = parse_args_json(args)
+    labels = dict(parse_label(text) for text in args.label) or None
     loaded = load(args)
     modules = loaded.config.daemon.workflows
     import_workflows(modules, f"{loaded.sources['daemon.workflows']}: daemon.workflows")
@@ -154,6 +166,7 @@ def cmd_start(args: argparse.Namespace) -> int:
             idempotency_key=args.key,
             shard_key=args.shard_key,
             concurrency_key=args.concurrency_key,
+            labels=labels,
         )
         if not args.wait:
             print(run_id)
@@ -194,6 +207,12 @@ def _human(st: RunStatus) -> dict[str, object]:
         )
         if step["error"] is not None:
             out["step error"] = error_line(step["error"])
+    if st.labels:
+        out["labels"] = ", ".join(f"{k}={v}" for k, v in st.labels.items())
+    if st.generation:
+        out["retries"] = st.generation
+    if st.forked_from:
+        out["forked from"] = st.forked_from
     if st.error is not None:
         out["error"] = error_line(st.error)
     return out
@@ -219,18 +238,13 @@ def cmd_cancel(args: argparse.Namespace) -> int:
 
 
 def cmd_list(args: argparse.Namespace) -> int:
-    async def go(client: Client) -> list[RunStatus]:
-        return await client.list(args.status, args.limit)
+    where = repair.filter_from(args)
 
-    runs = with_client(args, go)
-    if wants_json(args):
-        for st in runs:  # one JSON object per line, so a reader can stream them
-            print_json(st.to_dict())
-    else:
-        rows = [
-            (st.id, st.workflow, st.status, st.shard, when(st.created_at), st.events) for st in runs
-        ]
-        print(table(("ID", "WORKFLOW", "STATUS", "SHARD", "CREATED", "EVENTS"), rows))
+    async def go(client: Client) -> RunPage:
+        return await client.runs(where, limit=args.limit, cursor=args.cursor)
+
+    # One JSON object per line with --json, so a reader can stream them.
+    repair.print_page(args, with_client(args, go))
     return ExitCode.OK
 
 

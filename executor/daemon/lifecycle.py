@@ -25,7 +25,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 
 from executor import config, errors, registry, vocabulary
-from executor.daemon import logs
+from executor.daemon import logs, retention
 from executor.daemon.notify import Notifier
 from executor.daemon.workflows import import_workflows
 from executor.engine.engine import Engine, EngineCrashed
@@ -68,8 +68,11 @@ class Daemon:
         config_path: Path | None = None,
         env: Mapping[str, str] | None = None,
         notifier: Notifier | None = None,
+        takeover: bool = False,
     ) -> None:
         self.loaded = loaded
+        # Start even while another live engine works on the file (it drains); else refuse.
+        self.takeover = takeover
         # What is in effect: the startup config plus the live keys applied by reloads since.
         self.cfg = loaded.config
         self.config_path = config_path
@@ -129,10 +132,15 @@ class Daemon:
             concurrency_keys=dict(cfg.concurrency_keys),
             samples=cfg.metrics.samples,
             schedules=cfg.schedules,
+            takeover=self.takeover,
         )
         self.engine = engine
         await engine.start()
         stop_metrics = _serve_metrics(cfg)
+        purging = asyncio.create_task(
+            retention.run(lambda: self.cfg, asyncio.Event()), name="executor.daemon.retention"
+        )
+        purging.add_done_callback(_retention_ended)
         waiter = asyncio.create_task(engine.wait(), name="executor.daemon.engine-wait")
         waiter.add_done_callback(lambda _: self._wake.set() if self._wake else None)
         load = engine.load()
@@ -154,6 +162,9 @@ class Daemon:
             raise
         finally:
             stop_metrics()
+            # Each purge batch is its own transaction: cancelling between or during them is safe.
+            purging.cancel()
+            await asyncio.wait([purging])
         return self._exit_code(waiter)
 
     async def _main_loop(self, waiter: asyncio.Task[None]) -> None:
@@ -375,11 +386,17 @@ def _serve_metrics(cfg: config.Config) -> Callable[[], None]:
     return stop
 
 
+def _retention_ended(task: asyncio.Task[None]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.error("retention stopped: %r; finished runs are no longer purged", task.exception())
+
+
 def _log_workflows(modules: tuple[str, ...]) -> None:
     reg = registry.default_registry
     if not reg.workflows:
         log.warning(
-            "no workflows loaded (daemon.workflows: %s): runs will wait for a daemon that has them",
+            "no workflows loaded (daemon.workflows: %s): the runs this daemon replays are parked"
+            " until a daemon that has their workflow resumes them",
             ", ".join(modules) or "empty",
         )
         return

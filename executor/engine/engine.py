@@ -40,7 +40,7 @@ from executor.engine.recorder import Recorder
 from executor.engine.replayer import Replayer
 from executor.engine.runner import StepRunner
 from executor.engine.slots import SlotPool
-from executor.engine.upkeep import Upkeep, reclaim_dead_local_engines
+from executor.engine.upkeep import Upkeep, pid_alive, reclaim_dead_local_engines
 from executor.schedules import ScheduleSpec
 from executor.store import payloads
 from executor.store import repository as repo
@@ -152,11 +152,15 @@ class Engine:
         shared: resources.Resources | None = None,
         samples: bool = True,
         schedules: Sequence[ScheduleSpec] | None = None,
+        takeover: bool = True,
     ) -> None:
         self.cfg = cfg or config.EngineConfig()
         self.db_cfg = db_cfg or config.DatabaseConfig()
         self.registry = reg or registry.default_registry
         self.on_finish = on_finish
+        # False: refuse to start (EngineHeld) while another live engine works on the file,
+        # instead of taking a new epoch that makes it drain (`executor run` without --takeover).
+        self.takeover = takeover
         self.state = EngineState.NEW
         self.engine_id = 0
         self.epoch = 0
@@ -190,9 +194,17 @@ class Engine:
             raise errors.ExecutorError("an Engine can be started once")
         self.limiter.check_steps(self.registry.steps.values())  # a typo'd limit: refuse to start
         self.db = db = await Database.open(self.db_cfg, shards=self.cfg.shards)
-        self.engine_id, self.epoch = await db.run(
-            repo.register_engine, os.getpid(), socket.gethostname(), time.time()
-        )
+        try:
+            self.engine_id, self.epoch = await db.run(
+                repo.register_engine,
+                os.getpid(),
+                socket.gethostname(),
+                time.time(),
+                None if self.takeover else repo.LiveCheck(self.cfg.lease_s, pid_alive),
+            )
+        except errors.EngineHeld as exc:
+            await db.close()
+            raise errors.EngineHeld(f"{db.path}: {exc.message}") from None
         await reclaim_dead_local_engines(db, self.engine_id)
         # Limit counts start empty: whatever an earlier engine parked may be claimed again.
         await db.run(repo.unpark_all)

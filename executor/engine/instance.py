@@ -153,6 +153,12 @@ class RunInfo(NamedTuple):
     id: str
     shard: int
     created_at: float
+    generation: int = 0  # of the journal this instance was built from (retries bump it)
+    seed: str | None = None  # ctx.random()/uuid() seed; None: the run id (a fork: its source's)
+    clock_origin: float | None = None  # ctx.now() before any event; None: created_at
+    # A fork: positions below this were copied from the source run, whose code may have put
+    # its own id (ctx.run_id) in their arguments; only their kind and name are checked.
+    inherited: int = 0
 
 
 class ChildRun(asyncio.Future[T]):
@@ -329,7 +335,7 @@ class WorkflowInstance:
         self.cache = cache
         self.payload_limit = payload_limit
         self.loop = _InstanceLoop(wf.name, run.id)  # type: ignore[abstract]
-        self.loop.now_s = run.created_at
+        self.loop.now_s = run.created_at if run.clock_origin is None else run.clock_origin
         self._rng: random.Random | None = None
         self.ctx = WorkflowContext(self, run.id, wf.name)
         self.journal = journal or {}
@@ -365,7 +371,7 @@ class WorkflowInstance:
     def rng(self) -> random.Random:
         # Made on first use: its state is 2.5 KB, and most workflows never ask for randomness.
         if self._rng is None:
-            self._rng = random.Random(self.run.id)
+            self._rng = random.Random(self.run.id if self.run.seed is None else self.run.seed)
         return self._rng
 
     # -- called from the workflow code (through ctx) --
@@ -387,7 +393,14 @@ class WorkflowInstance:
         fp = codec.fingerprint(blob)
         entry = self.journal.get(pos)
         if entry is not None:
-            if entry.kind == kind and entry.name == name and entry.fingerprint != fp:
+            # A fork's inherited positions (below run.inherited) may hold the source's run id in
+            # their arguments: only their kind and name are checked.
+            if (
+                entry.kind == kind
+                and entry.name == name
+                and entry.fingerprint != fp
+                and pos >= self.run.inherited
+            ):
                 if self.replay_args is ReplayArgs.LOG:
                     # The journal stands: its recorded result is what this call returns (or,
                     # pending, its task runs with the recorded arguments). Counted and logged.
@@ -425,7 +438,7 @@ class WorkflowInstance:
 
     def schedule_child(self, workflow: str, args: list[Any]) -> ChildRun[Any]:
         pos = self.next_pos
-        child_id = child_run_id(self.run.id, pos)
+        child_id = child_run_id(self.run.id, pos, self.run.generation)
         fut = self.schedule(StepKind.CHILD, workflow, args, None, target=child_id)
         handle: ChildRun[Any] = ChildRun(loop=self.loop)
         handle.run_id = child_id
@@ -444,7 +457,7 @@ class WorkflowInstance:
         pos = self.next_pos
         self.next_pos += 1
         fp = codec.fingerprint(blob)
-        run_id = child_run_id(self.run.id, pos)
+        run_id = child_run_id(self.run.id, pos, self.run.generation)
         entry = self.journal.get(pos)
         if entry is not None:
             if entry.kind != StepKind.START or entry.name != workflow or entry.fingerprint != fp:
@@ -535,11 +548,11 @@ class WorkflowInstance:
         elif d.status == StepState.SUCCEEDED:
             if d.has_value:
                 value = d.value
-                self.cache.put((self.run.rid, d.pos), value, len(d.result or b""))
+                self.cache.put(self._cache_key(d.pos), value, len(d.result or b""))
             elif d.result is None:
                 value = None
             else:
-                value = self.cache.get((self.run.rid, d.pos), d.result)
+                value = self.cache.get(self._cache_key(d.pos), d.result)
             st = self.registry.workflows.get(name) if child else self.registry.steps.get(name)
             if st is not None and st.types is not None:
                 try:
@@ -570,6 +583,10 @@ class WorkflowInstance:
             fut.set_result(default)
         else:
             fut.set_exception(errors.WaitTimeout(topics, timeout, d.pos))
+
+    def _cache_key(self, pos: int) -> tuple[int, int, int]:
+        # With the generation: a retry from an earlier position records new results there.
+        return (self.run.rid, self.run.generation, pos)
 
     def replay(self, entries: list[JournalEntry]) -> None:
         """Feed every recorded journal entry, in recorded order (full replay)."""

@@ -76,7 +76,16 @@ def _rebuild(
     replay_args: ReplayArgs = ReplayArgs.LOG,
 ) -> WorkflowInstance:
     inst = WorkflowInstance(
-        RunInfo(snap.rid, snap.id, snap.shard, snap.created_at),
+        RunInfo(
+            snap.rid,
+            snap.id,
+            snap.shard,
+            snap.created_at,
+            snap.generation,
+            snap.seed,
+            snap.clock_origin,
+            snap.inherited,
+        ),
         wf,
         args,
         reg,
@@ -156,7 +165,7 @@ class Replayer:
             if self._stopping.is_set():
                 return
             todo: dict[int, int] = {}  # run -> highest seq we know of (0: unknown)
-            polled: list[tuple[int, int]] = []
+            polled: list[tuple[int, int, int]] = []
             if time.monotonic() >= next_poll:
                 next_poll = time.monotonic() + self._poll_interval_s()
                 polled = await self._db.run(repo.pending_replays, REPLAY_POLL_LIMIT)
@@ -168,8 +177,12 @@ class Replayer:
             inbox, self._inbox = self._inbox, {}
             for rid, ds in inbox.items():
                 todo[rid] = max(d.seq for d in ds)
-            for rid, seq in polled:
+            for rid, seq, generation in polled:
                 inst = self.instances.get(rid)
+                if inst is not None and inst.run.generation != generation:
+                    self.instances.pop(rid)  # retried in place: rebuild from the new journal
+                    inst.close()
+                    inst = None
                 if inst is not None and inst.last_seq >= seq:
                     continue  # consumed already; its commit deletes the entry
                 todo[rid] = max(todo.get(rid, 0), seq)
@@ -292,6 +305,12 @@ class Replayer:
         sleeps = False
         for out in outputs:
             inst = replayed.get(out.run_rid)
+            if out.dropped:
+                # Cancelled or retried by someone else since the replay read it: stale.
+                if inst is not None:
+                    self.instances.pop(out.run_rid)
+                    inst.close()
+                continue
             if out.new_steps:
                 queued_shards.add(out.shard)
                 sleeps = sleeps or any(s.kind == StepKind.SLEEP for s in out.new_steps)
@@ -310,6 +329,16 @@ class Replayer:
             self._sleeps_queued()
 
     def _build(self, snap: RunSnapshot) -> WorkflowInstance | ReplayOutput:
+        if snap.workflow not in self._registry.workflows:
+            # A deploy mistake, not the run's fault: park it until the module is deployed.
+            return ReplayOutput(
+                snap.rid,
+                snap.shard,
+                snap.last_seq,
+                [],
+                parked=errors.unregistered("workflow", snap.workflow),
+                generation=snap.generation,
+            )
         try:
             wf = self._registry.workflow(snap.workflow)
             args = _decode_args(snap, wf)
@@ -321,6 +350,7 @@ class Replayer:
                 [],
                 finished=RunState.FAILED,
                 error=errors.describe(exc),
+                generation=snap.generation,
             )
         inst = _rebuild(
             snap, wf, args, self._registry, self._hydration, self._payload_limit, self._replay_args
@@ -362,7 +392,9 @@ class Replayer:
 
 def _output(inst: WorkflowInstance) -> ReplayOutput:
     steps = inst.take_steps()
-    out = ReplayOutput(inst.run.rid, inst.run.shard, inst.last_seq, steps)
+    out = ReplayOutput(
+        inst.run.rid, inst.run.shard, inst.last_seq, steps, generation=inst.run.generation
+    )
     if inst.nondeterminism is not None:
         out.new_steps = []
         out.parked = errors.describe(inst.nondeterminism)

@@ -117,7 +117,10 @@ class StepRunner:
         try:
             outcome = await self._execute(c, attempt)
         finally:
-            del self._inflight[(c.run_rid, c.pos)]
+            # After a retry in place, a new attempt of the same step may run beside this one
+            # (whose result the fence will drop): each removes only its own entry.
+            if self._inflight.get((c.run_rid, c.pos)) is attempt:
+                del self._inflight[(c.run_rid, c.pos)]
             if outcome is not None and outcome.kind is OutcomeKind.DONE:
                 self._pool.hold(c.run_rid, c.pos, c.shard)
             else:
@@ -130,10 +133,17 @@ class StepRunner:
                 self._record(outcome)
 
     async def _execute(self, c: Claimed, attempt: _Attempt) -> Outcome | None:
-        try:
-            st = self._registry.step(c.name)
-        except errors.RegistryError as exc:
-            return _failed_for_good(c, errors.describe(exc))
+        st = self._registry.steps.get(c.name)
+        if st is None:
+            # A deploy mistake: hold the task back and park the run, never fail it.
+            log.error(
+                "step %s of run %s (%s) is not registered here (daemon.workflows); run parked",
+                c.name,
+                c.run_id,
+                c.workflow,
+            )
+            error = errors.unregistered("step", c.name)
+            return Outcome(OutcomeKind.PARK, c.run_rid, c.pos, c.token, error=error)
         ticket: Ticket | None = None
         try:
             args = codec.decode(c.args)

@@ -83,6 +83,8 @@ class SlotPool:
 
     def hold(self, rid: int, pos: int, shard: int) -> None:
         """A step finished: keep its slot for its run's next step, until `release`."""
+        if pos in self._held.get(rid, {}):
+            self.release(rid, pos)  # an older attempt of it (a retry in place) still holds one
         self._held.setdefault(rid, {})[pos] = (shard, time.monotonic())
 
     def release(self, rid: int, pos: int | None = None) -> None:

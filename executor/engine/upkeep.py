@@ -195,7 +195,7 @@ async def reclaim_dead_local_engines(db: Database, engine_id: int) -> None:
     dead = [
         other
         for other, pid in await db.run(repo.engines_on_host, host)
-        if other != engine_id and not _pid_alive(pid)
+        if other != engine_id and not pid_alive(pid)
     ]
     if dead:
         released = await db.run(repo.reclaim_from, dead)
@@ -206,7 +206,7 @@ async def reclaim_dead_local_engines(db: Database, engine_id: int) -> None:
         )
 
 
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
     except ProcessLookupError:

@@ -188,3 +188,20 @@ SELECT c.id, p.id, p.status, c.status
 FROM runs AS c JOIN runs AS p ON p.rid = c.parent_rid
 WHERE c.status IN ('running', 'parked') AND p.status IN ('succeeded', 'failed', 'cancelled')
 ORDER BY c.rid;
+-- name: check_held_tasks_of_running_runs
+-- A step held back because its name was not registered parks its run in the same transaction,
+-- and `resume` (or `retry`) releases it: a running run never keeps such a task, which no engine
+-- would claim.
+SELECT r.id, t.pos, s.name
+FROM tasks AS t JOIN runs AS r ON r.rid = t.run_rid
+JOIN steps AS s ON s.run_rid = t.run_rid AND s.pos = t.pos
+WHERE t.parked = 'unregistered' AND r.status = 'running'
+ORDER BY t.run_rid, t.pos;
+
+-- name: check_bad_actions
+-- An action by filter never moves its cursor past the last run that existed when it began, and
+-- is open or done.
+SELECT id, action, phase, cursor_rid, cutoff_rid FROM run_actions
+WHERE cursor_rid > cutoff_rid OR phase NOT IN ('open', 'done')
+   OR action NOT IN ('cancel', 'retry', 'resume', 'fail', 'purge')
+ORDER BY id;

@@ -149,6 +149,10 @@ def _setup(conn: sqlite3.Connection, cfg: config.DatabaseConfig, path: Path) -> 
             f"{path}: schema version {version} is newer than this executor supports"
             f" ({SCHEMA_VERSION}); upgrade executor"
         )
+    if version == 0 and tables == 0:
+        # Only possible before the first table: lets purges give space back to the file system
+        # in small steps (PRAGMA incremental_vacuum) instead of one VACUUM of the whole file.
+        conn.execute("PRAGMA auto_vacuum = INCREMENTAL")
     conn.execute("PRAGMA journal_mode = WAL")
     synchronous = "FULL" if cfg.durability == "full" else "NORMAL"
     conn.execute(f"PRAGMA synchronous = {synchronous}")

@@ -16,7 +16,9 @@ WHERE (run_rid, pos) IN (
 UPDATE tasks SET parked = NULL WHERE parked IS NOT NULL;
 
 -- name: parked_by_group
-SELECT parked, count(*) FROM tasks WHERE parked IS NOT NULL GROUP BY parked;
+-- 'unregistered' is not a quota: those tasks wait for a deploy and `executor resume`.
+SELECT parked, count(*) FROM tasks WHERE parked IS NOT NULL AND parked != 'unregistered'
+GROUP BY parked;
 
 -- name: upsert_limit_state
 INSERT INTO limit_state (engine_id, snapshot, updated_at) VALUES (:engine, :snapshot, :now)

@@ -18,12 +18,13 @@ SELECT coalesce(max(rid), 0) FROM runs;
 
 -- name: insert_run
 INSERT INTO runs (id, workflow, version, shard, status, args, idempotency_key, created_at, updated_at,
-                  concurrency_key)
-VALUES (:id, :workflow, :version, :shard, 'running', :args, :key, :now, :now, :concurrency_key)
+                  concurrency_key, labels)
+VALUES (:id, :workflow, :version, :shard, 'running', :args, :key, :now, :now, :concurrency_key,
+        :labels)
 ON CONFLICT (idempotency_key) DO NOTHING;
 
 -- name: run_id_by_key
-SELECT id FROM runs WHERE idempotency_key = ?;
+SELECT id, workflow, args, status FROM runs WHERE idempotency_key = ?;
 
 -- name: queue_new_runs
 INSERT INTO replays (run_rid, shard, seq, created_at)
@@ -67,7 +68,9 @@ SELECT run_rid, pos, kind FROM timers WHERE fire_at <= ? ORDER BY fire_at LIMIT 
 SELECT status FROM runs WHERE rid = ?;
 
 -- name: select_run_for_replay
-SELECT rid, id, workflow, version, shard, status, args, created_at, last_seq FROM runs WHERE rid = ?;
+SELECT rid, id, workflow, version, shard, status, args, created_at, last_seq, generation,
+       coalesce(seed, id), coalesce(clock_origin, created_at), coalesce(forked_at, 0)
+FROM runs WHERE rid = ?;
 
 -- name: select_journal
 -- A child's result is not copied into its parent's journal: it is read from the child's row.
@@ -127,7 +130,13 @@ DELETE FROM replays WHERE run_rid = ? AND seq <= ?
 DELETE FROM replays WHERE run_rid = ?;
 
 -- name: pending_replays
-SELECT run_rid, seq FROM replays ORDER BY run_rid LIMIT ?;
+-- With the run's generation: a live instance of an older one is rebuilt, not fed.
+SELECT p.run_rid, p.seq, r.generation
+FROM replays AS p JOIN runs AS r ON r.rid = p.run_rid
+ORDER BY p.run_rid LIMIT ?;
+
+-- name: run_state_for_commit
+SELECT status, generation FROM runs WHERE rid = ?;
 
 -- name: insert_engine
 INSERT INTO engines (epoch, pid, host, state, started_at, heartbeat_at)
@@ -156,12 +165,12 @@ WHERE t.claim_engine = ? AND t.claim_token IS NOT NULL
 
 -- name: select_run_by_id
 SELECT rid, id, workflow, version, shard, status, result, error, created_at, updated_at,
-       finished_at, last_seq
+       finished_at, last_seq, labels, generation, forked_from
 FROM runs WHERE id = ?;
 
 -- name: list_runs
 SELECT rid, id, workflow, version, shard, status, result, error, created_at, updated_at,
-       finished_at, last_seq
+       finished_at, last_seq, labels, generation, forked_from
 FROM runs WHERE (:status IS NULL OR status = :status)
 ORDER BY rid DESC LIMIT :limit;
 

@@ -14,17 +14,19 @@ from __future__ import annotations
 
 import sqlite3
 import time
-from collections.abc import Iterable, Mapping, Sequence
-from typing import Any
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any, NamedTuple
 
 import orjson
 
+from executor import errors
 from executor.errors import error_blob
 from executor.store import children, journal, payloads, signals
 from executor.store.database import transaction
 from executor.store.sql import Q
 from executor.vocabulary import (
     LIVE_ENGINE_STATES,
+    UNREGISTERED,
     Claimed,
     Delivery,
     EngineState,
@@ -49,7 +51,11 @@ from executor.vocabulary import (
 @transaction
 def create_runs(conn: sqlite3.Connection, runs: Sequence[NewRun], now: float) -> list[str]:
     """Insert runs and their first replay entries; return each run's id (an existing one for a
-    repeated idempotency key)."""
+    repeated idempotency key of the same workflow with equal arguments).
+
+    A key held by a run of another workflow, or with other arguments, raises IdempotencyConflict
+    and starts nothing (the whole batch is rolled back).
+    """
     before = conn.execute(Q["max_rid"]).fetchone()[0]
     conn.executemany(
         Q["insert_run"],
@@ -63,6 +69,7 @@ def create_runs(conn: sqlite3.Connection, runs: Sequence[NewRun], now: float) ->
                 "key": r.idempotency_key,
                 "now": now,
                 "concurrency_key": r.concurrency_key,
+                "labels": r.labels,
             }
             for r in runs
         ],
@@ -72,17 +79,57 @@ def create_runs(conn: sqlite3.Connection, runs: Sequence[NewRun], now: float) ->
     for r in runs:
         if r.idempotency_key is None:
             ids.append(r.id)
-        else:
-            ids.append(conn.execute(Q["run_id_by_key"], (r.idempotency_key,)).fetchone()[0])
+            continue
+        run_id, workflow, args, status = conn.execute(
+            Q["run_id_by_key"], (r.idempotency_key,)
+        ).fetchone()
+        if run_id != r.id and (
+            workflow != r.workflow
+            or (args != r.args and orjson.loads(args) != orjson.loads(r.args))
+        ):
+            what = "another workflow" if workflow != r.workflow else "other arguments"
+            raise errors.IdempotencyConflict(
+                f"idempotency key {r.idempotency_key!r} belongs to run {run_id} of workflow"
+                f" {workflow} (status {status}), started with {what}; nothing was started"
+            )
+        ids.append(run_id)
     return ids
 
 
 # --- engines and epochs --------------------------------------------------------------------------
 
 
+class LiveCheck(NamedTuple):
+    """How register_engine tells a live engine from a dead one."""
+
+    lease_s: float  # a heartbeat older than this is dead
+    pid_alive: Callable[[int], bool]  # for engines on this host
+
+
 @transaction
-def register_engine(conn: sqlite3.Connection, pid: int, host: str, now: float) -> tuple[int, int]:
-    """Take a new epoch (so older engines drain) and register; return (engine id, epoch)."""
+def register_engine(
+    conn: sqlite3.Connection, pid: int, host: str, now: float, refuse: LiveCheck | None = None
+) -> tuple[int, int]:
+    """Take a new epoch (so older engines drain) and register; return (engine id, epoch).
+
+    With `refuse`, raise EngineHeld instead while another engine is alive: a fresh heartbeat,
+    and, on this host, a live pid. The check and the registration are one transaction, so two
+    engines starting at once cannot both pass it.
+    """
+    if refuse is not None:
+        for _id, _epoch, other_pid, other_host, state, _started, beat in conn.execute(
+            Q["list_engines"]
+        ).fetchall():
+            if state not in ("running", "draining") or beat < now - refuse.lease_s:
+                continue
+            if other_host == host and not refuse.pid_alive(other_pid):
+                continue
+            raise errors.EngineHeld(
+                f"another engine works on this database: pid {other_pid} on host {other_host}"
+                f" ({state}, heartbeat {max(0.0, now - beat):.1f}s ago); stop it, or hand over"
+                " with `executor run --takeover` (or `executor bump-epoch`, which makes it"
+                " drain and exit)"
+            )
     epoch = conn.execute(Q["bump_epoch"]).fetchone()[0]
     cur = conn.execute(Q["insert_engine"], (epoch, pid, host, now, now))
     assert cur.lastrowid is not None
@@ -244,6 +291,20 @@ def record(
             ).rowcount
             if changed and o.error is not None:
                 conn.execute(Q["note_step_error"], (o.error, o.run_rid, o.pos))
+        elif o.kind is OutcomeKind.PARK:
+            held = conn.execute(
+                Q["retry_task"],
+                {
+                    "bump": 0,
+                    "not_before": 0.0,
+                    "rid": o.run_rid,
+                    "pos": o.pos,
+                    "token": o.token,
+                    "parked": UNREGISTERED,
+                },
+            ).rowcount
+            if held:
+                conn.execute(Q["park_run"], {"error": o.error, "now": now, "rid": o.run_rid})
         else:  # pragma: no cover
             raise ValueError(f"unknown outcome kind {o.kind}")
     short = []
@@ -330,9 +391,9 @@ def _record_fired(
 # --- replays -------------------------------------------------------------------------------------
 
 
-def pending_replays(conn: sqlite3.Connection, limit: int) -> list[tuple[int, int]]:
-    """(run rid, seq) of queued replays, oldest run first."""
-    return [(r, s) for r, s in conn.execute(Q["pending_replays"], (limit,))]
+def pending_replays(conn: sqlite3.Connection, limit: int) -> list[tuple[int, int, int]]:
+    """(run rid, seq, the run's generation) of queued replays, oldest run first."""
+    return [(r, s, g) for r, s, g in conn.execute(Q["pending_replays"], (limit,))]
 
 
 def load_runs(conn: sqlite3.Connection, rids: Iterable[int]) -> dict[int, RunSnapshot]:
@@ -352,7 +413,8 @@ def load_runs(conn: sqlite3.Connection, rids: Iterable[int]) -> dict[int, RunSna
                     else j
                     for j in journal
                 ]
-            snap = RunSnapshot._make((*row, journal))
+            *head, generation, seed, clock_origin, inherited = row
+            snap = RunSnapshot._make((*head, journal, generation, seed, clock_origin, inherited))
             if payloads.is_ref(snap.args):
                 snap = snap._replace(args=payloads.resolve(conn, snap.args))
             out[rid] = snap
@@ -400,13 +462,23 @@ def commit_replays(conn: sqlite3.Connection, outputs: Sequence[ReplayOutput], no
 
     Replays are deterministic, so two engines replaying the same run produce the same steps:
     INSERT OR IGNORE makes a second copy harmless. Returns the number of tasks queued.
+
+    An output is written only if its run is still running in the generation the replay read, in
+    this transaction: a cancel or a retry committed by another process since the replay loaded
+    the run must not get steps, tasks or timers of the old code path (out.dropped is set).
     """
     queued = 0
     for out in outputs:
-        if out.new_steps and not _is_active(conn, out.run_rid):
-            # Cancelled (or failed by an operator) since the replay read it: what its code asked
-            # for must not run, and no child or wait of it may appear after the cancel.
-            out.new_steps = []
+        if not out.inactive:
+            state = conn.execute(Q["run_state_for_commit"], (out.run_rid,)).fetchone()
+            if state is None or state[0] != RunState.RUNNING or state[1] != out.generation:
+                out.dropped = True
+                if state is not None and state[1] == out.generation:
+                    # Cancelled (or parked) in this generation: its entry, if any, is stale.
+                    conn.execute(
+                        Q["delete_inactive_replay"], (out.run_rid, out.consumed_seq, out.run_rid)
+                    )
+                continue
         for s in out.new_steps:
             if s.kind == StepKind.EVENT:
                 assert s.args is not None
@@ -549,6 +621,7 @@ def resume_run(conn: sqlite3.Connection, run_id: str, now: float) -> bool:
         return False
     rid, shard, seq = row
     conn.execute(Q["queue_replay"], {"rid": rid, "shard": shard, "seq": seq, "now": now})
+    conn.execute(Q["unpark_unregistered_tasks"], (rid,))
     return True
 
 

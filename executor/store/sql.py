@@ -32,7 +32,16 @@ def _load_all() -> dict[str, str]:
     return merged
 
 
-Q = MappingProxyType(_load_all())
+_INCLUDE = re.compile(r"/\*include (\w+)\*/")
+
+
+def _expand(queries: dict[str, str]) -> dict[str, str]:
+    # A clause shared by several statements (e.g. the run filter) is written once and included
+    # by name: /*include NAME*/ is replaced by the block NAME.
+    return {name: _INCLUDE.sub(lambda m: queries[m.group(1)], q) for name, q in queries.items()}
+
+
+Q = MappingProxyType(_expand(_load_all()))
 
 
 def migrations() -> list[tuple[int, str, str]]:

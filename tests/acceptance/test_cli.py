@@ -467,7 +467,16 @@ def test_stats_and_list_are_tables_on_a_terminal(run_cli: Any, idle: Path) -> No
     assert "no engine running" in stats
 
     listed = on_a_terminal(idle, "list").splitlines()
-    assert listed[0].split() == ["ID", "WORKFLOW", "STATUS", "SHARD", "CREATED", "EVENTS"]
+    assert listed[0].split() == [
+        "ID",
+        "WORKFLOW",
+        "STATUS",
+        "SHARD",
+        "CREATED",
+        "EVENTS",
+        "LABELS",
+        "ERROR",
+    ]
     assert listed[1].split()[:3] == [run_id, "echo", "running"]
 
     status = on_a_terminal(idle, "status", run_id)

@@ -217,8 +217,29 @@ def test_quota_cpu(capsys: pytest.CaptureFixture[str]) -> None:
     assert report["limiter_us_per_step"] > 0 and report["limiter_share"] > 0
 
 
+def test_the_retry_and_purge_workloads(capsys: pytest.CaptureFixture[str]) -> None:
+    retry = run_main(capsys, "--workload", "retry", "-W", "300", "--new-runs", "100", *FAST)
+    assert retry["completed"] is True and retry["action_runs"] == 300
+    assert retry["action_runs_per_s"] > 0 and retry["engine_steps_per_s_alone"] > 0
+    assert retry["engine_ratio_during_action"] >= 0
+    purge = run_main(capsys, "--workload", "purge", "-W", "1000", "--shards", "2")
+    assert purge["completed"] is True and purge["purged"] == 900 and purge["left"] == 100
+    assert purge["file_bytes_after"] < purge["file_bytes_before"]
+
+
 def test_every_workload_has_a_smoke_test_here() -> None:
-    tested = {"noop", "sleep", "fanout", "long", "ceiling", "prompt", "quota", "quota-cpu"}
+    tested = {
+        "noop",
+        "sleep",
+        "fanout",
+        "long",
+        "ceiling",
+        "prompt",
+        "quota",
+        "quota-cpu",
+        "retry",
+        "purge",
+    }
     assert {w.name for w in WORKLOADS} == tested, "add a small run of the new workload here"
 
 

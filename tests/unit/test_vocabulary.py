@@ -63,6 +63,9 @@ def _tables() -> dict[str, type[enum.StrEnum]]:
         "steps.status": vocabulary.StepState,
         "steps.kind": vocabulary.StepKind,
         "engines.state": vocabulary.EngineState,
+        "tasks.parked": vocabulary.TaskHold,
+        "run_actions.action": vocabulary.ActionKind,
+        "run_actions.phase": vocabulary.ActionPhase,
     }
 
 

@@ -1,0 +1,411 @@
+"""Repairing runs: retry in place, fork, purge, and actions on runs by filter, as transactions.
+
+Every function here is one transaction (or one read) on the database thread, like
+store/repository.py. What keeps the invariants:
+
+- a retry bumps the run's generation, drops the journal from the retry point on (with every task,
+  timer and replay entry of the run) and queues a replay of the kept prefix, in one transaction.
+  A late result of the old attempt finds no task with its claim and is dropped (invariant 1); a
+  replay built from the old journal is dropped at commit (repository.commit_replays);
+- an action by filter works in short batches in rid order; each batch's transaction changes its
+  runs and moves the action's cursor together, so after a crash the action continues after the
+  last committed batch and never acts on a run twice; runs created after the action began
+  (rid > cutoff) never match.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections.abc import Sequence
+from typing import Any, NamedTuple
+
+from executor import errors
+from executor.errors import error_blob
+from executor.runfilter import RunFilter
+from executor.store import payloads
+from executor.store.database import transaction
+from executor.store.sql import Q
+from executor.vocabulary import ActionKind, ActionPhase, RunRow, RunState
+
+CANCEL = ActionKind.CANCEL
+RETRY = ActionKind.RETRY
+RESUME = ActionKind.RESUME
+FAIL = ActionKind.FAIL
+PURGE = ActionKind.PURGE
+ACTIONS = tuple(ActionKind)
+RETRIABLE = (RunState.FAILED, RunState.CANCELLED, RunState.PARKED)
+# Pages given back to the file system per incremental vacuum step: about 4 MB at 4 KB pages, a
+# few milliseconds of writing, so a running engine's commits are not held up.
+VACUUM_STEP_PAGES = 1024
+
+
+# --- retry in place ------------------------------------------------------------------------------
+
+
+def _retry(
+    conn: sqlite3.Connection, rids: Sequence[int], from_step: int | None, now: float
+) -> dict[int, int]:
+    """Retry those of `rids` that are failed, cancelled or parked; {rid: restart position}."""
+    conn.execute(Q["retry_in_create"])
+    conn.execute(Q["retry_in_clear"])
+    conn.execute(Q["retry_in_fill"], {"rids": json.dumps(list(rids)), "from_step": from_step})
+    conn.execute(Q["retry_children_create"])
+    conn.execute(Q["retry_children_clear"])
+    conn.execute(Q["retry_children_fill"])
+    conn.execute(
+        Q["retry_cancel_children"],
+        {"now": now, "error": error_blob("Cancelled", "its parent was retried from before it")},
+    )
+    for name in (
+        "retry_children_queued_tasks",
+        "retry_children_timers",
+        "retry_children_waits",
+        "retry_children_replays",
+        "retry_detach_children",
+        "retry_drop_steps",
+        "retry_drop_tasks",
+        "retry_drop_timers",
+        "retry_drop_replays",
+        "retry_drop_waits",
+        "retry_unread_messages",
+        "retry_drop_events",
+        "retry_renumber",
+    ):
+        conn.execute(Q[name])
+    conn.execute(Q["retry_runs"], {"now": now})
+    conn.execute(Q["retry_queue_replays"], {"now": now})
+    done = {rid: point for rid, point in conn.execute(Q["retry_done"])}
+    conn.execute(Q["retry_in_clear"])
+    conn.execute(Q["retry_children_clear"])
+    return done
+
+
+@transaction
+def retry_run(conn: sqlite3.Connection, run_id: str, from_step: int | None, now: float) -> int:
+    """Retry one run in place; return the position it restarts from.
+
+    RunNotFound for an unknown id; RunStateError if the run is running or succeeded, or
+    `from_step` is past its journal.
+    """
+    rid, status, positions = _run_for_repair(conn, run_id)
+    if status not in RETRIABLE:
+        hint = " (fork it to run it again from a step)" if status == RunState.SUCCEEDED else ""
+        raise errors.RunStateError(
+            f"run {run_id} is {status}; only failed, cancelled or parked runs can be retried{hint}"
+        )
+    _check_point(run_id, from_step, positions)
+    return _retry(conn, [rid], from_step, now)[rid]
+
+
+def _run_for_repair(conn: sqlite3.Connection, run_id: str) -> tuple[int, str, int]:
+    row = conn.execute(Q["run_for_repair"], (run_id,)).fetchone()
+    if row is None:
+        raise errors.RunNotFound(f"no run with id {run_id!r}")
+    return row[0], row[1], row[2]
+
+
+def _check_point(run_id: str, from_step: int | None, positions: int) -> None:
+    if from_step is not None and not 0 <= from_step <= positions:
+        raise errors.RunStateError(
+            f"run {run_id}: --from-step {from_step} is outside its journal (positions 0 to"
+            f" {positions - 1}; {positions} keeps it whole)"
+            if positions
+            else f"run {run_id}: its journal is empty, so the only position is 0"
+        )
+
+
+# --- fork ----------------------------------------------------------------------------------------
+
+
+class Forked(NamedTuple):
+    id: str
+    rid: int
+    point: int  # positions 0..point-1 were copied
+
+
+@transaction
+def fork_run(
+    conn: sqlite3.Connection,
+    run_id: str,
+    from_step: int,
+    new_id: str,
+    shard: int,
+    labels: str | None,
+    now: float,
+    copy_labels: bool = True,
+) -> Forked:
+    """A new run of the same workflow and arguments whose journal is `run_id`'s up to
+    `from_step` (lowered to the first position still waiting for a result), with the source's
+    seed and clock origin, so the kept prefix replays exactly. The source is not changed."""
+    src = conn.execute(Q["fork_source"], (run_id,)).fetchone()
+    if src is None:
+        raise errors.RunNotFound(f"no run with id {run_id!r}")
+    (old_rid, _, workflow, version, args, ckey, old_labels, seed, origin, positions, pending) = src
+    _check_point(run_id, from_step, positions)
+    point = from_step if pending is None else min(from_step, pending)
+    new_rid = conn.execute(
+        Q["fork_insert_run"],
+        {
+            "id": new_id,
+            "workflow": workflow,
+            "version": version,
+            "shard": shard,
+            "args": args,
+            "now": now,
+            "concurrency_key": ckey,
+            "labels": old_labels if copy_labels and labels is None else labels,
+            "seed": seed,
+            "clock_origin": origin,
+            "forked_from": run_id,
+            "forked_at": point,
+        },
+    ).fetchone()[0]
+    conn.execute(Q["fork_copy_steps"], {"new_rid": new_rid, "old_rid": old_rid, "point": point})
+    shard_, last_seq = conn.execute(Q["fork_finish"], {"rid": new_rid}).fetchone()
+    conn.execute(Q["queue_replay"], {"rid": new_rid, "shard": shard_, "seq": last_seq, "now": now})
+    return Forked(new_id, new_rid, point)
+
+
+# --- the other per-run actions, by rid -----------------------------------------------------------
+
+
+def _cancel(conn: sqlite3.Connection, rids: Sequence[int], now: float) -> int:
+    error = error_blob("Cancelled", "cancelled by request")
+    acted = 0
+    for rid in rids:
+        if conn.execute(
+            Q["cancel_run_by_rid"], {"rid": rid, "now": now, "error": error}
+        ).fetchone():
+            _drop_leftovers(conn, rid)
+            acted += 1
+    return acted
+
+
+def _drop_leftovers(conn: sqlite3.Connection, rid: int) -> None:
+    # In-flight tasks stay until their engine's heartbeat cancels them; the fence drops their
+    # results, since the run is no longer running.
+    conn.execute(Q["delete_queued_tasks_of_run"], (rid,))
+    conn.execute(Q["delete_timers_of_run"], (rid,))
+    conn.execute(Q["delete_replay"], (rid,))
+
+
+def _resume(conn: sqlite3.Connection, rids: Sequence[int], now: float) -> int:
+    acted = 0
+    for rid in rids:
+        row = conn.execute(Q["resume_run_by_rid"], {"rid": rid, "now": now}).fetchone()
+        if row is not None:
+            _, shard, seq = row
+            conn.execute(Q["queue_replay"], {"rid": rid, "shard": shard, "seq": seq, "now": now})
+            conn.execute(Q["unpark_unregistered_tasks"], (rid,))
+            acted += 1
+    return acted
+
+
+def _fail(conn: sqlite3.Connection, rids: Sequence[int], reason: str, now: float) -> int:
+    error = error_blob("FailedByOperator", reason)
+    acted = 0
+    for rid in rids:
+        if conn.execute(
+            Q["fail_parked_run_by_rid"], {"rid": rid, "now": now, "error": error}
+        ).fetchone():
+            _drop_leftovers(conn, rid)
+            acted += 1
+    return acted
+
+
+def _purge(conn: sqlite3.Connection, rids: Sequence[int]) -> int:
+    conn.execute(Q["purge_in_create"])
+    conn.execute(Q["purge_in_clear"])
+    conn.execute(Q["purge_in_fill"], {"rids": json.dumps(list(rids))})
+    for name in (
+        "purge_steps",
+        "purge_tasks",
+        "purge_timers",
+        "purge_replays",
+        "purge_mailbox",
+        "purge_waits",
+        "purge_events",
+    ):
+        conn.execute(Q[name])
+    acted: int = conn.execute(Q["purge_runs"]).rowcount
+    conn.execute(Q["purge_in_clear"])
+    return acted
+
+
+def _apply(
+    conn: sqlite3.Connection,
+    action: str,
+    rids: Sequence[int],
+    params: dict[str, Any],
+    now: float,
+) -> int:
+    if action == RETRY:
+        return len(_retry(conn, rids, params.get("from_step"), now))
+    if action == CANCEL:
+        return _cancel(conn, rids, now)
+    if action == RESUME:
+        return _resume(conn, rids, now)
+    if action == FAIL:
+        return _fail(conn, rids, str(params.get("reason") or "failed by an operator"), now)
+    if action == PURGE:
+        return _purge(conn, rids)
+    raise ValueError(f"unknown action {action!r}")
+
+
+# --- reading runs by filter ----------------------------------------------------------------------
+
+_NO_CUTOFF = 1 << 62
+
+
+def count_runs(conn: sqlite3.Connection, f: RunFilter, upto: int | None = None) -> int:
+    params = {**f.params(), "upto": _NO_CUTOFF if upto is None else upto}
+    return int(conn.execute(Q["count_runs_filtered"], params).fetchone()[0])
+
+
+def page_runs(
+    conn: sqlite3.Connection, f: RunFilter, before: int | None, limit: int
+) -> list[RunRow]:
+    """Up to `limit` runs, newest first, older than rid `before` (keyset paging)."""
+    params = {**f.params(), "before": _NO_CUTOFF if before is None else before, "limit": limit}
+    return [RunRow(*row) for row in conn.execute(Q["page_runs_filtered"], params)]
+
+
+# --- actions by filter ---------------------------------------------------------------------------
+
+
+def spec_of(spec: str, params: dict[str, Any]) -> str:
+    """What identifies an action to continue: the filter as the operator gave it, and the
+    parameters (a retry from another position is another action)."""
+    return json.dumps({"spec": spec, "params": params}, sort_keys=True)
+
+
+class ActionState(NamedTuple):
+    id: int
+    cutoff: int  # runs with a higher rid were created after the action began
+    cursor: int  # runs up to this rid are done
+    filter: RunFilter  # with its relative times as resolved when the action began
+    acted: int
+    skipped: int
+    resumed: bool  # an unfinished action with the same action, filter and parameters
+
+
+@transaction
+def begin_action(
+    conn: sqlite3.Connection, action: str, spec: str, f: RunFilter, now: float
+) -> ActionState:
+    """Continue the unfinished action with the same `spec` (what the operator gave: action,
+    filter as typed, parameters), or begin a new one that will not go past today's last run."""
+    row = conn.execute(Q["open_action"], (action, spec)).fetchone()
+    if row is not None:
+        op_id, cutoff, cursor, filter_json, acted, skipped = row
+        return ActionState(
+            op_id, cutoff, cursor, RunFilter.from_json(filter_json), acted, skipped, True
+        )
+    op_id, cutoff = conn.execute(
+        Q["insert_action"], {"action": action, "spec": spec, "filter": f.to_json(), "now": now}
+    ).fetchone()
+    return ActionState(op_id, cutoff, 0, f, 0, 0, False)
+
+
+class Batch(NamedTuple):
+    cursor: int
+    acted: int
+    skipped: int
+    done: bool
+
+
+@transaction
+def action_batch(
+    conn: sqlite3.Connection,
+    state: ActionState,
+    action: str,
+    params: dict[str, Any],
+    cursor: int,
+    limit: int,
+    now: float,
+) -> Batch:
+    """Act on the next `limit` matching runs after `cursor`, and move the action's cursor past
+    them, in one transaction."""
+    rids = [
+        rid
+        for (rid,) in conn.execute(
+            Q["batch_runs_filtered"],
+            {**state.filter.params(), "after": cursor, "upto": state.cutoff, "limit": limit},
+        )
+    ]
+    acted = _apply(conn, action, rids, params, now) if rids else 0
+    done = len(rids) < limit
+    new_cursor = rids[-1] if rids else cursor
+    conn.execute(
+        Q["advance_action"],
+        {
+            "id": state.id,
+            "cursor": new_cursor,
+            "acted": acted,
+            "skipped": len(rids) - acted,
+            "phase": ActionPhase.DONE if done else ActionPhase.OPEN,
+            "now": now,
+        },
+    )
+    return Batch(new_cursor, acted, len(rids) - acted, done)
+
+
+@transaction
+def forget_actions(conn: sqlite3.Connection, before: float) -> int:
+    """Delete the records of actions that finished before `before`."""
+    return int(conn.execute(Q["forget_done_actions"], (before,)).rowcount)
+
+
+def select_action(conn: sqlite3.Connection, op_id: int) -> dict[str, Any] | None:
+    row = conn.execute(Q["select_action"], (op_id,)).fetchone()
+    if row is None:
+        return None
+    keys = (
+        "id",
+        "action",
+        "spec",
+        "filter",
+        "phase",
+        "cutoff_rid",
+        "cursor_rid",
+        "acted",
+        "skipped",
+        "created_at",
+        "updated_at",
+    )
+    return dict(zip(keys, row, strict=True))
+
+
+# --- giving space back ---------------------------------------------------------------------------
+
+
+def vacuum_step(conn: sqlite3.Connection, pages: int = VACUUM_STEP_PAGES) -> int:
+    """Delete the payloads no row refers to any more, then give up to `pages` free pages back
+    to the file system; return how many are still free.
+
+    Only files with auto_vacuum = INCREMENTAL (every file created by this version) can; in older
+    files the free pages are reused by new rows instead, and the file keeps its size until a
+    VACUUM (`executor vacuum`).
+    """
+    payloads.collect(conn)  # the payloads only purged rows referred to, and their files
+    if conn.execute(Q["auto_vacuum_mode"]).fetchone()[0] == 2:
+        # executescript steps the pragma to its end: execute() frees one page per step only.
+        conn.executescript(Q["incremental_vacuum"].format(pages=int(pages)))
+    return int(conn.execute(Q["freelist_count"]).fetchone()[0])
+
+
+def vacuum_file(conn: sqlite3.Connection) -> tuple[int, int]:
+    """Rewrite the whole file (VACUUM) in incremental auto-vacuum mode; (bytes before, after).
+
+    Holds the write lock for as long as it takes: for an offline maintenance window.
+    """
+    before = _file_bytes(conn)
+    conn.execute(Q["set_auto_vacuum_incremental"])
+    conn.execute(Q["vacuum"])
+    return before, _file_bytes(conn)
+
+
+def _file_bytes(conn: sqlite3.Connection) -> int:
+    pages, size = conn.execute(Q["page_stats"]).fetchone()
+    return int(pages) * int(size)

@@ -1,4 +1,4 @@
--- PRAGMA user_version = 8
+-- PRAGMA user_version = 9
 
 -- index mailbox_dedup
 CREATE UNIQUE INDEX mailbox_dedup ON mailbox (run_rid, dedup_key) WHERE dedup_key IS NOT NULL;
@@ -12,11 +12,20 @@ CREATE INDEX payloads_unreferenced ON payloads (id) WHERE refs <= 0;
 -- index replays_shard
 CREATE INDEX replays_shard ON replays (shard, run_rid);
 
+-- index run_actions_open
+CREATE INDEX run_actions_open ON run_actions (action, spec) WHERE phase = 'open';
+
+-- index runs_finished
+CREATE INDEX runs_finished ON runs (finished_at) WHERE finished_at IS NOT NULL;
+
 -- index runs_parent
 CREATE UNIQUE INDEX runs_parent ON runs (parent_rid, parent_pos) WHERE parent_rid IS NOT NULL;
 
 -- index runs_status
 CREATE INDEX runs_status ON runs (status, rid);
+
+-- index runs_workflow
+CREATE INDEX runs_workflow ON runs (workflow, status, rid);
 
 -- index schedules_due
 CREATE INDEX schedules_due ON schedules (next_fire_at) WHERE paused = 0;
@@ -100,6 +109,21 @@ CREATE TABLE replays (
     created_at REAL NOT NULL
 );
 
+-- table run_actions
+CREATE TABLE run_actions (
+    id         INTEGER PRIMARY KEY,
+    action     TEXT NOT NULL,           -- cancel | retry | resume | fail | purge
+    spec       TEXT NOT NULL,           -- JSON: the filter as given and the parameters
+    filter     TEXT NOT NULL,           -- JSON: the filter with relative times resolved
+    phase      TEXT NOT NULL,           -- open | done
+    cutoff_rid INTEGER NOT NULL,
+    cursor_rid INTEGER NOT NULL DEFAULT 0,
+    acted      INTEGER NOT NULL DEFAULT 0,  -- runs changed
+    skipped    INTEGER NOT NULL DEFAULT 0,  -- runs matched but no longer in a state to act on
+    created_at REAL NOT NULL,
+    updated_at REAL NOT NULL
+);
+
 -- table run_events
 CREATE TABLE run_events (
     run_rid    INTEGER NOT NULL,
@@ -126,7 +150,7 @@ CREATE TABLE runs (
     updated_at      REAL NOT NULL,
     finished_at     REAL,
     last_seq        INTEGER NOT NULL DEFAULT 0  -- journal events recorded so far
-, concurrency_key TEXT, parent_rid INTEGER, parent_pos INTEGER, root_rid INTEGER);
+, concurrency_key TEXT, parent_rid INTEGER, parent_pos INTEGER, root_rid INTEGER, generation INTEGER NOT NULL DEFAULT 0, labels TEXT, seed TEXT, clock_origin REAL, forked_from TEXT, forked_at INTEGER);
 
 -- table samples
 CREATE TABLE samples (

@@ -75,6 +75,9 @@ def test_the_watchdog_ping_stops_while_the_loop_is_blocked(tmp_path: Path) -> No
 
         try:
             receive_until(lambda: any("READY=1" in m for _, m in received))
+            # A ping received before the block: times here are when the test read a message,
+            # so without this a fast block could begin before any ping was read.
+            receive_until(lambda: any("WATCHDOG=1" in m for _, m in received))
             run = _start_blocker(db)
             receive_until(marker.exists)
             # A few pings after the block, to see they resume.
@@ -87,7 +90,8 @@ def test_the_watchdog_ping_stops_while_the_loop_is_blocked(tmp_path: Path) -> No
     # Margins cover the receiving thread's own scheduling, not the daemon's.
     during = [t for t in pings if began + 0.3 < t < ended - 0.05]
     assert not during, f"pings while the loop was blocked: {during} (block {began}..{ended})"
-    assert any(t < began for t in pings) and any(t > ended for t in pings)
+    assert any(t < began for t in pings), (pings, began)
+    assert any(t > ended for t in pings), (pings, ended)
     log = d.log()
     assert "crashloop.blocker" in log and run in log, log
 

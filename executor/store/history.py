@@ -21,6 +21,8 @@ QUOTA_WAIT = "quota_wait"  # held back by its limits (rate, concurrency, a 429) 
 QUOTA_PARKED = "quota_parked"  # parked until its limit or concurrency key has room
 SLEEPING = "sleeping"  # a durable sleep, due at `until`
 SCHEDULED = "scheduled"  # pending with no task or timer (waits for its run's replay)
+SIGNAL = "signal"  # a ctx.wait_for: waits for a signal on its topics (timeout at `until`)
+CHILD = "child"  # a ctx.child: waits for the child run `child` to finish
 
 # What a run waits on, besides the states above.
 REPLAY = "replay"  # recorded results its workflow code has not seen yet
@@ -66,6 +68,7 @@ class Position:
     until: float | None  # retry, quota wait or sleep: when it is due
     engine: int | None  # in flight: the engine running it
     limit: str | None  # parked: the limit or concurrency key it waits for
+    child: str | None = None  # a child workflow: its run id
 
     def to_dict(self) -> dict[str, Any]:
         return {f.name: getattr(self, f.name) for f in fields(self)}
@@ -83,6 +86,7 @@ class Waiting:
     until: float | None = None
     engine: int | None = None
     limit: str | None = None
+    child: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {f.name: getattr(self, f.name) for f in fields(self)}
@@ -130,12 +134,18 @@ def _position(row: tuple[Any, ...], now: float) -> Position:
         parked,
         fire_at,
         has_task,
+        child,
+        _child_status,
     ) = row
     if kind == "sleep":
         started_at = created_at
     until = engine = limit = None
     if status != "pending":
         state = status
+    elif kind == "wait":
+        state, until = SIGNAL, fire_at
+    elif kind == "child":
+        state = CHILD
     elif claim_engine is not None:
         state, engine = IN_FLIGHT, claim_engine
         started_at = started_at if started_at is not None else claimed_at
@@ -170,6 +180,7 @@ def _position(row: tuple[Any, ...], now: float) -> Position:
         until,
         engine,
         limit,
+        child,
     )
 
 
@@ -206,6 +217,14 @@ def _waiting_on(p: Position, not_before: float | None) -> Waiting:
             limit=p.limit,
             **common,
         )
+    if p.state == SIGNAL:
+        topics = " or ".join(p.name.split("|"))
+        timeout = "" if p.until is None else " (it times out)"
+        return Waiting(
+            SIGNAL, f"{what} waits for a signal on {topics}{timeout}", until=p.until, **common
+        )
+    if p.state == CHILD:
+        return Waiting(CHILD, f"{what} waits for child run {p.child}", child=p.child, **common)
     if p.state == SLEEPING:
         return Waiting(SLEEPING, f"{what} sleeps", until=p.until, **common)
     if p.state == QUEUED:

@@ -11,10 +11,11 @@ FROM runs WHERE id = ?;
 SELECT s.pos, s.kind, s.name, s.status, s.attempts, s.error, s.created_at, s.started_at,
        s.finished_at, s.seq, s.limit_key,
        t.attempt, t.not_before, t.claim_engine, t.claimed_at, t.parked, m.fire_at,
-       t.run_rid IS NOT NULL
+       t.run_rid IS NOT NULL, c.id, c.status
 FROM steps AS s
 LEFT JOIN tasks AS t ON t.run_rid = s.run_rid AND t.pos = s.pos
 LEFT JOIN timers AS m ON m.run_rid = s.run_rid AND m.pos = s.pos
+LEFT JOIN runs AS c ON c.parent_rid = s.run_rid AND c.parent_pos = s.pos
 WHERE s.run_rid = ?
 ORDER BY s.pos;
 

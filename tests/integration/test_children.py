@@ -239,3 +239,35 @@ async def test_children_queue_by_their_root_and_inherit_the_concurrency_key(
     assert child_rid > max(dbfile.rid(r) for r in newer)
     claimed = await client.db.run(repo.claim, 0, 0, 99, [(shard, 1)], 3.0, False)
     assert claimed is not None and [c.run_rid for c in claimed] == [child_rid]
+
+
+async def test_show_says_what_a_run_waits_on(
+    engine_factory: EngineFactory, client: Client, dbfile: DbFile, wait_until: WaitUntil
+) -> None:
+    reg = Registry()
+
+    @workflow(registry=reg, name="inner")
+    async def inner(ctx: WorkflowContext) -> Any:
+        return await ctx.wait_for(["yes", "no"], timeout=3600)
+
+    @workflow(registry=reg, name="outer")
+    async def outer(ctx: WorkflowContext) -> Any:
+        return await ctx.child(inner)
+
+    async with engine_factory(reg):
+        run_id = await client.start("outer")
+        child = child_run_id(run_id, 0)
+        await wait_until(lambda: status_of(dbfile, child) == "running", "the child runs")
+        await wait_until(
+            lambda: dbfile.value("SELECT count(*) FROM waits WHERE run_rid = ?", dbfile.rid(child)),
+            "the child waits",
+        )
+        parent = await client.history(run_id)
+        (waiting,) = parent.waiting
+        assert (waiting.kind, waiting.child) == ("child", child)
+        assert f"waits for child run {child}" in waiting.detail
+        kid = await client.history(child)
+        (waiting,) = kid.waiting
+        assert waiting.kind == "signal" and waiting.until is not None
+        assert "waits for a signal on yes or no (it times out)" in waiting.detail
+        assert dbfile.stuck_runs() == []

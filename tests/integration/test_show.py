@@ -278,6 +278,7 @@ async def test_show_prints_a_table_on_a_terminal_and_json_otherwise(
             "until": None,
             "engine": None,
             "limit": None,
+            "child": None,
         }
     ]
 

@@ -348,6 +348,73 @@ def test_simulated_traffic_never_exceeds_any_window(
             assert sum(n for _, n in arrivals[i:j]) <= tps
 
 
+@settings(max_examples=30, deadline=None)
+@given(
+    rpm=st.integers(30, 600),
+    tasks=st.lists(
+        st.tuples(
+            st.floats(0, 90),  # arrives at
+            st.floats(0.0, 3.0),  # latency of the step
+            st.floats(0.0, 1.0),  # when within it the request reaches the server
+        ),
+        min_size=1,
+        max_size=150,
+    ),
+)
+def test_simulated_paced_minutes_never_exceed_the_minute_or_the_pace(
+    rpm: int, tasks: list[tuple[float, float, float]]
+) -> None:
+    # Requests reach the server within min(latency, the pace's send delay) of admission (the
+    # tighter of the two bounds the limiter assumes); the server's log is checked over every
+    # minute and every pace sub-window that starts at an arrival.
+    lim = Limiter([LimitSpec("api", requests_per_minute=rpm)])
+    share = -(-rpm // 60)
+    sub = 60.0 * share / rpm
+    delay = window.PACE_SEND_DELAY * (sub + window.WINDOW_MARGIN_S)
+    events: list[tuple[float, int, str, Any]] = []
+    seq = 0
+
+    def at(t: float, what: str, data: Any) -> None:
+        nonlocal seq
+        seq += 1
+        heapq.heappush(events, (t, seq, what, data))
+
+    for i, (t, *_) in enumerate(tasks):
+        at(T0 + t, "try", (i, False))
+    parked: list[int] = []
+    arrivals: list[float] = []
+    done = 0
+    while events:
+        now, _, what, data = heapq.heappop(events)
+        if what == "end":
+            lim.release(data, now)
+            done += 1
+        elif what == "try":
+            i, unparked = data
+            _, latency, when = tasks[i]
+            d = lim.acquire((i, 0), ["api"], None, None, 0, unparked, now)
+            if d.ticket is not None:
+                arrivals.append(now + min(latency, delay) * when)
+                at(now + latency, "end", d.ticket)
+            elif d.park is not None:
+                parked.append(i)
+            else:
+                at(d.wait_until, "try", (i, False))
+        lim.tick(now)
+        for _, n in lim.take_unparks():
+            parked.sort()
+            for i in parked[:n]:
+                at(now + 0.001, "try", (i, True))
+            del parked[:n]
+        if not events and parked:
+            at(now + 0.25, "tick", None)
+    assert done == len(tasks)
+    arrivals.sort()
+    for k, t in enumerate(arrivals):
+        assert bisect.bisect_left(arrivals, t + 60.0) - k <= rpm
+        assert bisect.bisect_left(arrivals, t + sub) - k <= share
+
+
 # --- the engine, with real SQLite -----------------------------------------------------------------
 
 REG = Registry()

@@ -53,6 +53,7 @@ class Row:
     windows: list[Window]  # what the provider enforces
     per_s: float  # the quota in calls per second (tokens: at the mean cost)
     latency_ms: float = 2.0
+    latency_sigma: float = 0.0  # lognormal spread around latency_ms
     mean_tokens: int = 0  # calls cost mean_tokens / 2 .. 3 * mean_tokens / 2
     tokens: bool = False  # the quota that binds is the tokens'
     seconds: float = 10.0
@@ -98,6 +99,16 @@ ROWS: dict[str, Row] = {
         [Window(60, 6000), Window(1, 100)],
         100,
         latency_ms=20,
+    ),
+    # The LLM case of issue 14: calls of about a second (lognormal, some of several seconds).
+    "rpm6000_llm": Row(
+        "6000 requests/min configured; the provider also enforces 100/s; LLM-like latency"
+        " (lognormal, median 1 s)",
+        _spec(requests_per_minute=6000),
+        [Window(60, 6000), Window(1, 100)],
+        100,
+        latency_ms=1000,
+        latency_sigma=0.6,
     ),
 }
 
@@ -147,7 +158,9 @@ async def _run_row(name: str, row: Row, opts: Options, seconds: float, db: Path)
     calls = int(row.per_s * (seconds + row.skip_s))
     m = row.mean_tokens
     costs = [(m // 2 + (i * 37) % (m + 1)) if m else 0 for i in range(calls)]
-    async with QuotaServer.running(row.windows, latency_ms=row.latency_ms) as server:
+    async with QuotaServer.running(
+        row.windows, latency_ms=row.latency_ms, latency_sigma=row.latency_sigma
+    ) as server:
         db_cfg = config.DatabaseConfig(path=db)
         done = _Done(calls)
         engine = Engine(_engine_cfg(opts), db_cfg, reg=REG, on_finish=done, limits=[row.limit])

@@ -156,23 +156,28 @@ async def _retry_beside(opts: Options, ns: argparse.Namespace, folder: Path) -> 
     out: dict[str, Any] = {"failed_runs": opts.workflows, "seed_s": round(seed_s, 2)}
     try:
         async with Client(db_cfg, reg=reg, strict=True) as client:
-            steps0, t0 = engine.counters["steps"], time.perf_counter()
+            steps0, replays0, t0 = _work(engine), engine.counters["replays"], time.perf_counter()
             await _run_new_work(client, wf, finishes, n, k)
             alone_s = time.perf_counter() - t0
-            alone = (engine.counters["steps"] - steps0) / alone_s
+            alone = (_work(engine) - steps0) / alone_s
+            alone_replays = (engine.counters["replays"] - replays0) / alone_s
 
             finishes.expected, finishes.at = 2 * n, dict(finishes.at)
             finishes.all_done.clear()
             argv = [sys.executable, "-m", "executor", "runs", "retry", "--status", "failed"]
             argv += ["--workflow", REPAIR_WORKFLOW, "--yes", "--json", "--config", str(cfg_path)]
-            steps1, t1 = engine.counters["steps"], time.perf_counter()
+            argv += ["--batch-size", str(ns.action_batch)]
+            if ns.max_rate:
+                argv += ["--max-rate", str(ns.max_rate)]
+            steps1, replays1, t1 = _work(engine), engine.counters["replays"], time.perf_counter()
             action = await asyncio.create_subprocess_exec(
                 *argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=folder
             )
             work = asyncio.create_task(_run_new_work(client, wf, finishes, n, k))
             stdout, stderr = await action.communicate()
             action_s = time.perf_counter() - t1
-            during = (engine.counters["steps"] - steps1) / action_s
+            during = (_work(engine) - steps1) / action_s
+            during_replays = (engine.counters["replays"] - replays1) / action_s
             if action.returncode != 0:
                 raise errors.ExecutorError(f"runs retry failed: {stderr.decode().strip()}")
             report = json.loads(stdout)
@@ -189,7 +194,10 @@ async def _retry_beside(opts: Options, ns: argparse.Namespace, folder: Path) -> 
         action_runs=report["acted"],
         action_s=round(action_s, 3),
         action_runs_per_s=round(report["acted"] / action_s, 1),
-        action_batch_size=500,
+        action_batch_size=ns.action_batch,
+        action_max_rate=ns.max_rate,
+        engine_replays_per_s_alone=round(alone_replays, 1),
+        engine_replays_per_s_during_action=round(during_replays, 1),
         engine_steps_per_s_during_action=round(during, 1),
         engine_ratio_during_action=round(during / alone, 3),
         new_work_s_beside_action=round(new_work_s, 3),
@@ -249,7 +257,25 @@ def _run_purge(opts: Options, ns: argparse.Namespace, folder: Path) -> dict[str,
     return run_async(opts.loop, _purge(opts, folder))
 
 
+def _work(engine: Engine) -> int:
+    return int(engine.counters["steps"])
+
+
 def _retry_arguments(group: argparse._ArgumentGroup) -> None:
+    group.add_argument(
+        "--max-rate",
+        type=int,
+        default=0,
+        metavar="N",
+        help="retry: pace the action at N runs/s (--max-rate; default 0: as fast as it goes)",
+    )
+    group.add_argument(
+        "--action-batch",
+        type=int,
+        default=500,
+        metavar="N",
+        help="retry: runs per transaction of the action (--batch-size; default 500)",
+    )
     group.add_argument(
         "--new-runs",
         type=int,

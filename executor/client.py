@@ -614,6 +614,7 @@ class Client:
         batch_size: int = 500,
         spec: str | None = None,
         on_batch: Callable[[ActionReport], None] | None = None,
+        max_rate: float | None = None,
     ) -> ActionReport:
         """Cancel, retry, resume, fail or purge every run that matches, in batches of
         `batch_size` runs, one short transaction each, so a running engine keeps committing.
@@ -623,7 +624,9 @@ class Client:
         the operator typed: by default the filter itself), which acts on the remaining runs
         only: each run is acted on once. Each run's change is the single-run verb's (`retry`
         only changes failed, cancelled or parked runs, ...); runs no longer in a state for it
-        are counted as skipped. `purge` deletes finished runs with their journal, and gives the
+        are counted as skipped. `max_rate` (runs per second) paces it, so that the work a retry
+        or resume hands a busy engine (a replay of each run) does not crowd out its other
+        runs. `purge` deletes finished runs with their journal, and gives the
         space back to the file system as it goes (files made before version 4 of the schema
         only reuse it; see `executor vacuum`).
         """
@@ -644,15 +647,24 @@ class Client:
         spec = actions.spec_of(spec, params)
         state = await self.db.run(actions.begin_action, action, spec, where, time.time())
         acted, skipped, cursor, done = state.acted, state.skipped, state.cursor, False
+        began, paced = time.monotonic(), 0
         while not done:
+            if max_rate is not None and max_rate > 0:
+                ahead = began + paced / max_rate - time.monotonic()
+                if ahead > 0:
+                    await asyncio.sleep(ahead)
             batch = await self.db.run(
                 actions.action_batch, state, action, params, cursor, batch_size, time.time()
             )
             acted += batch.acted
             skipped += batch.skipped
+            paced += batch.acted + batch.skipped
             cursor, done = batch.cursor, batch.done
             if action == actions.PURGE and batch.acted:
-                await self.db.run(actions.vacuum_step)
+                await self.db.run(actions.collect_payloads)
+                # The space back in short writes, each a chance for the engine to commit.
+                while await self.db.run(actions.vacuum_step) >= actions.VACUUM_STEP_PAGES:
+                    pass
             if on_batch is not None:
                 on_batch(
                     ActionReport(

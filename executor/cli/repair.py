@@ -95,6 +95,12 @@ def register(verbs: Verbs) -> None:
         metavar="N",
         help="runs per transaction (default 500)",
     )
+    p.add_argument(
+        "--max-rate",
+        type=positive_int,
+        metavar="N",
+        help="at most N runs per second (a retry hands the daemon a replay of each run)",
+    )
     add_page_args(p)
     p.add_argument("--json", action="store_true", help="print JSON")
 
@@ -291,6 +297,7 @@ def cmd_runs(args: argparse.Namespace) -> int:
             batch_size=args.batch_size,
             spec=_filter_spec(args),
             on_batch=progress,
+            max_rate=args.max_rate,
         )
         took = time.monotonic() - started
         if wants_json(args):

@@ -380,19 +380,27 @@ def select_action(conn: sqlite3.Connection, op_id: int) -> dict[str, Any] | None
 # --- giving space back ---------------------------------------------------------------------------
 
 
+def collect_payloads(conn: sqlite3.Connection) -> None:
+    """Delete the payloads no row refers to any more (after a purge), and their files."""
+    payloads.collect(conn)
+
+
 def vacuum_step(conn: sqlite3.Connection, pages: int = VACUUM_STEP_PAGES) -> int:
-    """Delete the payloads no row refers to any more, then give up to `pages` free pages back
-    to the file system; return how many are still free.
+    """Give up to `pages` free pages back to the file system (one short write); return how
+    many it gave back, so a caller repeats while that is `pages`.
 
     Only files with auto_vacuum = INCREMENTAL (every file created by this version) can; in older
     files the free pages are reused by new rows instead, and the file keeps its size until a
-    VACUUM (`executor vacuum`).
+    VACUUM (`executor vacuum`): 0 there.
     """
-    payloads.collect(conn)  # the payloads only purged rows referred to, and their files
-    if conn.execute(Q["auto_vacuum_mode"]).fetchone()[0] == 2:
-        # executescript steps the pragma to its end: execute() frees one page per step only.
-        conn.executescript(Q["incremental_vacuum"].format(pages=int(pages)))
-    return int(conn.execute(Q["freelist_count"]).fetchone()[0])
+    if conn.execute(Q["auto_vacuum_mode"]).fetchone()[0] != 2:
+        return 0
+    free = int(conn.execute(Q["freelist_count"]).fetchone()[0])
+    if free == 0:
+        return 0
+    # executescript steps the pragma to its end: execute() frees one page per step only.
+    conn.executescript(Q["incremental_vacuum"].format(pages=int(pages)))
+    return free - int(conn.execute(Q["freelist_count"]).fetchone()[0])
 
 
 def vacuum_file(conn: sqlite3.Connection) -> tuple[int, int]:

@@ -39,6 +39,11 @@ from executor.vocabulary import (
 
 log = logging.getLogger("executor.workflow")
 
+# Looking an enum member up on its class costs ~150 ns in CPython 3.11: the per-step paths use
+# these module-level names instead.
+_STEP = StepKind.STEP
+_SUCCEEDED = StepState.SUCCEEDED
+
 T = TypeVar("T")
 
 _NO_DEFAULT: Any = object()
@@ -197,7 +202,7 @@ class WorkflowContext:
             if found is None or found.fn is not fn:
                 raise errors.WorkflowUsageError(f"{name} is not a step: decorate it with @step")
             fn = found
-        return self._inst.schedule(StepKind.STEP, fn.name, list(args), None, limit_key)
+        return self._inst.schedule(_STEP, fn.name, list(args), None, limit_key)
 
     def sleep(self, seconds: float) -> asyncio.Future[None]:
         """A durable timer: survives restarts; the workflow resumes after `seconds`."""
@@ -539,13 +544,13 @@ class WorkflowInstance:
             return
         if wait is not None:
             self._deliver_wait(d, fut, *wait)
-        elif child is not None and d.status != StepState.SUCCEEDED:
+        elif child is not None and d.status != _SUCCEEDED:
             error = codec.decode(d.error) if d.error is not None else {}
             if error.get("type") == "ChildCancelled":
                 fut.set_exception(errors.ChildCancelled(child))
             else:
                 fut.set_exception(errors.ChildFailed(child, error.get("error") or error))
-        elif d.status == StepState.SUCCEEDED:
+        elif d.status == _SUCCEEDED:
             if d.has_value:
                 value = d.value
                 self.cache.put(self._cache_key(d.pos), value, len(d.result or b""))

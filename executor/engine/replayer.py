@@ -302,7 +302,6 @@ class Replayer:
         workflows: dict[int, str],
     ) -> None:
         queued_shards: set[int] = set()
-        sleeps = False
         for out in outputs:
             inst = replayed.get(out.run_rid)
             if out.dropped:
@@ -313,7 +312,6 @@ class Replayer:
                 continue
             if out.new_steps:
                 queued_shards.add(out.shard)
-                sleeps = sleeps or any(s.kind == StepKind.SLEEP for s in out.new_steps)
             if out.finished is not None or out.parked is not None:
                 if inst is not None:
                     self.instances.pop(out.run_rid)
@@ -325,7 +323,8 @@ class Replayer:
                 self.instances.put(out.run_rid, inst)
         if queued_shards:
             self._pool.wake(queued_shards)
-        if sleeps:
+        sleep = StepKind.SLEEP
+        if any(s.kind == sleep for out in outputs for s in out.new_steps):
             self._sleeps_queued()
 
     def _build(self, snap: RunSnapshot) -> WorkflowInstance | ReplayOutput:

@@ -30,6 +30,12 @@ log = logging.getLogger("executor.engine")
 
 TaskKey = tuple[int, int]  # (run rid, position)
 
+# Looking an enum member up on its class costs ~150 ns in CPython 3.11: the per-step paths use
+# these module-level names instead.
+_DONE = OutcomeKind.DONE
+_SUCCEEDED = StepState.SUCCEEDED
+_FAILED = StepState.FAILED
+
 
 class CancelReason(enum.Enum):
     """Why an in-flight attempt is cancelled: what its outcome is then."""
@@ -121,12 +127,12 @@ class StepRunner:
             # (whose result the fence will drop): each removes only its own entry.
             if self._inflight.get((c.run_rid, c.pos)) is attempt:
                 del self._inflight[(c.run_rid, c.pos)]
-            if outcome is not None and outcome.kind is OutcomeKind.DONE:
+            if outcome is not None and outcome.kind is _DONE:
                 self._pool.hold(c.run_rid, c.pos, c.shard)
             else:
                 self._pool.free(c.shard)
             if outcome is not None:
-                if outcome.kind is OutcomeKind.DONE and outcome.status == StepState.FAILED:
+                if outcome.kind is _DONE and outcome.status == _FAILED:
                     _log_step_failed(c, outcome)
                 if self._telemetry is not None:
                     self._telemetry.outcome(c, outcome, time.monotonic() - began)
@@ -172,7 +178,7 @@ class StepRunner:
                 # The same value would be refused on every attempt: fail now, no retries.
                 return _failed_for_good(c, errors.describe(exc))
             self.counters["steps"] += 1
-            done = Outcome(OutcomeKind.DONE, c.run_rid, c.pos, c.token, StepState.SUCCEEDED, blob)
+            done = Outcome(_DONE, c.run_rid, c.pos, c.token, _SUCCEEDED, blob)
             if codec.is_immutable(value):
                 done.value, done.has_value = value, True
             if len(blob) >= payloads.FILE_MIN_BYTES:
@@ -249,7 +255,7 @@ class StepRunner:
 
 
 def _failed_for_good(c: Claimed, error: bytes) -> Outcome:
-    return Outcome(OutcomeKind.DONE, c.run_rid, c.pos, c.token, StepState.FAILED, error=error)
+    return Outcome(_DONE, c.run_rid, c.pos, c.token, _FAILED, error=error)
 
 
 def _log_step_failed(c: Claimed, outcome: Outcome) -> None:

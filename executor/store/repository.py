@@ -273,9 +273,10 @@ def record(
     recorded changes nothing. Unparks come after the outcomes, so one never misses a park of the
     same batch that it answers.
     """
-    deliveries = _record_done([o for o in outcomes if o.kind is OutcomeKind.DONE], conn, now)
+    done = OutcomeKind.DONE  # a local name: faster than the class attribute, per outcome
+    deliveries = _record_done([o for o in outcomes if o.kind is done], conn, now)
     for o in outcomes:
-        if o.kind is OutcomeKind.DONE:
+        if o.kind is done:
             continue  # recorded above
         if o.kind is OutcomeKind.RETRY or o.kind is OutcomeKind.RELEASE:
             changed = conn.execute(

@@ -16,7 +16,7 @@ from executor.config import Config, ConfigError, load_config
 from tests.support import REPO
 
 SHIPPED_CONFIG = REPO / "config" / "executor.toml"
-SHIPPED_DROPIN = REPO / "config" / "executor.d" / "50-example.toml"
+SHIPPED_DROPIN = REPO / "config" / "executor.d" / "50-example.toml.off"
 
 
 @pytest.fixture(autouse=True)
@@ -416,10 +416,18 @@ def test_shipped_config_is_exactly_the_defaults(tmp_path: Path) -> None:
     assert set(loaded.sources.values()) == {str(base)}
 
 
-def test_shipped_example_dropin_applies(tmp_path: Path) -> None:
+def test_the_repositorys_config_folder_loads_to_the_defaults() -> None:
+    # The example drop-in beside executor.toml is inactive (.off): running from a checkout with
+    # `-c config/executor.toml` gets exactly the documented defaults.
+    loaded = load_config(SHIPPED_CONFIG, env={})
+    assert loaded.config == Config()
+    assert set(loaded.sources.values()) == {str(SHIPPED_CONFIG)}
+
+
+def test_shipped_example_dropin_applies_once_renamed(tmp_path: Path) -> None:
     base = tmp_path / "executor.toml"
     shutil.copy(SHIPPED_CONFIG, base)
-    dropin = tmp_path / "executor.d" / SHIPPED_DROPIN.name
+    dropin = tmp_path / "executor.d" / "50-local.toml"
     dropin.parent.mkdir()
     shutil.copy(SHIPPED_DROPIN, dropin)
     loaded = load_config(base, env={})

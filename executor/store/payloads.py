@@ -113,15 +113,30 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def _file_mode(directory: Path) -> int:
+    """The database file's permissions (0600, or 0640 with database.group_readable): payload
+    files get the same, so whoever may read the database may read its payloads, nobody else."""
+    database = Path(str(directory).removesuffix(".payloads"))
+    try:
+        return database.stat().st_mode & 0o666
+    except OSError:
+        return 0o600
+
+
 def _write_file(directory: Path, dig: bytes, data: bytes) -> str:
     """Write `data` to a new file of its own in `directory`, fsync it and the folder; its name."""
-    if not directory.exists():
-        directory.mkdir(mode=0o700, exist_ok=True)
-        _fsync_dir(directory.parent)
+    mode = _file_mode(directory)
     name = f"{dig.hex()}.{secrets.token_hex(4)}"
     tmp = directory / f".{name}.tmp"
     try:
-        with open(tmp, "wb", buffering=0) as f:
+        if not directory.exists():
+            directory.mkdir(exist_ok=True)
+            # The folder: the file's mode plus search where it has read (0700, 0750).
+            os.chmod(directory, mode | ((mode & 0o444) >> 2))
+            _fsync_dir(directory.parent)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+        with open(fd, "wb", buffering=0) as f:
+            os.fchmod(fd, mode)  # exactly the database's, whatever the umask
             view = memoryview(data)
             while view:
                 written = f.write(view)

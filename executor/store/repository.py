@@ -83,6 +83,7 @@ def create_runs(conn: sqlite3.Connection, runs: Sequence[NewRun], now: float) ->
         run_id, workflow, args, status = conn.execute(
             Q["run_id_by_key"], (r.idempotency_key,)
         ).fetchone()
+        args = payloads.resolve(conn, args)  # large arguments are stored apart (a reference)
         if run_id != r.id and (
             workflow != r.workflow
             or (args != r.args and orjson.loads(args) != orjson.loads(r.args))

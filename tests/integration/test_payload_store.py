@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from executor import Client, DatabaseConfig, Registry, check, step, workflow
+from executor import Client, DatabaseConfig, Registry, check, errors, step, workflow
 from executor.store import payloads
 from executor.store.database import Database
 from executor.store.repository import commit_replays, create_runs
@@ -124,6 +124,9 @@ async def test_a_50_mb_result_round_trips_through_a_file(
     assert len(rows) == 2 and all(r[1] == n + 2 and r[3] is None and r[5] == 1 for r in rows)
     files = sorted(os.listdir(payloads.folder(dbfile.path)))
     assert files == sorted(r[4] for r in rows)
+    # As private as the database file itself.
+    assert payloads.folder(dbfile.path).stat().st_mode & 0o777 == 0o700
+    assert {(payloads.folder(dbfile.path) / f).stat().st_mode & 0o777 for f in files} == {0o600}
     assert check.check(dbfile.path).ok
     # Retention: the run purged, its payloads and their files go.
     dbfile.execute("DELETE FROM steps")
@@ -262,3 +265,12 @@ def test_sigkill_while_writing_large_payloads_leaves_no_dangling_reference(
                 assert payloads.resolve(conn, args) is not None
     with contextlib.closing(sqlite3.connect(db)) as conn:
         assert conn.execute("SELECT count(*) FROM runs").fetchone()[0] >= 6
+
+
+async def test_a_repeated_idempotency_key_with_large_arguments_returns_the_same_run(
+    client: Client,
+) -> None:
+    first = await client.start("wf", PROMPT, 1, idempotency_key="k")
+    assert await client.start("wf", PROMPT, 1, idempotency_key="k") == first
+    with pytest.raises(errors.IdempotencyConflict, match="other arguments"):
+        await client.start("wf", PROMPT, 2, idempotency_key="k")

@@ -26,7 +26,7 @@ class FailureGroup:
 
 
 def failure_groups(conn: sqlite3.Connection, since: float, limit: int = 200) -> list[FailureGroup]:
-    """Failed and parked runs updated since `since`, by (workflow, status, step, error type)."""
+    """Failed and parked runs started since `since`, by (workflow, status, step, error type)."""
     return [
         FailureGroup(*row)
         for row in conn.execute(Q["failure_groups"], {"since": since, "limit": limit})

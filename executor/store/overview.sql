@@ -1,15 +1,15 @@
 -- Reads for the dashboard (executor/store/overview.py): failures grouped, runs listed.
 
 -- name: failure_groups
--- Failed and parked runs since :since, grouped by workflow, the step that failed and the error's
--- type. A run that failed because a step did takes that step's error type (ValueError), not the
+-- Failed and parked runs started since :since (as RunFilter's --since counts), grouped by
+-- workflow, the step that failed and the error's type. A run that failed because a step did takes that step's error type (ValueError), not the
 -- wrapper's (StepFailed), so the groups say what went wrong. Each group shows its latest run.
 WITH failed AS (
     SELECT r.rid, r.id, r.workflow, r.status, r.updated_at, r.error,
            (SELECT s.pos FROM steps AS s
             WHERE s.run_rid = r.rid AND s.status = 'failed' ORDER BY s.pos DESC LIMIT 1) AS pos
     FROM runs AS r
-    WHERE r.status IN ('failed', 'parked') AND r.updated_at >= :since
+    WHERE r.status IN ('failed', 'parked') AND r.created_at >= :since
 ), described AS (
     SELECT f.workflow, f.status, f.updated_at, f.id,
            coalesce(s.name, json_extract(CAST(f.error AS TEXT), '$.step')) AS step,

@@ -358,12 +358,9 @@ class Client:
             raise errors.RunNotFound(f"no run with id {run_id!r} in {self.db.path}")
         return _status(row, await self.db.run(history.current_step, row.rid))
 
-    async def progress(
-        self, *, workflow: str | None = None, since: float | None = None
-    ) -> overview.BatchProgress:
-        """A batch's runs by status and the steps they finished: the runs of `workflow` (or
-        every workflow) created since `since` (UNIX time; None: all)."""
-        return await self.db.run(overview.batch_progress, workflow=workflow, since=since)
+    async def progress(self, where: RunFilter | None = None) -> overview.BatchProgress:
+        """A batch's runs by status and the steps they finished: the runs `where` selects."""
+        return await self.db.run(overview.batch_progress, where or RunFilter())
 
     async def history(self, run_id: str) -> history.RunHistory:
         """The run whole: every journal position (kind, name, status, attempts, last error,

@@ -4,8 +4,6 @@
 from __future__ import annotations
 
 import argparse
-import datetime as dt
-import re
 import sys
 import time
 from collections.abc import Awaitable
@@ -22,14 +20,13 @@ from executor.cli.common import (
     wants_json,
     with_client,
 )
+from executor.cli.repair import add_filter_args, filter_from
 from executor.client import Client
 from executor.exitcodes import ExitCode
 from executor.store.history import RunHistory
 from executor.store.overview import BatchProgress
 
 DEFAULT_SERVE_PORT = 9470
-_AGO = re.compile(r"(\d+(?:\.\d+)?)([smhd])")
-_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 
 
 def register(verbs: Verbs) -> None:
@@ -48,20 +45,14 @@ def register(verbs: Verbs) -> None:
         "watch",
         cmd_watch,
         "follow a batch of runs live until none is running",
-        "Follow a batch (the runs of --workflow, created since --since) with a progress bar:"
-        " finished of total, succeeded, failed, parked, steps per second, ETA. Ends when none"
+        "Follow a batch (the runs the filters select, e.g. --label batch=nightly or --workflow"
+        " W --since 1h) with a progress bar: finished of total, succeeded, failed, parked,"
+        " steps per second, ETA. Ends when none"
         " of its runs is running: exit 0 if every run succeeded, 1 otherwise. Not on a"
         " terminal (or with --json): one JSON object per interval.",
         json_flag=True,
     )
-    p.add_argument("--workflow", metavar="NAME", help="only runs of this workflow")
-    p.add_argument(
-        "--since",
-        type=_since,
-        metavar="T",
-        help="only runs created since T: an age like 30m, 2h, 1d, or a UTC time like"
-        " 2026-11-27T16:00:00Z",
-    )
+    add_filter_args(p)
     p.add_argument(
         "--interval", type=seconds, default=1.0, metavar="S", help="seconds between readings"
     )
@@ -88,34 +79,18 @@ def register(verbs: Verbs) -> None:
     )
 
 
-def _since(text: str) -> float:
-    found = _AGO.fullmatch(text.strip())
-    if found is not None:
-        return time.time() - float(found.group(1)) * _UNITS[found.group(2)]
-    try:
-        when = dt.datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"expected an age like 30m or 2h, or a time like 2026-11-27T16:00:00Z, got {text!r}"
-        ) from None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=dt.UTC)
-    return when.timestamp()
-
-
 def cmd_watch(args: argparse.Namespace) -> int:
     terminal = not wants_json(args)
-    title = args.workflow or "all workflows"
-    if args.since is not None:
-        title += f" since {dt.datetime.fromtimestamp(args.since, dt.UTC):%Y-%m-%d %H:%M:%SZ}"
+    where = filter_from(args)
+    title = where.describe()
 
     async def go(client: Client) -> BatchProgress:
-        first = await client.progress(workflow=args.workflow, since=args.since)
+        first = await client.progress(where)
         if first.total == 0:
             raise NotClean(f"no runs match ({title})")
 
         def read() -> Awaitable[BatchProgress]:
-            return client.progress(workflow=args.workflow, since=args.since)
+            return client.progress(where)
 
         return await progress.watch(read, title=title, interval_s=args.interval, terminal=terminal)
 

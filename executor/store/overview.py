@@ -1,4 +1,5 @@
-"""Reads for the dashboard: failures grouped by what went wrong, and pages of runs.
+"""Reads for the dashboard and `executor watch`: failures grouped by what went wrong, and a
+batch's progress (runs by filter are store/actions.py's).
 
 Read-only; each function is one query on a read-only connection (store/reader.py).
 """
@@ -8,6 +9,7 @@ from __future__ import annotations
 import sqlite3
 from dataclasses import dataclass
 
+from executor.runfilter import RunFilter
 from executor.store.sql import Q
 from executor.vocabulary import FINISHED, RunState
 
@@ -31,32 +33,6 @@ def failure_groups(conn: sqlite3.Connection, since: float, limit: int = 200) -> 
         FailureGroup(*row)
         for row in conn.execute(Q["failure_groups"], {"since": since, "limit": limit})
     ]
-
-
-@dataclass(frozen=True, slots=True)
-class RunLine:
-    rid: int
-    id: str
-    workflow: str
-    status: str
-    created_at: float
-    finished_at: float | None
-    events: int
-    error_type: str | None
-    error_message: str | None
-
-
-def list_runs(
-    conn: sqlite3.Connection,
-    *,
-    status: str | None = None,
-    workflow: str | None = None,
-    before: int | None = None,
-    limit: int = 100,
-) -> list[RunLine]:
-    """Runs newest first, filtered; `before` is the last rid of the previous page."""
-    params = {"status": status, "workflow": workflow, "before": before, "limit": limit}
-    return [RunLine(*row) for row in conn.execute(Q["list_runs_page"], params)]
 
 
 def workflow_names(conn: sqlite3.Connection) -> list[str]:
@@ -83,14 +59,10 @@ class BatchProgress:
         return self.runs.get(RunState.RUNNING, 0)
 
 
-def batch_progress(
-    conn: sqlite3.Connection, *, workflow: str | None = None, since: float | None = None
-) -> BatchProgress:
+def batch_progress(conn: sqlite3.Connection, where: RunFilter) -> BatchProgress:
     runs: dict[str, int] = {}
     events = 0
-    for status, count, recorded in conn.execute(
-        Q["batch_progress"], {"workflow": workflow, "since": since}
-    ):
+    for status, count, recorded in conn.execute(Q["batch_progress"], where.params()):
         runs[status] = count
         events += recorded
     return BatchProgress(runs, events)

@@ -33,25 +33,13 @@ WHERE latest = 1
 ORDER BY runs DESC, workflow, step, error_type
 LIMIT :limit;
 
--- name: list_runs_page
--- Newest first; :before (a rid) pages on without OFFSET.
-SELECT rid, id, workflow, status, created_at, finished_at, last_seq,
-       json_extract(CAST(error AS TEXT), '$.type'), json_extract(CAST(error AS TEXT), '$.message')
-FROM runs
-WHERE (:status IS NULL OR status = :status)
-  AND (:workflow IS NULL OR workflow = :workflow)
-  AND (:before IS NULL OR rid < :before)
-ORDER BY rid DESC
-LIMIT :limit;
-
 -- name: workflow_names
 SELECT DISTINCT workflow FROM runs ORDER BY workflow;
 
 -- name: batch_progress
--- A batch: the runs of a workflow (or every workflow) created since a time. Per status: runs and
--- journal events recorded (steps finished), for `executor watch`.
+-- A batch: the runs a RunFilter selects. Per status: runs and journal events recorded (steps
+-- finished), for `executor watch`.
 SELECT status, count(*), coalesce(sum(last_seq), 0)
 FROM runs
-WHERE (:workflow IS NULL OR workflow = :workflow)
-  AND (:since IS NULL OR created_at >= :since)
+WHERE /*include run_filter*/
 GROUP BY status;

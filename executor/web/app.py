@@ -25,11 +25,13 @@ from pathlib import Path
 from typing import Any
 
 import jinja2
+import orjson
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from executor import errors
 from executor.exporter import registry_for
-from executor.store import history, overview, samples
+from executor.runfilter import FilterError, RunFilter
+from executor.store import actions, history, overview, samples
 from executor.store import repository as repo
 from executor.store.history import error_line
 from executor.store.reader import open_readonly
@@ -44,6 +46,13 @@ PAGE_SIZE = 100
 _RUN_PATH = re.compile(r"^/runs/([^/]+)$")
 
 Page = tuple[int, str, bytes]  # status, content type, body
+Query = dict[str, list[str]]  # every value of each query-string key
+
+
+def _one(query: Query, key: str) -> str | None:
+    """The last non-empty value of `key`, or None."""
+    values = [v for v in query.get(key, ()) if v]
+    return values[-1] if values else None
 
 
 def when(ts: float | None) -> str:
@@ -135,13 +144,14 @@ class Dashboard:
 
     def handle(self, target: str) -> Page:
         url = urllib.parse.urlsplit(target)
-        query = {k: v[-1] for k, v in urllib.parse.parse_qs(url.query).items()}
+        # Every value of each key: the runs page reads repeated ones (status, label).
+        query = urllib.parse.parse_qs(url.query)
         route = url.path.rstrip("/") or "/"
         if route == "/metrics":
             return 200, CONTENT_TYPE_LATEST, generate_latest(self.metrics)
         if route.startswith("/static/"):
             return self._static(route.removeprefix("/static/"))
-        pages: Mapping[str, Callable[[sqlite3.Connection, dict[str, str], float], Page]] = {
+        pages: Mapping[str, Callable[[sqlite3.Connection, Query, float], Page]] = {
             "/": self._overview,
             "/failures": self._failures,
             "/runs": self._runs,
@@ -177,7 +187,7 @@ class Dashboard:
         kind = {"css": "text/css", "svg": "image/svg+xml", "png": "image/png"}[name.rsplit(".")[1]]
         return 200, kind, entry.read_bytes()
 
-    def _overview(self, conn: sqlite3.Connection, query: dict[str, str], now: float) -> Page:
+    def _overview(self, conn: sqlite3.Connection, query: Query, now: float) -> Page:
         stats = repo.stats(conn, now)
         p = charts.plots(samples.read(conn, now - charts.LOOKBACK_S), now)
         plots = [
@@ -220,8 +230,8 @@ class Dashboard:
             saturation_names=sorted(p.saturation),
         )
 
-    def _failures(self, conn: sqlite3.Connection, query: dict[str, str], now: float) -> Page:
-        window = query.get("since", "24h")
+    def _failures(self, conn: sqlite3.Connection, query: Query, now: float) -> Page:
+        window = _one(query, "since") or "24h"
         window = window if window in FAILURE_WINDOWS else "24h"
         since = now - FAILURE_WINDOWS[window]
         groups = overview.failure_groups(conn, since)
@@ -246,26 +256,33 @@ class Dashboard:
             total=sum(g.runs for g in groups),
         )
 
-    def _runs(self, conn: sqlite3.Connection, query: dict[str, str], now: float) -> Page:
-        status = query.get("status") or None
-        if status not in (None, *RUN_STATUSES):
-            status = None
-        workflow = query.get("workflow") or None
-        before = query.get("before")
+    def _runs(self, conn: sqlite3.Connection, query: Query, now: float) -> Page:
+        """Runs by RunFilter, with the query-string names of `executor runs list`'s options."""
+        multi = {k: [v for v in vs if v] for k, vs in query.items()}
+        given = {k: _one(query, k) for k in ("workflow", "since", "until", "error", "step")}
+        problem = None
+        where = RunFilter()
+        try:
+            where = RunFilter.parse(
+                status=multi.get("status", []), label=multi.get("label", []), now=now, **given
+            )
+        except FilterError as exc:
+            problem = exc.message  # shown above an empty list
+        before = _one(query, "before")
         before_rid = int(before) if before and before.isdigit() else None
-        runs = overview.list_runs(
-            conn, status=status, workflow=workflow, before=before_rid, limit=PAGE_SIZE
-        )
+        runs = [] if problem else actions.page_runs(conn, where, before_rid, PAGE_SIZE)
         next_url = None
         if len(runs) == PAGE_SIZE:
-            params = {k: v for k, v in (("status", status), ("workflow", workflow)) if v}
-            next_url = "/runs?" + urllib.parse.urlencode({**params, "before": runs[-1].rid})
+            kept = [(k, v) for k, vs in multi.items() if k != "before" for v in vs]
+            next_url = "/runs?" + urllib.parse.urlencode([*kept, ("before", runs[-1].rid)])
         lines = [
             {
                 "run": r,
                 "url": "/runs/" + urllib.parse.quote(r.id, safe=""),
                 "created": when(r.created_at),
                 "took": took(None if r.finished_at is None else r.finished_at - r.created_at),
+                "error": _error_summary(r.error),
+                "labels": _labels(r.labels),
             }
             for r in runs
         ]
@@ -276,8 +293,13 @@ class Dashboard:
             lines=lines,
             statuses=RUN_STATUSES,
             workflows=overview.workflow_names(conn),
-            status=status or "",
-            workflow=workflow or "",
+            chosen=set(multi.get("status", [])),
+            workflow=given["workflow"] or "",
+            fields={k: _one(query, k) or "" for k in ("since", "until", "error", "step")},
+            label=", ".join(multi.get("label", [])),
+            labels_given=multi.get("label", []),
+            described=None if problem else where.describe(),
+            problem=problem,
             next_url=next_url,
         )
 
@@ -294,6 +316,27 @@ class Dashboard:
             waiting=[(w, _waiting_when(w, now)) for w in found.waiting],
             now=now,
         )
+
+
+def _error_summary(blob: bytes | None) -> str:
+    if blob is None:
+        return ""
+    try:
+        error = orjson.loads(blob)
+    except orjson.JSONDecodeError:
+        return "(unreadable error)"
+    line = error_line(error) if isinstance(error, dict) else str(error)
+    return (line or "")[:120]
+
+
+def _labels(stored: str | None) -> str:
+    if not stored:
+        return ""
+    try:
+        labels = orjson.loads(stored)
+    except orjson.JSONDecodeError:
+        return ""
+    return " ".join(f"{k}={v}" for k, v in labels.items()) if isinstance(labels, dict) else ""
 
 
 def _waiting_when(w: history.Waiting, now: float) -> str:

@@ -12,6 +12,7 @@ import asyncio
 import os
 import re
 import shutil
+import sqlite3
 import subprocess
 import sys
 import urllib.request
@@ -76,7 +77,9 @@ def _fill(path: Path) -> dict[str, list[str]]:
             engine = make_engine(reg, path)
             await engine.start()
             try:
-                ids = await client.start_many(pipeline, [[i] for i in range(16)])
+                ids = await client.start_many(
+                    pipeline, [[i] for i in range(16)], labels={"batch": "b1"}
+                )
                 running = await client.start(stuck)
                 deadline = asyncio.get_running_loop().time() + 20
                 while True:
@@ -208,6 +211,29 @@ def test_every_page_in_a_browser(
             shown = page.locator("table.runs tbody a.run").all_inner_texts()
             assert sorted(shown) == sorted(runs["succeeded"])
             page.screenshot(path=str(screenshots / "runs.png"), full_page=True)
+
+            # RunFilter's options in the form: failed runs of the batch that failed at fetch.
+            page.goto(base + "runs")
+            page.select_option("select[name=status]", "failed")
+            page.fill("input[name=error]", "connectionerror")
+            page.fill("input[name=step]", "fetch")
+            page.fill("input[name=label]", "batch=b1")
+            page.click("button[type=submit]")
+            page.wait_for_url("**/runs?**label=batch%3Db1**")
+            shown = page.locator("table.runs tbody a.run").all_inner_texts()
+            conn = sqlite3.connect(db)
+            expected = [
+                r
+                for (r,) in conn.execute(
+                    "SELECT id FROM runs WHERE status = 'failed'"
+                    " AND CAST(error AS TEXT) LIKE '%ConnectionError%'"
+                )
+            ]
+            conn.close()
+            assert sorted(shown) == sorted(expected) and len(expected) == 4
+            assert "label batch=b1" in page.locator("h1 small").inner_text()
+            page.goto(base + "runs?since=yesterday-ish")
+            assert "--since" in page.locator("p.error").inner_text()
 
             # The running run says what it waits on.
             page.goto(base + "runs/" + runs["running"][0])

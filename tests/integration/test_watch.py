@@ -36,6 +36,8 @@ async def test_watch_follows_a_batch_to_its_end(
     @step(registry=reg, name="slow", retry=RetryPolicy(max_attempts=1))
     async def slow(i: int) -> int:
         await gate.wait()
+        if i == 99:
+            await asyncio.Event().wait()
         if i == 3:
             raise ValueError("three")
         return i
@@ -50,13 +52,23 @@ async def test_watch_follows_a_batch_to_its_end(
 
     config = tmp_path / "executor.toml"
     config.write_text(f'[database]\npath = "{db_path}"\n')
-    await client.start_many(batch, [[i] for i in range(10)])
+    await client.start_many(batch, [[i] for i in range(10)], labels={"batch": "nightly"})
+    await client.start(batch, 99)  # same workflow, not in the batch: it never finishes
     await client.start(other)
-    async with engine_factory(reg):
+    # A short drain: the run outside the batch never finishes.
+    async with engine_factory(reg, drain_timeout_s=0.5):
         watching = asyncio.create_task(
             asyncio.to_thread(
                 main,
-                ["--config", str(config), "watch", "--workflow", "batch", "--interval", "0.05"],
+                [
+                    "--config",
+                    str(config),
+                    "watch",
+                    "--label",
+                    "batch=nightly",
+                    "--interval",
+                    "0.05",
+                ],
             )
         )
         await asyncio.sleep(0.2)  # a few readings while every run waits
@@ -73,7 +85,7 @@ async def test_watch_follows_a_batch_to_its_end(
 
     # Nothing matches: one error line, exit 1.
     assert await asyncio.to_thread(main, ["--config", str(config), "watch", "--workflow", "x"]) == 1
-    assert "no runs match (x)" in capsys.readouterr().err
+    assert "no runs match (workflow=x)" in capsys.readouterr().err
 
 
 async def test_watch_on_a_terminal_draws_a_progress_bar() -> None:

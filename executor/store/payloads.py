@@ -58,10 +58,11 @@ _SAVE_FRACTION = 0.875
 ORPHAN_GRACE_S = 3600.0
 _REF_PREFIX = b"\x00"
 _SPLIT_PREFIX = b"\x01"
-# Resolved payloads kept in memory, by (database, id): ids are never reused (AUTOINCREMENT).
+# Resolved payloads kept in memory, by digest (their content), so no decompress or file read for
+# a payload many rows share (a system prompt).
 _CACHE_ENTRIES = 2048
 _CACHE_MAX_BYTES = 256 * 1024
-_cache: LRU[tuple[str, int], bytes] = LRU(_CACHE_ENTRIES)
+_cache: LRU[bytes, bytes] = LRU(_CACHE_ENTRIES)
 
 
 def is_ref(blob: bytes | None) -> bool:
@@ -273,14 +274,14 @@ def resolve(conn: sqlite3.Connection, blob: bytes | None) -> bytes | None:
 
 
 def _load(conn: sqlite3.Connection, database: str, pid: int) -> bytes:
-    key = (database, pid)
-    hit = _cache.get(key)
-    if hit is not None:
-        return hit
-    row = conn.execute(Q["select_payload"], (pid,)).fetchone()
+    row = conn.execute(Q["payload_digest"], (pid,)).fetchone()
     if row is None:
         raise errors.StoreError(f"{database}: payload {pid} is referenced but missing")
-    codec, data, file, size = row
+    # By content: the same bytes whichever file or id they come from, and never stale.
+    hit = _cache.get(row[0])
+    if hit is not None:
+        return hit
+    codec, data, file, size, dig = conn.execute(Q["select_payload"], (pid,)).fetchone()
     if file is not None:
         path = folder(database) / file
         try:
@@ -296,7 +297,7 @@ def _load(conn: sqlite3.Connection, database: str, pid: int) -> bytes:
     if len(data) != size:
         raise errors.StoreError(f"{database}: payload {pid} is {len(data)} bytes, not {size}")
     if size <= _CACHE_MAX_BYTES:
-        _cache[key] = data
+        _cache[dig] = data
     return bytes(data)
 
 

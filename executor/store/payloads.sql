@@ -8,8 +8,11 @@ INSERT INTO payloads (digest, size, codec, data, file, created_at)
 VALUES (:digest, :size, :codec, :data, :file, :now)
 RETURNING id;
 
+-- name: payload_digest
+SELECT digest FROM payloads WHERE id = ?;
+
 -- name: select_payload
-SELECT codec, data, file, size FROM payloads WHERE id = ?;
+SELECT codec, data, file, size, digest FROM payloads WHERE id = ?;
 
 -- name: unreferenced_payloads
 SELECT id, file FROM payloads WHERE refs <= 0 AND created_at < :before;

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import shutil
 import signal
 import sqlite3
 import subprocess
@@ -17,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from executor import Client, DatabaseConfig, Registry, check, errors, step, workflow
+from executor import Client, DatabaseConfig, Registry, check, codec, errors, step, workflow
 from executor.store import payloads
 from executor.store.database import Database
 from executor.store.repository import commit_replays, create_runs
@@ -274,3 +275,20 @@ async def test_a_repeated_idempotency_key_with_large_arguments_returns_the_same_
     assert await client.start("wf", PROMPT, 1, idempotency_key="k") == first
     with pytest.raises(errors.IdempotencyConflict, match="other arguments"):
         await client.start("wf", PROMPT, 2, idempotency_key="k")
+
+
+def _remove_database(db: Path) -> None:
+    for leftover in db.parent.glob(f"{db.name}*"):
+        if leftover.is_dir():
+            shutil.rmtree(leftover)
+        else:
+            leftover.unlink()
+
+
+async def test_a_new_database_at_the_same_path_never_reads_an_old_payload(tmp_path: Path) -> None:
+    db = tmp_path / "again.sqlite"
+    for text in ("first " * 300, "second " * 300):  # both stored as payload 1 of their file
+        _remove_database(db)
+        async with Client(db, shards=2) as client:
+            run = await client.start("wf", text)
+            assert await client.db.run(_args_of, run) == codec.encode([text])

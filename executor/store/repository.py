@@ -113,23 +113,27 @@ def register_engine(
 ) -> tuple[int, int]:
     """Take a new epoch (so older engines drain) and register; return (engine id, epoch).
 
-    With `refuse`, raise EngineHeld instead while another engine is alive: a fresh heartbeat,
-    and, on this host, a live pid. The check and the registration are one transaction, so two
-    engines starting at once cannot both pass it.
+    With `refuse`, raise EngineHeld instead while another engine of the current epoch is alive:
+    a fresh heartbeat, and, on this host, a live pid (an engine of an older epoch is already
+    draining: `executor bump-epoch`, then start). The check and the registration are one
+    transaction, so two engines starting at once cannot both pass it.
     """
     if refuse is not None:
-        for _id, _epoch, other_pid, other_host, state, _started, beat in conn.execute(
+        current = conn.execute(Q["select_epoch"]).fetchone()[0]
+        for _id, other_epoch, other_pid, other_host, state, _started, beat in conn.execute(
             Q["list_engines"]
         ).fetchall():
-            if state not in ("running", "draining") or beat < now - refuse.lease_s:
+            if state not in LIVE_ENGINE_STATES or beat < now - refuse.lease_s:
                 continue
+            if other_epoch < current:
+                continue  # superseded: it stops claiming and drains
             if other_host == host and not refuse.pid_alive(other_pid):
                 continue
             raise errors.EngineHeld(
                 f"another engine works on this database: pid {other_pid} on host {other_host}"
                 f" ({state}, heartbeat {max(0.0, now - beat):.1f}s ago); stop it, or hand over"
-                " with `executor run --takeover` (or `executor bump-epoch`, which makes it"
-                " drain and exit)"
+                " with `executor run --takeover` (or `executor bump-epoch`: it drains and exits,"
+                " and this one may start at once)"
             )
     epoch = conn.execute(Q["bump_epoch"]).fetchone()[0]
     cur = conn.execute(Q["insert_engine"], (epoch, pid, host, now, now))

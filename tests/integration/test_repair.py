@@ -503,6 +503,12 @@ async def test_an_engine_refuses_to_start_while_another_is_alive(
         with pytest.raises(errors.EngineHeld, match=r"pid \d+ on host .*--takeover"):
             await second.start()
         assert not first.draining
+        # After `executor bump-epoch` the first one drains: a new one may start at once.
+        async with Client(db_path) as other:
+            await other.bump_epoch()
+        fourth = Engine(cfg, DatabaseConfig(path=db_path), reg=Registry(), takeover=False)
+        await fourth.start()
+        await fourth.stop()
     third = Engine(cfg, DatabaseConfig(path=db_path), reg=Registry(), takeover=False)
     await third.start()  # the first one stopped: nothing holds the file
     await third.stop()

@@ -3,7 +3,8 @@ engine filled (runs that succeeded, failed in two ways, were parked or still run
 loaded, a run's page reached by clicking from the failures page, a screenshot of each page.
 
 Chromium is Debian's (/usr/bin/chromium, installed by .ci/run); playwright only drives it, it
-downloads no browser. Screenshots go to $EXECUTOR_SCREENSHOT_DIR, else the test's temp folder.
+downloads no browser. Screenshots go to $DASHBOARD_SCREENSHOTS (not an EXECUTOR_* name: those
+are settings), else the test's temp folder.
 """
 
 from __future__ import annotations
@@ -130,7 +131,7 @@ def served(tmp_path: Path) -> Iterator[tuple[str, dict[str, list[str]], Path]]:
 
 @pytest.fixture
 def screenshots(tmp_path: Path) -> Path:
-    folder = Path(os.environ.get("EXECUTOR_SCREENSHOT_DIR") or tmp_path / "screenshots")
+    folder = Path(os.environ.get("DASHBOARD_SCREENSHOTS") or tmp_path / "screenshots")
     folder.mkdir(parents=True, exist_ok=True)
     return folder
 

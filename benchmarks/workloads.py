@@ -5,7 +5,7 @@ A new workload is a module with a `Workload` entry (benchmarks/options.py): add 
 
 from __future__ import annotations
 
-from benchmarks import ceiling, engine_run, prompt, quota, repair
+from benchmarks import ceiling, engine_run, prompt, quota, repair, signals
 from benchmarks.options import Workload
 
 WORKLOADS: tuple[Workload, ...] = (
@@ -14,4 +14,5 @@ WORKLOADS: tuple[Workload, ...] = (
     prompt.WORKLOAD,
     *quota.WORKLOADS,
     *repair.WORKLOADS,
+    signals.WORKLOAD,
 )

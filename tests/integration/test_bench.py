@@ -227,6 +227,14 @@ def test_the_retry_and_purge_workloads(capsys: pytest.CaptureFixture[str]) -> No
     assert purge["file_bytes_after"] < purge["file_bytes_before"]
 
 
+def test_signals(capsys: pytest.CaptureFixture[str]) -> None:
+    report = run_main(
+        capsys, "--workload", "signals", "-W", "20", "-K", "5", "--rounds", "2", *FAST
+    )
+    assert report["signals"] == 40 and report["signals_per_s"] > 0
+    assert report["caught_up"] + report["full_replays"] > 0
+
+
 def test_every_workload_has_a_smoke_test_here() -> None:
     tested = {
         "noop",
@@ -239,6 +247,7 @@ def test_every_workload_has_a_smoke_test_here() -> None:
         "quota-cpu",
         "retry",
         "purge",
+        "signals",
     }
     assert {w.name for w in WORKLOADS} == tested, "add a small run of the new workload here"
 

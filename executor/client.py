@@ -19,7 +19,7 @@ from typing import Any
 
 from executor import codec, config, errors, registry, runfilter, schedules, vocabulary
 from executor.runfilter import RunFilter
-from executor.store import actions, history, overview, sharding, signals
+from executor.store import actions, engines, history, overview, queues, sharding, signals
 from executor.store import repository as repo
 from executor.store import schedules as stored_schedules
 from executor.store.database import Database
@@ -414,7 +414,7 @@ class Client:
 
     async def stats(self) -> dict[str, Any]:
         """Per shard: queued, in flight, replay backlog, oldest queued age, timers; runs."""
-        return await self.db.run(repo.stats, time.time())
+        return await self.db.run(queues.stats, time.time())
 
     # -- changing runs --
 
@@ -707,7 +707,7 @@ class Client:
 
     async def bump_epoch(self) -> int:
         """Make every running engine stop claiming, drain and exit; return the new epoch."""
-        return await self.db.run(repo.bump_epoch)
+        return await self.db.run(engines.bump_epoch)
 
     async def fail_pending_tasks(self, shard: int) -> int:
         self._check_shard(shard)

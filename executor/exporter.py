@@ -25,8 +25,7 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector, CollectorRegistry
 
-from executor.store import history, samples
-from executor.store import repository as repo
+from executor.store import history, queues, samples
 from executor.store.reader import open_readonly
 from executor.vocabulary import FINISHED as FINISHED_STATES
 
@@ -44,7 +43,7 @@ class Exporter(Collector):
         now = time.time()
         conn = open_readonly(self.path, self.busy_timeout_s)
         try:
-            stats = repo.stats(conn, now)
+            stats = queues.stats(conn, now)
             runs = history.runs_by_workflow(conn)
             engines = samples.engine_metrics(conn)
         finally:

@@ -9,10 +9,8 @@ transaction (a transaction is one thread hop, see store.database), each owned by
     flush     (recorder.py)  records finished steps and unparks many per transaction
     replay    (replayer.py)  feeds recorded results to workflow code; commits its next steps
     timers    (upkeep.py)    fires durable sleeps that are due
-    heartbeat (upkeep.py)    proves we are alive, notices a newer epoch, reclaims dead engines'
-                             tasks, cancels steps of runs that are no longer running
-    limits    (upkeep.py)    unparks tasks that waited for their quotas (limits/); stores the
-                             limits snapshot for `executor stats`; closes idle shared clients
+    heartbeat (upkeep.py)    lease, epoch, reclaims; cancels steps of runs no longer running
+    limits    (upkeep.py)    quota unparks (limits/), the limits snapshot, idle shared clients
     lag       (lag.py)       warns when something blocks the event loop for too long
 
 Each piece is the only writer of its own state and hears from the others through the calls and
@@ -42,14 +40,15 @@ from executor.engine.runner import StepRunner
 from executor.engine.slots import SlotPool
 from executor.engine.upkeep import Upkeep, pid_alive, reclaim_dead_local_engines
 from executor.schedules import ScheduleSpec
-from executor.store import payloads
-from executor.store import repository as repo
+from executor.store import engines, payloads
 from executor.store import samples as stored_samples
 from executor.store.database import Database
 from executor.telemetry import Telemetry
 from executor.vocabulary import EngineState, ReplayArgs
 
 log = logging.getLogger("executor.engine")
+# The counters of the runner and the replayer, all zero before start.
+_COUNTERS = ("steps", "retries", "replays", "full_replays", "finished", "replay_args_changed")
 
 
 class EngineCrashed(errors.ExecutorError):
@@ -61,10 +60,7 @@ class _Pieces:
 
     def __init__(self, engine: Engine, db: Database) -> None:
         cfg = engine.cfg
-
-        def poll_interval_s() -> float:
-            return engine.poll_interval_s
-
+        poll_interval_s = engine.poll_interval  # read on every pass: SIGHUP may change it
         self.pool = SlotPool(db.shards, engine.concurrency)
         self.wakes = WakeTimer(self.pool.wake)
         self.health = WriteHealth(cfg.write_failure_limit_s)
@@ -196,18 +192,18 @@ class Engine:
         self.db = db = await Database.open(self.db_cfg, shards=self.cfg.shards)
         try:
             self.engine_id, self.epoch = await db.run(
-                repo.register_engine,
+                engines.register_engine,
                 os.getpid(),
                 socket.gethostname(),
                 time.time(),
-                None if self.takeover else repo.LiveCheck(self.cfg.lease_s, pid_alive),
+                None if self.takeover else engines.LiveCheck(self.cfg.lease_s, pid_alive),
             )
         except errors.EngineHeld as exc:
             await db.close()
             raise errors.EngineHeld(f"{db.path}: {exc.message}") from None
         await reclaim_dead_local_engines(db, self.engine_id)
         # Limit counts start empty: whatever an earlier engine parked may be claimed again.
-        await db.run(repo.unpark_all)
+        await db.run(engines.unpark_all)
         self._pieces = p = _Pieces(self, db)
         self.state = EngineState.RUNNING
         log.info(
@@ -280,6 +276,9 @@ class Engine:
         if self._pieces is not None:
             self._pieces.upkeep.set_schedules(self.schedules)
 
+    def poll_interval(self) -> float:
+        return self.poll_interval_s
+
     def set_poll_interval(self, seconds: float) -> None:
         """Change how often the loops poll the database live (each reads it on every pass)."""
         self.poll_interval_s = seconds
@@ -305,14 +304,7 @@ class Engine:
         """Steps run, retries, replays (full ones too) and runs finished, since start."""
         p = self._pieces
         if p is None:
-            return {
-                "steps": 0,
-                "retries": 0,
-                "replays": 0,
-                "full_replays": 0,
-                "finished": 0,
-                "replay_args_changed": 0,
-            }
+            return dict.fromkeys(_COUNTERS, 0)
         return {**p.runner.counters, **p.replayer.counters}
 
     def load(self) -> dict[str, int]:
@@ -381,7 +373,7 @@ class Engine:
         p.upkeep.stop_heartbeat()
         await self._join("heartbeat", timeout_s=5.0)
         try:
-            released = await self.db.run(repo.stop_engine, self.engine_id, time.time())
+            released = await self.db.run(engines.stop_engine, self.engine_id, time.time())
             if released:
                 log.info("released %d unfinished tasks to the queue", released)
         except errors.StoreError as exc:

@@ -29,6 +29,7 @@ from executor.engine.runner import CancelReason, StepRunner
 from executor.engine.slots import SlotPool
 from executor.engine.wakeup import sleep_until
 from executor.schedules import ScheduleSpec
+from executor.store import engines
 from executor.store import repository as repo
 from executor.store import schedules as stored_schedules
 from executor.store.database import Database
@@ -145,7 +146,7 @@ class Upkeep:
             draining = self._stopping.is_set()
             try:
                 hb = await self._db.run(
-                    repo.heartbeat,
+                    engines.heartbeat,
                     self._engine_id,
                     EngineState.DRAINING if draining else EngineState.RUNNING,
                     time.time(),
@@ -180,7 +181,7 @@ class Upkeep:
                 next_sync = time.monotonic() + self._cfg.heartbeat_interval_s
                 snapshot = codec.encode(self._limits_snapshot(), what="limits snapshot")
                 try:
-                    parked = await self._db.run(repo.sync_limits, self._engine_id, snapshot, now)
+                    parked = await self._db.run(engines.sync_limits, self._engine_id, snapshot, now)
                 except errors.StoreError as exc:
                     log.warning("could not store the limits snapshot: %s", exc)
                 else:
@@ -194,11 +195,11 @@ async def reclaim_dead_local_engines(db: Database, engine_id: int) -> None:
     host = socket.gethostname()
     dead = [
         other
-        for other, pid in await db.run(repo.engines_on_host, host)
+        for other, pid in await db.run(engines.engines_on_host, host)
         if other != engine_id and not pid_alive(pid)
     ]
     if dead:
-        released = await db.run(repo.reclaim_from, dead)
+        released = await db.run(engines.reclaim_from, dead)
         log.warning(
             "engines %s on this host are gone; %d of their tasks are back in the queue",
             dead,

@@ -31,8 +31,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from executor import errors
 from executor.exporter import registry_for
 from executor.runfilter import FilterError, RunFilter
-from executor.store import actions, history, overview, samples
-from executor.store import repository as repo
+from executor.store import actions, history, overview, queues, samples
 from executor.store.history import error_line
 from executor.store.reader import open_readonly
 from executor.vocabulary import RunState
@@ -188,7 +187,7 @@ class Dashboard:
         return 200, kind, entry.read_bytes()
 
     def _overview(self, conn: sqlite3.Connection, query: Query, now: float) -> Page:
-        stats = repo.stats(conn, now)
+        stats = queues.stats(conn, now)
         p = charts.plots(samples.read(conn, now - charts.LOOKBACK_S), now)
         plots = [
             charts.chart("Steps finished per second", {"steps/s": p.steps_per_s}),

@@ -28,8 +28,8 @@ from executor import (
     vocabulary,
     workflow,
 )
+from executor.store import engines, sharding
 from executor.store import repository as repo
-from executor.store import sharding
 from executor.store.database import Database
 
 if TYPE_CHECKING:
@@ -120,7 +120,7 @@ async def test_claim_takes_the_oldest_run_first_and_at_most_n(db_path: Path) -> 
     db = await Database.open(DatabaseConfig(path=db_path), shards=2)
     try:
         rids = await hand_made_queue(db, runs=4, steps_per_run=2, shard=1)
-        engine_id, epoch = await db.run(repo.register_engine, 1, "test", 3.0)
+        engine_id, epoch = await db.run(engines.register_engine, 1, "test", 3.0)
 
         one = await db.run(repo.claim, engine_id, epoch, 7, [(1, 1)], 4.0)
         assert one is not None
@@ -136,7 +136,7 @@ async def test_claim_takes_the_oldest_run_first_and_at_most_n(db_path: Path) -> 
         assert await db.run(repo.claim, engine_id, epoch, 10, [(1, 100)], 4.0) == []
 
         # An engine whose epoch is no longer current claims nothing and learns it must drain.
-        await db.run(repo.bump_epoch)
+        await db.run(engines.bump_epoch)
         assert await db.run(repo.claim, engine_id, epoch, 11, [(1, 1)], 4.0) is None
     finally:
         await db.close()
@@ -147,7 +147,7 @@ async def test_claims_skip_tasks_not_yet_due(db_path: Path, dbfile: DbFile) -> N
     try:
         rids = await hand_made_queue(db, runs=2, steps_per_run=1, shard=0)
         dbfile.execute("UPDATE tasks SET not_before = 100.0 WHERE run_rid = ?", rids[0])
-        engine_id, epoch = await db.run(repo.register_engine, 1, "test", 3.0)
+        engine_id, epoch = await db.run(engines.register_engine, 1, "test", 3.0)
         early = await db.run(repo.claim, engine_id, epoch, 1, [(0, 5)], 50.0)
         assert early is not None and [c.run_rid for c in early] == [rids[1]]
         late = await db.run(repo.claim, engine_id, epoch, 2, [(0, 5)], 100.0)
@@ -197,7 +197,7 @@ async def one_claimed_step(
 ) -> tuple[int, int, vocabulary.Claimed]:
     """A run with one queued step, claimed by a new engine registered at `heartbeat_at`."""
     [rid] = await hand_made_queue(db, runs=1, steps_per_run=1, shard=0)
-    engine_id, epoch = await db.run(repo.register_engine, 1, "test", heartbeat_at)
+    engine_id, epoch = await db.run(engines.register_engine, 1, "test", heartbeat_at)
     claimed = await db.run(repo.claim, engine_id, epoch, 100 + engine_id, [(0, 1)], heartbeat_at)
     assert claimed is not None and len(claimed) == 1
     return rid, engine_id, claimed[0]
@@ -241,8 +241,8 @@ async def test_a_late_result_from_a_reclaimed_claim_never_overwrites(
     db = await Database.open(DatabaseConfig(path=db_path), shards=1)
     try:
         _, dead_engine, stale = await one_claimed_step(db, heartbeat_at=time.time() - 60)
-        live_engine, epoch = await db.run(repo.register_engine, 2, "test", time.time())
-        hb = await db.run(repo.heartbeat, live_engine, "running", time.time(), 15.0)
+        live_engine, epoch = await db.run(engines.register_engine, 2, "test", time.time())
+        hb = await db.run(engines.heartbeat, live_engine, "running", time.time(), 15.0)
         assert hb.reclaimed == 1
         [fresh] = await db.run(repo.claim, live_engine, epoch, 555, [(0, 1)], time.time()) or []
         assert (fresh.run_rid, fresh.pos, fresh.token) == (stale.run_rid, stale.pos, 555)
@@ -282,7 +282,7 @@ async def test_a_result_for_a_cancelled_run_is_dropped_and_its_task_deleted(
         _, engine_id, c = await one_claimed_step(db, heartbeat_at=time.time())
         assert await db.run(repo.cancel_run, "run-0", 5.0)
         # The claimed task stays until its engine notices the run is gone ...
-        hb = await db.run(repo.heartbeat, engine_id, "running", time.time(), 15.0)
+        hb = await db.run(engines.heartbeat, engine_id, "running", time.time(), 15.0)
         assert hb.orphaned == [(c.run_rid, c.pos)]
         assert dbfile.value("SELECT count(*) FROM tasks") == 1
         # ... and its result then only deletes the task.
@@ -743,9 +743,9 @@ async def claim_for_ghost(
         )
         outputs.append(vocabulary.ReplayOutput(row.rid, row.shard, 0, [new_step]))
     assert await db.run(repo.commit_replays, outputs, time.time()) == len(ids)
-    ghost, epoch = await db.run(repo.register_engine, 4242, "ghost-host", heartbeat_at)
+    ghost, epoch = await db.run(engines.register_engine, 4242, "ghost-host", heartbeat_at)
     if state != "running":
-        await db.run(repo.heartbeat, ghost, state, heartbeat_at, 15.0)
+        await db.run(engines.heartbeat, ghost, state, heartbeat_at, 15.0)
     claimed = await db.run(repo.claim, ghost, epoch, 99, [(0, 100), (1, 100)], heartbeat_at)
     assert claimed is not None and len(claimed) == len(ids)
     return ghost
@@ -794,7 +794,7 @@ async def test_claims_of_a_draining_engine_with_a_fresh_heartbeat_are_kept(
 
     async def ghost_heartbeat() -> None:
         while alive:
-            await client.db.run(repo.heartbeat, ghost, "draining", time.time(), 15.0)
+            await client.db.run(engines.heartbeat, ghost, "draining", time.time(), 15.0)
             await asyncio.sleep(0.02)
 
     async with asyncio.TaskGroup() as tg:

@@ -16,6 +16,7 @@ import pytest
 
 from executor import errors, vocabulary
 from executor.config import DatabaseConfig
+from executor.store import engines
 from executor.store import repository as repo
 from executor.store.database import APPLICATION_ID, SCHEMA_VERSION, Database, transaction
 
@@ -216,7 +217,7 @@ async def test_run_wraps_driver_errors_and_transactions_roll_back(
         assert isinstance(info.value.__cause__, sqlite3.Error)
         assert str(db_path) in str(info.value) and "half_done" in str(info.value)
         # The connection is usable again and nothing of the failed transaction stayed.
-        assert await db.run(repo.bump_epoch) == 1
+        assert await db.run(engines.bump_epoch) == 1
     finally:
         await db.close()
     assert dbfile.value("SELECT count(*) FROM meta WHERE key = 'half'") == 0

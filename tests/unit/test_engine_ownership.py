@@ -19,9 +19,11 @@ PACKAGE = Path(executor.__file__).parent
 ENGINE = PACKAGE / "engine"
 SLOT_STATE = {"_busy", "_hungry", "_held"}
 # The quota code is its own room (engine/limits*), with its own records; the workflow instance
-# drives asyncio internals on purpose (its private loop).
+# and its private loop (loop.py) drive asyncio internals on purpose.
 PIECES = sorted(
-    p for p in ENGINE.glob("*.py") if not p.name.startswith("limits") and p.name != "instance.py"
+    p
+    for p in ENGINE.glob("*.py")
+    if not p.name.startswith("limits") and p.name not in ("instance.py", "loop.py")
 )
 
 

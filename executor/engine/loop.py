@@ -1,0 +1,116 @@
+"""The private event loop a workflow instance runs on: FIFO callbacks run by hand, no clock, no I/O.
+
+Only the engine drives it (`run_until_quiet`, after each delivered result), so the workflow code
+sees the same sequence of wake-ups on its first run and on every replay. Timers and I/O raise
+WorkflowUsageError: they cannot be replayed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+from executor import errors
+
+log = logging.getLogger("executor.workflow")
+
+# One activation (the code run for one event) taking longer than this blocked the engine's event
+# loop for that long: it is logged as a warning naming the workflow and the run.
+SLOW_ACTIVATION_S = 1.0
+
+
+class InstanceLoop(asyncio.AbstractEventLoop):
+    """Just enough of an event loop for Futures and Tasks, run by hand."""
+
+    def __init__(self, workflow: str, run_id: str = "") -> None:
+        # A list, swapped out whole on each pass: same FIFO order as a deque, and an empty list
+        # costs 56 bytes where a deque allocates a 500-byte block (tens of thousands of these
+        # live at once).
+        self._ready: list[asyncio.Handle] = []
+        self._workflow = workflow
+        self._run_id = run_id
+        self._closed = False
+        self.now_s = 0.0
+
+    # -- what Futures and Tasks need --
+    def call_soon(  # type: ignore[override]
+        self,
+        callback: Callable[..., object],
+        *args: Any,
+        context: contextvars.Context | None = None,
+    ) -> asyncio.Handle:
+        handle = asyncio.Handle(callback, args, self, context)
+        self._ready.append(handle)
+        return handle
+
+    def create_future(self) -> asyncio.Future[Any]:
+        return asyncio.Future(loop=self)
+
+    def create_task(
+        self, coro: Any, *, name: str | None = None, context: contextvars.Context | None = None
+    ) -> asyncio.Task[Any]:
+        return asyncio.Task(coro, loop=self, name=name, context=context)
+
+    def get_debug(self) -> bool:
+        return False
+
+    def is_running(self) -> bool:
+        return True
+
+    def is_closed(self) -> bool:
+        return self._closed
+
+    def time(self) -> float:
+        return self.now_s
+
+    def call_exception_handler(self, context: dict[str, Any]) -> None:
+        if self._closed:
+            return
+        exc = context.get("exception")
+        log.error("workflow %s: %s", self._workflow, context.get("message"), exc_info=exc)
+
+    def default_exception_handler(self, context: dict[str, Any]) -> None:
+        self.call_exception_handler(context)
+
+    # -- what must not be used from workflow code --
+    def _not_durable(self, *args: Any, **kwargs: Any) -> Any:
+        raise errors.WorkflowUsageError(
+            f"workflow {self._workflow}: asyncio timers (asyncio.sleep, wait_for with a"
+            " timeout, ...) and I/O cannot be replayed; use ctx.sleep() and do I/O in steps"
+        )
+
+    call_later = _not_durable  # type: ignore[assignment]
+    call_at = _not_durable  # type: ignore[assignment]
+    call_soon_threadsafe = _not_durable  # type: ignore[assignment]
+    run_in_executor = _not_durable  # type: ignore[assignment]
+    create_connection = create_server = getaddrinfo = _not_durable
+
+    def run_until_quiet(self) -> None:
+        outer = asyncio.events._get_running_loop()
+        asyncio.events._set_running_loop(self)
+        started = time.monotonic()
+        try:
+            while self._ready:
+                ready, self._ready = self._ready, []
+                for handle in ready:
+                    if not handle._cancelled:
+                        handle._run()
+        finally:
+            asyncio.events._set_running_loop(outer)
+            took_s = time.monotonic() - started
+            if took_s > SLOW_ACTIVATION_S:
+                log.warning(
+                    "workflow %s (run %s) blocked the event loop for %.2fs in one activation;"
+                    " workflow code must not block: do slow or blocking work in a step",
+                    self._workflow,
+                    self._run_id,
+                    took_s,
+                )
+
+    def close(self) -> None:
+        self._closed = True
+        self._ready.clear()

@@ -7,7 +7,8 @@ every workload at a small size to keep them working.
 
     options.py     the command line, the shared options, the `Workload` entry type
     workloads.py   the table of workloads
-    engine_run.py  noop, sleep, fanout, long: the real engine in-process, and its report
+    engine_run.py  noop, sleep, llm, fanout, long: the real engine in-process, and its report
+    floor.py       floor: the same steps and slots without a database, and ours over it
     ceiling.py     ceiling: the engine's transactions without the engine
     measure.py     percentiles, rank correlation, memory, CPU, calibration, the machine
     main.py        run one workload (optionally profiled) and print its report

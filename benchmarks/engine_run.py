@@ -13,7 +13,14 @@ from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any, NamedTuple, TypeVar
 
-from benchmarks.measure import cpu_s, current_rss_kib, peak_rss_kib, percentile, spearman
+from benchmarks.measure import (
+    busy_while_queued,
+    cpu_s,
+    current_rss_kib,
+    peak_rss_kib,
+    percentile,
+    spearman,
+)
 from benchmarks.options import Options, Workload
 from executor import config, errors, registry, vocabulary
 from executor.client import Client
@@ -60,7 +67,7 @@ def build_workload(
     """A private registry holding the workload's workflow and steps, and each run's arguments."""
     reg = registry.Registry()
 
-    words = prose_words() if opts.result_bytes else ""
+    words = prose_words() if opts.result_bytes or opts.arg_bytes else ""
 
     @registry.step(name="bench.noop", registry=reg)
     async def noop(index: int, i: int) -> int | str:
@@ -74,6 +81,16 @@ def build_workload(
         clock.start(index)
         await asyncio.sleep(seconds)
         clock.end(index)
+
+    @registry.step(name="bench.call", registry=reg)
+    async def call(index: int, i: int, prompt: str) -> int | str:
+        # An LLM call: a prompt in, a wait, text out (floor.py runs the same body).
+        clock.start(index)
+        await asyncio.sleep(opts.sleep_of(index, i))
+        clock.end(index)
+        if opts.result_bytes:
+            return prose(words, opts.result_bytes, index * 1_000_003 + i + len(prompt))
+        return i
 
     @registry.step(name="bench.join", registry=reg)
     async def join(parts: list[int]) -> int:
@@ -91,6 +108,12 @@ def build_workload(
             await ctx.step(nap, index, seconds)
         return k
 
+    @registry.workflow(name="bench.llm", registry=reg)
+    async def llm(ctx: WorkflowContext, k: int, index: int) -> int:
+        for i in range(k):
+            await ctx.step(call, index, i, prose(words, opts.arg_bytes, index * 7 + i))
+        return k
+
     @registry.workflow(name="bench.fanout", registry=reg)
     async def fanout(ctx: WorkflowContext, f: int, seconds: float, index: int) -> int:
         if seconds > 0:
@@ -104,6 +127,8 @@ def build_workload(
         return reg, sequential, lambda i: [opts.steps, i]
     if opts.workload == "sleep":
         return reg, sleeper, lambda i: [opts.steps, opts.sleep_s, i]
+    if opts.workload == "llm":
+        return reg, llm, lambda i: [opts.steps, i]
     if opts.workload == "fanout":
         return reg, fanout, lambda i: [opts.fanout, opts.sleep_s, i]
     raise ValueError(f"not an engine workload: {opts.workload}")
@@ -340,9 +365,16 @@ def _engine_report(
     out["busy_samples"] = len(busy)
     if opts.timeline:
         out["timeline"] = _timeline(samples, [t for _, t, _ in done], t0)
-    if opts.sleep_s > 0 and opts.workload in ("sleep", "fanout"):
+    out["busy_while_queued"] = busy_while_queued(
+        [(s.at, s.in_flight) for s in samples],
+        started,
+        finish_times,
+        opts.slots // (opts.fanout if opts.workload == "fanout" else 1),
+        opts.slots,
+    )
+    if opts.sleep_s > 0 and opts.workload in ("sleep", "fanout", "llm"):
         width = opts.workflows * (opts.fanout if opts.workload == "fanout" else 1)
-        ideal = min(opts.slots, width) / opts.sleep_s
+        ideal = min(opts.slots, width) / opts.mean_sleep_s
         out["ideal_steps_per_s"] = round(ideal, 1)
         out["efficiency"] = round(steps / wall / ideal, 4) if wall > 0 else None
     if opts.workload == "long":
@@ -435,7 +467,12 @@ def _run(opts: Options, ns: object, folder: Path) -> dict[str, Any]:
     db_path = opts.db if opts.db is not None else folder / "bench.sqlite"
     if db_path.exists():
         raise errors.ExecutorError(f"{db_path} exists; the benchmark needs a fresh database file")
-    return run_async(opts.loop, run_engine(opts, db_path))
+    report = run_async(opts.loop, run_engine(opts, db_path))
+    if opts.vs_floor:
+        from benchmarks import floor
+
+        report.update(floor.compare(opts, report))
+    return report
 
 
 WORKLOADS = (
@@ -451,6 +488,23 @@ WORKLOADS = (
         """W workflows of K sequential steps that `await asyncio.sleep(S)` (a remote API call).""",
         _run,
         {"workflows": 20_000, "steps": 5, "sleep_s": 1.0, "shards": 100, "concurrency": 50},
+    ),
+    Workload(
+        "llm",
+        """W workflows of K sequential LLM-like steps on 100 shards x 50 slots: each step is
+        called with a prompt of --arg-bytes, sleeps between S and --sleep-max seconds and
+        returns --result-bytes of text. --vs-floor adds the same program without a database.""",
+        _run,
+        {
+            "workflows": 20_000,
+            "steps": 5,
+            "sleep_s": 0.1,
+            "sleep_max_s": 0.8,
+            "arg_bytes": 2_500,
+            "result_bytes": 2_500,
+            "shards": 100,
+            "concurrency": 50,
+        },
     ),
     Workload(
         "fanout",

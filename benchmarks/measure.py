@@ -3,6 +3,7 @@ time, a CPU-speed calibration and the machine's description."""
 
 from __future__ import annotations
 
+import bisect
 import contextlib
 import math
 import os
@@ -57,6 +58,24 @@ def spearman(xs: Sequence[float], ys: Sequence[float]) -> float | None:
     if var_x == 0 or var_y == 0:
         return None
     return max(-1.0, min(1.0, cov / math.sqrt(var_x * var_y)))
+
+
+def busy_while_queued(
+    samples: Sequence[tuple[float, int]],
+    started: Sequence[float],
+    finished: Sequence[float],
+    queued_above: int,
+    slots: int,
+) -> float | None:
+    """Mean share of the slots in flight over the samples (time, in flight) taken while more
+    than `queued_above` runs were started and not finished, i.e. while work was waiting for a
+    slot (`started` and `finished` sorted). None if work never waited."""
+    busy = [
+        in_flight
+        for at, in_flight in samples
+        if bisect.bisect_right(started, at) - bisect.bisect_right(finished, at) > queued_above
+    ]
+    return round(sum(busy) / len(busy) / slots, 4) if busy else None
 
 
 # --- the machine and its memory ------------------------------------------------------------------

@@ -26,6 +26,9 @@ _COMMON_DEFAULTS: dict[str, Any] = {
     "concurrency": _ENGINE.concurrency,
     "poll_interval": _ENGINE.poll_interval_s,
     "instance_cache": _ENGINE.instance_cache_size,
+    "result_bytes": 0,
+    "arg_bytes": 0,
+    "sleep_max_s": 0.0,
 }
 
 START_BATCH = 1000  # runs per Client.start_many transaction
@@ -218,10 +221,34 @@ def build_parser(workloads: Sequence[Workload], prog: str | None = None) -> argp
         "--result-bytes",
         dest="result_bytes",
         type=_non_negative_int,
-        default=0,
-        help="noop and long: each step returns text of about this many bytes, different for"
-        " every step and compressible like prose (default: 0, a small int); the report adds"
-        " file_bytes, the database with its WAL and payload files",
+        default=None,
+        help="noop, long, llm and floor: each step returns text of about this many bytes,"
+        " different for every step and compressible like prose (default: llm 2,500, others 0,"
+        " a small int); the report adds file_bytes, the database with its WAL and payload files",
+    )
+    parser.add_argument(
+        "--arg-bytes",
+        dest="arg_bytes",
+        type=_non_negative_int,
+        default=None,
+        help="llm and floor: each step is called with a prompt of about this many bytes,"
+        " different for every step (default: llm 2,500, others 0)",
+    )
+    parser.add_argument(
+        "--sleep-max",
+        dest="sleep_max_s",
+        type=_non_negative_float,
+        default=None,
+        help="llm and floor: each step sleeps between S and this many seconds (spread evenly,"
+        " the same for the same run and step in every program); 0 or less than S: exactly S"
+        " (default: llm 0.8, others 0)",
+    )
+    parser.add_argument(
+        "--vs-floor",
+        dest="vs_floor",
+        action="store_true",
+        help="sleep and llm: afterwards run the floor workload with the same shape in a"
+        " subprocess and add its report (floor) and ours over it (over_floor)",
     )
     parser.add_argument(
         "--instance-cache",
@@ -347,11 +374,25 @@ class Options:
     timeline: bool
     trace_steps: bool
     result_bytes: int = 0
+    arg_bytes: int = 0
+    sleep_max_s: float = 0.0
+    vs_floor: bool = False
     metrics: bool = True  # the engine's telemetry and sample row per heartbeat ([metrics])
 
     @property
     def steps_per_workflow(self) -> int:
         return self.fanout + 1 if self.workload == "fanout" else self.steps
+
+    def sleep_of(self, index: int, i: int) -> float:
+        """Seconds step i of run `index` sleeps: S, or spread evenly over [S, --sleep-max]."""
+        if self.sleep_max_s <= self.sleep_s:
+            return self.sleep_s
+        spread = ((index * 1_000_003 + i) * 2_654_435_761 % 1000) / 999
+        return self.sleep_s + (self.sleep_max_s - self.sleep_s) * spread
+
+    @property
+    def mean_sleep_s(self) -> float:
+        return max(self.sleep_s, (self.sleep_s + self.sleep_max_s) / 2)
 
     @property
     def slots(self) -> int:
@@ -392,6 +433,9 @@ def resolve(ns: argparse.Namespace, workloads: Sequence[Workload]) -> Options:
         timeout=ns.timeout,
         timeline=ns.timeline,
         trace_steps=ns.trace_steps,
-        result_bytes=ns.result_bytes,
+        result_bytes=pick("result_bytes"),
+        arg_bytes=pick("arg_bytes"),
+        sleep_max_s=pick("sleep_max_s"),
+        vs_floor=ns.vs_floor,
         metrics=not ns.no_metrics,
     )

@@ -5,11 +5,12 @@ A new workload is a module with a `Workload` entry (benchmarks/options.py): add 
 
 from __future__ import annotations
 
-from benchmarks import ceiling, engine_run, prompt, quota, repair, signals
+from benchmarks import ceiling, engine_run, floor, prompt, quota, repair, signals
 from benchmarks.options import Workload
 
 WORKLOADS: tuple[Workload, ...] = (
     *engine_run.WORKLOADS,
+    floor.WORKLOAD,
     ceiling.WORKLOAD,
     prompt.WORKLOAD,
     *quota.WORKLOADS,

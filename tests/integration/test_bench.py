@@ -192,6 +192,28 @@ def test_noop_with_large_results(capsys: pytest.CaptureFixture[str]) -> None:
     assert report["file_bytes"] > 0
 
 
+def test_floor(capsys: pytest.CaptureFixture[str]) -> None:
+    report = run_main(capsys, "--workload", "floor", "-W", "40", "-K", "2", "-S", "0.01", *FAST[2:])
+    assert report["completed"] is True and report["steps"] == 80
+    assert report["efficiency"] > 0 and 0 <= report["busy_ratio"] <= 1
+    assert 0 <= report["busy_while_queued"] <= 1  # 40 runs on 16 slots: work waited
+    assert report["cpu_s_per_1000_steps"] >= 0
+
+
+def test_llm_against_its_floor(capsys: pytest.CaptureFixture[str]) -> None:
+    report = run_main(
+        capsys,
+        *("--workload", "llm", "-W", "30", "-K", "2", "-S", "0.01", "--sleep-max", "0.03"),
+        *("--arg-bytes", "2000", "--result-bytes", "3000", "--vs-floor"),
+        *FAST,
+    )
+    check_engine_report(report, 30, 2)
+    assert report["params"]["arg_bytes"] == 2000 and report["file_bytes"] > 30 * 2 * 3000 / 3
+    assert report["floor"]["completed"] is True and report["floor"]["steps"] == 60
+    assert report["floor"]["params"]["result_bytes"] == 3000
+    assert report["over_floor"]["wall"] > 0 and report["over_floor"]["cpu_per_step"] > 0
+
+
 def test_prompt(capsys: pytest.CaptureFixture[str]) -> None:
     report = run_main(capsys, "--workload", "prompt", "-W", "300", "--prompt-bytes", "5000")
     assert report["runs"] == 300 and report["prompt_bytes"] == 5000
@@ -241,6 +263,8 @@ def test_every_workload_has_a_smoke_test_here() -> None:
         "sleep",
         "fanout",
         "long",
+        "llm",
+        "floor",
         "ceiling",
         "prompt",
         "quota",

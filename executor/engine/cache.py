@@ -51,6 +51,7 @@ class InstanceCache:
     """Live workflow instances by run, least recently used evicted (and closed) first."""
 
     def __init__(self, size: int, on_evict: Callable[[Any], None]) -> None:
+        self.size = size
         self._on_evict = on_evict
         self._lru: Any = LRU(size, callback=self._evicted) if size > 0 else None
 
@@ -71,11 +72,18 @@ class InstanceCache:
             return None
         return self._lru.pop(rid, None)
 
+    def room(self) -> int | None:
+        """Instances that fit before one is evicted; None when there is no cache (size 0)."""
+        return None if self._lru is None else self.size - len(self._lru)
+
     def clear(self) -> None:
         if self._lru is not None:
             for value in list(self._lru.values()):
                 self._on_evict(value)
             self._lru.clear()
+
+    def __contains__(self, rid: int) -> bool:
+        return self._lru is not None and rid in self._lru  # no move to the front
 
     def __len__(self) -> int:
         return 0 if self._lru is None else len(self._lru)

@@ -39,6 +39,8 @@ log = logging.getLogger("executor.engine")
 
 REPLAY_BATCH = 512  # runs per replay transaction
 REPLAY_POLL_LIMIT = 4 * REPLAY_BATCH  # replay entries read per poll
+# With the instance cache full, new runs wait for room unless no result came for this long.
+STALLED_S = 1.0
 _ARGS_LOGGED_MAX = 10_000  # distinct (workflow, step, position) warnings kept track of
 
 
@@ -133,6 +135,9 @@ class Replayer:
         self.instances = InstanceCache(instances, _close_instance)
         self._inbox: dict[int, list[Delivery]] = {}
         self._wake = asyncio.Event()
+        self._gated = False  # runs were left waiting for room in the instance cache
+        self._poll_now = False
+        self._progressed_at = 0.0  # when a live run last got a result
         # caught_up: live instances fed the results someone else recorded, without a rebuild.
         self.counters = {
             "replays": 0,
@@ -146,6 +151,7 @@ class Replayer:
         """Journal entries just recorded (by our flush or our timers): replay their runs."""
         if not deliveries:
             return
+        self._progressed_at = time.monotonic()
         inbox = self._inbox
         for d in deliveries:
             inbox.setdefault(d.run_rid, []).append(d)
@@ -166,7 +172,8 @@ class Replayer:
                 return
             todo: dict[int, int] = {}  # run -> highest seq we know of (0: unknown)
             polled: list[tuple[int, int, int]] = []
-            if time.monotonic() >= next_poll:
+            if self._poll_now or time.monotonic() >= next_poll:
+                self._poll_now = False
                 next_poll = time.monotonic() + self._poll_interval_s()
                 polled = await self._db.run(repo.pending_replays, REPLAY_POLL_LIMIT)
                 if len(polled) == REPLAY_POLL_LIMIT:
@@ -177,6 +184,7 @@ class Replayer:
             inbox, self._inbox = self._inbox, {}
             for rid, ds in inbox.items():
                 todo[rid] = max(d.seq for d in ds)
+            cold: list[tuple[int, int]] = []  # polled runs with no live instance
             for rid, seq, generation in polled:
                 inst = self.instances.get(rid)
                 if inst is not None and inst.run.generation != generation:
@@ -185,12 +193,37 @@ class Replayer:
                     inst = None
                 if inst is not None and inst.last_seq >= seq:
                     continue  # consumed already; its commit deletes the entry
+                if inst is None and rid not in todo:
+                    cold.append((rid, seq))
+                    continue
                 todo[rid] = max(todo.get(rid, 0), seq)
+            admit = self._admissible(sum(1 for rid in todo if rid not in self.instances))
+            todo.update(cold[:admit])
+            if len(cold) > admit:
+                # A backlog bigger than the instance cache (a bulk start): the rest wait in
+                # their durable replay entry, costing no memory, instead of evicting live
+                # instances that would each need a full replay at their next result.
+                self._gated = True
+                next_poll = time.monotonic() + self._poll_interval_s()
             rids = sorted(todo)  # oldest workflows first
             for i in range(0, len(rids), REPLAY_BATCH):
                 await self._replay_chunk(rids[i : i + REPLAY_BATCH], todo, inbox)
                 if self._stopping.is_set():
                     return
+
+    def _admissible(self, taken: int) -> int:
+        """How many runs without a live instance this pass may build: as many as fit in the
+        instance cache. When it is full and no result was recorded for STALLED_S (the live runs
+        all wait on something, maybe on runs that are not live yet: a parent on its child),
+        as many as there are idle slots, evicting the least recently used."""
+        room = self.instances.room()
+        if room is None:
+            return REPLAY_POLL_LIMIT
+        if room - taken > 0:
+            return room - taken
+        if time.monotonic() - self._progressed_at < STALLED_S:
+            return 0
+        return self._pool.idle()
 
     def _live_deliveries(
         self, inst: WorkflowInstance, ds: list[Delivery], known_seq: int
@@ -319,8 +352,16 @@ class Replayer:
                     self._finished(inst.run.id, inst.wf.name, out)
                 elif out.run_rid in run_ids:
                     self._finished(run_ids[out.run_rid], workflows[out.run_rid], out)
-            elif inst is not None:
+            elif inst is not None and not inst.main.cancelled():
+                # A closed one was evicted by a put of this same loop: putting it back would
+                # hand its cancelled code the next result (the run would fail "Cancelled").
                 self.instances.put(out.run_rid, inst)
+        if self._gated:
+            room = self.instances.room()
+            if room is not None and room >= min(REPLAY_BATCH, max(1, self.instances.size // 4)):
+                self._gated = False
+                self._poll_now = True  # room for the runs left waiting: read them now
+                self._wake.set()
         if queued_shards:
             self._pool.wake(queued_shards)
         sleep = StepKind.SLEEP

@@ -38,6 +38,10 @@ class SlotPool:
     def capacity(self) -> int:
         return self.slots_per_shard * len(self.shards)
 
+    def idle(self) -> int:
+        """Slots not running a step, over all shards."""
+        return sum(max(0, self.slots_per_shard - busy) for busy in self._busy)
+
     def resize(self, slots_per_shard: int) -> None:
         """Change the slots per shard; shrinking lets extra in-flight steps finish."""
         self.slots_per_shard = slots_per_shard

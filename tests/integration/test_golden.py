@@ -72,7 +72,9 @@ async def finish_golden_runs(src: Path, tmp_path: Path) -> Path:
     assert set(ids) == set(flows.RUNS), "the golden file and flows.RUNS disagree on the runs"
     db = DatabaseConfig(path=db_path)
     async with (
-        make_engine(flows.registry, db_path, shards=manifest["shards"]),
+        # Strict: under the default policy ("log") a changed argument fingerprint only logs and
+        # keeps the recorded result, so a codec or fingerprint change would pass unnoticed here.
+        make_engine(flows.registry, db_path, shards=manifest["shards"], replay_args="strict"),
         Client(db, reg=flows.registry) as client,
     ):
         # The parked run stays parked, with the error that names the position and both codes.

@@ -230,10 +230,14 @@ def _executions_so_far(run: str, label: str) -> int:
             before = int(f.read() or b"0")
     except FileNotFoundError:
         before = 0
-    with open(path, "wb") as f:
+    # Written aside and renamed over: a SIGKILL between truncating the file and writing it used
+    # to leave it empty, which reads as 0 and made a `flaky` step fail more times than asked.
+    tmp = f"{path}.{os.getpid()}.tmp"
+    with open(tmp, "wb") as f:
         f.write(str(before + 1).encode())
         f.flush()
         os.fsync(f.fileno())
+    os.replace(tmp, path)
     return before
 
 

@@ -8,9 +8,9 @@ rate the server accepted. Steps call it through a shared keep-alive client (exec
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import pytest
 
@@ -33,11 +33,17 @@ from executor import (
 )
 from executor.config import LimitSpec
 from executor.ratelimit import rate_limited_from
+from tests.support.cpu import CpuStall
 from tests.support.engine import make_engine
 
 pytestmark = pytest.mark.anyio
 
 DEADLINE_S = 60.0
+# A measurement during which some task waited for a CPU this share of the time or more was
+# starved: the rates it saw are the machine's, not the limiter's (see tests/support/cpu.py).
+STARVED = 0.10
+
+T = TypeVar("T")
 
 
 @pytest.fixture(autouse=True)
@@ -88,6 +94,18 @@ async def run_all(client: Client, args: list[list[Any]]) -> list[Any]:
     return [await client.result(run_id, timeout=DEADLINE_S) for run_id in ids]
 
 
+async def measured(measure: Callable[[], Awaitable[T]], good: Callable[[T], bool]) -> T:
+    """`measure()`, taken once more if and only if it missed (`good` is false) while the machine
+    was starved of CPU. The caller asserts on what is returned, so a miss on a machine that let
+    the test run, or two misses, still fail."""
+    with CpuStall() as stall:
+        value = await measure()
+    if good(value) or stall.share < STARVED:
+        return value
+    print(f"missed while starved ({stall.share:.0%} of the time waiting for a CPU); once more")
+    return await measure()
+
+
 def accepted(log: list[Arrival], key: str | None = None) -> list[Arrival]:
     return [a for a in log if a.status == 200 and (key is None or a.key == key)]
 
@@ -126,10 +144,22 @@ async def test_a_per_minute_quota_alone_sustains_a_provider_that_enforces_it_per
     rpm, seconds = 6000, 4.0
     calls = int(rpm / 60 * (seconds + 1))
     windows = [Window(60.0, rpm), Window(1.0, rpm // 60)]
-    async with QuotaServer.running(windows, latency_ms=20) as server:
-        async with engine(db_path, LimitSpec("api", requests_per_minute=rpm), concurrency=50):
-            await run_all(client, [[server.port, "k", 1, False]] * calls)
-        log = await server.log()
+
+    attempt = 0
+
+    async def measure() -> list[Arrival]:
+        nonlocal attempt
+        attempt += 1
+        path = db_path.with_name(f"{attempt}.sqlite")
+        async with QuotaServer.running(windows, latency_ms=20) as server:
+            limit = LimitSpec("api", requests_per_minute=rpm)
+            async with engine(path, limit, concurrency=50), Client(path, reg=REG, shards=2) as c:
+                await run_all(c, [[server.port, "k", 1, False]] * calls)
+            return await server.log()
+
+    log = await measured(
+        measure, lambda log: sustained_rate(accepted(log), skip_s=1.0) >= 0.9 * rpm / 60
+    )
     ok = accepted(log)
     assert len(ok) == calls
     rate = sustained_rate(ok, skip_s=1.0)
@@ -146,16 +176,26 @@ async def test_sporadic_429s_far_from_the_quota_cost_little_throughput(
     # quota of 30/s), and a provider that refuses 3% of calls at random with Retry-After: 2.
     # Each such 429 used to halve the rate and pause the key.
     limit = LimitSpec("api", requests_per_second=30)
-    rates = []
-    for share in (0.0, 0.03):
-        path = db_path.with_name(f"{share}.sqlite")
-        async with QuotaServer.running(latency_ms=150, random_429=share, seed=7) as server:
-            async with engine(path, limit, concurrency=2), Client(path, reg=REG, shards=2) as c:
-                await run_all(c, [[server.port, "k", 1, False]] * 120)
-            log = await server.log()
-        rates.append(sustained_rate(accepted(log), skip_s=0.5))
-        if share:
-            assert sum(a.why == "random" for a in log) >= 1
+    attempt = 0
+
+    async def measure() -> tuple[list[float], list[Arrival]]:
+        nonlocal attempt
+        attempt += 1
+        rates = []
+        for share in (0.0, 0.03):
+            path = db_path.with_name(f"{attempt}-{share}.sqlite")
+            async with QuotaServer.running(latency_ms=150, random_429=share, seed=7) as server:
+                async with (
+                    engine(path, limit, concurrency=2),
+                    Client(path, reg=REG, shards=2) as c,
+                ):
+                    await run_all(c, [[server.port, "k", 1, False]] * 120)
+                log = await server.log()
+            rates.append(sustained_rate(accepted(log), skip_s=0.5))
+        return rates, log
+
+    rates, log = await measured(measure, lambda m: m[0][1] >= 0.85 * m[0][0])
+    assert sum(a.why == "random" for a in log) >= 1
     print("sustained calls/s without and with 3% random 429s:", rates)
     assert rates[1] >= 0.85 * rates[0], rates
 
@@ -165,14 +205,27 @@ async def test_a_retry_after_on_one_key_does_not_slow_another(
 ) -> None:
     # Per-key budgets (limit_key): the provider refuses k1 for a second with Retry-After: 1.
     # k1 pauses; k2 keeps its whole quota.
-    async with QuotaServer.running(latency_ms=5) as server:
-        async with engine(db_path, LimitSpec("api", requests_per_second=20), concurrency=40):
-            await server.refuse("k1", 1.0, "1")
-            started = time.time()
-            await run_all(
-                client, [[server.port, key, 1, True] for _ in range(40) for key in ("k1", "k2")]
-            )
-        log = await server.log()
+    attempt = 0
+
+    async def measure() -> tuple[float, list[Arrival]]:
+        nonlocal attempt
+        attempt += 1
+        path = db_path.with_name(f"{attempt}.sqlite")
+        async with QuotaServer.running(latency_ms=5) as server:
+            limit = LimitSpec("api", requests_per_second=20)
+            async with engine(path, limit, concurrency=40), Client(path, reg=REG, shards=2) as c:
+                await server.refuse("k1", 1.0, "1")
+                started = time.time()
+                await run_all(
+                    c, [[server.port, key, 1, True] for _ in range(40) for key in ("k1", "k2")]
+                )
+            return started, await server.log()
+
+    def k2_at_quota(m: tuple[float, list[Arrival]]) -> bool:
+        k2 = accepted(m[1], "k2")
+        return bool(k2) and k2[-1].at - m[0] < 2.5 and most_in_any_window(k2, 1.0) == 20
+
+    started, log = await measured(measure, k2_at_quota)
     k2 = accepted(log, "k2")
     assert len(k2) == 40
     # k2 ran at its quota from the start, refused k1 or not: 40 calls at 20/s.

@@ -198,12 +198,17 @@ class Engine:
                 time.time(),
                 None if self.takeover else engines.LiveCheck(self.cfg.lease_s, pid_alive),
             )
+            await reclaim_dead_local_engines(db, self.engine_id)
+            # Limit counts start empty: whatever an earlier engine parked may be claimed again.
+            await db.run(engines.unpark_all)
         except errors.EngineHeld as exc:
             await db.close()
             raise errors.EngineHeld(f"{db.path}: {exc.message}") from None
-        await reclaim_dead_local_engines(db, self.engine_id)
-        # Limit counts start empty: whatever an earlier engine parked may be claimed again.
-        await db.run(engines.unpark_all)
+        except BaseException:
+            # An open database's worker thread keeps the interpreter alive: a start that failed
+            # here (e.g. "database is locked") must close it, or the process never exits.
+            await db.close()
+            raise
         self._pieces = p = _Pieces(self, db)
         self.state = EngineState.RUNNING
         log.info(

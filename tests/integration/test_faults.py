@@ -18,6 +18,7 @@ import logging
 import shutil
 import sqlite3
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -483,3 +484,39 @@ async def test_durability_is_wal_with_the_matching_fsync_policy(
         assert await db.run(_journal_settings) == ("wal", synchronous)
     finally:
         await db.close()
+
+
+_FAILED_START = """
+import asyncio, sys
+from pathlib import Path
+from executor import Registry, errors
+from tests.support.engine import make_engine, write_lock
+
+db = Path(sys.argv[1])
+async def main() -> None:
+    async with make_engine(Registry(), db):
+        pass  # a migrated file: opening it needs no write, so the start fails after opening it
+    with write_lock(db):  # the engine's start cannot register itself
+        try:
+            await make_engine(Registry(), db, database={"busy_timeout_s": 0.1}).start()
+        except errors.StoreError as exc:
+            print("start failed:", exc, flush=True)
+asyncio.run(main())
+"""
+
+
+def test_a_start_that_fails_after_opening_the_database_lets_the_process_exit(
+    db_path: Path,
+) -> None:
+    # A failed start used to leave the database open: its worker thread kept the interpreter
+    # alive, and `executor run` hung after printing its error instead of exiting 3.
+    done = subprocess.run(
+        [sys.executable, "-c", _FAILED_START, str(db_path)],
+        cwd=Path(__file__).resolve().parents[2],
+        capture_output=True,
+        text=True,
+        timeout=30,  # generous: a healthy process exits within a second
+        check=False,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "start failed:" in done.stdout and "database is locked" in done.stdout, done.stdout

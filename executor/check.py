@@ -53,6 +53,7 @@ from pathlib import Path
 from typing import Any
 
 from executor import config, errors, vocabulary
+from executor.store import database as database_file
 from executor.store import payloads
 from executor.store.database import APPLICATION_ID, SCHEMA_VERSION
 from executor.store.sql import Q
@@ -190,28 +191,19 @@ def check(
     else:
         path, busy_timeout_s = Path(database), config.DatabaseConfig().busy_timeout_s
     lease_s = config.EngineConfig().lease_s if lease_s is None else lease_s
-    if not path.is_file():
-        raise errors.StoreError(f"{path}: no database file here")
+    database_file.require_file(path)
     try:
         # mode=ro: never creates, migrates or writes the file, whatever happens below.
-        conn = sqlite3.connect(
-            f"{path.resolve().as_uri()}?mode=ro",
-            uri=True,
-            timeout=busy_timeout_s,
-            isolation_level=None,
-            check_same_thread=False,
-        )
+        conn = database_file.connect_read_only(path, busy_timeout_s)
     except sqlite3.Error as exc:
-        raise errors.StoreError(f"{path}: cannot open the database read-only: {exc}") from exc
+        raise errors.StoreError(
+            f"{path}: cannot open the database read-only: {exc}"
+            + (f" ({cause})" if (cause := database_file.read_blocker(path)) else "")
+        ) from exc
     try:
         return _check(conn, path, lease_s, time.time() if now is None else now)
-    except sqlite3.DatabaseError as exc:
-        text = str(exc)
-        if "not a database" in text or "malformed" in text:
-            raise errors.SchemaError(
-                f"{path}: the file is not a valid executor database ({text})"
-            ) from exc
-        raise errors.StoreError(f"{path}: check failed: {text}") from exc
+    except sqlite3.Error as exc:
+        raise database_file.classify(path, "check", exc, "opened read-only") from exc
     finally:
         conn.close()
 

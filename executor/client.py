@@ -19,7 +19,7 @@ from typing import Any
 
 from executor import codec, config, errors, registry, runfilter, schedules, vocabulary
 from executor.runfilter import RunFilter
-from executor.store import actions, engines, history, overview, queues, sharding, signals
+from executor.store import actions, database, engines, history, overview, queues, sharding, signals
 from executor.store import repository as repo
 from executor.store import schedules as stored_schedules
 from executor.store.database import Database
@@ -30,6 +30,10 @@ RUN_STATUSES: tuple[str, ...] = (
     vocabulary.RunState.PARKED,
     *sorted(vocabulary.FINISHED),
 )
+# Idempotency, shard and concurrency keys, run ids and workflow names: at most this many bytes of
+# UTF-8, so a stray file's contents passed as a key is refused, not indexed.
+MAX_KEY_BYTES = 1024
+_INT64_MAX = 2**63 - 1
 _RESULT_POLL_MIN_S = 0.01
 _RESULT_POLL_MAX_S = 0.5
 
@@ -59,6 +63,40 @@ class RunStatus:
 
     def to_dict(self) -> dict[str, Any]:
         return {f: getattr(self, f) for f in self.__slots__}
+
+
+def _text(what: str, value: object, *, max_bytes: int | None = MAX_KEY_BYTES) -> str:
+    """`value` if it is a non-empty str that encodes as UTF-8 within max_bytes, else
+    InvalidArgument naming `what`: SQLite stores text as UTF-8, and an empty key is almost always
+    an unset variable (every run would share it)."""
+    if not isinstance(value, str):
+        raise errors.InvalidArgument(f"{what} must be a string, got {type(value).__name__}")
+    if not value:
+        raise errors.InvalidArgument(f"{what} must not be empty")
+    try:
+        size = len(value.encode())
+    except UnicodeEncodeError as exc:
+        raise errors.InvalidArgument(
+            f"{what} is not valid UTF-8 text ({exc.reason} at character {exc.start}):"
+            f" {_short(value)}"
+        ) from None
+    if max_bytes is not None and size > max_bytes:
+        raise errors.InvalidArgument(f"{what} is {size} bytes long; the limit is {max_bytes}")
+    return value
+
+
+def _short(value: str) -> str:
+    text = ascii(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _int(what: str, value: object, low: int, high: int = _INT64_MAX) -> int:
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise errors.InvalidArgument(f"{what} must be an integer, got {type(value).__name__}")
+    if not low <= value <= high:
+        shown = value if abs(value) < 10**30 else f"an integer of {len(str(abs(value)))} digits"
+        raise errors.InvalidArgument(f"{what} must be from {low} to {high}, got {shown}")
+    return value
 
 
 def _user_version(conn: sqlite3.Connection) -> int:
@@ -168,6 +206,7 @@ class Client:
         strict: bool = False,
         payload_limit_bytes: int | None = None,
         shards: int | None = None,
+        must_exist: bool | str = False,
     ) -> None:
         loaded = None
         if database is None or config_file is not None:
@@ -178,6 +217,10 @@ class Client:
             if shards is None:
                 shards = loaded.engine.shards
         elif not isinstance(database, config.DatabaseConfig):
+            if not isinstance(database, str | Path):
+                raise errors.InvalidArgument(
+                    f"database must be a path or a DatabaseConfig, got {type(database).__name__}"
+                )
             database = config.DatabaseConfig(path=Path(database))
         if payload_limit_bytes is None:
             payload_limit_bytes = (
@@ -188,12 +231,20 @@ class Client:
         self.strict = strict
         self.payload_limit_bytes = payload_limit_bytes
         self._shards = shards
+        self.must_exist = must_exist
         self._next_shard = random.randrange(1 << 16)
         self._db: Database | None = None
 
     async def open(self) -> Client:
+        """Open the database: created and migrated if needed, unless `must_exist` (a string
+        there says where the path came from, for the error). A file this
+        process can read but not write opens read-only: reads work, writes raise
+        StoreWriteError naming why (read-only file system, permission denied, ...)."""
         if self._db is None:
-            self._db = await Database.open(self.db_cfg, shards=self._shards)
+            if self.must_exist:
+                hint = f" ({self.must_exist})" if isinstance(self.must_exist, str) else ""
+                database.require_file(self.db_cfg.path, hint)
+            self._db = await Database.open(self.db_cfg, shards=self._shards, read_only_ok=True)
         return self
 
     async def close(self) -> None:
@@ -235,7 +286,10 @@ class Client:
         if isinstance(workflow, registry.WorkflowDef):
             return workflow.name, workflow.version, workflow
         if not isinstance(workflow, str) or not workflow:
-            raise errors.RegistryError(f"workflow must be a name or a @workflow, got {workflow!r}")
+            raise errors.RegistryError(
+                f"workflow must be a name or a @workflow, got {_short(repr(workflow))}"
+            )
+        _text("workflow name", workflow)
         known = self.registry.workflows.get(workflow)
         if known is None and self.strict:
             self.registry.workflow(workflow)  # raises, listing the known names
@@ -262,15 +316,12 @@ class Client:
             wf.check_args(args)
         where = f"{name} arguments" + ("" if index is None else f" (run #{index})")
         blob = codec.encode(list(args), what=where, limit=self.payload_limit_bytes)
-        if key is not None and not isinstance(key, str):
-            raise errors.ExecutorError(f"idempotency_key must be a string, got {key!r}")
-        if concurrency_key is not None and (
-            not isinstance(concurrency_key, str) or not concurrency_key
-        ):
-            raise errors.ExecutorError(
-                f"concurrency_key must be a non-empty string, got {concurrency_key!r}"
-            )
+        if key is not None:
+            _text("idempotency_key", key)
+        if concurrency_key is not None:
+            _text("concurrency_key", concurrency_key)
         if shard_key is not None:
+            _text("shard_key", shard_key)
             run_id = str(uuid.uuid4())
             shard = sharding.shard_of(shard_key, self.db.shards)
         else:
@@ -328,8 +379,23 @@ class Client:
         `labels` are given to every one of them."""
         name, version, wf = self._resolve(workflow)
         stored_labels = runfilter.check_labels(labels)
+        try:
+            items = list(args_list)
+        except TypeError:
+            raise errors.InvalidArgument(
+                f"args_list must be an iterable of argument lists, got {type(args_list).__name__}"
+            ) from None
+        for label, keys in (
+            ("idempotency_keys", idempotency_keys),
+            ("shard_keys", shard_keys),
+            ("concurrency_keys", concurrency_keys),
+        ):
+            if keys is not None and len(keys) != len(items):
+                raise errors.InvalidArgument(
+                    f"{label} has {len(keys)} entries for {len(items)} runs"
+                )
         batch = []
-        for i, args in enumerate(args_list):
+        for i, args in enumerate(items):
             key = idempotency_keys[i] if idempotency_keys is not None else None
             skey = shard_keys[i] if shard_keys is not None else None
             ckey = concurrency_keys[i] if concurrency_keys is not None else None
@@ -353,7 +419,7 @@ class Client:
     # -- watching --
 
     async def status(self, run_id: str) -> RunStatus:
-        row = await self.db.run(repo.get_run, run_id)
+        row = await self.db.run(repo.get_run, _text("run id", run_id))
         if row is None:
             raise errors.RunNotFound(f"no run with id {run_id!r} in {self.db.path}")
         return _status(row, await self.db.run(history.current_step, row.rid))
@@ -375,6 +441,13 @@ class Client:
 
         Raises WorkflowFailed, RunCancelled, RunParked, or ResultTimeout after `timeout` seconds.
         """
+        _text("run id", run_id)
+        if timeout is not None and (
+            not isinstance(timeout, int | float) or isinstance(timeout, bool) or not timeout >= 0
+        ):
+            raise errors.InvalidArgument(
+                f"timeout must be a number of seconds >= 0, got {timeout!r}"
+            )
         deadline = None if timeout is None else time.monotonic() + timeout
         delay = _RESULT_POLL_MIN_S
         while True:
@@ -406,10 +479,11 @@ class Client:
 
     async def list(self, status: str | None = None, limit: int = 100) -> list[RunStatus]:
         """Runs, newest first, optionally of one status."""
-        if status is not None and status not in set(vocabulary.RunState):
-            raise errors.ExecutorError(f"unknown status {status!r}")
-        if limit < 1:
-            raise errors.ExecutorError(f"limit must be at least 1, got {limit}")
+        if status is not None and status not in RUN_STATUSES:
+            raise errors.InvalidArgument(
+                f"unknown status {_short(repr(status))}; one of {', '.join(RUN_STATUSES)}"
+            )
+        _int("limit", limit, 1)
         return [_status(r) for r in await self.db.run(repo.list_runs, status, limit)]
 
     async def stats(self) -> dict[str, Any]:
@@ -420,17 +494,19 @@ class Client:
 
     async def cancel(self, run_id: str) -> bool:
         """Cancel a run; False if it had already finished. It stops at its next step."""
-        if await self.db.run(repo.cancel_run, run_id, time.time()):
+        if await self.db.run(repo.cancel_run, _text("run id", run_id), time.time()):
             return True
         await self.status(run_id)  # raises RunNotFound for an unknown id
         return False
 
     async def resume(self, run_id: str) -> bool:
         """Replay a parked run again (after deploying fixed code)."""
-        return await self.db.run(repo.resume_run, run_id, time.time())
+        return await self.db.run(repo.resume_run, _text("run id", run_id), time.time())
 
     async def fail(self, run_id: str, reason: str = "failed by an operator") -> bool:
         """Fail a parked run for good."""
+        _text("run id", run_id)
+        _text("reason", reason, max_bytes=None)
         return await self.db.run(repo.fail_parked_run, run_id, reason, time.time())
 
     # -- signals and published state --
@@ -702,8 +778,7 @@ class Client:
     # -- operator functions: each one transaction --
 
     def _check_shard(self, shard: int) -> None:
-        if not 0 <= shard < self.db.shards:
-            raise errors.ExecutorError(f"shard must be from 0 to {self.db.shards - 1}, got {shard}")
+        _int("shard", shard, 0, self.db.shards - 1)
 
     async def bump_epoch(self) -> int:
         """Make every running engine stop claiming, drain and exit; return the new epoch."""

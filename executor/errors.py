@@ -46,6 +46,14 @@ class SchemaError(StoreError):
     """The database file cannot be used by this version of executor."""
 
 
+class StoreCorrupt(StoreError):
+    """The database file is damaged (SQLite reports corruption); nothing more is written to it."""
+
+
+class InvalidArgument(ExecutorError, ValueError):
+    """An argument is not acceptable (wrong type, out of range, or text that is not valid UTF-8)."""
+
+
 class PayloadError(ExecutorError):
     """A payload could not be serialized, or is larger than the configured limit."""
 

@@ -50,6 +50,7 @@ _EXIT_CODES: tuple[tuple[type[BaseException], ExitCode], ...] = (
     # Order matters: the first match wins, so subclasses come before their bases.
     (UsageError, ExitCode.USAGE),
     (errors.ConfigError, ExitCode.USAGE),
+    (errors.InvalidArgument, ExitCode.USAGE),
     (errors.RegistryError, ExitCode.USAGE),
     (errors.PayloadError, ExitCode.USAGE),
     (errors.IdempotencyConflict, ExitCode.USAGE),

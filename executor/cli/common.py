@@ -51,12 +51,6 @@ def open_client(
 ) -> Client:
     """A client on the configured database. Only `create` verbs may make a new file."""
     cfg = loaded.config
-    path = cfg.database.path
-    if not create and not path.exists():
-        raise errors.StoreError(
-            f"{path}: no database here (database.path from {loaded.sources['database.path']});"
-            " start the daemon or run `executor migrate` first"
-        )
     return Client(
         cfg.database,
         reg=registry.default_registry,
@@ -64,6 +58,7 @@ def open_client(
         payload_limit_bytes=cfg.engine.payload_limit_bytes,
         # A new file must get the daemon's shard count; an existing one keeps its own.
         shards=cfg.engine.shards if create else None,
+        must_exist=False if create else f"database.path from {loaded.sources['database.path']}",
     )
 
 

@@ -130,8 +130,10 @@ def parse_args_json(args: argparse.Namespace) -> list[Any]:
         return []
     try:
         value = json.loads(text)
-    except json.JSONDecodeError as exc:
+    except ValueError as exc:  # JSONDecodeError, or an integer of more than 4,300 digits
         raise UsageError(f"{option}: invalid JSON: {exc}") from None
+    except RecursionError:
+        raise UsageError(f"{option}: the JSON is nested too deeply") from None
     if not isinstance(value, list):
         raise UsageError(
             f"{option}: expected a JSON array of the workflow's arguments, got"

@@ -7,6 +7,8 @@ thread hop per statement would cap us at a few thousand statements a second.
 
 from __future__ import annotations
 
+import asyncio
+import errno
 import functools
 import os
 import sqlite3
@@ -50,17 +52,120 @@ def transaction(
     return wrapper  # type: ignore[return-value]
 
 
-def _classify(path: Path, what: str, exc: sqlite3.Error) -> errors.StoreError:
+def classify(path: Path, what: str, exc: sqlite3.Error, read_only: str | None = None) -> Exception:
+    """The StoreError for a driver error, naming the file and, where SQLite's text is vague
+    ("unable to open database file", "disk I/O error"), the cause the file system reports."""
     text = str(exc)
+    name = getattr(exc, "sqlite_errorname", "")
+    if name.startswith("SQLITE_CORRUPT") or "malformed" in text:
+        return errors.StoreCorrupt(
+            f"{path}: the database file is damaged ({text}); executor stops and writes nothing"
+            " more to it (see docs/RELIABILITY.md: restore a backup, or recover it)"
+        )
+    if name.startswith("SQLITE_NOTADB") or "not a database" in text:
+        return errors.SchemaError(f"{path}: not an SQLite database ({text})")
     if isinstance(exc, sqlite3.OperationalError) and "locked" in text:
-        return errors.StoreBusy(f"{path}: {what}: {text}")
-    if isinstance(exc, sqlite3.DatabaseError) and ("not a database" in text or "malformed" in text):
-        return errors.SchemaError(f"{path}: the file is not a valid executor database ({text})")
+        return errors.StoreBusy(
+            f"{path}: {what}: database is locked (another process held the write lock longer"
+            " than database.busy_timeout_s)"
+        )
     if isinstance(exc, sqlite3.OperationalError | sqlite3.DatabaseError) and (
-        "readonly" in text or "disk" in text or "full" in text or "I/O" in text
+        "readonly" in text or "disk" in text or "full" in text or "I/O" in text or "open" in text
     ):
-        return errors.StoreWriteError(f"{path}: {what}: {text}")
+        cause = read_only or write_blocker(path) or text
+        return errors.StoreWriteError(f"{path}: {what}: cannot write the database: {cause}")
+    if isinstance(exc, sqlite3.InterfaceError | sqlite3.ProgrammingError):
+        # Bad values from a caller that got past validation: the caller's bug, not the file's.
+        return errors.InvalidArgument(f"{path}: {what}: {text}")
     return errors.StoreError(f"{path}: {what}: {text}")
+
+
+def _strerror(exc: OSError) -> str:
+    text = (exc.strerror or str(exc)).lower()
+    if exc.errno == errno.EPERM:
+        text += " (an immutable or append-only attribute? see lsattr)"
+    return text
+
+
+def read_blocker(path: Path) -> str | None:
+    """Why this process cannot read the file at `path`; None if it can open it for reading."""
+    if path.is_dir():
+        return "it is a directory, not a file"
+    try:
+        os.close(os.open(path, os.O_RDONLY))
+    except OSError as exc:
+        return _strerror(exc)
+    return None
+
+
+def write_blocker(path: Path) -> str | None:
+    """Why this process cannot write the database at `path`, as the file system says; None if
+    nothing stops it as far as can be told without writing. Never creates or changes a file."""
+    folder = path.parent
+    if path.is_dir():
+        return "it is a directory, not a file"
+    try:
+        fs = os.statvfs(folder)
+    except OSError as exc:
+        return f"cannot reach the folder {folder}: {_strerror(exc)}"
+    if fs.f_flag & os.ST_RDONLY:
+        return f"{folder} is on a read-only file system"
+    if path.exists():
+        try:
+            os.close(os.open(path, os.O_RDWR))
+        except OSError as exc:
+            return _strerror(exc)
+    # SQLite keeps the -wal and -shm files next to the database and must be able to create them.
+    side_files = [Path(f"{path}{suffix}") for suffix in ("-wal", "-shm")]
+    if not all(f.exists() for f in side_files) and not os.access(folder, os.W_OK | os.X_OK):
+        return f"cannot create files in {folder} (for the -wal and -shm files): permission denied"
+    if (fs.f_bavail == 0 and os.geteuid() != 0) or fs.f_bfree == 0:
+        return f"no space left on the file system of {folder}"
+    return None
+
+
+def _connector(path: Path, read_only: bool, timeout_s: float) -> Callable[[], sqlite3.Connection]:
+    """How to open the file: read-write, or read-only when this process cannot write it. A file
+    without -wal/-shm in a folder we cannot write (a backup, read-only media) is opened
+    `immutable`: SQLite could not create the -shm file that WAL reads need, and no writer is
+    active on it (a writer always has the -shm file)."""
+    if not read_only:
+        # bytes: a path that is not valid UTF-8 (os.fsencode keeps the bytes) still opens.
+        return functools.partial(
+            sqlite3.connect,
+            os.fsencode(path),
+            timeout=timeout_s,
+            isolation_level=None,
+            check_same_thread=False,
+        )
+    return functools.partial(connect_read_only, path, timeout_s)
+
+
+def connect_read_only(path: Path, timeout_s: float) -> sqlite3.Connection:
+    """A connection that can never write the file (SQLite's mode=ro), for reads by a process that
+    cannot or must not write it (`executor check`, read-only verbs on a read-only file)."""
+    absolute = Path(os.path.abspath(path))
+    params = "mode=ro"
+    side_files = [Path(f"{absolute}{suffix}") for suffix in ("-wal", "-shm")]
+    if not any(f.exists() for f in side_files) and not os.access(absolute.parent, os.W_OK):
+        params += "&immutable=1"
+    uri = absolute.as_uri() + "?" + params
+    return sqlite3.connect(
+        uri, uri=True, timeout=timeout_s, isolation_level=None, check_same_thread=False
+    )
+
+
+async def _connect(
+    path: Path, read_only: bool, timeout_s: float, blocker: str | None
+) -> aiosqlite.Connection:
+    pending = aiosqlite.Connection(_connector(path, read_only, timeout_s), 64)
+    try:
+        return await pending
+    except sqlite3.Error as exc:
+        # aiosqlite has queued the stop of its worker thread; wait until the thread has run it,
+        # or it reports to a loop that asyncio.run has closed meanwhile (a thread traceback).
+        await asyncio.to_thread(pending._thread.join, 5.0)
+        raise classify(path, "open", exc, blocker) from exc
 
 
 class Database:
@@ -71,25 +176,37 @@ class Database:
         self._conn = conn
         self._raw = raw
         self.shards = 0
+        # Why this process cannot write the file, when it was opened read-only; else None.
+        self.read_only: str | None = None
+        # Set once SQLite reports corruption: from then on nothing reaches the file.
+        self._corrupt: errors.StoreCorrupt | None = None
 
     @classmethod
-    async def open(cls, cfg: config.DatabaseConfig, *, shards: int | None = None) -> Database:
+    async def open(
+        cls,
+        cfg: config.DatabaseConfig,
+        *,
+        shards: int | None = None,
+        read_only_ok: bool = False,
+    ) -> Database:
         """Open (creating and migrating if needed) the database at cfg.path.
 
         `shards` is recorded when the file is created; a later open with a different count is an
-        error, because every stored run and task already carries its shard.
+        error, because every stored run and task already carries its shard. With `read_only_ok`,
+        a file this process can read but not write opens read-only (reads work; a write fails
+        with StoreWriteError naming why); without, it is refused with that error at once.
         """
         path = Path(cfg.path)
-        _precreate(path, 0o640 if cfg.group_readable else 0o600)
-        try:
-            conn = await aiosqlite.connect(str(path), isolation_level=None, check_same_thread=False)
-        except sqlite3.Error as exc:
-            raise _classify(path, "open", exc) from exc
+        blocker = _prepare(path, 0o640 if cfg.group_readable else 0o600)
+        if blocker is not None and not read_only_ok:
+            raise errors.StoreWriteError(f"{path}: cannot write the database: {blocker}")
+        conn = await _connect(path, blocker is not None, cfg.busy_timeout_s, blocker)
         raw = conn._conn  # the sqlite3 connection; only ever used on aiosqlite's own thread
         db = cls(path, conn, raw)
+        db.read_only = blocker
         try:
-            await db.run(_setup, cfg, path)
-            db.shards = await db.run(_check_shards, shards, path)
+            await db.run(_setup, cfg, path, blocker)
+            db.shards = await db.run(_check_shards, shards, path, blocker is not None)
         except BaseException:
             await conn.close()
             raise
@@ -99,6 +216,8 @@ class Database:
         self, fn: Callable[Concatenate[sqlite3.Connection, P], T], *args: P.args, **kw: P.kwargs
     ) -> T:
         """Run fn(connection, *args) on the database thread and return its result."""
+        if self._corrupt is not None:
+            raise self._corrupt
         try:
             # aiosqlite's queue-and-thread machinery, fed a whole function instead of one
             # statement. test_store.py pins this behaviour so an aiosqlite upgrade cannot
@@ -107,12 +226,45 @@ class Database:
                 fn, self._raw, *args, **kw
             )
         except sqlite3.Error as exc:
-            raise _classify(self.path, getattr(fn, "__name__", "query"), exc) from exc
+            error = classify(self.path, getattr(fn, "__name__", "query"), exc, self.read_only)
+            if isinstance(error, errors.StoreCorrupt):
+                self._corrupt = error
+            raise error from exc
+        except (UnicodeError, OverflowError, RecursionError) as exc:
+            # A value SQLite cannot bind (lone surrogates, an int over 64 bits) that got past the
+            # callers' checks: still an error of ours, never a bare Python one.
+            raise errors.InvalidArgument(
+                f"{self.path}: {getattr(fn, '__name__', 'query')}: {type(exc).__name__}: {exc}"
+            ) from exc
         return result
 
     async def close(self) -> None:
-        """Close the connection (checkpointing the WAL)."""
+        """Close the connection (checkpointing the WAL, unless the file is damaged)."""
         await self._conn.close()
+
+
+def require_file(path: Path, hint: str = "") -> None:
+    """StoreError unless a file exists at `path` (for verbs that must not create a database)."""
+    try:
+        os.stat(path)
+    except FileNotFoundError:
+        raise errors.StoreError(
+            f"{path}: no database here{hint}; start the daemon or run `executor migrate` first"
+        ) from None
+    except OSError as exc:
+        raise errors.StoreError(f"{path}: cannot use this path: {_strerror(exc)}") from exc
+
+
+def _prepare(path: Path, mode: int) -> str | None:
+    """Create the file if missing; return what stops us writing it (see write_blocker). A path
+    the file system refuses outright (too long, a directory, a folder missing) is a StoreError."""
+    try:
+        if path.is_dir():
+            raise errors.StoreError(f"{path}: it is a directory, not a database file")
+        _precreate(path, mode)
+        return write_blocker(path)
+    except OSError as exc:  # ENAMETOOLONG, ELOOP, EACCES on a folder on the way, ...
+        raise errors.StoreError(f"{path}: cannot use this path: {_strerror(exc)}") from exc
 
 
 def _precreate(path: Path, mode: int) -> None:
@@ -126,19 +278,24 @@ def _precreate(path: Path, mode: int) -> None:
     except FileExistsError:
         return
     except OSError as exc:
-        raise errors.StoreError(f"{path}: cannot create the database: {exc}") from exc
+        raise errors.StoreError(f"{path}: cannot create the database: {_strerror(exc)}") from exc
     os.close(fd)
 
 
-def _setup(conn: sqlite3.Connection, cfg: config.DatabaseConfig, path: Path) -> None:
+def _setup(
+    conn: sqlite3.Connection,
+    cfg: config.DatabaseConfig,
+    path: Path,
+    read_only: str | None = None,
+) -> None:
     conn.execute(f"PRAGMA busy_timeout = {int(cfg.busy_timeout_s * 1000)}")
-    # Fail fast (and clearly) on a file that is not SQLite, before changing anything.
+    # Fail fast (and clearly) on a file that is not SQLite or is damaged, before changing anything.
     try:
         app_id = conn.execute("PRAGMA application_id").fetchone()[0]
         version = conn.execute("PRAGMA user_version").fetchone()[0]
         tables = conn.execute("SELECT count(*) FROM sqlite_schema").fetchone()[0]
-    except sqlite3.DatabaseError as exc:
-        raise errors.SchemaError(f"{path}: not an SQLite database ({exc})") from exc
+    except sqlite3.Error as exc:
+        raise classify(path, "open", exc, read_only) from exc
     if app_id != APPLICATION_ID and (app_id != 0 or tables > 0):
         raise errors.SchemaError(
             f"{path}: this SQLite file was not created by executor (application_id={app_id:#x});"
@@ -201,7 +358,9 @@ def _statements(script: str) -> list[str]:
     return out
 
 
-def _check_shards(conn: sqlite3.Connection, shards: int | None, path: Path) -> int:
+def _check_shards(
+    conn: sqlite3.Connection, shards: int | None, path: Path, read_only: bool = False
+) -> int:
     row = conn.execute(sql.Q["select_shards"]).fetchone()
     if row is not None:
         stored = int(row[0])
@@ -211,6 +370,8 @@ def _check_shards(conn: sqlite3.Connection, shards: int | None, path: Path) -> i
                 " (every stored run keeps its shard; use the same count)"
             )
         return stored
+    if read_only:
+        raise errors.SchemaError(f"{path}: no shard count recorded, and the file is read-only")
     if shards is None:
         shards = config.EngineConfig().shards
     conn.execute("BEGIN IMMEDIATE")

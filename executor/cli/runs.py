@@ -28,6 +28,7 @@ from executor.daemon.workflows import import_workflows
 from executor.exitcodes import ExitCode
 from executor.runfilter import parse_label
 from executor.store.history import error_line
+from executor.vocabulary import RunState
 
 
 def register(verbs: Verbs) -> None:
@@ -145,7 +146,7 @@ def parse_args_json(args: argparse.Namespace) -> list[Any]:
 async def _print_result(client: Client, run_id: str, wait: bool, timeout: float | None) -> int:
     if not wait:
         st = await client.status(run_id)
-        if not st.finished and st.status != "parked":
+        if not st.finished and st.status != RunState.PARKED:
             raise NotClean(f"run {run_id} has not finished (status {st.status}); use --wait")
     value = await client.result(run_id, timeout=timeout if wait else 0.0)
     print_json(value)

@@ -247,14 +247,14 @@ async def test_check_is_read_only_and_runs_beside_a_busy_engine(
 
 def test_files_that_are_not_a_current_database_are_refused(tmp_path: Path) -> None:
     missing = tmp_path / "missing.sqlite"
-    with pytest.raises(errors.StoreError, match=re.escape(f"{missing}: no database file here")):
+    with pytest.raises(errors.StoreError, match=re.escape(f"{missing}: no database here")):
         check.check(missing)
     assert not missing.exists()
 
     text = tmp_path / "text.sqlite"
     text.write_text("hello, not a database\n" * 100)
     with pytest.raises(
-        errors.SchemaError, match=re.escape(f"{text}: ") + ".*not a valid executor database"
+        errors.SchemaError, match=re.escape(f"{text}: ") + ".*not an SQLite database"
     ):
         check.check(text)
 
@@ -336,4 +336,4 @@ async def test_the_cli_exits_0_when_clean_and_1_with_a_summary(
     missing = tmp_path / "elsewhere.toml"
     missing.write_text(f'[database]\npath = "{tmp_path / "none.sqlite"}"\n')
     gone = await asyncio.to_thread(_cli, missing)
-    assert gone.returncode == 3 and "no database file here" in gone.stderr
+    assert gone.returncode == 3 and "no database here" in gone.stderr

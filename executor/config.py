@@ -38,6 +38,9 @@ class DatabaseConfig:
     busy_timeout_s: float = 5.0
     # Let the group read the database files (mode 0640 instead of 0600).
     group_readable: bool = False
+    # The daemon runs SQLite's quick_check before it writes anything (about a second per GB):
+    # a damaged file stops it with exit 3 instead of being written to.
+    quick_check_on_start: bool = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -437,6 +440,7 @@ _KEYS: dict[str, _Spec] = {
     "database.durability": _Choice("normal", "full"),
     "database.busy_timeout_s": _Seconds(),
     "database.group_readable": _Bool(),
+    "database.quick_check_on_start": _Bool(),
     "engine.shards": _Int(1, 4096),
     "engine.concurrency": _Int(1, 100_000),
     "engine.poll_interval_s": _Seconds(),

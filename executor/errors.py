@@ -33,6 +33,10 @@ class ConfigError(ExecutorError):
 class StoreError(ExecutorError):
     """The database could not be read or written."""
 
+    # time.monotonic() when the operation that failed began (set by Database.run), so an outage
+    # is timed from its first failed attempt, not from when that attempt gave up waiting.
+    started_at: float | None = None
+
 
 class StoreBusy(StoreError):
     """Another process held the database's write lock for longer than busy_timeout."""

@@ -55,6 +55,39 @@ never prints errors or calls sys.exit itself. Argument types for numbers (`posit
 
 from __future__ import annotations
 
-from executor.cli.app import build_parser, main
+import argparse
+import sys
+from collections.abc import Sequence
+
+from executor.daemon import startsignals
 
 __all__ = ["build_parser", "main"]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Parse the command line, run the verb, and return the exit code."""
+    as_process = argv is None  # the console script or `python -m executor`, not a caller's test
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if as_process and _verb(argv) == "run":
+        # The daemon: a stop from now on is a clean stop, even before the heavy imports below.
+        startsignals.install()
+    from executor.cli import app  # the parser, every verb, and what they import
+
+    return app.main(argv)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from executor.cli import app
+
+    return app.build_parser()
+
+
+def _verb(argv: Sequence[str]) -> str | None:
+    """The verb, found without the parser (which needs every verb module imported)."""
+    rest = iter(argv)
+    for arg in rest:
+        if arg == "--config":
+            next(rest, None)
+        elif not arg.startswith("-"):
+            return arg
+    return None

@@ -25,7 +25,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 
 from executor import config, errors, registry, vocabulary
-from executor.daemon import logs, retention
+from executor.daemon import logs, retention, startsignals
 from executor.daemon.notify import Notifier
 from executor.daemon.workflows import import_workflows
 from executor.engine.engine import Engine, EngineCrashed
@@ -95,10 +95,14 @@ class Daemon:
         logs.setup_logging(cfg.log.level, cfg.log.format, levels=cfg.log.levels)
         files = ", ".join(str(p) for p in self.loaded.files) or "none (defaults and environment)"
         log.info("executor daemon starting (pid %d); config files: %s", os.getpid(), files)
+        if self._stopped_while_starting("before importing the workflows"):
+            return ExitCode.OK
         import_workflows(
             cfg.daemon.workflows, f"{self.loaded.sources['daemon.workflows']}: daemon.workflows"
         )
         _log_workflows(cfg.daemon.workflows)
+        if self._stopped_while_starting("before opening the database"):
+            return ExitCode.OK
         with asyncio.Runner(loop_factory=factory) as runner:
             return runner.run(self._serve())
 
@@ -108,11 +112,20 @@ class Daemon:
         # Installed before the engine starts, so a SIGTERM during startup still means "drain".
         for sig in _HANDLED_SIGNALS:
             loop.add_signal_handler(sig, self._on_signal, sig)
+        # What arrived before these handlers (see startsignals); a SIGHUP then asked to re-read
+        # the config this start has just read.
+        self._signals += [s for s in startsignals.take() if s in startsignals.STOP_SIGNALS]
         try:
             return await self._serve_engine(type(loop).__module__.split(".")[0])
         finally:
             for sig in _HANDLED_SIGNALS:
                 loop.remove_signal_handler(sig)
+
+    def _stopped_while_starting(self, stage: str) -> bool:
+        name = startsignals.stop_requested()
+        if name is not None:
+            log.info("received %s while starting, %s: exiting without starting", name, stage)
+        return name is not None
 
     def _on_signal(self, signum: int) -> None:
         # Runs as a loop callback (add_signal_handler), but still: record and wake, nothing more.
@@ -125,6 +138,10 @@ class Daemon:
     async def _serve_engine(self, loop_name: str) -> int:
         assert self._wake is not None
         cfg = self.cfg
+        if self._signals:
+            name = signal.Signals(self._signals[0]).name
+            log.info("received %s while starting, before opening the database: exiting", name)
+            return ExitCode.OK
         engine = Engine(
             cfg.engine,
             cfg.database,

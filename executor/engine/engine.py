@@ -189,7 +189,7 @@ class Engine:
         if self.state is not EngineState.NEW:
             raise errors.ExecutorError("an Engine can be started once")
         self.limiter.check_steps(self.registry.steps.values())  # a typo'd limit: refuse to start
-        self.db = db = await Database.open(self.db_cfg, shards=self.cfg.shards)
+        self.db = db = await Database.open(self.db_cfg, shards=self.cfg.shards, verify=True)
         try:
             self.engine_id, self.epoch = await db.run(
                 engines.register_engine,
@@ -201,13 +201,10 @@ class Engine:
             await reclaim_dead_local_engines(db, self.engine_id)
             # Limit counts start empty: whatever an earlier engine parked may be claimed again.
             await db.run(engines.unpark_all)
-        except errors.EngineHeld as exc:
-            await db.close()
-            raise errors.EngineHeld(f"{db.path}: {exc.message}") from None
-        except BaseException:
-            # An open database's worker thread keeps the interpreter alive: a start that failed
-            # here (e.g. "database is locked") must close it, or the process never exits.
-            await db.close()
+        except BaseException as exc:
+            await db.close()  # an open connection's thread would keep the process alive (issue 9)
+            if isinstance(exc, errors.EngineHeld):
+                raise errors.EngineHeld(f"{db.path}: {exc.message}") from None
             raise
         self._pieces = p = _Pieces(self, db)
         self.state = EngineState.RUNNING

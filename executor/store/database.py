@@ -12,6 +12,7 @@ import errno
 import functools
 import os
 import sqlite3
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Concatenate, ParamSpec, TypeVar
@@ -188,6 +189,7 @@ class Database:
         *,
         shards: int | None = None,
         read_only_ok: bool = False,
+        verify: bool = False,
     ) -> Database:
         """Open (creating and migrating if needed) the database at cfg.path.
 
@@ -195,6 +197,7 @@ class Database:
         error, because every stored run and task already carries its shard. With `read_only_ok`,
         a file this process can read but not write opens read-only (reads work; a write fails
         with StoreWriteError naming why); without, it is refused with that error at once.
+        `verify`: run SQLite's quick_check before anything is written (StoreCorrupt if it fails).
         """
         path = Path(cfg.path)
         blocker = _prepare(path, 0o640 if cfg.group_readable else 0o600)
@@ -205,7 +208,7 @@ class Database:
         db = cls(path, conn, raw)
         db.read_only = blocker
         try:
-            await db.run(_setup, cfg, path, blocker)
+            await db.run(_setup, cfg, path, blocker, verify)
             db.shards = await db.run(_check_shards, shards, path, blocker is not None)
         except BaseException:
             await conn.close()
@@ -218,6 +221,7 @@ class Database:
         """Run fn(connection, *args) on the database thread and return its result."""
         if self._corrupt is not None:
             raise self._corrupt
+        started = time.monotonic()
         try:
             # aiosqlite's queue-and-thread machinery, fed a whole function instead of one
             # statement. test_store.py pins this behaviour so an aiosqlite upgrade cannot
@@ -229,6 +233,8 @@ class Database:
             error = classify(self.path, getattr(fn, "__name__", "query"), exc, self.read_only)
             if isinstance(error, errors.StoreCorrupt):
                 self._corrupt = error
+            if isinstance(error, errors.StoreError):
+                error.started_at = started
             raise error from exc
         except (UnicodeError, OverflowError, RecursionError) as exc:
             # A value SQLite cannot bind (lone surrogates, an int over 64 bits) that got past the
@@ -287,6 +293,7 @@ def _setup(
     cfg: config.DatabaseConfig,
     path: Path,
     read_only: str | None = None,
+    verify: bool = False,
 ) -> None:
     conn.execute(f"PRAGMA busy_timeout = {int(cfg.busy_timeout_s * 1000)}")
     # Fail fast (and clearly) on a file that is not SQLite or is damaged, before changing anything.
@@ -319,6 +326,20 @@ def _setup(
         if number <= version:
             continue
         _migrate(conn, number, name, script, path)
+
+
+def _quick_check(conn: sqlite3.Connection, path: Path) -> None:
+    try:
+        problems = [row[0] for row in conn.execute("PRAGMA quick_check(20)")]
+    except sqlite3.Error as exc:
+        raise classify(path, "quick_check", exc) from exc
+    if problems != ["ok"]:
+        raise errors.StoreCorrupt(
+            f"{path}: the database file is damaged (quick_check: {' '.join(problems[0].split())}"
+            + (f"; and {len(problems) - 1} more problems" if len(problems) > 1 else "")
+            + "); executor writes nothing to it (see docs/RELIABILITY.md: restore a backup,"
+            " or recover it)"
+        )
 
 
 def _migrate(conn: sqlite3.Connection, number: int, name: str, script: str, path: Path) -> None:

@@ -482,17 +482,12 @@ def load_config(
 ) -> LoadedConfig:
     """Read the base file, its drop-ins and the environment; validate; freeze."""
     env = os.environ if env is None else env
-    base = _base_file(config_path, env)
-    files: list[Path] = []
-    if base is not None:
-        files.append(base)
-        dropins = base.parent / DROPIN_DIR_NAME
-        if dropins.is_dir():
-            # Dot-files are editor and package-manager leftovers, not configuration.
-            found = (
-                p for p in dropins.glob("*.toml") if p.is_file() and not p.name.startswith(".")
-            )
-            files.extend(sorted(found, key=lambda p: p.name))
+    try:
+        files = _files(config_path, env)
+    except OSError as exc:  # a folder on the way we may not enter, a name too long, ...
+        raise ConfigError(
+            f"{exc.filename}: cannot read: {(exc.strerror or str(exc)).lower()}"
+        ) from exc
 
     values: dict[str, object] = {}
     sources = dict.fromkeys(_KEYS, DEFAULT_SOURCE)
@@ -571,6 +566,22 @@ def diff_live(old: Config, new: Config) -> tuple[list[str], list[str]]:
     if old.schedules != new.schedules:
         live.append(SCHEDULES_SECTION)
     return live, restart
+
+
+def _files(config_path: Path | None, env: Mapping[str, str]) -> list[Path]:
+    """The base file and its drop-ins, in the order they apply."""
+    base = _base_file(config_path, env)
+    files: list[Path] = []
+    if base is not None:
+        files.append(base)
+        dropins = base.parent / DROPIN_DIR_NAME
+        if dropins.is_dir():
+            # Dot-files are editor and package-manager leftovers, not configuration.
+            found = (
+                p for p in dropins.glob("*.toml") if p.is_file() and not p.name.startswith(".")
+            )
+            files.extend(sorted(found, key=lambda p: p.name))
+    return files
 
 
 def _base_file(config_path: Path | None, env: Mapping[str, str]) -> Path | None:

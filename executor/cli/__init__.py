@@ -56,6 +56,7 @@ never prints errors or calls sys.exit itself. Argument types for numbers (`posit
 from __future__ import annotations
 
 import argparse
+import io
 import sys
 from collections.abc import Sequence
 
@@ -71,6 +72,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if as_process and _verb(argv) == "run":
         # The daemon: a stop from now on is a clean stop, even before the heavy imports below.
         startsignals.install()
+    if as_process:
+        _never_fail_to_print()
     from executor.cli import app  # the parser, every verb, and what they import
 
     return app.main(argv)
@@ -80,6 +83,14 @@ def build_parser() -> argparse.ArgumentParser:
     from executor.cli import app
 
     return app.build_parser()
+
+
+def _never_fail_to_print() -> None:
+    """A path that is not valid UTF-8 is printed as its own bytes on stdout (so it can be copied
+    back), and escaped on stderr (so an error line stays text); neither raises."""
+    for stream, errors in ((sys.stdout, "surrogateescape"), (sys.stderr, "backslashreplace")):
+        if isinstance(stream, io.TextIOWrapper):
+            stream.reconfigure(errors=errors)
 
 
 def _verb(argv: Sequence[str]) -> str | None:

@@ -34,9 +34,15 @@ def import_workflows(modules: Sequence[str], source: str = "daemon.workflows") -
         except BaseException as exc:  # SystemExit from a module body too
             if isinstance(exc, KeyboardInterrupt):
                 raise
+            # A module that is not there needs no traceback; one that failed in its body does.
+            missing = (
+                isinstance(exc, ModuleNotFoundError)
+                and exc.name is not None
+                and (name == exc.name or name.startswith(exc.name + "."))
+            )
             raise WorkflowImportError(
                 f"{source}: cannot import workflow module {name!r}: {type(exc).__name__}: {exc}",
-                "".join(traceback.format_exception(exc)),
+                "" if missing else "".join(traceback.format_exception(exc)),
             ) from exc
     # Annotations naming classes defined later in their module are resolved now: a type that
     # cannot be stored stops the daemon here, not at a step's first call.

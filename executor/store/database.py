@@ -126,10 +126,8 @@ def write_blocker(path: Path) -> str | None:
 
 
 def _connector(path: Path, read_only: bool, timeout_s: float) -> Callable[[], sqlite3.Connection]:
-    """How to open the file: read-write, or read-only when this process cannot write it. A file
-    without -wal/-shm in a folder we cannot write (a backup, read-only media) is opened
-    `immutable`: SQLite could not create the -shm file that WAL reads need, and no writer is
-    active on it (a writer always has the -shm file)."""
+    """How to open the file: read-write, or read-only when this process cannot write it (see
+    connect_read_only)."""
     if not read_only:
         # bytes: a path that is not valid UTF-8 (os.fsencode keeps the bytes) still opens.
         return functools.partial(
@@ -144,11 +142,15 @@ def _connector(path: Path, read_only: bool, timeout_s: float) -> Callable[[], sq
 
 def connect_read_only(path: Path, timeout_s: float) -> sqlite3.Connection:
     """A connection that can never write the file (SQLite's mode=ro), for reads by a process that
-    cannot or must not write it (`executor check`, read-only verbs on a read-only file)."""
+    cannot or must not write it (`executor check`, read-only verbs on a read-only file). A file
+    without -wal/-shm that we cannot write (a backup, read-only media, a full disk) opens
+    `immutable`: no writer has it open (a writer always has the -shm file)."""
     absolute = Path(os.path.abspath(path))
     params = "mode=ro"
     side_files = [Path(f"{absolute}{suffix}") for suffix in ("-wal", "-shm")]
-    if not any(f.exists() for f in side_files) and not os.access(absolute.parent, os.W_OK):
+    # Without -wal and -shm no connection has the file open, and SQLite could not create -shm
+    # (which WAL reads need) where we cannot write: read it as the file it is.
+    if not any(f.exists() for f in side_files) and write_blocker(absolute) is not None:
         params += "&immutable=1"
     uri = absolute.as_uri() + "?" + params
     return sqlite3.connect(
@@ -313,6 +315,16 @@ def _setup(
             f"{path}: schema version {version} is newer than this executor supports"
             f" ({SCHEMA_VERSION}); upgrade executor"
         )
+    if verify and tables:
+        _quick_check(conn, path)
+    if read_only is not None:
+        if version < SCHEMA_VERSION:
+            raise errors.SchemaError(
+                f"{path}: schema version {version}, but this executor reads version"
+                f" {SCHEMA_VERSION}, and the file cannot be migrated here ({read_only});"
+                " run `executor migrate` where it can be written"
+            )
+        return
     if version == 0 and tables == 0:
         # Only possible before the first table: lets purges give space back to the file system
         # in small steps (PRAGMA incremental_vacuum) instead of one VACUUM of the whole file.

@@ -469,3 +469,20 @@ async def outage(ctx: WorkflowContext, log_path: str, flag_path: str, key: str) 
     doc = await fetch_doc(log_path, key)
     text = await call_model(log_path, flag_path, key, doc)
     return await save(log_path, key, text)
+
+
+@step
+async def stamp(log_path: str, tag: str, seconds: float) -> int:
+    """Log `start TAG PID`, sleep, log `end TAG PID`; return the pid of the process that ran it."""
+    _append(log_path, f"start {tag} {os.getpid()}")
+    await asyncio.sleep(seconds)
+    _append(log_path, f"end {tag} {os.getpid()}")
+    return os.getpid()
+
+
+@workflow(name="stamps")
+async def stamps(ctx: WorkflowContext, log_path: str, n: int, seconds: float) -> list[int]:
+    """n stamp steps at once; the result says which process ran each one."""
+    return list(
+        await asyncio.gather(*(stamp(log_path, f"{ctx.run_id}:{i}", seconds) for i in range(n)))
+    )

@@ -608,7 +608,7 @@ async def test_a_step_naming_an_unconfigured_limit_is_refused_at_start(db_path: 
 @pytest.mark.anyio
 async def test_concurrency_key_must_be_a_string(db_path: Path) -> None:
     async with Client(db_path, reg=REG) as c:
-        with pytest.raises(errors.ExecutorError, match="concurrency_key must be"):
+        with pytest.raises(errors.ExecutorError, match="concurrency_key must not be empty"):
             await c.start(call, "free", 1, concurrency_key="")
         with pytest.raises(errors.ExecutorError, match="concurrency_key must be"):
             await c.start_many(call, [["free", 1]], concurrency_keys=[7])  # type: ignore[list-item]

@@ -153,29 +153,36 @@ class Daemon:
         )
         self.engine = engine
         await engine.start()
-        stop_metrics = _serve_metrics(cfg)
+        stop_metrics: Callable[[], None] = _no_metrics
         purging = asyncio.create_task(
             retention.run(lambda: self.cfg, asyncio.Event()), name="executor.daemon.retention"
         )
         purging.add_done_callback(_retention_ended)
         waiter = asyncio.create_task(engine.wait(), name="executor.daemon.engine-wait")
         waiter.add_done_callback(lambda _: self._wake.set() if self._wake else None)
-        load = engine.load()
-        log.info(
-            "daemon ready: pid %d, %s loop, database %s, %d slots (%d per shard)",
-            os.getpid(),
-            loop_name,
-            cfg.database.path,
-            load["slots"],
-            engine.concurrency,
-        )
-        self.notifier.ready(self._status_text())
         try:
+            stop_metrics = _serve_metrics(cfg)
+            load = engine.load()
+            log.info(
+                "daemon ready: pid %d, %s loop, database %s, %d slots (%d per shard)",
+                os.getpid(),
+                loop_name,
+                cfg.database.path,
+                load["slots"],
+                engine.concurrency,
+            )
+            self.notifier.ready(self._status_text())
             await self._main_loop(waiter)
         except asyncio.CancelledError:
             # An outer cancel (e.g. the loop's owner going away) is a graceful stop, not an abort.
             self._begin_stop("the daemon task was cancelled")
             await asyncio.shield(asyncio.wait([waiter]))
+            raise
+        except BaseException:
+            # A bug of ours, or the metrics port taken: still stop the engine, which closes the
+            # database; an open connection's thread would keep the process from ever exiting.
+            self._begin_stop("the daemon failed")
+            await asyncio.wait([waiter], timeout=self._shutdown_limit_s())
             raise
         finally:
             stop_metrics()
@@ -370,6 +377,10 @@ class Daemon:
         state = "draining" if self.engine.draining else "running"
         load = " ".join(f"{key}={value}" for key, value in self.engine.load().items())
         return f"{state}: {load}"
+
+
+def _no_metrics() -> None:
+    """What stops the metrics endpoint when there is none."""
 
 
 def _serve_metrics(cfg: config.Config) -> Callable[[], None]:

@@ -230,7 +230,7 @@ def test_a_file_the_user_can_read_but_not_write(
         return subprocess.run(
             [
                 *prefix,
-                shutil.which("python3") or "python3",
+                sys.executable,
                 "-m",
                 "executor",
                 *argv,
@@ -276,3 +276,29 @@ def test_a_full_file_system_is_named_at_start(
         # Space again: the daemon starts.
         again = daemons.start(config).ready()
         assert again.stop() == 0
+
+
+def test_a_workflow_module_that_does_not_exist_is_one_line(tmp_path: Path) -> None:
+    config = write_config(tmp_path, daemon={"workflows": ["no_such_flows_module"]})
+    one_error(
+        cli(config, "start", "echo", "--args", "[1]"),
+        2,
+        "cannot import workflow module 'no_such_flows_module': ModuleNotFoundError",
+    )
+    daemon_error = cli(config, "run")
+    assert daemon_error.returncode == 2 and "Traceback" not in daemon_error.stderr
+
+
+def test_a_config_in_a_folder_the_user_cannot_enter_is_exit_2(tmp_path: Path) -> None:
+    prefix = faults.as_nobody()
+    config = write_config(tmp_path)  # pytest's tmp folders are root's, mode 0700
+    done = subprocess.run(
+        [*prefix, sys.executable, "-m", "executor", "list", "--config", str(config)],
+        capture_output=True,
+        text=True,
+        env=child_env(),
+        cwd="/",
+        timeout=60,
+        check=False,
+    )
+    one_error(done, 2, str(config), "permission denied")

@@ -285,6 +285,7 @@ def assert_clean(db: Path) -> None:
 @example(argv=["status", "x"], env={"EXECUTOR_DATABASE_PATH": "a" * 300}, config_bytes=b"")
 @example(argv=["list"], env={}, config_bytes=b"[database]\npath = '" + b"b" * 300 + b"'")
 @example(argv=["list"], env={}, config_bytes=b"\xff\xfe")
+@example(argv=["fail-pending", "--shard=--", "--yes"], env={}, config_bytes=b"")  # found by it
 @given(
     argv=argv(),
     env=environment(),

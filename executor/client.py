@@ -99,6 +99,13 @@ def _int(what: str, value: object, low: int, high: int = _INT64_MAX) -> int:
     return value
 
 
+def _seconds(what: str, value: object) -> float:
+    """A number of seconds >= 0 (inf allowed: wait for ever), else InvalidArgument."""
+    if isinstance(value, bool) or not isinstance(value, int | float) or not value >= 0:
+        raise errors.InvalidArgument(f"{what} must be a number of seconds >= 0, got {value!r}")
+    return float(value)
+
+
 def _user_version(conn: sqlite3.Connection) -> int:
     return int(conn.execute("PRAGMA user_version").fetchone()[0])
 
@@ -180,8 +187,7 @@ class ActionReport:
 
 
 def _check_name(what: str, value: object) -> None:
-    if not isinstance(value, str) or not value:
-        raise errors.ExecutorError(f"{what} must be a non-empty string, got {value!r}")
+    _text(what, value)
 
 
 class Client:
@@ -431,7 +437,7 @@ class Client:
     async def history(self, run_id: str) -> history.RunHistory:
         """The run whole: every journal position (kind, name, status, attempts, last error,
         start, end, duration) and what the run waits on now."""
-        found = await self.db.run(history.run_history, run_id, time.time())
+        found = await self.db.run(history.run_history, _text("run id", run_id), time.time())
         if found is None:
             raise errors.RunNotFound(f"no run with id {run_id!r} in {self.db.path}")
         return found
@@ -442,12 +448,9 @@ class Client:
         Raises WorkflowFailed, RunCancelled, RunParked, or ResultTimeout after `timeout` seconds.
         """
         _text("run id", run_id)
-        if timeout is not None and (
-            not isinstance(timeout, int | float) or isinstance(timeout, bool) or not timeout >= 0
-        ):
-            raise errors.InvalidArgument(
-                f"timeout must be a number of seconds >= 0, got {timeout!r}"
-            )
+        if timeout is not None:
+            _seconds("timeout", timeout)
+
         deadline = None if timeout is None else time.monotonic() + timeout
         delay = _RESULT_POLL_MIN_S
         while True:
@@ -522,8 +525,9 @@ class Client:
         (and returns True). Works with or without a running daemon.
         """
         _check_name("topic", topic)
-        if key is not None and (not isinstance(key, str) or not key):
-            raise errors.ExecutorError(f"key must be a non-empty string, got {key!r}")
+        _text("run id", run_id)
+        if key is not None:
+            _text("key", key)
         blob = codec.encode(payload, what=f"signal {topic} payload", limit=self.payload_limit_bytes)
         sent = await self.db.run(signals.send_signal, run_id, topic, blob, key, time.time())
         if sent is None:
@@ -536,7 +540,9 @@ class Client:
         If it has published none yet, wait up to `wait` seconds for one; then return `default`
         (also at once when the run has finished without publishing it).
         """
+        _text("run id", run_id)
         _check_name("key", key)
+        _seconds("wait", wait)
         deadline = time.monotonic() + wait
         delay = _RESULT_POLL_MIN_S
         while True:

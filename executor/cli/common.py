@@ -88,6 +88,17 @@ def with_client(
     return asyncio.run(go())
 
 
+def parse_json(option: str, text: str) -> Any:
+    """JSON from the command line, or UsageError naming the option: invalid JSON, an integer of
+    over 4,300 digits, or nesting deeper than Python's parser goes."""
+    try:
+        return json.loads(text)
+    except ValueError as exc:  # JSONDecodeError, or the integer-digits limit
+        raise UsageError(f"{option}: invalid JSON: {exc}") from None
+    except RecursionError:
+        raise UsageError(f"{option}: the JSON is nested too deeply") from None
+
+
 # --- output ---------------------------------------------------------------------------------------
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 from typing import Any
@@ -17,6 +16,7 @@ from executor.cli.common import (
     UsageError,
     Verbs,
     load,
+    parse_json,
     print_json,
     seconds,
     show,
@@ -129,12 +129,7 @@ def parse_args_json(args: argparse.Namespace) -> list[Any]:
         option, text = "--args", args.args
     else:
         return []
-    try:
-        value = json.loads(text)
-    except ValueError as exc:  # JSONDecodeError, or an integer of more than 4,300 digits
-        raise UsageError(f"{option}: invalid JSON: {exc}") from None
-    except RecursionError:
-        raise UsageError(f"{option}: the JSON is nested too deeply") from None
+    value = parse_json(option, text)
     if not isinstance(value, list):
         raise UsageError(
             f"{option}: expected a JSON array of the workflow's arguments, got"

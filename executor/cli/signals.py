@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import argparse
-import json
 from typing import Any
 
 from executor.cli.common import (
     RUN_ARG_HELP,
     NotClean,
-    UsageError,
     Verbs,
+    parse_json,
     print_json,
     seconds,
     with_client,
@@ -54,10 +53,7 @@ def register(verbs: Verbs) -> None:
 
 
 def cmd_signal(args: argparse.Namespace) -> int:
-    try:
-        payload = json.loads(args.payload)
-    except json.JSONDecodeError as exc:
-        raise UsageError(f"--payload: invalid JSON: {exc}") from None
+    payload = parse_json("--payload", args.payload)
 
     async def go(client: Client) -> int:
         if not await client.signal(args.run, args.topic, payload, key=args.key):

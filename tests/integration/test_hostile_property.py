@@ -101,6 +101,9 @@ def argv(draw: st.DrawFn) -> list[str]:
                 "clear-task-queue",
                 "clear-replay-queue",
                 "nonsense",
+                "show",
+                "signal",
+                "event",
             ]
         )
     )
@@ -109,8 +112,16 @@ def argv(draw: st.DrawFn) -> list[str]:
     # instead of stopping at argparse (which the acceptance tests cover).
     options: list[str] = []
     positionals: list[str] = []
-    if verb in ("status", "cancel", "resume"):
+    if verb in ("status", "cancel", "resume", "show"):
         positionals.append(run)
+    elif verb == "signal":
+        positionals += [run, draw(TEXT)]
+        if draw(st.booleans()):
+            options.append(f"--payload={draw(JSON_ARGS)}")
+        if draw(st.booleans()):
+            options.append(f"--key={draw(TEXT)}")
+    elif verb == "event":
+        positionals += [run, draw(TEXT)]
     elif verb == "result":
         positionals.append(run)
         if draw(st.booleans()):
@@ -286,6 +297,7 @@ def assert_clean(db: Path) -> None:
 @example(argv=["list"], env={}, config_bytes=b"[database]\npath = '" + b"b" * 300 + b"'")
 @example(argv=["list"], env={}, config_bytes=b"\xff\xfe")
 @example(argv=["fail-pending", "--shard=--", "--yes"], env={}, config_bytes=b"")  # found by it
+@example(argv=["signal", "--payload=" + "[" * 20000, "--", "r", "t"], env={}, config_bytes=b"")
 @given(
     argv=argv(),
     env=environment(),
@@ -344,9 +356,16 @@ def client_call(draw: st.DrawFn) -> tuple[str, tuple[Any, ...], dict[str, Any]]:
                 "fail_pending_tasks",
                 "clear_task_queue",
                 "clear_replay_queue",
+                "history",
+                "signal",
+                "get_event",
             ]
         )
     )
+    if method == "signal":
+        return method, (draw(ANYTHING), draw(ANYTHING), draw(ANYTHING)), {"key": draw(ANYTHING)}
+    if method == "get_event":
+        return method, (draw(ANYTHING), draw(ANYTHING)), {"wait": draw(st.sampled_from([0, -1]))}
     if method == "start":
         kwargs = {
             name: draw(ANYTHING)

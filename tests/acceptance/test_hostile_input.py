@@ -176,12 +176,12 @@ def test_a_directory_in_place_of_the_file_is_named_without_a_thread_traceback(
     daemon_error(cli(config, "run"), "is a directory")
 
 
-READ_VERBS = ("status", "result", "list", "check", "stats")
+READ_VERBS = ("status", "result", "show", "list", "check", "stats")
 
 
 def assert_read_verbs_work(config: Path, run_id: str, env: dict[str, str] | None = None) -> None:
     for verb in READ_VERBS:
-        argv = [verb, run_id] if verb in ("status", "result") else [verb]
+        argv = [verb, run_id] if verb in ("status", "result", "show") else [verb]
         done = (
             cli(config, *argv, "--json", env=env)
             if verb != "result"
@@ -246,7 +246,7 @@ def test_a_file_the_user_can_read_but_not_write(
         )
 
     for verb in READ_VERBS:
-        argv = [verb, run_id] if verb in ("status", "result") else [verb]
+        argv = [verb, run_id] if verb in ("status", "result", "show") else [verb]
         done = run(*argv)
         assert done.returncode == 0, (verb, done.stderr)
     one_error(run("start", "echo", "--args", "[1]"), 3, "permission denied")

@@ -57,6 +57,19 @@ def finished(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
     return directory / "executor.sqlite", run_id
 
 
+def as_nobody(config: Path, *argv: str) -> subprocess.CompletedProcess[str]:
+    """`python -m executor ARGV --config CONFIG` as user nobody (skips where that cannot be)."""
+    return subprocess.run(
+        [*faults.as_nobody(), sys.executable, "-m", "executor", *argv, "--config", str(config)],
+        capture_output=True,
+        text=True,
+        env=child_env(),
+        cwd="/",
+        timeout=60,
+        check=False,
+    )
+
+
 def copy_of(finished: tuple[Path, str], directory: Path) -> tuple[Path, Path, str]:
     """The finished database copied into `directory` (no -wal/-shm: a cleanly closed file), with
     a config for it."""
@@ -217,7 +230,7 @@ def test_a_file_the_user_can_read_but_not_write(
 ) -> None:
     """Root's file, world-readable, in a folder the user cannot write (a backup): as user nobody,
     read verbs work and writes say 'permission denied'."""
-    prefix = faults.as_nobody()
+    faults.as_nobody()  # skips the test early where this machine cannot run as nobody
     # pytest's tmp_path sits in folders only root may enter: use a world-readable one.
     folder = Path(tempfile.mkdtemp(prefix="executor-backup-"))
     request.addfinalizer(lambda: shutil.rmtree(folder, ignore_errors=True))
@@ -227,23 +240,7 @@ def test_a_file_the_user_can_read_but_not_write(
     config.chmod(0o644)
 
     def run(*argv: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [
-                *prefix,
-                sys.executable,
-                "-m",
-                "executor",
-                *argv,
-                "--config",
-                str(config),
-            ],
-            capture_output=True,
-            text=True,
-            env=child_env(),
-            cwd="/",
-            timeout=60,
-            check=False,
-        )
+        return as_nobody(config, *argv)
 
     for verb in READ_VERBS:
         argv = [verb, run_id] if verb in ("status", "result", "show") else [verb]
@@ -290,15 +287,7 @@ def test_a_workflow_module_that_does_not_exist_is_one_line(tmp_path: Path) -> No
 
 
 def test_a_config_in_a_folder_the_user_cannot_enter_is_exit_2(tmp_path: Path) -> None:
-    prefix = faults.as_nobody()
+    faults.as_nobody()  # skips the test early where this machine cannot run as nobody
     config = write_config(tmp_path)  # pytest's tmp folders are root's, mode 0700
-    done = subprocess.run(
-        [*prefix, sys.executable, "-m", "executor", "list", "--config", str(config)],
-        capture_output=True,
-        text=True,
-        env=child_env(),
-        cwd="/",
-        timeout=60,
-        check=False,
-    )
+    done = as_nobody(config, "list")
     one_error(done, 2, str(config), "permission denied")

@@ -578,6 +578,7 @@ class Client:
         Schedules from `[schedules.NAME]` in the config are reconciled by the daemon; those made
         here are left alone by reloads.
         """
+        _text("schedule name", name)
         wf_name, _, wf = self._resolve(workflow)
         if wf is not None:
             wf.check_args((0.0, *args))
@@ -586,12 +587,12 @@ class Client:
         try:
             schedules.validate(spec, f"schedule {name!r}")
         except errors.ConfigError as exc:
-            raise errors.ExecutorError(exc.message) from None
+            raise errors.InvalidArgument(exc.message) from None
         await self.db.run(stored_schedules.put, spec, time.time())
         return await self.get_schedule(name)
 
     async def get_schedule(self, name: str) -> ScheduleInfo:
-        row = await self.db.run(stored_schedules.get, name)
+        row = await self.db.run(stored_schedules.get, _text("schedule name", name))
         if row is None:
             raise errors.ScheduleNotFound(f"no schedule named {name!r} in {self.db.path}")
         return ScheduleInfo.of(row)
@@ -603,7 +604,7 @@ class Client:
     async def unschedule(self, name: str) -> bool:
         """Delete a schedule (its runs go on); False if there was none. One from the config
         comes back at the daemon's next start or reload unless it is removed there too."""
-        return await self.db.run(stored_schedules.delete, name)
+        return await self.db.run(stored_schedules.delete, _text("schedule name", name))
 
     async def pause_schedule(self, name: str) -> bool:
         """Stop starting runs (until resumed); False if it was paused already."""
@@ -614,6 +615,7 @@ class Client:
         return await self._pause(name, False)
 
     async def _pause(self, name: str, paused: bool) -> bool:
+        _text("schedule name", name)
         done = await self.db.run(stored_schedules.set_paused, name, paused, time.time())
         if done is None:
             raise errors.ScheduleNotFound(f"no schedule named {name!r} in {self.db.path}")
@@ -621,7 +623,9 @@ class Client:
 
     async def trigger_schedule(self, name: str) -> str:
         """Start a run of the schedule now (paused or not); return its id."""
-        run_id = await self.db.run(stored_schedules.trigger, name, time.time())
+        run_id = await self.db.run(
+            stored_schedules.trigger, _text("schedule name", name), time.time()
+        )
         if run_id is None:
             raise errors.ScheduleNotFound(f"no schedule named {name!r} in {self.db.path}")
         return run_id

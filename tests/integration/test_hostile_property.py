@@ -359,6 +359,10 @@ def client_call(draw: st.DrawFn) -> tuple[str, tuple[Any, ...], dict[str, Any]]:
                 "history",
                 "signal",
                 "get_event",
+                "get_schedule",
+                "pause_schedule",
+                "trigger_schedule",
+                "unschedule",
             ]
         )
     )

@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import secrets
 import signal
 import sqlite3
 import time
@@ -112,7 +113,8 @@ def populated(tmp_path: Path) -> tuple[Path, Path]:
     checkpointed into the file."""
     config, db = migrated(tmp_path)
     for _ in range(4):
-        done = cli(config, "start", "echo", "--args", '["' + "y" * 20000 + '"]')
+        # Incompressible: large arguments are stored compressed (the payload store).
+        done = cli(config, "start", "echo", "--args", f'["{secrets.token_hex(10000)}"]')
         assert done.returncode == 0, done.stderr
     with sqlite3.connect(db) as conn:
         conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
@@ -131,9 +133,12 @@ def test_a_damaged_file_stops_the_daemon_with_exit_3_and_is_never_written(
     assert code == 3, daemon.log()
     assert_one_clean_error(daemon.log(), str(db), "damaged", "writes nothing")
     assert sha256(db) == before
-    # Read-only tools still work on it: check reports the damage (exit 1), it does not crash.
+    # Read-only tools still report on it: check names the damage (corrupt_file, exit 1), or,
+    # when the damage is where even the schema cannot be read, one line saying so (exit 3).
     checked = cli(config, "check")
-    assert checked.returncode == 1 and "corrupt_file" in checked.stdout, checked
+    assert (checked.returncode, "corrupt_file" in checked.stdout) == (1, True) or (
+        checked.returncode == 3 and "damaged" in checked.stderr
+    ), checked
 
 
 # --- 3. a stop during start-up --------------------------------------------------------------------

@@ -641,6 +641,7 @@ class Client:
         succeed. A result of the old attempt that arrives late is dropped. Raises RunNotFound, or
         RunStateError for a running or succeeded run or a position past the journal.
         """
+        _text("run id", run_id)
         _check_position(from_step, required=False)
         return await self.db.run(actions.retry_run, run_id, from_step, time.time())
 
@@ -652,6 +653,7 @@ class Client:
         code from there. The original is not changed, whatever its status. ctx.now(),
         ctx.random() and ctx.uuid() give the kept prefix the values they had. The fork gets the
         original's labels unless `labels` is given. Returns the new run's id."""
+        _text("run id", run_id)
         _check_position(from_step, required=True)
         stored = runfilter.check_labels(labels)
         shard = self._next_shard % self.db.shards
@@ -810,9 +812,9 @@ class Client:
 def _check_position(pos: int | None, *, required: bool) -> None:
     if pos is None and not required:
         return
-    if isinstance(pos, bool) or not isinstance(pos, int) or pos < 0:
-        raise errors.ExecutorError(
-            f"from_step must be a journal position (an int >= 0), got {pos!r}"
+    if isinstance(pos, bool) or not isinstance(pos, int) or not 0 <= pos <= _INT64_MAX:
+        raise errors.InvalidArgument(
+            f"from_step must be a journal position (an int >= 0), got {_short(repr(pos))}"
         )
 
 

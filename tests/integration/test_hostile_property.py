@@ -363,9 +363,13 @@ def client_call(draw: st.DrawFn) -> tuple[str, tuple[Any, ...], dict[str, Any]]:
                 "pause_schedule",
                 "trigger_schedule",
                 "unschedule",
+                "retry",
+                "fork",
             ]
         )
     )
+    if method in ("retry", "fork"):
+        return method, (draw(ANYTHING), draw(ANYTHING)), {}
     if method == "signal":
         return method, (draw(ANYTHING), draw(ANYTHING), draw(ANYTHING)), {"key": draw(ANYTHING)}
     if method == "get_event":

@@ -88,20 +88,24 @@ def _strerror(exc: OSError) -> str:
     return text
 
 
+# These two never open the database file: closing any descriptor of a file drops every POSIX
+# lock this process holds on it, so an open-and-close here, beside a live connection in the same
+# process (the daemon's retention Client next to its engine), silently broke SQLite's locking and
+# the engine stopped seeing other processes' commits. os.access and stat open nothing.
+
+
 def read_blocker(path: Path) -> str | None:
-    """Why this process cannot read the file at `path`; None if it can open it for reading."""
+    """Why this process cannot read the file at `path`; None if it may."""
     if path.is_dir():
         return "it is a directory, not a file"
-    try:
-        os.close(os.open(path, os.O_RDONLY))
-    except OSError as exc:
-        return _strerror(exc)
+    if path.exists() and not os.access(path, os.R_OK):
+        return "permission denied"
     return None
 
 
 def write_blocker(path: Path) -> str | None:
     """Why this process cannot write the database at `path`, as the file system says; None if
-    nothing stops it as far as can be told without writing. Never creates or changes a file."""
+    nothing stops it as far as can be told without writing. Opens, creates and changes nothing."""
     folder = path.parent
     if path.is_dir():
         return "it is a directory, not a file"
@@ -111,11 +115,10 @@ def write_blocker(path: Path) -> str | None:
         return f"cannot reach the folder {folder}: {_strerror(exc)}"
     if fs.f_flag & os.ST_RDONLY:
         return f"{folder} is on a read-only file system"
-    if path.exists():
-        try:
-            os.close(os.open(path, os.O_RDWR))
-        except OSError as exc:
-            return _strerror(exc)
+    if path.exists() and not os.access(path, os.W_OK):
+        if os.geteuid() == 0:  # root passes permission bits: only an attribute refuses it
+            return "operation not permitted (an immutable or append-only attribute? see lsattr)"
+        return "permission denied"
     # SQLite keeps the -wal and -shm files next to the database and must be able to create them.
     side_files = [Path(f"{path}{suffix}") for suffix in ("-wal", "-shm")]
     if not all(f.exists() for f in side_files) and not os.access(folder, os.W_OK | os.X_OK):

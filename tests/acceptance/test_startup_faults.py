@@ -240,6 +240,15 @@ def stamps_log(path: Path) -> list[tuple[str, str, int]]:
     return out
 
 
+def heartbeat_age(config: Path, pid: int) -> float:
+    """Seconds since the engine of process `pid` last beat, from `executor stats`."""
+    done = cli(config, "stats", "--json")
+    assert done.returncode == 0, done.stderr
+    stats = json.loads(done.stdout)
+    (beat,) = [e["heartbeat_at"] for e in stats["engines"] if e["pid"] == pid]
+    return time.time() - float(beat)
+
+
 def process_state(pid: int) -> str:
     """R, S, T (stopped), ... from /proc/PID/stat."""
     return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
@@ -278,6 +287,9 @@ def test_a_daemon_stopped_past_its_lease_loses_its_claims_and_cannot_record_them
     finished_by_a = {tag for what, tag, pid in stamps_log(steps_log) if what == "end"}
     assert len(finished_by_a) < n * runs, "A finished every step before it was stopped"
     try:
+        # A second daemon refuses to start beside a live one; A counts as gone once its
+        # heartbeat is older than the lease (its pid is alive, but frozen).
+        poll(lambda: heartbeat_age(config, a.pid) > 1.2, "daemon A's heartbeat to go stale")
         b = daemons.start(config).ready()
         for run_id in started:
             done = cli(config, "result", run_id, "--wait", "--timeout", str(DEADLINE_S))

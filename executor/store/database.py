@@ -202,7 +202,8 @@ class Database:
         error, because every stored run and task already carries its shard. With `read_only_ok`,
         a file this process can read but not write opens read-only (reads work; a write fails
         with StoreWriteError naming why); without, it is refused with that error at once.
-        `verify`: run SQLite's quick_check before anything is written (StoreCorrupt if it fails).
+        `verify` (the engine): unless database.quick_check_on_start is off, run SQLite's
+        quick_check before anything is written (StoreCorrupt if it fails).
         """
         path = Path(cfg.path)
         blocker = _prepare(path, 0o640 if cfg.group_readable else 0o600)
@@ -318,7 +319,7 @@ def _setup(
             f"{path}: schema version {version} is newer than this executor supports"
             f" ({SCHEMA_VERSION}); upgrade executor"
         )
-    if verify and tables:
+    if verify and cfg.quick_check_on_start and tables:
         _quick_check(conn, path)
     if read_only is not None:
         if version < SCHEMA_VERSION:

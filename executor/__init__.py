@@ -12,7 +12,6 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from executor.client import Client as Client
-    from executor.client import RunStatus as RunStatus
     from executor.codec import register_codec as register_codec
     from executor.config import Config as Config
     from executor.config import DatabaseConfig as DatabaseConfig
@@ -39,11 +38,12 @@ if TYPE_CHECKING:
     from executor.registry import RetryPolicy as RetryPolicy
     from executor.registry import step as step
     from executor.registry import workflow as workflow
+    from executor.runinfo import RunStatus as RunStatus
 
 # Public name -> the module that defines it.
 _EXPORTS = {
     "Client": "executor.client",
-    "RunStatus": "executor.client",
+    "RunStatus": "executor.runinfo",
     "register_codec": "executor.codec",
     "Config": "executor.config",
     "DatabaseConfig": "executor.config",

@@ -7,190 +7,41 @@ file. Every call is one short transaction, safe while engines run.
 from __future__ import annotations
 
 import asyncio
-import builtins
 import random
 import sqlite3
 import time
 import uuid
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from executor import codec, config, errors, registry, runfilter, schedules, vocabulary
+from executor import (
+    bulk,
+    codec,
+    config,
+    errors,
+    registry,
+    runfilter,
+    runinfo,
+    validate,
+    vocabulary,
+)
 from executor.runfilter import RunFilter
+from executor.runinfo import RUN_STATUSES, ActionReport, RunPage, RunStatus
+from executor.scheduling import ScheduleCalls
 from executor.store import actions, database, engines, history, overview, queues, sharding, signals
 from executor.store import repository as repo
-from executor.store import schedules as stored_schedules
 from executor.store.database import Database
 
-# Every run status, the unfinished ones first (for `executor list --status` and the stats table).
-RUN_STATUSES: tuple[str, ...] = (
-    vocabulary.RunState.RUNNING,
-    vocabulary.RunState.PARKED,
-    *sorted(vocabulary.FINISHED),
-)
-# Idempotency, shard and concurrency keys, run ids and workflow names: at most this many bytes of
-# UTF-8, so a stray file's contents passed as a key is refused, not indexed.
-MAX_KEY_BYTES = 1024
-_INT64_MAX = 2**63 - 1
 _RESULT_POLL_MIN_S = 0.01
 _RESULT_POLL_MAX_S = 0.5
-
-
-@dataclass(frozen=True, slots=True)
-class RunStatus:
-    id: str
-    workflow: str
-    version: str | None
-    status: str  # running | parked | succeeded | failed | cancelled
-    shard: int
-    created_at: float
-    updated_at: float
-    finished_at: float | None
-    events: int  # journal results recorded so far
-    error: dict[str, Any] | None
-    # Client.status only: the pending step with the highest position, else the last one
-    # ({pos, kind, name, status, attempts, error}); None in lists and for a run with no steps.
-    current_step: dict[str, Any] | None = None
-    labels: dict[str, str] = field(default_factory=dict)
-    generation: int = 0  # retries in place so far
-    forked_from: str | None = None  # the run this one was forked from
-
-    @property
-    def finished(self) -> bool:
-        return self.status in vocabulary.FINISHED
-
-    def to_dict(self) -> dict[str, Any]:
-        return {f: getattr(self, f) for f in self.__slots__}
-
-
-def _text(what: str, value: object, *, max_bytes: int | None = MAX_KEY_BYTES) -> str:
-    """`value` if it is a non-empty str that encodes as UTF-8 within max_bytes, else
-    InvalidArgument naming `what`: SQLite stores text as UTF-8, and an empty key is almost always
-    an unset variable (every run would share it)."""
-    if not isinstance(value, str):
-        raise errors.InvalidArgument(f"{what} must be a string, got {type(value).__name__}")
-    if not value:
-        raise errors.InvalidArgument(f"{what} must not be empty")
-    try:
-        size = len(value.encode())
-    except UnicodeEncodeError as exc:
-        raise errors.InvalidArgument(
-            f"{what} is not valid UTF-8 text ({exc.reason} at character {exc.start}):"
-            f" {_short(value)}"
-        ) from None
-    if max_bytes is not None and size > max_bytes:
-        raise errors.InvalidArgument(f"{what} is {size} bytes long; the limit is {max_bytes}")
-    return value
-
-
-def _short(value: str) -> str:
-    text = ascii(value)
-    return text if len(text) <= 60 else text[:57] + "..."
-
-
-def _int(what: str, value: object, low: int, high: int = _INT64_MAX) -> int:
-    if not isinstance(value, int) or isinstance(value, bool):
-        raise errors.InvalidArgument(f"{what} must be an integer, got {type(value).__name__}")
-    if not low <= value <= high:
-        shown = value if abs(value) < 10**30 else f"an integer of {len(str(abs(value)))} digits"
-        raise errors.InvalidArgument(f"{what} must be from {low} to {high}, got {shown}")
-    return value
-
-
-def _seconds(what: str, value: object) -> float:
-    """A number of seconds >= 0 (inf allowed: wait for ever), else InvalidArgument."""
-    if isinstance(value, bool) or not isinstance(value, int | float) or not value >= 0:
-        raise errors.InvalidArgument(f"{what} must be a number of seconds >= 0, got {value!r}")
-    return float(value)
 
 
 def _user_version(conn: sqlite3.Connection) -> int:
     return int(conn.execute("PRAGMA user_version").fetchone()[0])
 
 
-def _status(row: vocabulary.RunRow, step: history.CurrentStep | None = None) -> RunStatus:
-    return RunStatus(
-        id=row.id,
-        workflow=row.workflow,
-        version=row.version,
-        status=row.status,
-        shard=row.shard,
-        created_at=row.created_at,
-        updated_at=row.updated_at,
-        finished_at=row.finished_at,
-        events=row.last_seq,
-        error=None if row.error is None else codec.decode(row.error),
-        current_step=None if step is None else step._asdict(),
-        labels={} if row.labels is None else codec.decode(row.labels),
-        generation=row.generation,
-        forked_from=row.forked_from,
-    )
-
-
-@dataclass(frozen=True, slots=True)
-class ScheduleInfo:
-    name: str
-    workflow: str
-    cron: str
-    timezone: str
-    args: list[Any]
-    catchup: str
-    overlap: str
-    source: str  # config | client
-    paused: bool
-    next_fire_at: float
-    last_fire_at: float | None
-    last_run_id: str | None
-    fired: int  # runs started
-    skipped: int  # ticks not started (catch-up or overlap policy)
-
-    @classmethod
-    def of(cls, row: stored_schedules.ScheduleRow) -> ScheduleInfo:
-        return cls(**{**row._asdict(), "args": codec.decode(row.args), "paused": bool(row.paused)})
-
-    def to_dict(self) -> dict[str, Any]:
-        return {f: getattr(self, f) for f in self.__slots__}
-
-
-@dataclass(frozen=True, slots=True)
-class RunPage:
-    """A page of runs, newest first; `cursor` fetches the next one (None: this was the last)."""
-
-    runs: list[RunStatus]
-    cursor: str | None
-
-
-@dataclass(frozen=True, slots=True)
-class ActionReport:
-    """What an action on runs by filter did (over every attempt, if it was resumed)."""
-
-    id: int
-    action: str
-    acted: int  # runs changed
-    skipped: int  # runs that matched but were no longer in a state to act on
-    resumed: bool  # it continued an unfinished action with the same action, filter, parameters
-    done: bool
-    filter: RunFilter
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "id": self.id,
-            "action": self.action,
-            "acted": self.acted,
-            "skipped": self.skipped,
-            "resumed": self.resumed,
-            "done": self.done,
-            "filter": self.filter.describe(),
-        }
-
-
-def _check_name(what: str, value: object) -> None:
-    _text(what, value)
-
-
-class Client:
+class Client(ScheduleCalls):
     """Start and manage runs in one database file.
 
     `database`: the file (a path or a DatabaseConfig). Without it, the client reads the same
@@ -293,9 +144,9 @@ class Client:
             return workflow.name, workflow.version, workflow
         if not isinstance(workflow, str) or not workflow:
             raise errors.RegistryError(
-                f"workflow must be a name or a @workflow, got {_short(repr(workflow))}"
+                f"workflow must be a name or a @workflow, got {validate.short(repr(workflow))}"
             )
-        _text("workflow name", workflow)
+        validate.text("workflow name", workflow)
         known = self.registry.workflows.get(workflow)
         if known is None and self.strict:
             self.registry.workflow(workflow)  # raises, listing the known names
@@ -323,11 +174,11 @@ class Client:
         where = f"{name} arguments" + ("" if index is None else f" (run #{index})")
         blob = codec.encode(list(args), what=where, limit=self.payload_limit_bytes)
         if key is not None:
-            _text("idempotency_key", key)
+            validate.text("idempotency_key", key)
         if concurrency_key is not None:
-            _text("concurrency_key", concurrency_key)
+            validate.text("concurrency_key", concurrency_key)
         if shard_key is not None:
-            _text("shard_key", shard_key)
+            validate.text("shard_key", shard_key)
             run_id = str(uuid.uuid4())
             shard = sharding.shard_of(shard_key, self.db.shards)
         else:
@@ -425,10 +276,10 @@ class Client:
     # -- watching --
 
     async def status(self, run_id: str) -> RunStatus:
-        row = await self.db.run(repo.get_run, _text("run id", run_id))
+        row = await self.db.run(repo.get_run, validate.text("run id", run_id))
         if row is None:
             raise errors.RunNotFound(f"no run with id {run_id!r} in {self.db.path}")
-        return _status(row, await self.db.run(history.current_step, row.rid))
+        return runinfo.status_of(row, await self.db.run(history.current_step, row.rid))
 
     async def progress(self, where: RunFilter | None = None) -> overview.BatchProgress:
         """A batch's runs by status and the steps they finished: the runs `where` selects."""
@@ -437,7 +288,7 @@ class Client:
     async def history(self, run_id: str) -> history.RunHistory:
         """The run whole: every journal position (kind, name, status, attempts, last error,
         start, end, duration) and what the run waits on now."""
-        found = await self.db.run(history.run_history, _text("run id", run_id), time.time())
+        found = await self.db.run(history.run_history, validate.text("run id", run_id), time.time())
         if found is None:
             raise errors.RunNotFound(f"no run with id {run_id!r} in {self.db.path}")
         return found
@@ -447,9 +298,9 @@ class Client:
 
         Raises WorkflowFailed, RunCancelled, RunParked, or ResultTimeout after `timeout` seconds.
         """
-        _text("run id", run_id)
+        validate.text("run id", run_id)
         if timeout is not None:
-            _seconds("timeout", timeout)
+            validate.seconds("timeout", timeout)
 
         deadline = None if timeout is None else time.monotonic() + timeout
         delay = _RESULT_POLL_MIN_S
@@ -484,10 +335,10 @@ class Client:
         """Runs, newest first, optionally of one status."""
         if status is not None and status not in RUN_STATUSES:
             raise errors.InvalidArgument(
-                f"unknown status {_short(repr(status))}; one of {', '.join(RUN_STATUSES)}"
+                f"unknown status {validate.short(repr(status))}; one of {', '.join(RUN_STATUSES)}"
             )
-        _int("limit", limit, 1)
-        return [_status(r) for r in await self.db.run(repo.list_runs, status, limit)]
+        validate.integer("limit", limit, 1)
+        return [runinfo.status_of(r) for r in await self.db.run(repo.list_runs, status, limit)]
 
     async def stats(self) -> dict[str, Any]:
         """Per shard: queued, in flight, replay backlog, oldest queued age, timers; runs."""
@@ -497,19 +348,19 @@ class Client:
 
     async def cancel(self, run_id: str) -> bool:
         """Cancel a run; False if it had already finished. It stops at its next step."""
-        if await self.db.run(repo.cancel_run, _text("run id", run_id), time.time()):
+        if await self.db.run(repo.cancel_run, validate.text("run id", run_id), time.time()):
             return True
         await self.status(run_id)  # raises RunNotFound for an unknown id
         return False
 
     async def resume(self, run_id: str) -> bool:
         """Replay a parked run again (after deploying fixed code)."""
-        return await self.db.run(repo.resume_run, _text("run id", run_id), time.time())
+        return await self.db.run(repo.resume_run, validate.text("run id", run_id), time.time())
 
     async def fail(self, run_id: str, reason: str = "failed by an operator") -> bool:
         """Fail a parked run for good."""
-        _text("run id", run_id)
-        _text("reason", reason, max_bytes=None)
+        validate.text("run id", run_id)
+        validate.text("reason", reason, max_bytes=None)
         return await self.db.run(repo.fail_parked_run, run_id, reason, time.time())
 
     # -- signals and published state --
@@ -524,10 +375,10 @@ class Client:
         makes the send idempotent: a repeated send with the same key to the same run is a no-op
         (and returns True). Works with or without a running daemon.
         """
-        _check_name("topic", topic)
-        _text("run id", run_id)
+        validate.name("topic", topic)
+        validate.text("run id", run_id)
         if key is not None:
-            _text("key", key)
+            validate.text("key", key)
         blob = codec.encode(payload, what=f"signal {topic} payload", limit=self.payload_limit_bytes)
         sent = await self.db.run(signals.send_signal, run_id, topic, blob, key, time.time())
         if sent is None:
@@ -540,9 +391,9 @@ class Client:
         If it has published none yet, wait up to `wait` seconds for one; then return `default`
         (also at once when the run has finished without publishing it).
         """
-        _text("run id", run_id)
-        _check_name("key", key)
-        _seconds("wait", wait)
+        validate.text("run id", run_id)
+        validate.name("key", key)
+        validate.seconds("wait", wait)
         deadline = time.monotonic() + wait
         delay = _RESULT_POLL_MIN_S
         while True:
@@ -558,78 +409,6 @@ class Client:
             await asyncio.sleep(min(delay, left))
             delay = min(_RESULT_POLL_MAX_S, delay * 1.5)
 
-    # -- schedules --
-
-    async def schedule(
-        self,
-        name: str,
-        workflow: str | registry.WorkflowDef[Any],
-        cron: str,
-        *args: Any,
-        timezone: str = "UTC",
-        catchup: str = "skip",
-        overlap: str = "skip",
-    ) -> ScheduleInfo:
-        """Run `workflow(tick, *args)` on `cron` (create or replace the schedule `name`).
-
-        The workflow's first argument is the tick's time (UNIX seconds). `catchup` (skip, once,
-        all) decides which ticks missed while no engine ran are started; `overlap` (skip, allow,
-        cancel) what a tick does while the previous run still runs (executor/schedules.py).
-        Schedules from `[schedules.NAME]` in the config are reconciled by the daemon; those made
-        here are left alone by reloads.
-        """
-        _text("schedule name", name)
-        wf_name, _, wf = self._resolve(workflow)
-        if wf is not None:
-            wf.check_args((0.0, *args))
-        codec.encode(list(args), what=f"schedule {name} arguments", limit=self.payload_limit_bytes)
-        spec = schedules.ScheduleSpec(name, wf_name, cron, timezone, tuple(args), catchup, overlap)
-        try:
-            schedules.validate(spec, f"schedule {name!r}")
-        except errors.ConfigError as exc:
-            raise errors.InvalidArgument(exc.message) from None
-        await self.db.run(stored_schedules.put, spec, time.time())
-        return await self.get_schedule(name)
-
-    async def get_schedule(self, name: str) -> ScheduleInfo:
-        row = await self.db.run(stored_schedules.get, _text("schedule name", name))
-        if row is None:
-            raise errors.ScheduleNotFound(f"no schedule named {name!r} in {self.db.path}")
-        return ScheduleInfo.of(row)
-
-    async def schedules(self) -> builtins.list[ScheduleInfo]:
-        """Every schedule, by name."""
-        return [ScheduleInfo.of(r) for r in await self.db.run(stored_schedules.list_all)]
-
-    async def unschedule(self, name: str) -> bool:
-        """Delete a schedule (its runs go on); False if there was none. One from the config
-        comes back at the daemon's next start or reload unless it is removed there too."""
-        return await self.db.run(stored_schedules.delete, _text("schedule name", name))
-
-    async def pause_schedule(self, name: str) -> bool:
-        """Stop starting runs (until resumed); False if it was paused already."""
-        return await self._pause(name, True)
-
-    async def resume_schedule(self, name: str) -> bool:
-        """Start runs again from the next tick (ticks missed while paused are skipped)."""
-        return await self._pause(name, False)
-
-    async def _pause(self, name: str, paused: bool) -> bool:
-        _text("schedule name", name)
-        done = await self.db.run(stored_schedules.set_paused, name, paused, time.time())
-        if done is None:
-            raise errors.ScheduleNotFound(f"no schedule named {name!r} in {self.db.path}")
-        return done
-
-    async def trigger_schedule(self, name: str) -> str:
-        """Start a run of the schedule now (paused or not); return its id."""
-        run_id = await self.db.run(
-            stored_schedules.trigger, _text("schedule name", name), time.time()
-        )
-        if run_id is None:
-            raise errors.ScheduleNotFound(f"no schedule named {name!r} in {self.db.path}")
-        return run_id
-
     # -- repairing runs --
 
     async def retry(self, run_id: str, from_step: int | None = None) -> int:
@@ -641,8 +420,8 @@ class Client:
         succeed. A result of the old attempt that arrives late is dropped. Raises RunNotFound, or
         RunStateError for a running or succeeded run or a position past the journal.
         """
-        _text("run id", run_id)
-        _check_position(from_step, required=False)
+        validate.text("run id", run_id)
+        validate.position(from_step, required=False)
         return await self.db.run(actions.retry_run, run_id, from_step, time.time())
 
     async def fork(
@@ -653,8 +432,8 @@ class Client:
         code from there. The original is not changed, whatever its status. ctx.now(),
         ctx.random() and ctx.uuid() give the kept prefix the values they had. The fork gets the
         original's labels unless `labels` is given. Returns the new run's id."""
-        _text("run id", run_id)
-        _check_position(from_step, required=True)
+        validate.text("run id", run_id)
+        validate.position(from_step, required=True)
         stored = runfilter.check_labels(labels)
         shard = self._next_shard % self.db.shards
         self._next_shard += 1
@@ -683,11 +462,11 @@ class Client:
         """Matching runs, newest first, `limit` at a time; pass the page's cursor for the next."""
         if limit < 1:
             raise errors.ExecutorError(f"limit must be at least 1, got {limit}")
-        before = _parse_cursor(cursor)
+        before = validate.cursor(cursor)
         rows = await self.db.run(actions.page_runs, where or RunFilter(), before, limit + 1)
         more = len(rows) > limit
         rows = rows[:limit]
-        return RunPage([_status(r) for r in rows], str(rows[-1].rid) if more else None)
+        return RunPage([runinfo.status_of(r) for r in rows], str(rows[-1].rid) if more else None)
 
     async def act(
         self,
@@ -715,48 +494,17 @@ class Client:
         space back to the file system as it goes (files made before version 4 of the schema
         only reuse it; see `executor vacuum`).
         """
-        if action not in actions.ACTIONS:
-            raise errors.ExecutorError(
-                f"unknown action {action!r}; expected one of {actions.ACTIONS}"
-            )
-        if batch_size < 1:
-            raise errors.ExecutorError(f"batch_size must be at least 1, got {batch_size}")
-        _check_position(from_step, required=False)
-        params: dict[str, Any] = {}
-        if from_step is not None:
-            params["from_step"] = from_step
-        if reason is not None:
-            params["reason"] = reason
-        if spec is None:
-            spec = where.to_json()
-        spec = actions.spec_of(spec, params)
-        state = await self.db.run(actions.begin_action, action, spec, where, time.time())
-        acted, skipped, cursor, done = state.acted, state.skipped, state.cursor, False
-        began, paced = time.monotonic(), 0
-        while not done:
-            if max_rate is not None and max_rate > 0:
-                ahead = began + paced / max_rate - time.monotonic()
-                if ahead > 0:
-                    await asyncio.sleep(ahead)
-            batch = await self.db.run(
-                actions.action_batch, state, action, params, cursor, batch_size, time.time()
-            )
-            acted += batch.acted
-            skipped += batch.skipped
-            paced += batch.acted + batch.skipped
-            cursor, done = batch.cursor, batch.done
-            if action == actions.PURGE and batch.acted:
-                await self.db.run(actions.collect_payloads)
-                # The space back in short writes, each a chance for the engine to commit.
-                while await self.db.run(actions.vacuum_step) >= actions.VACUUM_STEP_PAGES:
-                    pass
-            if on_batch is not None:
-                on_batch(
-                    ActionReport(
-                        state.id, action, acted, skipped, state.resumed, done, state.filter
-                    )
-                )
-        return ActionReport(state.id, action, acted, skipped, state.resumed, True, state.filter)
+        return await bulk.act(
+            self.db,
+            action,
+            where,
+            from_step=from_step,
+            reason=reason,
+            batch_size=batch_size,
+            spec=spec,
+            on_batch=on_batch,
+            max_rate=max_rate,
+        )
 
     async def forget_actions(self, before: float) -> int:
         """Delete the records of actions by filter that finished before `before` (UNIX s)."""
@@ -790,7 +538,7 @@ class Client:
     # -- operator functions: each one transaction --
 
     def _check_shard(self, shard: int) -> None:
-        _int("shard", shard, 0, self.db.shards - 1)
+        validate.integer("shard", shard, 0, self.db.shards - 1)
 
     async def bump_epoch(self) -> int:
         """Make every running engine stop claiming, drain and exit; return the new epoch."""
@@ -807,24 +555,3 @@ class Client:
     async def clear_replay_queue(self, shard: int) -> int:
         self._check_shard(shard)
         return await self.db.run(repo.clear_replay_queue, shard, time.time())
-
-
-def _check_position(pos: int | None, *, required: bool) -> None:
-    if pos is None and not required:
-        return
-    if isinstance(pos, bool) or not isinstance(pos, int) or not 0 <= pos <= _INT64_MAX:
-        raise errors.InvalidArgument(
-            f"from_step must be a journal position (an int >= 0), got {_short(repr(pos))}"
-        )
-
-
-def _parse_cursor(cursor: str | None) -> int | None:
-    if cursor is None:
-        return None
-    try:
-        value = int(cursor)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise errors.ExecutorError(f"not a cursor of `runs`: {cursor!r}")
-    return value

@@ -9,7 +9,6 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import json
-import math
 import os
 import re
 import tomllib
@@ -19,6 +18,8 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Literal
 
+from executor import configvalues as cv
+from executor.configvalues import LoggerLevels
 from executor.errors import ConfigError
 from executor.schedules import ScheduleSpec, from_table
 
@@ -70,15 +71,6 @@ class EngineConfig:
 class DaemonConfig:
     workflows: tuple[str, ...] = ()
     loop: LoopKind = "auto"
-
-
-class LoggerLevels(tuple[tuple[str, str], ...]):
-    """[log.levels]: (logger name, level) pairs, sorted by name; a table in TOML."""
-
-    __slots__ = ()
-
-    def __str__(self) -> str:
-        return ", ".join(f"{name}={level}" for name, level in self) or "none"
 
 
 @dataclass(frozen=True, slots=True)
@@ -182,15 +174,9 @@ CONCURRENCY_KEYS_SECTION = "concurrency_keys"
 SCHEDULES_SECTION = "schedules"  # [schedules.NAME] (executor/schedules.py); live on SIGHUP
 _LIMIT_FIELDS = tuple(f.name for f in dataclasses.fields(LimitSpec) if f.name != "name")
 _LIMIT_NAME = re.compile(r"[A-Za-z0-9_-]+")
-_BARE_KEY = re.compile(r"[A-Za-z0-9_-]+")
-MAX_RATE = 10**12
-MAX_KEY_CAP = 100_000
 
 _KIB = 1024
 _GIB = 1024 * 1024 * 1024
-_MAX_SHOWN_CHARS = 80  # long offending values are cut so each error stays one readable line
-_ENV_TRUE = frozenset({"true", "1", "yes"})
-_ENV_FALSE = frozenset({"false", "0", "no"})
 
 _SECTIONS: dict[
     str,
@@ -217,255 +203,37 @@ class LoadedConfig:
     sources: Mapping[str, str]
 
 
-class _Invalid(Exception):
-    """A value does not fit its key; the caller adds the origin and the key."""
-
-    def __init__(self, expected: str, got: str | None = None, suffix: str = "") -> None:
-        super().__init__(expected)
-        self.expected = expected
-        self.got = got  # replaces the shown value when only a part of it is wrong
-        self.suffix = suffix  # e.g. "[2]" for one bad list entry
-
-
-class _Spec:
-    """How one key's value is checked, and how its environment variable is read."""
-
-    expected = "a value"
-    # What the environment variable may hold, when it differs from the TOML form.
-    env_expected: str | None = None
-
-    def parse(self, value: object) -> object:
-        raise NotImplementedError
-
-    def from_env(self, text: str) -> object:
-        return text
-
-    def fail(self) -> _Invalid:
-        return _Invalid(self.expected)
-
-
-class _Int(_Spec):
-    def __init__(self, low: int, high: int | None = None) -> None:
-        self.low = low
-        self.high = high
-        self.expected = (
-            f"an integer >= {low}" if high is None else f"an integer from {low} to {high}"
-        )
-
-    def parse(self, value: object) -> object:
-        # bool is an int subclass, but `concurrency = true` is a mistake, not 1.
-        if (
-            type(value) is not int
-            or value < self.low
-            or (self.high is not None and value > self.high)
-        ):
-            raise self.fail()
-        return value
-
-    def from_env(self, text: str) -> object:
-        try:
-            return int(text.strip())
-        except ValueError:
-            return text
-
-
-class _Seconds(_Spec):
-    expected = "a number of seconds greater than 0"
-
-    def parse(self, value: object) -> object:
-        # bool is an int subclass, but `lease_s = true` is a mistake, not 1 second.
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            raise self.fail()
-        seconds = float(value)
-        if not math.isfinite(seconds) or seconds <= 0:
-            raise self.fail()
-        return seconds
-
-    def from_env(self, text: str) -> object:
-        try:
-            return float(text.strip())
-        except ValueError:
-            return text
-
-
-class _Fraction(_Spec):
-    """A number within (low, high), each end included or not."""
-
-    def __init__(self, low: float, high: float, *, low_open: bool, high_open: bool) -> None:
-        self.low, self.high, self.low_open, self.high_open = low, high, low_open, high_open
-        left, right = ("(" if low_open else "["), (")" if high_open else "]")
-        self.expected = f"a number in {left}{low:g}, {high:g}{right}"
-
-    def parse(self, value: object) -> object:
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            raise self.fail()
-        x = float(value)
-        low_ok = x > self.low if self.low_open else x >= self.low
-        high_ok = x < self.high if self.high_open else x <= self.high
-        if not (math.isfinite(x) and low_ok and high_ok):
-            raise self.fail()
-        return x
-
-
-class _Days(_Spec):
-    expected = "a number of days >= 0 (0: never)"
-
-    def parse(self, value: object) -> object:
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            raise self.fail()
-        days = float(value)
-        if not math.isfinite(days) or days < 0:
-            raise self.fail()
-        return days
-
-    def from_env(self, text: str) -> object:
-        try:
-            return float(text.strip())
-        except ValueError:
-            return text
-
-
-class _Bool(_Spec):
-    expected = "true or false"
-    env_expected = "true, false, yes, no, 1 or 0"
-
-    def parse(self, value: object) -> object:
-        if type(value) is not bool:
-            raise self.fail()
-        return value
-
-    def from_env(self, text: str) -> object:
-        word = text.strip().lower()
-        if word in _ENV_TRUE:
-            return True
-        if word in _ENV_FALSE:
-            return False
-        return text
-
-
-class _Choice(_Spec):
-    def __init__(self, *choices: str) -> None:
-        self.choices = choices
-        self.expected = "one of " + ", ".join(f'"{choice}"' for choice in choices)
-
-    def parse(self, value: object) -> object:
-        if value not in self.choices:
-            raise self.fail()
-        return value
-
-
-class _Path(_Spec):
-    expected = "a non-empty path string"
-
-    def parse(self, value: object) -> object:
-        if not isinstance(value, str) or not value or "\0" in value:
-            raise self.fail()
-        return Path(value)
-
-
-class _Modules(_Spec):
-    expected = "a list of dotted module names"
-    env_expected = "a comma-separated list of dotted module names"
-    item_expected = 'a dotted module name like "myapp.workflows"'
-
-    def parse(self, value: object) -> object:
-        if not isinstance(value, list):
-            raise self.fail()
-        for index, item in enumerate(value):
-            if not isinstance(item, str) or not all(
-                part.isidentifier() for part in item.split(".")
-            ):
-                raise _Invalid(self.item_expected, _show(item), f"[{index}]")
-        return tuple(value)
-
-    def from_env(self, text: str) -> object:
-        # An empty variable means "no modules", which lets the environment clear a file's list.
-        return [item.strip() for item in text.split(",")] if text.strip() else []
-
-
-class _Host(_Spec):
-    expected = 'a host name or address to listen on, like "127.0.0.1"'
-
-    def parse(self, value: object) -> object:
-        if not isinstance(value, str) or not value or any(c.isspace() for c in value):
-            raise self.fail()
-        return value
-
-
-class _Levels(_Spec):
-    expected = 'a table of logger names and levels, like { httpx = "warning" }'
-    env_expected = "comma-separated logger=level pairs, like httpx=warning,openai=error"
-
-    def parse(self, value: object) -> object:
-        if not isinstance(value, dict):
-            raise self.fail()
-        value = _flatten(value)
-        for name, level in value.items():
-            if not name or not all(part for part in name.split(".")):
-                raise _Invalid("a dotted logger name", _show(name), f".{_toml_key(name)}")
-            if level not in _LEVEL_NAMES:
-                choices = ", ".join(f'"{n}"' for n in _LEVEL_NAMES)
-                raise _Invalid(f"one of {choices}", _show(level), f".{_toml_key(name)}")
-        return LoggerLevels(sorted((name, str(level)) for name, level in value.items()))
-
-    def from_env(self, text: str) -> object:
-        pairs: dict[str, str] = {}
-        for item in text.split(","):
-            if not item.strip():
-                continue
-            name, sep, level = item.partition("=")
-            if not sep:
-                return text  # not a table: parse() refuses it with the expected form
-            pairs[name.strip()] = level.strip()
-        return pairs
-
-
-_LEVEL_NAMES = ("debug", "info", "warning", "error", "critical")
-
-
-def _flatten(table: dict[str, object], prefix: str = "") -> dict[str, object]:
-    # In TOML an unquoted dotted key (openai.client = "debug") is a nested table: the logger
-    # name is the path to the value.
-    flat: dict[str, object] = {}
-    for key, value in table.items():
-        if isinstance(value, dict):
-            flat.update(_flatten(value, f"{prefix}{key}."))
-        else:
-            flat[prefix + key] = value
-    return flat
-
-
-_KEYS: dict[str, _Spec] = {
-    "database.path": _Path(),
-    "database.durability": _Choice("normal", "full"),
-    "database.busy_timeout_s": _Seconds(),
-    "database.group_readable": _Bool(),
-    "database.quick_check_on_start": _Bool(),
-    "engine.shards": _Int(1, 4096),
-    "engine.concurrency": _Int(1, 100_000),
-    "engine.poll_interval_s": _Seconds(),
-    "engine.flush_interval_s": _Seconds(),
-    "engine.drain_timeout_s": _Seconds(),
-    "engine.heartbeat_interval_s": _Seconds(),
-    "engine.lease_s": _Seconds(),
-    "engine.hydration_cache_entries": _Int(0),
-    "engine.hydration_cache_entry_max_bytes": _Int(0),
-    "engine.instance_cache_size": _Int(0),
-    "engine.payload_limit_bytes": _Int(_KIB, _GIB),
-    "engine.write_failure_limit_s": _Seconds(),
-    "engine.concurrency_key_cap": _Int(0, MAX_KEY_CAP),
-    "engine.replay_args": _Choice("log", "strict"),
-    "daemon.workflows": _Modules(),
-    "daemon.loop": _Choice("auto", "uvloop", "asyncio"),
-    "log.level": _Choice("debug", "info", "warning", "error"),
-    "log.format": _Choice("auto", "text", "json"),
-    "log.levels": _Levels(),
-    "retention.finished_days": _Days(),
-    "retention.interval_s": _Seconds(),
-    "retention.batch": _Int(1, 100_000),
-    "metrics.samples": _Bool(),
-    "metrics.port": _Int(0, 65535),
-    "metrics.host": _Host(),
+_KEYS: dict[str, cv.Spec] = {
+    "database.path": cv.FilePath(),
+    "database.durability": cv.Choice("normal", "full"),
+    "database.busy_timeout_s": cv.Seconds(),
+    "database.group_readable": cv.Bool(),
+    "database.quick_check_on_start": cv.Bool(),
+    "engine.shards": cv.Int(1, 4096),
+    "engine.concurrency": cv.Int(1, 100_000),
+    "engine.poll_interval_s": cv.Seconds(),
+    "engine.flush_interval_s": cv.Seconds(),
+    "engine.drain_timeout_s": cv.Seconds(),
+    "engine.heartbeat_interval_s": cv.Seconds(),
+    "engine.lease_s": cv.Seconds(),
+    "engine.hydration_cache_entries": cv.Int(0),
+    "engine.hydration_cache_entry_max_bytes": cv.Int(0),
+    "engine.instance_cache_size": cv.Int(0),
+    "engine.payload_limit_bytes": cv.Int(_KIB, _GIB),
+    "engine.write_failure_limit_s": cv.Seconds(),
+    "engine.concurrency_key_cap": cv.Int(0, cv.MAX_KEY_CAP),
+    "engine.replay_args": cv.Choice("log", "strict"),
+    "daemon.workflows": cv.Modules(),
+    "daemon.loop": cv.Choice("auto", "uvloop", "asyncio"),
+    "log.level": cv.Choice("debug", "info", "warning", "error"),
+    "log.format": cv.Choice("auto", "text", "json"),
+    "log.levels": cv.Levels(),
+    "retention.finished_days": cv.Days(),
+    "retention.interval_s": cv.Seconds(),
+    "retention.batch": cv.Int(1, 100_000),
+    "metrics.samples": cv.Bool(),
+    "metrics.port": cv.Int(0, 65535),
+    "metrics.host": cv.Host(),
 }
 
 
@@ -515,7 +283,7 @@ def render_config(loaded: LoadedConfig) -> str:
         lines += ["", f"[{section_name}]"]
         for item in dataclasses.fields(section):
             key = f"{section_name}.{item.name}"
-            value = _toml_value(getattr(section, item.name))
+            value = cv.toml_value(getattr(section, item.name))
             lines.append(f"{item.name} = {value}  # from {loaded.sources[key]}")
     for spec in loaded.config.limits:
         where = f"{LIMITS_SECTION}.{spec.name}"
@@ -524,21 +292,21 @@ def render_config(loaded: LoadedConfig) -> str:
             value = getattr(spec, name)
             if value is not None:
                 source = loaded.sources.get(f"{where}.{name}", DEFAULT_SOURCE)
-                lines.append(f"{name} = {_toml_value(value)}  # from {source}")
+                lines.append(f"{name} = {cv.toml_value(value)}  # from {source}")
     if loaded.config.concurrency_keys:
         lines += ["", f"[{CONCURRENCY_KEYS_SECTION}]"]
         for name, cap in loaded.config.concurrency_keys:
-            key = _toml_key(name)
+            key = cv.toml_key(name)
             source = loaded.sources.get(f"{CONCURRENCY_KEYS_SECTION}.{key}", DEFAULT_SOURCE)
             lines.append(f"{key} = {cap}  # from {source}")
     for schedule in loaded.config.schedules:
-        where = f"{SCHEDULES_SECTION}.{_toml_key(schedule.name)}"
+        where = f"{SCHEDULES_SECTION}.{cv.toml_key(schedule.name)}"
         lines += ["", f"[{where}]  # from {loaded.sources.get(where, DEFAULT_SOURCE)}"]
         for item in dataclasses.fields(schedule):
             value = getattr(schedule, item.name)
             if item.name != "name":
                 # args hold any JSON; the rest are strings.
-                shown = json.dumps(list(value)) if item.name == "args" else _toml_value(value)
+                shown = json.dumps(list(value)) if item.name == "args" else cv.toml_value(value)
                 lines.append(f"{item.name} = {shown}")
     return "\n".join(lines) + "\n"
 
@@ -629,52 +397,25 @@ def _read_file(path: Path) -> dict[str, object]:
         if section_name not in _SECTIONS:
             raise ConfigError(f"{path}: {section_name}: unknown section{_hint(section_name)}")
         if not isinstance(table, dict):
-            raise ConfigError(f"{path}: {section_name}: expected a table, got {_show(table)}")
+            raise ConfigError(f"{path}: {section_name}: expected a table, got {cv.show(table)}")
         for name, value in table.items():
             key = f"{section_name}.{name}"
             spec = _KEYS.get(key)
             if spec is None:
                 raise ConfigError(f"{path}: {key}: unknown key{_hint(key)}")
-            values[key] = _parse(spec, value, str(path), key, _show(value), from_env=False)
+            values[key] = _parse(spec, value, str(path), key, cv.show(value), from_env=False)
     return values
-
-
-_LIMIT_SPECS: dict[str, _Spec] = {
-    "requests_per_second": _Int(1, MAX_RATE),
-    "requests_per_minute": _Int(1, MAX_RATE),
-    "tokens_per_second": _Int(1, MAX_RATE),
-    "tokens_per_minute": _Int(1, MAX_RATE),
-    "requests_per_hour": _Int(1, MAX_RATE),
-    "tokens_per_hour": _Int(1, MAX_RATE),
-    "concurrent": _Int(1, MAX_KEY_CAP),
-    "pace": _Bool(),
-    "backoff": _Fraction(0, 1, low_open=True, high_open=True),
-    "floor": _Fraction(0, 1, low_open=True, high_open=False),
-    "recovery_s": _Seconds(),
-    "tolerance": _Fraction(0, 1, low_open=False, high_open=True),
-}
-
-
-_LIMIT_ALIASES = {
-    "rps": "requests_per_second",
-    "rpm": "requests_per_minute",
-    "rph": "requests_per_hour",
-    "tph": "tokens_per_hour",
-    "tps": "tokens_per_second",
-    "tpm": "tokens_per_minute",
-    "concurrency": "concurrent",
-}
 
 
 def _read_limits(path: Path, table: object) -> dict[str, object]:
     """[limits.NAME] tables into {"limits.NAME.FIELD": value}."""
     if not isinstance(table, dict):
         raise ConfigError(
-            f"{path}: {LIMITS_SECTION}: expected tables like [limits.NAME], got {_show(table)}"
+            f"{path}: {LIMITS_SECTION}: expected tables like [limits.NAME], got {cv.show(table)}"
         )
     values: dict[str, object] = {}
     for name, limit in table.items():
-        where = f"{LIMITS_SECTION}.{_toml_key(name)}"
+        where = f"{LIMITS_SECTION}.{cv.toml_key(name)}"
         if not _LIMIT_NAME.fullmatch(name):
             raise ConfigError(
                 f"{path}: {where}: a limit name may only hold letters, digits, _ and -"
@@ -683,17 +424,17 @@ def _read_limits(path: Path, table: object) -> dict[str, object]:
             raise ConfigError(
                 f"{path}: {where}: expected a table [{where}] with any of "
                 + ", ".join(_LIMIT_FIELDS)
-                + f", got {_show(limit)}"
+                + f", got {cv.show(limit)}"
             )
         for field_name, value in limit.items():
             key = f"{where}.{field_name}"
-            spec = _LIMIT_SPECS.get(field_name)
+            spec = cv.LIMIT_SPECS.get(field_name)
             if spec is None:
-                alias = _LIMIT_ALIASES.get(field_name.lower())
+                alias = cv.LIMIT_ALIASES.get(field_name.lower())
                 known = [f"{where}.{known}" for known in _LIMIT_FIELDS]
                 hint = f" (did you mean {where}.{alias}?)" if alias else _hint(key, known)
                 raise ConfigError(f"{path}: {key}: unknown key{hint}")
-            values[key] = _parse(spec, value, str(path), key, _show(value), from_env=False)
+            values[key] = _parse(spec, value, str(path), key, cv.show(value), from_env=False)
         values.setdefault(f"{where}", True)  # an empty table still declares the limit
     return values
 
@@ -703,15 +444,15 @@ def _read_concurrency_keys(path: Path, table: object) -> dict[str, object]:
     if not isinstance(table, dict):
         raise ConfigError(
             f"{path}: {CONCURRENCY_KEYS_SECTION}: expected a table of"
-            f' "key" = cap, got {_show(table)}'
+            f' "key" = cap, got {cv.show(table)}'
         )
     values: dict[str, object] = {}
-    spec = _Int(0, MAX_KEY_CAP)
+    spec = cv.Int(0, cv.MAX_KEY_CAP)
     for name, value in table.items():
-        key = f"{CONCURRENCY_KEYS_SECTION}.{_toml_key(name)}"
+        key = f"{CONCURRENCY_KEYS_SECTION}.{cv.toml_key(name)}"
         if not name:
             raise ConfigError(f"{path}: {key}: a concurrency key cannot be empty")
-        values[key] = _parse(spec, value, str(path), key, _show(value), from_env=False)
+        values[key] = _parse(spec, value, str(path), key, cv.show(value), from_env=False)
     return values
 
 
@@ -721,21 +462,17 @@ def _read_schedules(path: Path, table: object) -> dict[str, object]:
     if not isinstance(table, dict):
         raise ConfigError(
             f"{path}: {SCHEDULES_SECTION}: expected tables like [schedules.NAME],"
-            f" got {_show(table)}"
+            f" got {cv.show(table)}"
         )
     values: dict[str, object] = {}
     for name, schedule in table.items():
-        where = f"{path}: {SCHEDULES_SECTION}.{_toml_key(name)}"
+        where = f"{path}: {SCHEDULES_SECTION}.{cv.toml_key(name)}"
         if not isinstance(schedule, dict):
             raise ConfigError(
-                f"{where}: expected a table with workflow and cron, got {_show(schedule)}"
+                f"{where}: expected a table with workflow and cron, got {cv.show(schedule)}"
             )
         values[f"{SCHEDULES_SECTION}.{name}"] = from_table(name, schedule, where)
     return values
-
-
-def _toml_key(name: str) -> str:
-    return name if _BARE_KEY.fullmatch(name) else _toml_string(name)
 
 
 def _from_toml_key(text: str) -> str:
@@ -753,17 +490,17 @@ def _read_env(env: Mapping[str, str]) -> dict[str, tuple[str, object]]:
             raise ConfigError(f"{name}: unknown setting{_hint(name, list(_ENV_KEYS))}")
         text = env[name]
         spec = _KEYS[key]
-        value = _parse(spec, spec.from_env(text), name, key, _show(text), from_env=True)
+        value = _parse(spec, spec.from_env(text), name, key, cv.show(text), from_env=True)
         values[key] = (name, value)
     return values
 
 
 def _parse(
-    spec: _Spec, value: object, origin: str, key: str, shown: str, *, from_env: bool
+    spec: cv.Spec, value: object, origin: str, key: str, shown: str, *, from_env: bool
 ) -> object:
     try:
         return spec.parse(value)
-    except _Invalid as exc:
+    except cv.Invalid as exc:
         got = shown if exc.got is None else exc.got
         expected = exc.expected
         if from_env and not exc.suffix and spec.env_expected is not None:
@@ -838,50 +575,3 @@ def _top_level_hint(name: str) -> str:
         section, _, _ = matches[0].partition(".")
         return f" (settings go in a section: did you mean {matches[0]}, under [{section}]?)"
     return " (settings go in a section: " + ", ".join(f"[{s}]" for s in _SECTIONS) + ")"
-
-
-def _show(value: object) -> str:
-    """An offending value as the user wrote it (TOML-like), on one short line."""
-    if isinstance(value, bool):
-        text = "true" if value else "false"
-    elif isinstance(value, str):
-        text = json.dumps(value, ensure_ascii=False)
-    elif isinstance(value, list):
-        text = "[" + ", ".join(_show(item) for item in value) + "]"
-    elif isinstance(value, dict):
-        text = "a table"
-    else:
-        text = str(value)
-    if len(text) > _MAX_SHOWN_CHARS:
-        text = text[: _MAX_SHOWN_CHARS - 3] + "..."
-    return text
-
-
-def _toml_value(value: object) -> str:
-    """A config value as a TOML literal, so render_config's output loads back unchanged."""
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int | float):
-        return repr(value)
-    if isinstance(value, Path):
-        return _toml_string(str(value))
-    if isinstance(value, str):
-        return _toml_string(value)
-    if isinstance(value, LoggerLevels):
-        return "{" + ", ".join(f"{_toml_key(k)} = {_toml_string(v)}" for k, v in value) + "}"
-    if isinstance(value, tuple):
-        return "[" + ", ".join(_toml_value(item) for item in value) + "]"
-    raise TypeError(f"no TOML form for {type(value).__name__}")
-
-
-def _toml_string(text: str) -> str:
-    # TOML forbids raw control characters (including DEL) in basic strings; JSON allows DEL.
-    escaped = []
-    for char in text:
-        if char in ('"', "\\"):
-            escaped.append("\\" + char)
-        elif ord(char) < 0x20 or ord(char) == 0x7F:
-            escaped.append(f"\\u{ord(char):04x}")
-        else:
-            escaped.append(char)
-    return '"' + "".join(escaped) + '"'

@@ -23,8 +23,7 @@ from executor.cli.common import (
 from executor.cli.repair import add_filter_args, filter_from
 from executor.client import Client
 from executor.exitcodes import ExitCode
-from executor.store.history import RunHistory
-from executor.store.overview import BatchProgress
+from executor.runinfo import BatchProgress, RunHistory
 
 DEFAULT_SERVE_PORT = 9470
 

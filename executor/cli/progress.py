@@ -24,7 +24,7 @@ from rich.progress import (
 )
 from rich.text import Text
 
-from executor.store.overview import BatchProgress
+from executor.runinfo import BatchProgress
 
 WINDOW_S = 30.0  # rates are averaged over this much recent history
 

@@ -21,9 +21,10 @@ from executor.cli.common import (
     when,
     with_client,
 )
-from executor.client import RUN_STATUSES, ActionReport, Client, RunPage, RunStatus
+from executor.client import Client
 from executor.exitcodes import ExitCode
 from executor.runfilter import FilterError, RunFilter
+from executor.runinfo import RUN_STATUSES, ActionReport, RunPage, RunStatus
 
 # Acting on more runs than this needs --yes (the same convention as fail-pending).
 CONFIRM_ABOVE = 100

@@ -23,11 +23,11 @@ from executor.cli.common import (
     when,
     with_client,
 )
-from executor.client import Client, RunPage, RunStatus
+from executor.client import Client
 from executor.daemon.workflows import import_workflows
 from executor.exitcodes import ExitCode
 from executor.runfilter import parse_label
-from executor.store.history import error_line
+from executor.runinfo import RunPage, RunStatus, error_line
 from executor.vocabulary import RunState
 
 

@@ -14,8 +14,9 @@ from executor.cli.common import (
     when,
     with_client,
 )
-from executor.client import Client, ScheduleInfo
+from executor.client import Client
 from executor.exitcodes import ExitCode
+from executor.runinfo import ScheduleInfo
 
 ACTIONS = ("list", "pause", "resume", "trigger")
 

@@ -9,8 +9,9 @@ from typing import Any
 
 from executor.cli import views
 from executor.cli.common import UsageError, Verbs, shard_number, show, table, when, with_client
-from executor.client import RUN_STATUSES, Client
+from executor.client import Client
 from executor.exitcodes import ExitCode
+from executor.runinfo import RUN_STATUSES
 
 # `executor stats` columns first in this order; fields added to the stats later follow.
 _SHARD_COLUMNS = (

@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from executor.cli.common import table, when
-from executor.store.history import RunHistory, Waiting, error_line
+from executor.runinfo import RunHistory, Waiting, error_line
 
 _ERROR_WIDTH = 60
 

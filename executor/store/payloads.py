@@ -44,6 +44,7 @@ import orjson
 from lru import LRU
 
 from executor import errors
+from executor.store.database import transaction
 from executor.store.sql import Q
 
 # Chosen from `scripts/bench.py --result-bytes` (docs/PERFORMANCE.md, "Payload sizes").
@@ -375,13 +376,7 @@ def collect(conn: sqlite3.Connection, now: float | None = None) -> Collected:
     orphan files older than ORPHAN_GRACE_S. Runs its own transactions (not inside another)."""
     now = time.time() if now is None else now
     database = _database_path(conn)
-    conn.execute("BEGIN IMMEDIATE")
-    try:
-        rows, freed, files = delete_unreferenced(conn, now)
-    except BaseException:
-        conn.execute("ROLLBACK")
-        raise
-    conn.execute("COMMIT")
+    rows, freed, files = transaction(delete_unreferenced)(conn, now)
     unlinked = unlink(database, files)
     # Under the write lock: a writer checks its file exists inside its own write transaction,
     # so a file seen here without a row cannot gain one before we unlink it.

@@ -121,15 +121,9 @@ def _for_class(cls: type) -> Decoder | None:
         return lambda v: v if isinstance(v, cls) else cls(v)
     if cls is tuple:
         return lambda v: tuple(_expect(v, list))
-    if issubclass(cls, dt.datetime):
+    if issubclass(cls, dt.date | dt.time):  # a datetime is a date
         return _parser(cls, cls.fromisoformat)
-    if issubclass(cls, dt.date):
-        return _parser(cls, cls.fromisoformat)
-    if issubclass(cls, dt.time):
-        return _parser(cls, cls.fromisoformat)
-    if issubclass(cls, uuid.UUID):
-        return _parser(cls, cls)
-    if issubclass(cls, decimal.Decimal):
+    if issubclass(cls, uuid.UUID | decimal.Decimal):
         return _parser(cls, cls)
     if cls is bytes or cls is bytearray:
         return _parser(cls, lambda s: cls(base64.b64decode(s, validate=True)))

@@ -62,7 +62,7 @@ class Types:
     stored is refused there, before any call. An annotation naming a class defined later in its
     module is resolved at first use (or by Registry.check_types at daemon start)."""
 
-    __slots__ = ("_fn", "_params", "_rest", "_result", "_skip", "_what", "resolved")
+    __slots__ = ("_fn", "_params", "_plain_args", "_rest", "_result", "_skip", "_what", "resolved")
 
     def __init__(self, fn: Callable[..., Any], what: str, skip: int) -> None:
         self._fn = fn
@@ -71,6 +71,7 @@ class Types:
         self._params: tuple[decoders.Decoder | None, ...] = ()
         self._rest: decoders.Decoder | None = None
         self._result: decoders.Decoder | None = None
+        self._plain_args = True  # no argument needs a decoder (set by _resolve)
         self.resolved = False
         try:
             hints = typing.get_type_hints(fn, include_extras=True)
@@ -91,6 +92,7 @@ class Types:
             elif p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD):
                 decs.append(dec)
         self._params = tuple(decs)
+        self._plain_args = self._rest is None and not any(decs)
         if "return" in hints:
             ret = hints["return"]
             if typing.get_origin(ret) in (collections.abc.Awaitable, collections.abc.Coroutine):
@@ -120,7 +122,7 @@ class Types:
         """Stored arguments (their JSON form) as the types the parameters declare."""
         if not self.resolved:
             self.resolve()
-        if self._rest is None and not any(self._params):
+        if self._plain_args:
             return values
         out = list(values)
         for i, value in enumerate(out):

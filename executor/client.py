@@ -11,7 +11,7 @@ import random
 import sqlite3
 import time
 import uuid
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +35,14 @@ from executor.store.database import Database
 
 _RESULT_POLL_MIN_S = 0.01
 _RESULT_POLL_MAX_S = 0.5
+
+
+def _poll_delays() -> Iterator[float]:
+    """The waits between polls of `result` and `get_event`: 10 ms, growing by half to 0.5 s."""
+    delay = _RESULT_POLL_MIN_S
+    while True:
+        yield delay
+        delay = min(_RESULT_POLL_MAX_S, delay * 1.5)
 
 
 def _user_version(conn: sqlite3.Connection) -> int:
@@ -303,8 +311,7 @@ class Client(ScheduleCalls):
             validate.seconds("timeout", timeout)
 
         deadline = None if timeout is None else time.monotonic() + timeout
-        delay = _RESULT_POLL_MIN_S
-        while True:
+        for delay in _poll_delays():
             row = await self.db.run(repo.get_run, run_id)
             if row is None:
                 raise errors.RunNotFound(f"no run with id {run_id!r} in {self.db.path}")
@@ -321,7 +328,7 @@ class Client(ScheduleCalls):
                 raise errors.ResultTimeout(f"run {run_id} did not finish within {timeout}s")
             wait = delay if deadline is None else min(delay, max(0.0, deadline - time.monotonic()))
             await asyncio.sleep(wait)
-            delay = min(_RESULT_POLL_MAX_S, delay * 1.5)
+        raise AssertionError("unreachable: _poll_delays never ends")
 
     def _result_value(self, row: vocabulary.RunRow) -> Any:
         # As the type the workflow declares, when this process has it registered; else its JSON.
@@ -395,8 +402,7 @@ class Client(ScheduleCalls):
         validate.name("key", key)
         validate.seconds("wait", wait)
         deadline = time.monotonic() + wait
-        delay = _RESULT_POLL_MIN_S
-        while True:
+        for delay in _poll_delays():
             found = await self.db.run(signals.read_event, run_id, key)
             if found is None:
                 raise errors.RunNotFound(f"no run with id {run_id!r} in {self.db.path}")
@@ -407,7 +413,7 @@ class Client(ScheduleCalls):
             if status in vocabulary.FINISHED or left <= 0:
                 return default
             await asyncio.sleep(min(delay, left))
-            delay = min(_RESULT_POLL_MAX_S, delay * 1.5)
+        raise AssertionError("unreachable: _poll_delays never ends")
 
     # -- repairing runs --
 

@@ -125,7 +125,6 @@ class _Pieces:
             engine.stopping,
             deliver=self.replayer.deliver,
             request_stop=engine.request_stop,
-            limits_snapshot=engine.limits_snapshot,
             poll_interval_s=poll_interval_s,
             sample=None if engine.telemetry is None else engine.sample,
             wake_replay=self.replayer.wake,

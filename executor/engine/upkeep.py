@@ -19,7 +19,6 @@ import os
 import socket
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Any
 
 from executor import codec, config, errors, resources
 from executor.engine.health import WriteHealth
@@ -60,7 +59,6 @@ class Upkeep:
         *,
         deliver: Callable[[list[Delivery]], None],
         request_stop: Callable[[str], None],
-        limits_snapshot: Callable[[], dict[str, Any]],
         poll_interval_s: Callable[[], float],
         sample: Callable[[], Awaitable[None]] | None,
         wake_replay: Callable[[], None],
@@ -79,7 +77,6 @@ class Upkeep:
         self._stopping = stopping
         self._deliver = deliver
         self._request_stop = request_stop
-        self._limits_snapshot = limits_snapshot
         self._sample = sample
         self._poll_interval_s = poll_interval_s  # the engine's, which SIGHUP may change
         self._timer_wake = asyncio.Event()
@@ -179,7 +176,7 @@ class Upkeep:
                 await self._resources.aclose_entries(idle)
             if self._limiter.active and time.monotonic() >= next_sync:
                 next_sync = time.monotonic() + self._cfg.heartbeat_interval_s
-                snapshot = codec.encode(self._limits_snapshot(), what="limits snapshot")
+                snapshot = codec.encode(self._limiter.snapshot(time.time()), what="limits snapshot")
                 try:
                     parked = await self._db.run(engines.sync_limits, self._engine_id, snapshot, now)
                 except errors.StoreError as exc:

@@ -2,6 +2,11 @@
 registry, an open client, a reader on the file for checks in SQL, and polling with a deadline.
 The helpers behind them live in tests/support/.
 
+PostgreSQL: `pg_cluster` starts one throwaway cluster per session, only if some test asks for it;
+`pg_url` is a fresh database of it per test, `pg_empty_url` one without executor's schema, and
+`database_url` runs a test once on SQLite (a file path) and once on PostgreSQL (a URL). A missing
+PostgreSQL fails those tests (tests/support/postgres.py), it never skips them.
+
 Async tests run on anyio's pytest plugin (`@pytest.mark.anyio`); the default backend is plain
 asyncio, and modules that want uvloop too override `anyio_backend`.
 """
@@ -9,13 +14,14 @@ asyncio, and modules that want uvloop too override `anyio_backend`.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from executor import Client, Engine, Registry
+from tests.support import postgres
 from tests.support.engine import SHARDS, DbFile, EngineFactory, WaitUntil, start_engine, wait_until
 
 
@@ -67,3 +73,36 @@ def wait_until_fixture() -> WaitUntil:
 @pytest.fixture
 def dbfile(db_path: Path) -> DbFile:
     return DbFile(db_path)
+
+
+@pytest.fixture(scope="session")
+def pg_cluster() -> Iterator[postgres.Cluster]:
+    with postgres.running_cluster() as cluster:
+        postgres.prepare_template(cluster)
+        yield cluster
+
+
+@pytest.fixture
+def pg_url(pg_cluster: postgres.Cluster) -> Iterator[str]:
+    """A fresh PostgreSQL database with executor's schema (a copy of the migrated template)."""
+    name = pg_cluster.create_database(template=postgres.TEMPLATE)
+    yield pg_cluster.url(name)
+    pg_cluster.drop_database(name)
+
+
+@pytest.fixture
+def pg_empty_url(pg_cluster: postgres.Cluster) -> Iterator[str]:
+    """A fresh PostgreSQL database with nothing in it (for tests of opening and migrating)."""
+    name = pg_cluster.create_database()
+    yield pg_cluster.url(name)
+    pg_cluster.drop_database(name)
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def database_url(request: pytest.FixtureRequest, db_path: Path) -> str:
+    """The test's database, once per dialect: the SQLite file's path, or a PostgreSQL URL.
+    Both are what Client(...) and `[database]` take; `.startswith("postgres")` tells them apart."""
+    if request.param == "sqlite":
+        return str(db_path)
+    url: str = request.getfixturevalue("pg_url")
+    return url

@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import math
-import sqlite3
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,8 +22,8 @@ from benchmarks.measure import cpu_s
 from benchmarks.options import START_BATCH, Options, Workload
 from executor import codec, config, errors, vocabulary
 from executor.store import repository as repo
+from executor.store.conn import Conn
 from executor.store.database import Database
-from executor.store.sql import Q
 
 
 @dataclass(slots=True)
@@ -36,7 +35,7 @@ class Tally:
     replay_s: float = 0.0
 
 
-def _seed(conn: sqlite3.Connection, runs: int, shards: int) -> None:
+def _seed(conn: Conn, runs: int, shards: int) -> None:
     """Create the runs with their first step queued (not timed)."""
     now = time.time()
     args = codec.encode([0])
@@ -65,7 +64,7 @@ def _seed(conn: sqlite3.Connection, runs: int, shards: int) -> None:
         repo.commit_replays(conn, outputs[first : first + START_BATCH], now)
 
 
-def drive(conn: sqlite3.Connection, k: int, shards: int, batch: int) -> tuple[int, Tally]:
+def drive(conn: Conn, k: int, shards: int, batch: int) -> tuple[int, Tally]:
     """Every step through the repository's transaction functions; return (steps, tally)."""
     tally = Tally()
     args = codec.encode([0])
@@ -122,8 +121,8 @@ def drive(conn: sqlite3.Connection, k: int, shards: int, batch: int) -> tuple[in
         steps += len(claimed)
 
 
-def _runs_by_status(conn: sqlite3.Connection) -> dict[str, int]:
-    return dict(conn.execute(Q["stats_runs"]).fetchall())
+def _runs_by_status(conn: Conn) -> dict[str, int]:
+    return dict(conn.execute(conn.q["stats_runs"]).fetchall())
 
 
 def _per_step_us(seconds: float, steps: int) -> float | None:

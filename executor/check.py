@@ -55,8 +55,8 @@ from typing import Any
 from executor import config, errors, vocabulary
 from executor.store import database as database_file
 from executor.store import payloads
+from executor.store.conn import SqliteConn
 from executor.store.database import APPLICATION_ID, SCHEMA_VERSION
-from executor.store.sql import Q
 
 STUCK_RUN = "stuck_run"
 LOST_STEP = "lost_step"
@@ -208,8 +208,8 @@ def check(
         conn.close()
 
 
-def _check(conn: sqlite3.Connection, path: Path, lease_s: float, now: float) -> Report:
-    app_id, version = conn.execute(Q["check_header"]).fetchone()
+def _check(conn: SqliteConn, path: Path, lease_s: float, now: float) -> Report:
+    app_id, version = conn.execute(conn.q["check_header"]).fetchone()
     if app_id != APPLICATION_ID:
         raise errors.SchemaError(f"{path}: not an executor database (application_id={app_id:#x})")
     if version != SCHEMA_VERSION:
@@ -220,12 +220,14 @@ def _check(conn: sqlite3.Connection, path: Path, lease_s: float, now: float) -> 
         )
     # One read transaction: every query below sees the same snapshot, and writers (a daemon)
     # go on meanwhile, since WAL readers never block them.
-    conn.execute("BEGIN")
+    conn.execute(conn.q["begin_read"])
     try:
         try:
             damage = [
                 row[0]
-                for row in conn.execute(Q["check_integrity"], {"max_errors": INTEGRITY_MAX_ERRORS})
+                for row in conn.execute(
+                    conn.q["check_integrity"], {"max_errors": INTEGRITY_MAX_ERRORS}
+                )
                 if row[0] != "ok"
             ]
         except sqlite3.DatabaseError as exc:  # damage bad enough to stop the check itself
@@ -238,9 +240,9 @@ def _check(conn: sqlite3.Connection, path: Path, lease_s: float, now: float) -> 
                     Problem(CORRUPT_FILE, None, " ".join(text.split())[:_INTEGRITY_DETAIL_CHARS])
                 )
             return report
-        report = Report(path, now, lease_s, conn.execute(Q["check_count_runs"]).fetchone()[0])
+        report = Report(path, now, lease_s, conn.execute(conn.q["check_count_runs"]).fetchone()[0])
         for kind, query, describe, params in _CHECKS:
-            for row in conn.execute(Q[query], params(now, lease_s)):
+            for row in conn.execute(conn.q[query], params(now, lease_s)):
                 run_id, detail = describe(row)
                 report.problems.append(Problem(kind, run_id, detail))
         _check_payloads(conn, path, report)
@@ -367,8 +369,8 @@ def _dangling(row: Iterable[Any]) -> tuple[str | None, str]:
     return None, f"{what} ({where}) whose {parent} does not exist"
 
 
-def _check_payloads(conn: sqlite3.Connection, path: Path, report: Report) -> None:
-    for run_id, what, pos, pid in conn.execute(Q["check_missing_payloads"]):
+def _check_payloads(conn: SqliteConn, path: Path, report: Report) -> None:
+    for run_id, what, pos, pid in conn.execute(conn.q["check_missing_payloads"]):
         where = what if pos is None else f"{what} at position {pos}"
         report.problems.append(
             Problem(MISSING_PAYLOAD, run_id, f"{where} refers to payload {pid}, which is missing")
@@ -377,7 +379,7 @@ def _check_payloads(conn: sqlite3.Connection, path: Path, report: Report) -> Non
         report.problems.append(
             Problem(MISSING_PAYLOAD, None, f"the file {name} of a stored payload is missing")
         )
-    for pid, stored, counted in conn.execute(Q["check_payload_refcounts"]):
+    for pid, stored, counted in conn.execute(conn.q["check_payload_refcounts"]):
         report.problems.append(
             Problem(
                 REFCOUNT_MISMATCH,

@@ -28,7 +28,7 @@ from executor import config, errors, registry
 from executor.engine.cache import HydrationCache
 from executor.engine.replayer import replay_run
 from executor.store import repository
-from executor.store.sql import Q
+from executor.store.conn import Conn, SqliteConn
 from executor.vocabulary import ReplayArgs, RunState
 
 DEFAULT_STATUSES = (RunState.RUNNING, RunState.PARKED)
@@ -174,7 +174,11 @@ def replay_check(
         raise errors.StoreError(f"{path}: no database file here")
     try:
         conn = sqlite3.connect(
-            f"{path.resolve().as_uri()}?mode=ro", uri=True, isolation_level=None, timeout=10.0
+            f"{path.resolve().as_uri()}?mode=ro",
+            uri=True,
+            isolation_level=None,
+            timeout=10.0,
+            factory=SqliteConn,
         )
     except sqlite3.Error as exc:
         raise errors.StoreError(f"{path}: cannot open the database read-only: {exc}") from exc
@@ -198,7 +202,7 @@ def replay_check(
 
 
 def _batches(
-    conn: sqlite3.Connection,
+    conn: Conn,
     statuses: Sequence[str],
     workflows: Sequence[str] | None,
     limit: int | None,
@@ -213,7 +217,9 @@ def _batches(
         n = _BATCH if left is None else min(_BATCH, left)
         rids = [
             r
-            for (r,) in conn.execute(Q["replay_check_runs"], {**params, "after": after, "limit": n})
+            for (r,) in conn.execute(
+                conn.q["replay_check_runs"], {**params, "after": after, "limit": n}
+            )
         ]
         if not rids:
             return

@@ -16,17 +16,19 @@ store/repository.py. What keeps the invariants:
 from __future__ import annotations
 
 import json
-import sqlite3
 from collections.abc import Sequence
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple, cast
 
 from executor import errors
 from executor.errors import error_blob
 from executor.runfilter import RunFilter
 from executor.store import payloads
+from executor.store.conn import Conn
 from executor.store.database import transaction
-from executor.store.sql import Q
 from executor.vocabulary import ActionKind, ActionPhase, RunRow, RunState
+
+if TYPE_CHECKING:
+    import sqlite3
 
 CANCEL = ActionKind.CANCEL
 RETRY = ActionKind.RETRY
@@ -43,18 +45,16 @@ VACUUM_STEP_PAGES = 1024
 # --- retry in place ------------------------------------------------------------------------------
 
 
-def _retry(
-    conn: sqlite3.Connection, rids: Sequence[int], from_step: int | None, now: float
-) -> dict[int, int]:
+def _retry(conn: Conn, rids: Sequence[int], from_step: int | None, now: float) -> dict[int, int]:
     """Retry those of `rids` that are failed, cancelled or parked; {rid: restart position}."""
-    conn.execute(Q["retry_in_create"])
-    conn.execute(Q["retry_in_clear"])
-    conn.execute(Q["retry_in_fill"], {"rids": json.dumps(list(rids)), "from_step": from_step})
-    conn.execute(Q["retry_children_create"])
-    conn.execute(Q["retry_children_clear"])
-    conn.execute(Q["retry_children_fill"])
+    conn.execute(conn.q["retry_in_create"])
+    conn.execute(conn.q["retry_in_clear"])
+    conn.execute(conn.q["retry_in_fill"], {"rids": json.dumps(list(rids)), "from_step": from_step})
+    conn.execute(conn.q["retry_children_create"])
+    conn.execute(conn.q["retry_children_clear"])
+    conn.execute(conn.q["retry_children_fill"])
     conn.execute(
-        Q["retry_cancel_children"],
+        conn.q["retry_cancel_children"],
         {"now": now, "error": error_blob("Cancelled", "its parent was retried from before it")},
     )
     for name in (
@@ -72,17 +72,17 @@ def _retry(
         "retry_drop_events",
         "retry_renumber",
     ):
-        conn.execute(Q[name])
-    conn.execute(Q["retry_runs"], {"now": now})
-    conn.execute(Q["retry_queue_replays"], {"now": now})
-    done = {rid: point for rid, point in conn.execute(Q["retry_done"])}
-    conn.execute(Q["retry_in_clear"])
-    conn.execute(Q["retry_children_clear"])
+        conn.execute(conn.q[name])
+    conn.execute(conn.q["retry_runs"], {"now": now})
+    conn.execute(conn.q["retry_queue_replays"], {"now": now})
+    done = {rid: point for rid, point in conn.execute(conn.q["retry_done"])}
+    conn.execute(conn.q["retry_in_clear"])
+    conn.execute(conn.q["retry_children_clear"])
     return done
 
 
 @transaction
-def retry_run(conn: sqlite3.Connection, run_id: str, from_step: int | None, now: float) -> int:
+def retry_run(conn: Conn, run_id: str, from_step: int | None, now: float) -> int:
     """Retry one run in place; return the position it restarts from.
 
     RunNotFound for an unknown id; RunStateError if the run is running or succeeded, or
@@ -98,8 +98,8 @@ def retry_run(conn: sqlite3.Connection, run_id: str, from_step: int | None, now:
     return _retry(conn, [rid], from_step, now)[rid]
 
 
-def _run_for_repair(conn: sqlite3.Connection, run_id: str) -> tuple[int, str, int]:
-    row = conn.execute(Q["run_for_repair"], (run_id,)).fetchone()
+def _run_for_repair(conn: Conn, run_id: str) -> tuple[int, str, int]:
+    row = conn.execute(conn.q["run_for_repair"], (run_id,)).fetchone()
     if row is None:
         raise errors.RunNotFound(f"no run with id {run_id!r}")
     return row[0], row[1], row[2]
@@ -126,7 +126,7 @@ class Forked(NamedTuple):
 
 @transaction
 def fork_run(
-    conn: sqlite3.Connection,
+    conn: Conn,
     run_id: str,
     from_step: int,
     new_id: str,
@@ -138,14 +138,14 @@ def fork_run(
     """A new run of the same workflow and arguments whose journal is `run_id`'s up to
     `from_step` (lowered to the first position still waiting for a result), with the source's
     seed and clock origin, so the kept prefix replays exactly. The source is not changed."""
-    src = conn.execute(Q["fork_source"], (run_id,)).fetchone()
+    src = conn.execute(conn.q["fork_source"], (run_id,)).fetchone()
     if src is None:
         raise errors.RunNotFound(f"no run with id {run_id!r}")
     (old_rid, _, workflow, version, args, ckey, old_labels, seed, origin, positions, pending) = src
     _check_point(run_id, from_step, positions)
     point = from_step if pending is None else min(from_step, pending)
     new_rid = conn.execute(
-        Q["fork_insert_run"],
+        conn.q["fork_insert_run"],
         {
             "id": new_id,
             "workflow": workflow,
@@ -161,63 +161,69 @@ def fork_run(
             "forked_at": point,
         },
     ).fetchone()[0]
-    conn.execute(Q["fork_copy_steps"], {"new_rid": new_rid, "old_rid": old_rid, "point": point})
-    shard_, last_seq = conn.execute(Q["fork_finish"], {"rid": new_rid}).fetchone()
-    conn.execute(Q["queue_replay"], {"rid": new_rid, "shard": shard_, "seq": last_seq, "now": now})
+    conn.execute(
+        conn.q["fork_copy_steps"], {"new_rid": new_rid, "old_rid": old_rid, "point": point}
+    )
+    shard_, last_seq = conn.execute(conn.q["fork_finish"], {"rid": new_rid}).fetchone()
+    conn.execute(
+        conn.q["queue_replay"], {"rid": new_rid, "shard": shard_, "seq": last_seq, "now": now}
+    )
     return Forked(new_id, new_rid, point)
 
 
 # --- the other per-run actions, by rid -----------------------------------------------------------
 
 
-def _cancel(conn: sqlite3.Connection, rids: Sequence[int], now: float) -> int:
+def _cancel(conn: Conn, rids: Sequence[int], now: float) -> int:
     error = error_blob("Cancelled", "cancelled by request")
     acted = 0
     for rid in rids:
         if conn.execute(
-            Q["cancel_run_by_rid"], {"rid": rid, "now": now, "error": error}
+            conn.q["cancel_run_by_rid"], {"rid": rid, "now": now, "error": error}
         ).fetchone():
             _drop_leftovers(conn, rid)
             acted += 1
     return acted
 
 
-def _drop_leftovers(conn: sqlite3.Connection, rid: int) -> None:
+def _drop_leftovers(conn: Conn, rid: int) -> None:
     # In-flight tasks stay until their engine's heartbeat cancels them; the fence drops their
     # results, since the run is no longer running.
-    conn.execute(Q["delete_queued_tasks_of_run"], (rid,))
-    conn.execute(Q["delete_timers_of_run"], (rid,))
-    conn.execute(Q["delete_replay"], (rid,))
+    conn.execute(conn.q["delete_queued_tasks_of_run"], (rid,))
+    conn.execute(conn.q["delete_timers_of_run"], (rid,))
+    conn.execute(conn.q["delete_replay"], (rid,))
 
 
-def _resume(conn: sqlite3.Connection, rids: Sequence[int], now: float) -> int:
+def _resume(conn: Conn, rids: Sequence[int], now: float) -> int:
     acted = 0
     for rid in rids:
-        row = conn.execute(Q["resume_run_by_rid"], {"rid": rid, "now": now}).fetchone()
+        row = conn.execute(conn.q["resume_run_by_rid"], {"rid": rid, "now": now}).fetchone()
         if row is not None:
             _, shard, seq = row
-            conn.execute(Q["queue_replay"], {"rid": rid, "shard": shard, "seq": seq, "now": now})
-            conn.execute(Q["unpark_unregistered_tasks"], (rid,))
+            conn.execute(
+                conn.q["queue_replay"], {"rid": rid, "shard": shard, "seq": seq, "now": now}
+            )
+            conn.execute(conn.q["unpark_unregistered_tasks"], (rid,))
             acted += 1
     return acted
 
 
-def _fail(conn: sqlite3.Connection, rids: Sequence[int], reason: str, now: float) -> int:
+def _fail(conn: Conn, rids: Sequence[int], reason: str, now: float) -> int:
     error = error_blob("FailedByOperator", reason)
     acted = 0
     for rid in rids:
         if conn.execute(
-            Q["fail_parked_run_by_rid"], {"rid": rid, "now": now, "error": error}
+            conn.q["fail_parked_run_by_rid"], {"rid": rid, "now": now, "error": error}
         ).fetchone():
             _drop_leftovers(conn, rid)
             acted += 1
     return acted
 
 
-def _purge(conn: sqlite3.Connection, rids: Sequence[int]) -> int:
-    conn.execute(Q["purge_in_create"])
-    conn.execute(Q["purge_in_clear"])
-    conn.execute(Q["purge_in_fill"], {"rids": json.dumps(list(rids))})
+def _purge(conn: Conn, rids: Sequence[int]) -> int:
+    conn.execute(conn.q["purge_in_create"])
+    conn.execute(conn.q["purge_in_clear"])
+    conn.execute(conn.q["purge_in_fill"], {"rids": json.dumps(list(rids))})
     for name in (
         "purge_steps",
         "purge_tasks",
@@ -227,14 +233,14 @@ def _purge(conn: sqlite3.Connection, rids: Sequence[int]) -> int:
         "purge_waits",
         "purge_events",
     ):
-        conn.execute(Q[name])
-    acted: int = conn.execute(Q["purge_runs"]).rowcount
-    conn.execute(Q["purge_in_clear"])
+        conn.execute(conn.q[name])
+    acted: int = conn.execute(conn.q["purge_runs"]).rowcount
+    conn.execute(conn.q["purge_in_clear"])
     return acted
 
 
 def _apply(
-    conn: sqlite3.Connection,
+    conn: Conn,
     action: str,
     rids: Sequence[int],
     params: dict[str, Any],
@@ -258,17 +264,15 @@ def _apply(
 _NO_CUTOFF = 1 << 62
 
 
-def count_runs(conn: sqlite3.Connection, f: RunFilter, upto: int | None = None) -> int:
+def count_runs(conn: Conn, f: RunFilter, upto: int | None = None) -> int:
     params = {**f.params(), "upto": _NO_CUTOFF if upto is None else upto}
-    return int(conn.execute(Q["count_runs_filtered"], params).fetchone()[0])
+    return int(conn.execute(conn.q["count_runs_filtered"], params).fetchone()[0])
 
 
-def page_runs(
-    conn: sqlite3.Connection, f: RunFilter, before: int | None, limit: int
-) -> list[RunRow]:
+def page_runs(conn: Conn, f: RunFilter, before: int | None, limit: int) -> list[RunRow]:
     """Up to `limit` runs, newest first, older than rid `before` (keyset paging)."""
     params = {**f.params(), "before": _NO_CUTOFF if before is None else before, "limit": limit}
-    return [RunRow(*row) for row in conn.execute(Q["page_runs_filtered"], params)]
+    return [RunRow(*row) for row in conn.execute(conn.q["page_runs_filtered"], params)]
 
 
 # --- actions by filter ---------------------------------------------------------------------------
@@ -291,19 +295,17 @@ class ActionState(NamedTuple):
 
 
 @transaction
-def begin_action(
-    conn: sqlite3.Connection, action: str, spec: str, f: RunFilter, now: float
-) -> ActionState:
+def begin_action(conn: Conn, action: str, spec: str, f: RunFilter, now: float) -> ActionState:
     """Continue the unfinished action with the same `spec` (what the operator gave: action,
     filter as typed, parameters), or begin a new one that will not go past today's last run."""
-    row = conn.execute(Q["open_action"], (action, spec)).fetchone()
+    row = conn.execute(conn.q["open_action"], (action, spec)).fetchone()
     if row is not None:
         op_id, cutoff, cursor, filter_json, acted, skipped = row
         return ActionState(
             op_id, cutoff, cursor, RunFilter.from_json(filter_json), acted, skipped, True
         )
     op_id, cutoff = conn.execute(
-        Q["insert_action"], {"action": action, "spec": spec, "filter": f.to_json(), "now": now}
+        conn.q["insert_action"], {"action": action, "spec": spec, "filter": f.to_json(), "now": now}
     ).fetchone()
     return ActionState(op_id, cutoff, 0, f, 0, 0, False)
 
@@ -317,7 +319,7 @@ class Batch(NamedTuple):
 
 @transaction
 def action_batch(
-    conn: sqlite3.Connection,
+    conn: Conn,
     state: ActionState,
     action: str,
     params: dict[str, Any],
@@ -330,7 +332,7 @@ def action_batch(
     rids = [
         rid
         for (rid,) in conn.execute(
-            Q["batch_runs_filtered"],
+            conn.q["batch_runs_filtered"],
             {**state.filter.params(), "after": cursor, "upto": state.cutoff, "limit": limit},
         )
     ]
@@ -338,7 +340,7 @@ def action_batch(
     done = len(rids) < limit
     new_cursor = rids[-1] if rids else cursor
     conn.execute(
-        Q["advance_action"],
+        conn.q["advance_action"],
         {
             "id": state.id,
             "cursor": new_cursor,
@@ -352,13 +354,13 @@ def action_batch(
 
 
 @transaction
-def forget_actions(conn: sqlite3.Connection, before: float) -> int:
+def forget_actions(conn: Conn, before: float) -> int:
     """Delete the records of actions that finished before `before`."""
-    return int(conn.execute(Q["forget_done_actions"], (before,)).rowcount)
+    return int(conn.execute(conn.q["forget_done_actions"], (before,)).rowcount)
 
 
-def select_action(conn: sqlite3.Connection, op_id: int) -> dict[str, Any] | None:
-    row = conn.execute(Q["select_action"], (op_id,)).fetchone()
+def select_action(conn: Conn, op_id: int) -> dict[str, Any] | None:
+    row = conn.execute(conn.q["select_action"], (op_id,)).fetchone()
     if row is None:
         return None
     keys = (
@@ -380,12 +382,12 @@ def select_action(conn: sqlite3.Connection, op_id: int) -> dict[str, Any] | None
 # --- giving space back ---------------------------------------------------------------------------
 
 
-def collect_payloads(conn: sqlite3.Connection) -> None:
+def collect_payloads(conn: Conn) -> None:
     """Delete the payloads no row refers to any more (after a purge), and their files."""
     payloads.collect(conn)
 
 
-def vacuum_step(conn: sqlite3.Connection, pages: int = VACUUM_STEP_PAGES) -> int:
+def vacuum_step(conn: Conn, pages: int = VACUUM_STEP_PAGES) -> int:
     """Give up to `pages` free pages back to the file system (one short write); return how
     many it gave back, so a caller repeats while that is `pages`.
 
@@ -393,27 +395,30 @@ def vacuum_step(conn: sqlite3.Connection, pages: int = VACUUM_STEP_PAGES) -> int
     files the free pages are reused by new rows instead, and the file keeps its size until a
     VACUUM (`executor vacuum`): 0 there.
     """
-    if conn.execute(Q["auto_vacuum_mode"]).fetchone()[0] != 2:
+    if conn.dialect != "sqlite":
+        return 0  # PostgreSQL's autovacuum gives space back on its own
+    if conn.execute(conn.q["auto_vacuum_mode"]).fetchone()[0] != 2:
         return 0
-    free = int(conn.execute(Q["freelist_count"]).fetchone()[0])
+    free = int(conn.execute(conn.q["freelist_count"]).fetchone()[0])
     if free == 0:
         return 0
     # executescript steps the pragma to its end: execute() frees one page per step only.
-    conn.executescript(Q["incremental_vacuum"].format(pages=int(pages)))
-    return free - int(conn.execute(Q["freelist_count"]).fetchone()[0])
+    sqlite = cast("sqlite3.Connection", conn)
+    sqlite.executescript(conn.q["incremental_vacuum"].format(pages=int(pages)))
+    return free - int(conn.execute(conn.q["freelist_count"]).fetchone()[0])
 
 
-def vacuum_file(conn: sqlite3.Connection) -> tuple[int, int]:
+def vacuum_file(conn: Conn) -> tuple[int, int]:
     """Rewrite the whole file (VACUUM) in incremental auto-vacuum mode; (bytes before, after).
 
     Holds the write lock for as long as it takes: for an offline maintenance window.
     """
     before = _file_bytes(conn)
-    conn.execute(Q["set_auto_vacuum_incremental"])
-    conn.execute(Q["vacuum"])
+    conn.execute(conn.q["set_auto_vacuum_incremental"])
+    conn.execute(conn.q["vacuum"])
     return before, _file_bytes(conn)
 
 
-def _file_bytes(conn: sqlite3.Connection) -> int:
-    pages, size = conn.execute(Q["page_stats"]).fetchone()
+def _file_bytes(conn: Conn) -> int:
+    pages, size = conn.execute(conn.q["page_stats"]).fetchone()
     return int(pages) * int(size)

@@ -12,26 +12,23 @@ Pieces of the transactions in store/repository.py (they never commit by themselv
 
 from __future__ import annotations
 
-import sqlite3
 from typing import Any
 
 import orjson
 
 from executor.errors import error_blob
 from executor.store import journal, payloads, sharding
-from executor.store.sql import Q
+from executor.store.conn import Conn
 from executor.vocabulary import Delivery, NewStep, Outcome, OutcomeKind, RunState, StepState
 
 
-def start(
-    conn: sqlite3.Connection, parent_rid: int, s: NewStep, attached: bool, now: float
-) -> None:
+def start(conn: Conn, parent_rid: int, s: NewStep, attached: bool, now: float) -> None:
     """Insert the run a parent's entry `s` starts (attached: a child, cancelled with its parent,
     its end recorded in the parent's entry; else a detached run), with its first replay entry."""
     assert s.target is not None and s.args is not None
-    shards = int(conn.execute(Q["select_shards"]).fetchone()[0])
+    shards = int(conn.execute(conn.q["select_shards"]).fetchone()[0])
     row = conn.execute(
-        Q["insert_child_run"],
+        conn.q["insert_child_run"],
         {
             "id": s.target,
             "workflow": s.name,
@@ -45,12 +42,12 @@ def start(
         },
     ).fetchone()
     if row is not None:
-        conn.execute(Q["insert_first_replay"], (row[0], row[1], now))
+        conn.execute(conn.q["insert_first_replay"], (row[0], row[1], now))
 
 
-def parent_entry(conn: sqlite3.Connection, rid: int) -> tuple[str, int, int] | None:
+def parent_entry(conn: Conn, rid: int) -> tuple[str, int, int] | None:
     """(child id, parent rid, parent position) if the run is an attached child."""
-    row = conn.execute(Q["parent_of_run"], (rid,)).fetchone()
+    row = conn.execute(conn.q["parent_of_run"], (rid,)).fetchone()
     if row is None or row[1] is None:
         return None
     return row[0], row[1], row[2]
@@ -71,15 +68,15 @@ def outcome_error(child_id: str, status: str, error: bytes | None) -> bytes:
     )
 
 
-def cancel_descendants(conn: sqlite3.Connection, rid: int, reason: str, now: float) -> list[int]:
+def cancel_descendants(conn: Conn, rid: int, reason: str, now: float) -> list[int]:
     """Cancel every running or parked run below `rid`; return their rids."""
     error = error_blob("Cancelled", reason)
-    rows = conn.execute(Q["cancel_descendants"], {"rid": rid, "now": now, "error": error})
+    rows = conn.execute(conn.q["cancel_descendants"], {"rid": rid, "now": now, "error": error})
     return [r[0] for r in rows.fetchall()]
 
 
 def run_left(
-    conn: sqlite3.Connection,
+    conn: Conn,
     rid: int,
     status: str,
     result: bytes | None,
@@ -92,7 +89,7 @@ def run_left(
     journal.drop_pending_work(conn, rid)
     for child in cancel_descendants(conn, rid, "cancelled with its parent", now):
         journal.drop_pending_work(conn, child)
-        conn.execute(Q["delete_replay"], (child,))
+        conn.execute(conn.q["delete_replay"], (child,))
     entry = parent_entry(conn, rid)
     if entry is None:
         return []

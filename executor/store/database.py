@@ -15,33 +15,33 @@ import sqlite3
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Concatenate, ParamSpec, TypeVar
+from typing import Concatenate, ParamSpec, TypeVar, cast
 
 import aiosqlite
 
 from executor import config, errors
 from executor.store import sql
+from executor.store.conn import Conn, SqliteConn
 
 P = ParamSpec("P")
 T = TypeVar("T")
+C = TypeVar("C", bound=Conn)
 
 # "EXEC" in ASCII: marks the file as ours, so we never migrate someone else's database.
 APPLICATION_ID = 0x45584543
-SCHEMA_VERSION = len(sql.migrations())
+SCHEMA_VERSION = len(sql.migrations("sqlite"))
 
 
-def transaction(
-    fn: Callable[Concatenate[sqlite3.Connection, P], T],
-) -> Callable[Concatenate[sqlite3.Connection, P], T]:
-    """Run `fn` inside BEGIN IMMEDIATE ... COMMIT, rolling back on any error.
+def transaction(fn: Callable[Concatenate[C, P], T]) -> Callable[Concatenate[C, P], T]:
+    """Run `fn` inside begin_write ... COMMIT, rolling back on any error.
 
-    IMMEDIATE takes the write lock up front, so a transaction never fails half-way because another
-    writer got there first (busy_timeout covers the wait).
+    On SQLite begin_write is BEGIN IMMEDIATE: it takes the write lock up front, so a transaction
+    never fails half-way because another writer got there first (busy_timeout covers the wait).
     """
 
     @functools.wraps(fn)
-    def wrapper(conn: sqlite3.Connection, *args: P.args, **kwargs: P.kwargs) -> T:
-        conn.execute("BEGIN IMMEDIATE")
+    def wrapper(conn: C, *args: P.args, **kwargs: P.kwargs) -> T:
+        conn.execute(conn.q["begin_write"])
         try:
             result = fn(conn, *args, **kwargs)
         except BaseException:
@@ -128,22 +128,25 @@ def write_blocker(path: Path) -> str | None:
     return None
 
 
-def _connector(path: Path, read_only: bool, timeout_s: float) -> Callable[[], sqlite3.Connection]:
+def _connector(path: Path, read_only: bool, timeout_s: float) -> Callable[[], SqliteConn]:
     """How to open the file: read-write, or read-only when this process cannot write it (see
     connect_read_only)."""
     if not read_only:
         # bytes: a path that is not valid UTF-8 (os.fsencode keeps the bytes) still opens.
-        return functools.partial(
-            sqlite3.connect,
-            os.fsencode(path),
-            timeout=timeout_s,
-            isolation_level=None,
-            check_same_thread=False,
-        )
+        def read_write() -> SqliteConn:
+            return sqlite3.connect(
+                os.fsencode(path),
+                timeout=timeout_s,
+                isolation_level=None,
+                check_same_thread=False,
+                factory=SqliteConn,
+            )
+
+        return read_write
     return functools.partial(connect_read_only, path, timeout_s)
 
 
-def connect_read_only(path: Path, timeout_s: float) -> sqlite3.Connection:
+def connect_read_only(path: Path, timeout_s: float) -> SqliteConn:
     """A connection that can never write the file (SQLite's mode=ro), for reads by a process that
     cannot or must not write it (`executor check`, read-only verbs on a read-only file). A file
     without -wal/-shm that we cannot write (a backup, read-only media, a full disk) opens
@@ -157,7 +160,12 @@ def connect_read_only(path: Path, timeout_s: float) -> sqlite3.Connection:
         params += "&immutable=1"
     uri = absolute.as_uri() + "?" + params
     return sqlite3.connect(
-        uri, uri=True, timeout=timeout_s, isolation_level=None, check_same_thread=False
+        uri,
+        uri=True,
+        timeout=timeout_s,
+        isolation_level=None,
+        check_same_thread=False,
+        factory=SqliteConn,
     )
 
 
@@ -177,7 +185,7 @@ async def _connect(
 class Database:
     """An open executor database."""
 
-    def __init__(self, path: Path, conn: aiosqlite.Connection, raw: sqlite3.Connection) -> None:
+    def __init__(self, path: Path, conn: aiosqlite.Connection, raw: SqliteConn) -> None:
         self.path = path
         self._conn = conn
         self._raw = raw
@@ -210,7 +218,8 @@ class Database:
         if blocker is not None and not read_only_ok:
             raise errors.StoreWriteError(f"{path}: cannot write the database: {blocker}")
         conn = await _connect(path, blocker is not None, cfg.busy_timeout_s, blocker)
-        raw = conn._conn  # the sqlite3 connection; only ever used on aiosqlite's own thread
+        # The SqliteConn _connector made; only ever used on aiosqlite's own thread.
+        raw = cast(SqliteConn, conn._conn)
         db = cls(path, conn, raw)
         db.read_only = blocker
         try:
@@ -222,7 +231,7 @@ class Database:
         return db
 
     async def run(
-        self, fn: Callable[Concatenate[sqlite3.Connection, P], T], *args: P.args, **kw: P.kwargs
+        self, fn: Callable[Concatenate[SqliteConn, P], T], *args: P.args, **kw: P.kwargs
     ) -> T:
         """Run fn(connection, *args) on the database thread and return its result."""
         if self._corrupt is not None:
@@ -338,7 +347,7 @@ def _setup(
     conn.execute(f"PRAGMA synchronous = {synchronous}")
     conn.execute("PRAGMA cache_size = -65536")  # 64 MiB page cache
     conn.execute("PRAGMA temp_store = MEMORY")
-    for number, name, script in sql.migrations():
+    for number, name, script in sql.migrations("sqlite"):
         if number <= version:
             continue
         _migrate(conn, number, name, script, path)
@@ -395,10 +404,8 @@ def _statements(script: str) -> list[str]:
     return out
 
 
-def _check_shards(
-    conn: sqlite3.Connection, shards: int | None, path: Path, read_only: bool = False
-) -> int:
-    row = conn.execute(sql.Q["select_shards"]).fetchone()
+def _check_shards(conn: Conn, shards: int | None, path: Path, read_only: bool = False) -> int:
+    row = conn.execute(conn.q["select_shards"]).fetchone()
     if row is not None:
         stored = int(row[0])
         if shards is not None and shards != stored:
@@ -411,11 +418,11 @@ def _check_shards(
         raise errors.SchemaError(f"{path}: no shard count recorded, and the file is read-only")
     if shards is None:
         shards = config.EngineConfig().shards
-    conn.execute("BEGIN IMMEDIATE")
+    conn.execute(conn.q["begin_write"])
     try:
-        again = conn.execute(sql.Q["select_shards"]).fetchone()
+        again = conn.execute(conn.q["select_shards"]).fetchone()
         if again is None:
-            conn.execute(sql.Q["insert_shards"], {"shards": shards})
+            conn.execute(conn.q["insert_shards"], {"shards": shards})
         conn.execute("COMMIT")
     except BaseException:
         conn.execute("ROLLBACK")

@@ -7,13 +7,12 @@ Each public function is one transaction (or one read), run on the database threa
 
 from __future__ import annotations
 
-import sqlite3
 from collections.abc import Callable, Sequence
 from typing import NamedTuple
 
 from executor import errors
+from executor.store.conn import Conn
 from executor.store.database import transaction
-from executor.store.sql import Q
 from executor.vocabulary import LIVE_ENGINE_STATES, EngineState, Heartbeat
 
 
@@ -26,7 +25,7 @@ class LiveCheck(NamedTuple):
 
 @transaction
 def register_engine(
-    conn: sqlite3.Connection, pid: int, host: str, now: float, refuse: LiveCheck | None = None
+    conn: Conn, pid: int, host: str, now: float, refuse: LiveCheck | None = None
 ) -> tuple[int, int]:
     """Take a new epoch (so older engines drain) and register; return (engine id, epoch).
 
@@ -36,9 +35,9 @@ def register_engine(
     transaction, so two engines starting at once cannot both pass it.
     """
     if refuse is not None:
-        current = conn.execute(Q["select_epoch"]).fetchone()[0]
+        current = conn.execute(conn.q["select_epoch"]).fetchone()[0]
         for _id, other_epoch, other_pid, other_host, state, _started, beat in conn.execute(
-            Q["list_engines"]
+            conn.q["list_engines"]
         ).fetchall():
             if state not in LIVE_ENGINE_STATES or beat < now - refuse.lease_s:
                 continue
@@ -52,51 +51,50 @@ def register_engine(
                 " with `executor run --takeover` (or `executor bump-epoch`: it drains and exits,"
                 " and this one may start at once)"
             )
-    epoch = conn.execute(Q["bump_epoch"]).fetchone()[0]
-    cur = conn.execute(Q["insert_engine"], (epoch, pid, host, now, now))
-    assert cur.lastrowid is not None
-    return cur.lastrowid, epoch
+    epoch = conn.execute(conn.q["bump_epoch"]).fetchone()[0]
+    engine_id = conn.execute(conn.q["insert_engine"], (epoch, pid, host, now, now)).fetchone()[0]
+    return int(engine_id), epoch
 
 
-def engines_on_host(conn: sqlite3.Connection, host: str) -> list[tuple[int, int]]:
+def engines_on_host(conn: Conn, host: str) -> list[tuple[int, int]]:
     """(engine id, pid) of engines on this host that the table says are alive."""
-    return [(i, p) for i, p in conn.execute(Q["live_engines_on_host"], (host,))]
+    return [(i, p) for i, p in conn.execute(conn.q["live_engines_on_host"], (host,))]
 
 
 @transaction
-def reclaim_from(conn: sqlite3.Connection, engine_ids: Sequence[int]) -> int:
+def reclaim_from(conn: Conn, engine_ids: Sequence[int]) -> int:
     """Mark engines dead and put their in-flight tasks back in the queue; return tasks released."""
     released = 0
     for engine_id in engine_ids:
-        if conn.execute(Q["mark_engine_dead"], (engine_id,)).rowcount:
-            released += conn.execute(Q["release_engine_claims"], (engine_id,)).rowcount
+        if conn.execute(conn.q["mark_engine_dead"], (engine_id,)).rowcount:
+            released += conn.execute(conn.q["release_engine_claims"], (engine_id,)).rowcount
     return released
 
 
 @transaction
-def bump_epoch(conn: sqlite3.Connection) -> int:
-    return int(conn.execute(Q["bump_epoch"]).fetchone()[0])
+def bump_epoch(conn: Conn) -> int:
+    return int(conn.execute(conn.q["bump_epoch"]).fetchone()[0])
 
 
 @transaction
 def heartbeat(
-    conn: sqlite3.Connection, engine_id: int, state: EngineState, now: float, lease_s: float
+    conn: Conn, engine_id: int, state: EngineState, now: float, lease_s: float
 ) -> Heartbeat:
-    conn.execute(Q["heartbeat"], (now, state, engine_id))
-    epoch = conn.execute(Q["select_epoch"]).fetchone()[0]
-    dead = [row[0] for row in conn.execute(Q["expire_engines"], (now - lease_s, engine_id))]
+    conn.execute(conn.q["heartbeat"], (now, state, engine_id))
+    epoch = conn.execute(conn.q["select_epoch"]).fetchone()[0]
+    dead = [row[0] for row in conn.execute(conn.q["expire_engines"], (now - lease_s, engine_id))]
     reclaimed = 0
     for other in dead:
-        reclaimed += conn.execute(Q["release_engine_claims"], (other,)).rowcount
-    orphaned = [(r, p) for r, p in conn.execute(Q["orphaned_claims"], (engine_id,))]
+        reclaimed += conn.execute(conn.q["release_engine_claims"], (other,)).rowcount
+    orphaned = [(r, p) for r, p in conn.execute(conn.q["orphaned_claims"], (engine_id,))]
     return Heartbeat(epoch, reclaimed, orphaned)
 
 
 @transaction
-def stop_engine(conn: sqlite3.Connection, engine_id: int, now: float) -> int:
+def stop_engine(conn: Conn, engine_id: int, now: float) -> int:
     """Release whatever the engine still holds and mark it stopped; return tasks released."""
-    released = conn.execute(Q["release_engine_claims"], (engine_id,)).rowcount
-    conn.execute(Q["stop_engine"], (now, engine_id))
+    released = conn.execute(conn.q["release_engine_claims"], (engine_id,)).rowcount
+    conn.execute(conn.q["stop_engine"], (now, engine_id))
     return released
 
 
@@ -104,15 +102,15 @@ def stop_engine(conn: sqlite3.Connection, engine_id: int, now: float) -> int:
 
 
 @transaction
-def unpark_all(conn: sqlite3.Connection) -> int:
+def unpark_all(conn: Conn) -> int:
     """Make every parked task claimable (a new engine starts with empty limit counts)."""
-    return conn.execute(Q["unpark_all"]).rowcount
+    return conn.execute(conn.q["unpark_all"]).rowcount
 
 
 @transaction
-def sync_limits(
-    conn: sqlite3.Connection, engine_id: int, snapshot: bytes, now: float
-) -> dict[str, int]:
+def sync_limits(conn: Conn, engine_id: int, snapshot: bytes, now: float) -> dict[str, int]:
     """Store the engine's limits snapshot for `stats`; return parked task counts by group."""
-    conn.execute(Q["upsert_limit_state"], {"engine": engine_id, "snapshot": snapshot, "now": now})
-    return {group: count for group, count in conn.execute(Q["parked_by_group"])}
+    conn.execute(
+        conn.q["upsert_limit_state"], {"engine": engine_id, "snapshot": snapshot, "now": now}
+    )
+    return {group: count for group, count in conn.execute(conn.q["parked_by_group"])}

@@ -5,13 +5,12 @@ Read-only, one snapshot per call: `executor show`, `Client.history` and the dash
 
 from __future__ import annotations
 
-import sqlite3
 from dataclasses import dataclass, fields
 from typing import Any, NamedTuple
 
 import orjson
 
-from executor.store.sql import Q
+from executor.store.conn import Conn
 
 # What a position is doing. A finished one is its status (succeeded | failed).
 QUEUED = "queued"  # claimable now
@@ -235,16 +234,16 @@ def _waiting_on(p: Position, not_before: float | None) -> Waiting:
     return Waiting(SCHEDULED, f"{what} waits for its run's replay", since=p.scheduled_at, **common)
 
 
-def run_history(conn: sqlite3.Connection, run_id: str, now: float) -> RunHistory | None:
+def run_history(conn: Conn, run_id: str, now: float) -> RunHistory | None:
     """The run's journal and what it waits on, from one read snapshot; None if no such run."""
-    conn.execute("BEGIN")
+    conn.execute(conn.q["begin_read"])
     try:
-        run = conn.execute(Q["history_run"], (run_id,)).fetchone()
+        run = conn.execute(conn.q["history_run"], (run_id,)).fetchone()
         if run is None:
             return None
         rid = run[0]
-        rows = conn.execute(Q["history_steps"], (rid,)).fetchall()
-        replay = conn.execute(Q["history_replay"], (rid,)).fetchone()
+        rows = conn.execute(conn.q["history_steps"], (rid,)).fetchall()
+        replay = conn.execute(conn.q["history_replay"], (rid,)).fetchone()
     finally:
         conn.execute("COMMIT")
     (
@@ -312,15 +311,15 @@ class CurrentStep(NamedTuple):
     error: dict[str, Any] | None
 
 
-def current_step(conn: sqlite3.Connection, rid: int) -> CurrentStep | None:
+def current_step(conn: Conn, rid: int) -> CurrentStep | None:
     """The run's pending step with the highest position, else its last one; None if none."""
-    row = conn.execute(Q["current_step"], (rid,)).fetchone()
+    row = conn.execute(conn.q["current_step"], (rid,)).fetchone()
     if row is None:
         return None
     pos, kind, name, status, attempts, error = row
     return CurrentStep(pos, kind, name, status, attempts, _error(error))
 
 
-def runs_by_workflow(conn: sqlite3.Connection) -> list[tuple[str, str, int]]:
+def runs_by_workflow(conn: Conn) -> list[tuple[str, str, int]]:
     """(workflow, status, runs) for every pair that has runs."""
-    return [(w, s, n) for w, s, n in conn.execute(Q["runs_by_workflow"])]
+    return [(w, s, n) for w, s, n in conn.execute(conn.q["runs_by_workflow"])]

@@ -6,11 +6,10 @@ Read-only; each function is one query on a read-only connection (store/reader.py
 
 from __future__ import annotations
 
-import sqlite3
 from dataclasses import dataclass
 
 from executor.runfilter import RunFilter
-from executor.store.sql import Q
+from executor.store.conn import Conn
 from executor.vocabulary import FINISHED, RunState
 
 
@@ -27,16 +26,16 @@ class FailureGroup:
     sample_message: str | None
 
 
-def failure_groups(conn: sqlite3.Connection, since: float, limit: int = 200) -> list[FailureGroup]:
+def failure_groups(conn: Conn, since: float, limit: int = 200) -> list[FailureGroup]:
     """Failed and parked runs started since `since`, by (workflow, status, step, error type)."""
     return [
         FailureGroup(*row)
-        for row in conn.execute(Q["failure_groups"], {"since": since, "limit": limit})
+        for row in conn.execute(conn.q["failure_groups"], {"since": since, "limit": limit})
     ]
 
 
-def workflow_names(conn: sqlite3.Connection) -> list[str]:
-    return [name for (name,) in conn.execute(Q["workflow_names"])]
+def workflow_names(conn: Conn) -> list[str]:
+    return [name for (name,) in conn.execute(conn.q["workflow_names"])]
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,10 +58,10 @@ class BatchProgress:
         return self.runs.get(RunState.RUNNING, 0)
 
 
-def batch_progress(conn: sqlite3.Connection, where: RunFilter) -> BatchProgress:
+def batch_progress(conn: Conn, where: RunFilter) -> BatchProgress:
     runs: dict[str, int] = {}
     events = 0
-    for status, count, recorded in conn.execute(Q["batch_progress"], where.params()):
+    for status, count, recorded in conn.execute(conn.q["batch_progress"], where.params()):
         runs[status] = count
         events += recorded
     return BatchProgress(runs, events)

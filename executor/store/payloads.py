@@ -32,7 +32,6 @@ from __future__ import annotations
 import hashlib
 import os
 import secrets
-import sqlite3
 import time
 import zlib
 from collections.abc import Iterable
@@ -44,8 +43,8 @@ import orjson
 from lru import LRU
 
 from executor import errors
+from executor.store.conn import Conn
 from executor.store.database import transaction
-from executor.store.sql import Q
 
 # Chosen from `scripts/bench.py --result-bytes` (docs/PERFORMANCE.md, "Payload sizes").
 INLINE_MAX_BYTES = 1024
@@ -76,7 +75,7 @@ def folder(database: str | Path) -> Path:
     return Path(f"{database}.payloads")
 
 
-def _database_path(conn: sqlite3.Connection) -> str:
+def _database_path(conn: Conn) -> str:
     for _, name, file in conn.execute("PRAGMA database_list"):
         if name == "main":
             return str(file)
@@ -179,7 +178,7 @@ def _split(blob: bytes) -> list[bytes] | None:
     return parts
 
 
-def put_args(conn: sqlite3.Connection, blob: bytes | None, now: float) -> bytes | None:
+def put_args(conn: Conn, blob: bytes | None, now: float) -> bytes | None:
     """`put` for an argument list: each large argument stored on its own (see the docstring)."""
     if blob is None or len(blob) <= INLINE_MAX_BYTES:
         return blob
@@ -193,7 +192,7 @@ def put_args(conn: sqlite3.Connection, blob: bytes | None, now: float) -> bytes 
     return _SPLIT_PREFIX + orjson.dumps(layout)
 
 
-def put(conn: sqlite3.Connection, item: bytes | Staged | None, now: float) -> bytes | None:
+def put(conn: Conn, item: bytes | Staged | None, now: float) -> bytes | None:
     """Inside a write transaction: what the row should hold for this payload (itself when small,
     else a reference to its stored copy, inserted now unless the same bytes are stored already).
     The reference counts itself when the row is written (the triggers)."""
@@ -206,9 +205,9 @@ def put(conn: sqlite3.Connection, item: bytes | Staged | None, now: float) -> by
     return _REF_PREFIX + str(_insert(conn, item, now)).encode()
 
 
-def _insert(conn: sqlite3.Connection, item: Staged, now: float) -> int:
+def _insert(conn: Conn, item: Staged, now: float) -> int:
     """The id of the stored payload with these bytes, inserted now if there is none."""
-    row = conn.execute(Q["payload_by_digest"], (item.digest,)).fetchone()
+    row = conn.execute(conn.q["payload_by_digest"], (item.digest,)).fetchone()
     if row is not None:
         if item.file is not None:  # stored meanwhile by someone else: ours is an orphan now
             _unlink_later(conn, item.file)
@@ -227,7 +226,7 @@ def _insert(conn: sqlite3.Connection, item: Staged, now: float) -> int:
     else:
         codec, data = _compress(item.blob)
     (pid,) = conn.execute(
-        Q["insert_payload"],
+        conn.q["insert_payload"],
         {
             "digest": item.digest,
             "size": len(item.blob),
@@ -240,7 +239,7 @@ def _insert(conn: sqlite3.Connection, item: Staged, now: float) -> int:
     return int(pid)
 
 
-def _unlink_later(conn: sqlite3.Connection, name: str) -> None:
+def _unlink_later(conn: Conn, name: str) -> None:
     # A file we wrote that no row will name: harmless to remove now (unique name, unreferenced).
     try:
         (folder(_database_path(conn)) / name).unlink(missing_ok=True)
@@ -252,14 +251,14 @@ def _unlink_later(conn: sqlite3.Connection, name: str) -> None:
 
 
 @overload
-def resolve(conn: sqlite3.Connection, blob: bytes) -> bytes: ...
+def resolve(conn: Conn, blob: bytes) -> bytes: ...
 @overload
-def resolve(conn: sqlite3.Connection, blob: None) -> None: ...
+def resolve(conn: Conn, blob: None) -> None: ...
 @overload
-def resolve(conn: sqlite3.Connection, blob: bytes | None) -> bytes | None: ...
+def resolve(conn: Conn, blob: bytes | None) -> bytes | None: ...
 
 
-def resolve(conn: sqlite3.Connection, blob: bytes | None) -> bytes | None:
+def resolve(conn: Conn, blob: bytes | None) -> bytes | None:
     """The encoded payload a row holds: itself, or rebuilt from the store."""
     if blob is None:
         return None
@@ -274,15 +273,15 @@ def resolve(conn: sqlite3.Connection, blob: bytes | None) -> bytes | None:
     return blob
 
 
-def _load(conn: sqlite3.Connection, database: str, pid: int) -> bytes:
-    row = conn.execute(Q["payload_digest"], (pid,)).fetchone()
+def _load(conn: Conn, database: str, pid: int) -> bytes:
+    row = conn.execute(conn.q["payload_digest"], (pid,)).fetchone()
     if row is None:
         raise errors.StoreError(f"{database}: payload {pid} is referenced but missing")
     # By content: the same bytes whichever file or id they come from, and never stale.
     hit = _cache.get(row[0])
     if hit is not None:
         return hit
-    codec, data, file, size, dig = conn.execute(Q["select_payload"], (pid,)).fetchone()
+    codec, data, file, size, dig = conn.execute(conn.q["select_payload"], (pid,)).fetchone()
     if file is not None:
         path = folder(database) / file
         try:
@@ -311,15 +310,15 @@ class Collected(NamedTuple):
     bytes: int  # encoded bytes freed
 
 
-def delete_unreferenced(conn: sqlite3.Connection, now: float) -> tuple[int, int, list[str]]:
+def delete_unreferenced(conn: Conn, now: float) -> tuple[int, int, list[str]]:
     """Inside a write transaction (a purge's own, say): delete every payload no row refers to.
     Returns (rows, bytes, files to unlink once the transaction has committed)."""
     files: list[str] = []
     rows = 0
     freed = 0
-    for pid, file in conn.execute(Q["unreferenced_payloads"], {"before": now}).fetchall():
+    for pid, file in conn.execute(conn.q["unreferenced_payloads"], {"before": now}).fetchall():
         size = conn.execute("SELECT size FROM payloads WHERE id = ?", (pid,)).fetchone()
-        if conn.execute(Q["delete_payload"], (pid,)).rowcount:
+        if conn.execute(conn.q["delete_payload"], (pid,)).rowcount:
             rows += 1
             freed += size[0] if size else 0
             if file is not None:
@@ -341,7 +340,7 @@ def unlink(database: str | Path, files: Iterable[str]) -> int:
 
 
 def orphan_files(
-    conn: sqlite3.Connection, database: str | Path | None = None, older_than: float | None = None
+    conn: Conn, database: str | Path | None = None, older_than: float | None = None
 ) -> list[str]:
     """Files in the payload folder that no payload row names (in this read snapshot); with
     `older_than`, only those last modified before it."""
@@ -350,7 +349,7 @@ def orphan_files(
         names = os.listdir(directory)
     except FileNotFoundError:
         return []
-    known = {f for (f,) in conn.execute(Q["payload_files"])}
+    known = {f for (f,) in conn.execute(conn.q["payload_files"])}
     out = []
     for name in names:
         if name in known:
@@ -365,13 +364,13 @@ def orphan_files(
     return sorted(out)
 
 
-def missing_files(conn: sqlite3.Connection, database: str | Path | None = None) -> list[str]:
+def missing_files(conn: Conn, database: str | Path | None = None) -> list[str]:
     """Payload rows whose file is not there (what `executor check` reports)."""
     directory = folder(database or _database_path(conn))
-    return [f for (f,) in conn.execute(Q["payload_files"]) if not (directory / f).exists()]
+    return [f for (f,) in conn.execute(conn.q["payload_files"]) if not (directory / f).exists()]
 
 
-def collect(conn: sqlite3.Connection, now: float | None = None) -> Collected:
+def collect(conn: Conn, now: float | None = None) -> Collected:
     """Retention of payloads: delete the rows no run references, unlink their files, and sweep
     orphan files older than ORPHAN_GRACE_S. Runs its own transactions (not inside another)."""
     now = time.time() if now is None else now
@@ -380,7 +379,7 @@ def collect(conn: sqlite3.Connection, now: float | None = None) -> Collected:
     unlinked = unlink(database, files)
     # Under the write lock: a writer checks its file exists inside its own write transaction,
     # so a file seen here without a row cannot gain one before we unlink it.
-    conn.execute("BEGIN IMMEDIATE")
+    conn.execute(conn.q["begin_write"])
     try:
         orphans = orphan_files(conn, database, older_than=now - ORPHAN_GRACE_S)
         unlinked += unlink(database, orphans)

@@ -4,20 +4,19 @@ and the metrics)."""
 
 from __future__ import annotations
 
-import sqlite3
 import time
 from typing import Any
 
 import orjson
 
-from executor.store.sql import Q
+from executor.store.conn import Conn
 from executor.vocabulary import LIVE_ENGINE_STATES
 
 
-def stats(conn: sqlite3.Connection, now: float | None = None) -> dict[str, Any]:
+def stats(conn: Conn, now: float | None = None) -> dict[str, Any]:
     """Queue depths per shard and runs by status, from one read snapshot."""
     now = time.time() if now is None else now
-    conn.execute("BEGIN")
+    conn.execute(conn.q["begin_read"])
     try:
         shards: dict[int, dict[str, Any]] = {}
 
@@ -37,26 +36,26 @@ def stats(conn: sqlite3.Connection, now: float | None = None) -> dict[str, Any]:
             )
 
         for n, queued, waiting, in_flight, oldest_rid in conn.execute(
-            Q["stats_tasks"], {"now": now}
+            conn.q["stats_tasks"], {"now": now}
         ):
             s = shard(n)
             s.update(queued=queued or 0, waiting=waiting or 0, in_flight=in_flight or 0)
             if oldest_rid is not None:
-                created = conn.execute(Q["created_at_of_rid"], (oldest_rid,)).fetchone()
+                created = conn.execute(conn.q["created_at_of_rid"], (oldest_rid,)).fetchone()
                 if created is not None:
                     s["oldest_queued_age_s"] = round(now - created[0], 3)
-        for n, count in conn.execute(Q["stats_replays"]):
+        for n, count in conn.execute(conn.q["stats_replays"]):
             shard(n)["replay_backlog"] = count
-        for n, count, due in conn.execute(Q["stats_timers"], {"now": now}):
+        for n, count, due in conn.execute(conn.q["stats_timers"], {"now": now}):
             shard(n).update(timers=count, timers_due=due or 0)
-        for n, _group, count in conn.execute(Q["stats_parked"]):
+        for n, _group, count in conn.execute(conn.q["stats_parked"]):
             shard(n)["parked"] += count
         limits = [
             {"engine": engine_id, "updated_at": at, **orjson.loads(snapshot)}
-            for engine_id, snapshot, at in conn.execute(Q["live_limit_states"])
+            for engine_id, snapshot, at in conn.execute(conn.q["live_limit_states"])
         ]
-        runs = dict(conn.execute(Q["stats_runs"]).fetchall())
-        epoch = conn.execute(Q["select_epoch"]).fetchone()[0]
+        runs = dict(conn.execute(conn.q["stats_runs"]).fetchall())
+        epoch = conn.execute(conn.q["select_epoch"]).fetchone()[0]
         engines = [
             dict(
                 zip(
@@ -65,7 +64,7 @@ def stats(conn: sqlite3.Connection, now: float | None = None) -> dict[str, Any]:
                     strict=True,
                 )
             )
-            for e in conn.execute(Q["list_engines"])
+            for e in conn.execute(conn.q["list_engines"])
             if e[4] in LIVE_ENGINE_STATES
         ]
     finally:

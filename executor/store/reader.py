@@ -7,10 +7,11 @@ import sqlite3
 from pathlib import Path
 
 from executor import errors
+from executor.store.conn import SqliteConn
 from executor.store.database import APPLICATION_ID, SCHEMA_VERSION
 
 
-def open_readonly(path: Path, busy_timeout_s: float = 5.0) -> sqlite3.Connection:
+def open_readonly(path: Path, busy_timeout_s: float = 5.0) -> SqliteConn:
     """A read-only connection to an executor database of this version; StoreError otherwise."""
     if not path.is_file():
         raise errors.StoreError(f"{path}: no database file here")
@@ -21,6 +22,7 @@ def open_readonly(path: Path, busy_timeout_s: float = 5.0) -> sqlite3.Connection
             timeout=busy_timeout_s,
             isolation_level=None,
             check_same_thread=False,
+            factory=SqliteConn,
         )
     except sqlite3.Error as exc:
         raise errors.StoreError(f"{path}: cannot open the database read-only: {exc}") from exc

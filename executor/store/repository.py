@@ -14,7 +14,6 @@ Each public function here is one transaction (or one read) and runs on the datab
 
 from __future__ import annotations
 
-import sqlite3
 from collections.abc import Iterable, Mapping, Sequence
 
 import orjson
@@ -22,8 +21,8 @@ import orjson
 from executor import errors
 from executor.errors import error_blob
 from executor.store import children, journal, payloads, signals
+from executor.store.conn import Conn
 from executor.store.database import transaction
-from executor.store.sql import Q
 from executor.vocabulary import (
     UNREGISTERED,
     Claimed,
@@ -46,16 +45,16 @@ from executor.vocabulary import (
 
 
 @transaction
-def create_runs(conn: sqlite3.Connection, runs: Sequence[NewRun], now: float) -> list[str]:
+def create_runs(conn: Conn, runs: Sequence[NewRun], now: float) -> list[str]:
     """Insert runs and their first replay entries; return each run's id (an existing one for a
     repeated idempotency key of the same workflow with equal arguments).
 
     A key held by a run of another workflow, or with other arguments, raises IdempotencyConflict
     and starts nothing (the whole batch is rolled back).
     """
-    before = conn.execute(Q["max_rid"]).fetchone()[0]
+    before = conn.execute(conn.q["max_rid"]).fetchone()[0]
     conn.executemany(
-        Q["insert_run"],
+        conn.q["insert_run"],
         [
             {
                 "id": r.id,
@@ -71,14 +70,14 @@ def create_runs(conn: sqlite3.Connection, runs: Sequence[NewRun], now: float) ->
             for r in runs
         ],
     )
-    conn.execute(Q["queue_new_runs"], (before,))
+    conn.execute(conn.q["queue_new_runs"], (before,))
     ids = []
     for r in runs:
         if r.idempotency_key is None:
             ids.append(r.id)
             continue
         run_id, workflow, args, status = conn.execute(
-            Q["run_id_by_key"], (r.idempotency_key,)
+            conn.q["run_id_by_key"], (r.idempotency_key,)
         ).fetchone()
         args = payloads.resolve(conn, args)  # large arguments are stored apart (a reference)
         if run_id != r.id and (
@@ -98,7 +97,7 @@ def create_runs(conn: sqlite3.Connection, runs: Sequence[NewRun], now: float) ->
 
 
 def claim(
-    conn: sqlite3.Connection,
+    conn: Conn,
     engine_id: int,
     epoch: int,
     token: int,
@@ -114,14 +113,14 @@ def claim(
     """
     if not any(n > 0 for _, n in wants):
         # Nothing to claim: check the epoch with a read, without taking the write lock.
-        current = conn.execute(Q["select_epoch"]).fetchone()[0]
+        current = conn.execute(conn.q["select_epoch"]).fetchone()[0]
         return [] if current == epoch else None
     return _claim(conn, engine_id, epoch, token, wants, now, limits)
 
 
 @transaction
 def _claim(
-    conn: sqlite3.Connection,
+    conn: Conn,
     engine_id: int,
     epoch: int,
     token: int,
@@ -129,13 +128,13 @@ def _claim(
     now: float,
     limits: bool,
 ) -> list[Claimed] | None:
-    if conn.execute(Q["select_epoch"]).fetchone()[0] != epoch:
+    if conn.execute(conn.q["select_epoch"]).fetchone()[0] != epoch:
         return None
     # Set-based: a few statements for the whole batch. sqlite3 lets go of the GIL around each
     # statement step, and the engine's event loop keeps it busy, so every step of this thread
     # can wait for the GIL: per-row statements made claims the slowest transaction we had.
     conn.executemany(
-        Q["mark_claimed"],
+        conn.q["mark_claimed"],
         [
             {
                 "token": token,
@@ -149,9 +148,9 @@ def _claim(
             if limit > 0
         ],
     )
-    conn.execute(Q["count_claimed_attempts"], {"token": token, "now": now})
+    conn.execute(conn.q["count_claimed_attempts"], {"token": token, "now": now})
     out: list[Claimed] = []
-    for row in conn.execute(Q["select_claimed"], (token,)):
+    for row in conn.execute(conn.q["select_claimed"], (token,)):
         run_rid, pos, shard, attempt, name, args, limit_key, run_id, workflow, unparked, ckey = row
         if not limits:
             unparked, ckey = False, None
@@ -181,7 +180,7 @@ def _claim(
 
 @transaction
 def record(
-    conn: sqlite3.Connection, outcomes: Sequence[Outcome], unparks: Sequence[Unpark], now: float
+    conn: Conn, outcomes: Sequence[Outcome], unparks: Sequence[Unpark], now: float
 ) -> Recorded:
     """Apply a batch of step outcomes, then unparks, in one transaction.
 
@@ -196,7 +195,7 @@ def record(
             continue  # recorded above
         if o.kind is OutcomeKind.RETRY or o.kind is OutcomeKind.RELEASE:
             changed = conn.execute(
-                Q["retry_task"],
+                conn.q["retry_task"],
                 {
                     "bump": 1 if o.kind is OutcomeKind.RETRY else 0,
                     "not_before": o.not_before,
@@ -207,10 +206,10 @@ def record(
                 },
             ).rowcount
             if changed and o.error is not None:
-                conn.execute(Q["note_step_error"], (o.error, o.run_rid, o.pos))
+                conn.execute(conn.q["note_step_error"], (o.error, o.run_rid, o.pos))
         elif o.kind is OutcomeKind.PARK:
             held = conn.execute(
-                Q["retry_task"],
+                conn.q["retry_task"],
                 {
                     "bump": 0,
                     "not_before": 0.0,
@@ -221,18 +220,18 @@ def record(
                 },
             ).rowcount
             if held:
-                conn.execute(Q["park_run"], {"error": o.error, "now": now, "rid": o.run_rid})
+                conn.execute(conn.q["park_run"], {"error": o.error, "now": now, "rid": o.run_rid})
         else:  # pragma: no cover
             raise ValueError(f"unknown outcome kind {o.kind}")
     short = []
     for u in unparks:
-        found = conn.execute(Q["unpark_tasks"], {"parked": u.group, "limit": u.tasks}).rowcount
+        found = conn.execute(conn.q["unpark_tasks"], {"parked": u.group, "limit": u.tasks}).rowcount
         if found < u.tasks:
             short.append(Unpark(u.group, u.tasks - found))
     return Recorded(deliveries, short)
 
 
-def _record_done(done: list[Outcome], conn: sqlite3.Connection, now: float) -> list[Delivery]:
+def _record_done(done: list[Outcome], conn: Conn, now: float) -> list[Delivery]:
     """Record finished steps with a few statements over the whole batch.
 
     The same fences as journal.record_one, one statement each: our claim token still holds the
@@ -242,11 +241,11 @@ def _record_done(done: list[Outcome], conn: sqlite3.Connection, now: float) -> l
     """
     if not done:
         return []
-    conn.execute(Q["record_in_create"])
-    conn.execute(Q["record_in_index"])
-    conn.execute(Q["record_in_clear"])
+    conn.execute(conn.q["record_in_create"])
+    conn.execute(conn.q["record_in_index"])
+    conn.execute(conn.q["record_in_clear"])
     conn.executemany(
-        Q["record_in_add"],
+        conn.q["record_in_add"],
         [
             (
                 i,
@@ -260,35 +259,35 @@ def _record_done(done: list[Outcome], conn: sqlite3.Connection, now: float) -> l
             for i, o in enumerate(done)
         ],
     )
-    conn.execute(Q["record_in_fence_claim"])
-    conn.execute(Q["record_in_delete_tasks"])
-    conn.execute(Q["record_in_fence_step"])
-    conn.execute(Q["record_in_number"])
-    conn.execute(Q["record_in_steps"], {"now": now})
-    conn.execute(Q["record_in_runs"], {"now": now})
-    conn.execute(Q["record_in_replays"], {"now": now})
+    conn.execute(conn.q["record_in_fence_claim"])
+    conn.execute(conn.q["record_in_delete_tasks"])
+    conn.execute(conn.q["record_in_fence_step"])
+    conn.execute(conn.q["record_in_number"])
+    conn.execute(conn.q["record_in_steps"], {"now": now})
+    conn.execute(conn.q["record_in_runs"], {"now": now})
+    conn.execute(conn.q["record_in_replays"], {"now": now})
     events = []
-    for i, seq in conn.execute(Q["record_in_recorded"]).fetchall():
+    for i, seq in conn.execute(conn.q["record_in_recorded"]).fetchall():
         o = done[i]
         events.append(
             Delivery(o.run_rid, o.pos, seq, o.status, o.result, o.error, now, o.value, o.has_value)
         )
-    conn.execute(Q["record_in_clear"])
+    conn.execute(conn.q["record_in_clear"])
     return events
 
 
-def fire_timers(conn: sqlite3.Connection, now: float, limit: int) -> list[Delivery]:
+def fire_timers(conn: Conn, now: float, limit: int) -> list[Delivery]:
     """Record every due durable sleep (up to limit) as finished."""
     # Look before taking the write lock: most polls find nothing due.
-    if not conn.execute(Q["due_timers"], (now, 1)).fetchone():
+    if not conn.execute(conn.q["due_timers"], (now, 1)).fetchone():
         return []
     return _fire_due_timers(conn, now, limit)
 
 
 @transaction
-def _fire_due_timers(conn: sqlite3.Connection, now: float, limit: int) -> list[Delivery]:
+def _fire_due_timers(conn: Conn, now: float, limit: int) -> list[Delivery]:
     events = []
-    for run_rid, pos, kind in conn.execute(Q["due_timers"], (now, limit)).fetchall():
+    for run_rid, pos, kind in conn.execute(conn.q["due_timers"], (now, limit)).fetchall():
         event = _record_fired(conn, run_rid, pos, kind, now)
         if event is not None:
             events.append(event)
@@ -296,9 +295,9 @@ def _fire_due_timers(conn: sqlite3.Connection, now: float, limit: int) -> list[D
 
 
 def _record_fired(
-    conn: sqlite3.Connection, run_rid: int, pos: int, kind: str | None, now: float
+    conn: Conn, run_rid: int, pos: int, kind: str | None, now: float
 ) -> Delivery | None:
-    if not conn.execute(Q["delete_timer"], (run_rid, pos)).rowcount:
+    if not conn.execute(conn.q["delete_timer"], (run_rid, pos)).rowcount:
         return None
     if kind == StepKind.WAIT:
         return signals.time_out(conn, run_rid, pos, now)
@@ -308,21 +307,22 @@ def _record_fired(
 # --- replays -------------------------------------------------------------------------------------
 
 
-def pending_replays(conn: sqlite3.Connection, limit: int) -> list[tuple[int, int, int]]:
+def pending_replays(conn: Conn, limit: int) -> list[tuple[int, int, int]]:
     """(run rid, seq, the run's generation) of queued replays, oldest run first."""
-    return [(r, s, g) for r, s, g in conn.execute(Q["pending_replays"], (limit,))]
+    return [(r, s, g) for r, s, g in conn.execute(conn.q["pending_replays"], (limit,))]
 
 
-def load_runs(conn: sqlite3.Connection, rids: Iterable[int]) -> dict[int, RunSnapshot]:
+def load_runs(conn: Conn, rids: Iterable[int]) -> dict[int, RunSnapshot]:
     """Everything a full replay needs, for each run (missing runs are left out)."""
-    conn.execute("BEGIN")  # one consistent snapshot across the run rows and their journals
+    # One consistent snapshot across the run rows and their journals.
+    conn.execute(conn.q["begin_read"])
     try:
         out = {}
         for rid in rids:
-            row = conn.execute(Q["select_run_for_replay"], (rid,)).fetchone()
+            row = conn.execute(conn.q["select_run_for_replay"], (rid,)).fetchone()
             if row is None:
                 continue
-            journal = [JournalEntry(*j) for j in conn.execute(Q["select_journal"], (rid,))]
+            journal = [JournalEntry(*j) for j in conn.execute(conn.q["select_journal"], (rid,))]
             if any(payloads.is_ref(j.result) for j in journal):
                 journal = [
                     j._replace(result=payloads.resolve(conn, j.result))
@@ -340,18 +340,16 @@ def load_runs(conn: sqlite3.Connection, rids: Iterable[int]) -> dict[int, RunSna
     return out
 
 
-def load_deliveries(
-    conn: sqlite3.Connection, after: Mapping[int, int]
-) -> dict[int, list[Delivery]]:
+def load_deliveries(conn: Conn, after: Mapping[int, int]) -> dict[int, list[Delivery]]:
     """For each running run, its journal results recorded after seq `after[rid]`, in seq order:
     what a live instance misses when someone else recorded results (a signal, a child's end, a
     resume), so it is fed just those instead of being rebuilt from the whole journal. Runs that
     are no longer running are left out (they need the full path)."""
-    conn.execute("BEGIN")  # one snapshot across the run rows and their journals
+    conn.execute(conn.q["begin_read"])  # one snapshot across the run rows and their journals
     try:
         out: dict[int, list[Delivery]] = {}
         for rid, seq in after.items():
-            row = conn.execute(Q["run_status_of_rid"], (rid,)).fetchone()
+            row = conn.execute(conn.q["run_status_of_rid"], (rid,)).fetchone()
             if row is None or row[0] != RunState.RUNNING:
                 continue
             out[rid] = [
@@ -365,7 +363,7 @@ def load_deliveries(
                     finished_at,
                 )
                 for pos, s, status, result, error, finished_at in conn.execute(
-                    Q["select_journal_after"], (rid, seq)
+                    conn.q["select_journal_after"], (rid, seq)
                 )
             ]
     finally:
@@ -374,7 +372,7 @@ def load_deliveries(
 
 
 @transaction
-def commit_replays(conn: sqlite3.Connection, outputs: Sequence[ReplayOutput], now: float) -> int:
+def commit_replays(conn: Conn, outputs: Sequence[ReplayOutput], now: float) -> int:
     """Commit what a batch of replays produced, deleting the replay entries they consumed.
 
     Replays are deterministic, so two engines replaying the same run produce the same steps:
@@ -387,13 +385,14 @@ def commit_replays(conn: sqlite3.Connection, outputs: Sequence[ReplayOutput], no
     queued = 0
     for out in outputs:
         if not out.inactive:
-            state = conn.execute(Q["run_state_for_commit"], (out.run_rid,)).fetchone()
+            state = conn.execute(conn.q["run_state_for_commit"], (out.run_rid,)).fetchone()
             if state is None or state[0] != RunState.RUNNING or state[1] != out.generation:
                 out.dropped = True
                 if state is not None and state[1] == out.generation:
                     # Cancelled (or parked) in this generation: its entry, if any, is stale.
                     conn.execute(
-                        Q["delete_inactive_replay"], (out.run_rid, out.consumed_seq, out.run_rid)
+                        conn.q["delete_inactive_replay"],
+                        (out.run_rid, out.consumed_seq, out.run_rid),
                     )
                 continue
         for s in out.new_steps:
@@ -403,19 +402,19 @@ def commit_replays(conn: sqlite3.Connection, outputs: Sequence[ReplayOutput], no
                 continue
             if s.kind == StepKind.START:
                 if conn.execute(
-                    Q["insert_settled_step"],
+                    conn.q["insert_settled_step"],
                     (out.run_rid, s.pos, s.kind, s.name, s.fingerprint, s.args, now, now),
                 ).rowcount:
                     children.start(conn, out.run_rid, s, False, now)
                 continue
             if s.kind == StepKind.PATCH:  # a marker: settled when written, nothing to run
                 conn.execute(
-                    Q["insert_settled_step"],
+                    conn.q["insert_settled_step"],
                     (out.run_rid, s.pos, s.kind, s.name, s.fingerprint, None, now, now),
                 )
                 continue
             inserted = conn.execute(
-                Q["insert_step"],
+                conn.q["insert_step"],
                 (
                     out.run_rid,
                     s.pos,
@@ -429,9 +428,9 @@ def commit_replays(conn: sqlite3.Connection, outputs: Sequence[ReplayOutput], no
             if not inserted:
                 continue
             if s.limit_key is not None:
-                conn.execute(Q["set_step_limit_key"], (s.limit_key, out.run_rid, s.pos))
+                conn.execute(conn.q["set_step_limit_key"], (s.limit_key, out.run_rid, s.pos))
             if s.kind == StepKind.SLEEP:
-                conn.execute(Q["insert_timer"], (out.run_rid, s.pos, out.shard, s.fire_at))
+                conn.execute(conn.q["insert_timer"], (out.run_rid, s.pos, out.shard, s.fire_at))
             elif s.kind == StepKind.WAIT:
                 took = signals.open_wait(conn, out.run_rid, out.shard, s, now)
                 if took is not None:
@@ -439,11 +438,11 @@ def commit_replays(conn: sqlite3.Connection, outputs: Sequence[ReplayOutput], no
             elif s.kind == StepKind.CHILD:
                 children.start(conn, out.run_rid, s, True, now)
             else:
-                conn.execute(Q["insert_task"], (out.run_rid, s.pos, out.shard))
+                conn.execute(conn.q["insert_task"], (out.run_rid, s.pos, out.shard))
                 queued += 1
         if out.finished is not None:
             changed = conn.execute(
-                Q["finish_run"],
+                conn.q["finish_run"],
                 {
                     "status": out.finished,
                     "result": payloads.put(conn, out.result, now),
@@ -458,45 +457,48 @@ def commit_replays(conn: sqlite3.Connection, outputs: Sequence[ReplayOutput], no
                 out.recorded.extend(
                     children.run_left(conn, out.run_rid, out.finished, out.result, out.error, now)
                 )
-            conn.execute(Q["delete_replay"], (out.run_rid,))
+            conn.execute(conn.q["delete_replay"], (out.run_rid,))
         elif out.parked is not None:
-            conn.execute(Q["park_run"], {"error": out.parked, "now": now, "rid": out.run_rid})
-            conn.execute(Q["delete_replay"], (out.run_rid,))
+            conn.execute(conn.q["park_run"], {"error": out.parked, "now": now, "rid": out.run_rid})
+            conn.execute(conn.q["delete_replay"], (out.run_rid,))
         elif out.inactive:
-            conn.execute(Q["delete_inactive_replay"], (out.run_rid, out.consumed_seq, out.run_rid))
+            conn.execute(
+                conn.q["delete_inactive_replay"], (out.run_rid, out.consumed_seq, out.run_rid)
+            )
         else:
-            conn.execute(Q["delete_replay_through"], (out.run_rid, out.consumed_seq))
+            conn.execute(conn.q["delete_replay_through"], (out.run_rid, out.consumed_seq))
     return queued
 
 
-def _is_active(conn: sqlite3.Connection, rid: int) -> bool:
-    row = conn.execute(Q["run_status_of_rid"], (rid,)).fetchone()
+def _is_active(conn: Conn, rid: int) -> bool:
+    row = conn.execute(conn.q["run_status_of_rid"], (rid,)).fetchone()
     return row is not None and row[0] in (RunState.RUNNING, RunState.PARKED)
 
 
 # --- client and operator -------------------------------------------------------------------------
 
 
-def get_run(conn: sqlite3.Connection, run_id: str) -> RunRow | None:
-    row = conn.execute(Q["select_run_by_id"], (run_id,)).fetchone()
+def get_run(conn: Conn, run_id: str) -> RunRow | None:
+    row = conn.execute(conn.q["select_run_by_id"], (run_id,)).fetchone()
     if row is None:
         return None
     run = RunRow(*row)
     if payloads.is_ref(run.result):  # read the row and its payload in one snapshot
-        conn.execute("BEGIN")
+        conn.execute(conn.q["begin_read"])
         try:
-            run = RunRow(*conn.execute(Q["select_run_by_id"], (run_id,)).fetchone())
+            run = RunRow(*conn.execute(conn.q["select_run_by_id"], (run_id,)).fetchone())
             run = run._replace(result=payloads.resolve(conn, run.result))
         finally:
             conn.execute("COMMIT")
     return run
 
 
-def list_runs(conn: sqlite3.Connection, status: str | None, limit: int) -> list[RunRow]:
-    conn.execute("BEGIN")
+def list_runs(conn: Conn, status: str | None, limit: int) -> list[RunRow]:
+    conn.execute(conn.q["begin_read"])
     try:
         rows = [
-            RunRow(*r) for r in conn.execute(Q["list_runs"], {"status": status, "limit": limit})
+            RunRow(*r)
+            for r in conn.execute(conn.q["list_runs"], {"status": status, "limit": limit})
         ]
         return [
             r._replace(result=payloads.resolve(conn, r.result)) if payloads.is_ref(r.result) else r
@@ -507,7 +509,7 @@ def list_runs(conn: sqlite3.Connection, status: str | None, limit: int) -> list[
 
 
 @transaction
-def cancel_run(conn: sqlite3.Connection, run_id: str, now: float) -> bool:
+def cancel_run(conn: Conn, run_id: str, now: float) -> bool:
     """Cancel a running or parked run: its queued tasks, timers, waits and replay entry go
     away, its running children (and theirs) are cancelled too, and if it is a child its parent
     sees ChildCancelled; all in this one transaction.
@@ -518,48 +520,50 @@ def cancel_run(conn: sqlite3.Connection, run_id: str, now: float) -> bool:
     return cancel_in(conn, run_id, "cancelled by request", now)
 
 
-def cancel_in(conn: sqlite3.Connection, run_id: str, reason: str, now: float) -> bool:
+def cancel_in(conn: Conn, run_id: str, reason: str, now: float) -> bool:
     """cancel_run inside a transaction that is already open."""
     error = error_blob("Cancelled", reason)
-    row = conn.execute(Q["cancel_run"], {"id": run_id, "now": now, "error": error}).fetchone()
+    row = conn.execute(conn.q["cancel_run"], {"id": run_id, "now": now, "error": error}).fetchone()
     if row is None:
         return False
     rid = row[0]
     children.run_left(conn, rid, RunState.CANCELLED, None, error, now)
-    conn.execute(Q["delete_replay"], (rid,))
+    conn.execute(conn.q["delete_replay"], (rid,))
     return True
 
 
 @transaction
-def resume_run(conn: sqlite3.Connection, run_id: str, now: float) -> bool:
+def resume_run(conn: Conn, run_id: str, now: float) -> bool:
     """Put a parked run back to running, with a replay entry so it is replayed against new code."""
-    row = conn.execute(Q["resume_run"], {"id": run_id, "now": now}).fetchone()
+    row = conn.execute(conn.q["resume_run"], {"id": run_id, "now": now}).fetchone()
     if row is None:
         return False
     rid, shard, seq = row
-    conn.execute(Q["queue_replay"], {"rid": rid, "shard": shard, "seq": seq, "now": now})
-    conn.execute(Q["unpark_unregistered_tasks"], (rid,))
+    conn.execute(conn.q["queue_replay"], {"rid": rid, "shard": shard, "seq": seq, "now": now})
+    conn.execute(conn.q["unpark_unregistered_tasks"], (rid,))
     return True
 
 
 @transaction
-def fail_parked_run(conn: sqlite3.Connection, run_id: str, reason: str, now: float) -> bool:
+def fail_parked_run(conn: Conn, run_id: str, reason: str, now: float) -> bool:
     error = error_blob("FailedByOperator", reason)
-    row = conn.execute(Q["fail_parked_run"], {"id": run_id, "now": now, "error": error}).fetchone()
+    row = conn.execute(
+        conn.q["fail_parked_run"], {"id": run_id, "now": now, "error": error}
+    ).fetchone()
     if row is None:
         return False
     children.run_left(conn, row[0], RunState.FAILED, None, error, now)
-    conn.execute(Q["delete_replay"], (row[0],))
+    conn.execute(conn.q["delete_replay"], (row[0],))
     return True
 
 
 @transaction
-def fail_pending_tasks(conn: sqlite3.Connection, shard: int, now: float) -> int:
+def fail_pending_tasks(conn: Conn, shard: int, now: float) -> int:
     """Force-fail every queued task of a shard, so each workflow sees the failure and finishes."""
     failed = 0
     error = error_blob("ForceFailed", f"failed by an operator: fail_pending_tasks(shard={shard})")
-    for run_rid, pos in conn.execute(Q["queued_tasks_of_shard"], (shard,)).fetchall():
-        conn.execute(Q["delete_queued_task"], (run_rid, pos))
+    for run_rid, pos in conn.execute(conn.q["queued_tasks_of_shard"], (shard,)).fetchall():
+        conn.execute(conn.q["delete_queued_task"], (run_rid, pos))
         if journal.record_one(
             conn, Outcome(OutcomeKind.DONE, run_rid, pos, status=StepState.FAILED, error=error), now
         ):
@@ -568,26 +572,30 @@ def fail_pending_tasks(conn: sqlite3.Connection, shard: int, now: float) -> int:
 
 
 @transaction
-def clear_task_queue(conn: sqlite3.Connection, shard: int, now: float) -> int:
+def clear_task_queue(conn: Conn, shard: int, now: float) -> int:
     """Delete every queued task of a shard. The runs they belonged to are failed, saying why,
     rather than left running with nothing to make them progress (invariant 2)."""
-    rids = {r for r, _ in conn.execute(Q["queued_tasks_of_shard"], (shard,)).fetchall()}
+    rids = {r for r, _ in conn.execute(conn.q["queued_tasks_of_shard"], (shard,)).fetchall()}
     error = error_blob("QueueCleared", f"task queue of shard {shard} cleared by an operator")
     for rid in rids:
-        conn.execute(Q["delete_queued_tasks_of_run"], (rid,))
-        if conn.execute(Q["fail_running_run"], {"rid": rid, "error": error, "now": now}).rowcount:
+        conn.execute(conn.q["delete_queued_tasks_of_run"], (rid,))
+        if conn.execute(
+            conn.q["fail_running_run"], {"rid": rid, "error": error, "now": now}
+        ).rowcount:
             children.run_left(conn, rid, RunState.FAILED, None, error, now)
-            conn.execute(Q["delete_replay"], (rid,))
+            conn.execute(conn.q["delete_replay"], (rid,))
     return len(rids)
 
 
 @transaction
-def clear_replay_queue(conn: sqlite3.Connection, shard: int, now: float) -> int:
+def clear_replay_queue(conn: Conn, shard: int, now: float) -> int:
     """Delete every replay entry of a shard; their runs are failed, saying why (invariant 2)."""
-    rids = [r for (r,) in conn.execute(Q["replays_of_shard"], (shard,)).fetchall()]
+    rids = [r for (r,) in conn.execute(conn.q["replays_of_shard"], (shard,)).fetchall()]
     error = error_blob("ReplayCleared", f"replay queue of shard {shard} cleared by an operator")
-    conn.execute(Q["delete_replays_of_shard"], (shard,))
+    conn.execute(conn.q["delete_replays_of_shard"], (shard,))
     for rid in rids:
-        if conn.execute(Q["fail_running_run"], {"rid": rid, "error": error, "now": now}).rowcount:
+        if conn.execute(
+            conn.q["fail_running_run"], {"rid": rid, "error": error, "now": now}
+        ).rowcount:
             children.run_left(conn, rid, RunState.FAILED, None, error, now)
     return len(rids)

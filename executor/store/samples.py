@@ -7,14 +7,13 @@ so a restart (a new engine id, counting from 0) is never a negative rate.
 
 from __future__ import annotations
 
-import sqlite3
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 import orjson
 
+from executor.store.conn import Conn
 from executor.store.database import transaction
-from executor.store.sql import Q
 
 KEEP_S = 24 * 3600.0  # samples older than this are deleted when the next one is written
 
@@ -37,23 +36,23 @@ class Sample:
     replay_backlog: int = 0
 
 
-def record(conn: sqlite3.Connection, sample: Sample, shards: int, snapshot: bytes) -> None:
+def record(conn: Conn, sample: Sample, shards: int, snapshot: bytes) -> None:
     """Measure the queues (reads, outside the write lock), then store the sample and snapshot."""
-    sample.queued = conn.execute(Q["sample_queued"]).fetchone()[0]
+    sample.queued = conn.execute(conn.q["sample_queued"]).fetchone()[0]
     oldest = [
-        conn.execute(Q["sample_oldest_queued_rid"], (s,)).fetchone()[0] for s in range(shards)
+        conn.execute(conn.q["sample_oldest_queued_rid"], (s,)).fetchone()[0] for s in range(shards)
     ]
     rids = [rid for rid in oldest if rid is not None]
     if rids:
-        created = conn.execute(Q["created_at_of_rid"], (min(rids),)).fetchone()
+        created = conn.execute(conn.q["created_at_of_rid"], (min(rids),)).fetchone()
         if created is not None:
             sample.oldest_queued_s = max(0.0, sample.at - created[0])
-    sample.replay_backlog = conn.execute(Q["sample_replay_backlog"]).fetchone()[0]
+    sample.replay_backlog = conn.execute(conn.q["sample_replay_backlog"]).fetchone()[0]
     _write(conn, sample, snapshot)
 
 
 @transaction
-def _write(conn: sqlite3.Connection, sample: Sample, snapshot: bytes) -> None:
+def _write(conn: Conn, sample: Sample, snapshot: bytes) -> None:
     row = {
         "engine_id": sample.engine_id,
         "at": sample.at,
@@ -68,14 +67,14 @@ def _write(conn: sqlite3.Connection, sample: Sample, snapshot: bytes) -> None:
         "rate_limited": sample.rate_limited,
         "limits": None if sample.limits is None else orjson.dumps(sample.limits),
     }
-    conn.execute(Q["insert_sample"], row)
-    conn.execute(Q["upsert_engine_metrics"], (sample.engine_id, snapshot, sample.at))
-    conn.execute(Q["delete_old_samples"], (sample.at - KEEP_S,))
+    conn.execute(conn.q["insert_sample"], row)
+    conn.execute(conn.q["upsert_engine_metrics"], (sample.engine_id, snapshot, sample.at))
+    conn.execute(conn.q["delete_old_samples"], (sample.at - KEEP_S,))
 
 
-def read(conn: sqlite3.Connection, since: float) -> list[Sample]:
+def read(conn: Conn, since: float) -> list[Sample]:
     out = []
-    for row in conn.execute(Q["select_samples"], (since,)):
+    for row in conn.execute(conn.q["select_samples"], (since,)):
         (engine_id, at, steps, failures, finished, queued, oldest, in_flight, slots) = row[:9]
         backlog, rate_limited, limits = row[9:]
         out.append(
@@ -105,9 +104,9 @@ class EngineMetrics(NamedTuple):
     started_at: float
 
 
-def engine_metrics(conn: sqlite3.Connection) -> list[EngineMetrics]:
+def engine_metrics(conn: Conn) -> list[EngineMetrics]:
     """Each engine's last metrics snapshot (engines that stopped keep their final one)."""
     return [
         EngineMetrics(engine_id, orjson.loads(blob), at, state, started)
-        for engine_id, blob, at, state, started in conn.execute(Q["select_engine_metrics"])
+        for engine_id, blob, at, state, started in conn.execute(conn.q["select_engine_metrics"])
     ]

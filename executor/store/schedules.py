@@ -10,7 +10,6 @@ compare-and-set.
 
 from __future__ import annotations
 
-import sqlite3
 import uuid
 from collections.abc import Sequence
 from typing import Any, NamedTuple
@@ -19,8 +18,8 @@ import orjson
 
 from executor import schedules
 from executor.store import repository, sharding
+from executor.store.conn import Conn
 from executor.store.database import transaction
-from executor.store.sql import Q
 from executor.vocabulary import RunState
 
 CONFIG = "config"  # defined by [schedules.NAME]: reconciled with the config at start and reload
@@ -44,9 +43,9 @@ class ScheduleRow(NamedTuple):
     skipped: int
 
 
-def _put(conn: sqlite3.Connection, spec: schedules.ScheduleSpec, source: str, now: float) -> None:
+def _put(conn: Conn, spec: schedules.ScheduleSpec, source: str, now: float) -> None:
     conn.execute(
-        Q["upsert_schedule"],
+        conn.q["upsert_schedule"],
         {
             "name": spec.name,
             "workflow": spec.workflow,
@@ -63,76 +62,74 @@ def _put(conn: sqlite3.Connection, spec: schedules.ScheduleSpec, source: str, no
 
 
 @transaction
-def put(conn: sqlite3.Connection, spec: schedules.ScheduleSpec, now: float) -> None:
+def put(conn: Conn, spec: schedules.ScheduleSpec, now: float) -> None:
     """Create or update a schedule from Client.schedule."""
     _put(conn, spec, CLIENT, now)
 
 
 @transaction
-def reconcile(
-    conn: sqlite3.Connection, specs: Sequence[schedules.ScheduleSpec], now: float
-) -> list[str]:
+def reconcile(conn: Conn, specs: Sequence[schedules.ScheduleSpec], now: float) -> list[str]:
     """Make the config's schedules the file's: create or update each, delete those that left the
     config (schedules made by Client.schedule stay). Returns the names deleted."""
     for spec in specs:
         _put(conn, spec, CONFIG, now)
     keep = {s.name for s in specs}
-    names = conn.execute(Q["config_schedule_names"], (CONFIG,)).fetchall()
+    names = conn.execute(conn.q["config_schedule_names"], (CONFIG,)).fetchall()
     gone = [n for (n,) in names if n not in keep]
     for name in gone:
-        conn.execute(Q["delete_schedule"], (name,))
+        conn.execute(conn.q["delete_schedule"], (name,))
     return gone
 
 
 @transaction
-def delete(conn: sqlite3.Connection, name: str) -> bool:
-    return bool(conn.execute(Q["delete_schedule"], (name,)).rowcount)
+def delete(conn: Conn, name: str) -> bool:
+    return bool(conn.execute(conn.q["delete_schedule"], (name,)).rowcount)
 
 
 @transaction
-def set_paused(conn: sqlite3.Connection, name: str, paused: bool, now: float) -> bool | None:
+def set_paused(conn: Conn, name: str, paused: bool, now: float) -> bool | None:
     """Pause or resume; None: no such schedule; False: it already was."""
     row = get(conn, name)
     if row is None:
         return None
     if paused:
-        return bool(conn.execute(Q["pause_schedule"], {"name": name, "now": now}).rowcount) and (
-            not row.paused
-        )
+        return bool(
+            conn.execute(conn.q["pause_schedule"], {"name": name, "now": now}).rowcount
+        ) and (not row.paused)
     nxt = schedules.next_tick(row.cron, row.timezone, now)
     return bool(
-        conn.execute(Q["resume_schedule"], {"name": name, "next": nxt, "now": now}).rowcount
+        conn.execute(conn.q["resume_schedule"], {"name": name, "next": nxt, "now": now}).rowcount
     )
 
 
-def get(conn: sqlite3.Connection, name: str) -> ScheduleRow | None:
-    row = conn.execute(Q["select_schedule"], (name,)).fetchone()
+def get(conn: Conn, name: str) -> ScheduleRow | None:
+    row = conn.execute(conn.q["select_schedule"], (name,)).fetchone()
     return None if row is None else ScheduleRow(*row)
 
 
-def list_all(conn: sqlite3.Connection) -> list[ScheduleRow]:
-    return [ScheduleRow(*r) for r in conn.execute(Q["list_schedules"])]
+def list_all(conn: Conn) -> list[ScheduleRow]:
+    return [ScheduleRow(*r) for r in conn.execute(conn.q["list_schedules"])]
 
 
-def fire_due(conn: sqlite3.Connection, now: float, limit: int = 100) -> list[str]:
+def fire_due(conn: Conn, now: float, limit: int = 100) -> list[str]:
     """Start the runs of every due tick (up to `limit` schedules); return their run ids."""
     # Look before taking the write lock: most polls find nothing due.
-    if not conn.execute(Q["due_schedules"], (now, 1)).fetchone():
+    if not conn.execute(conn.q["due_schedules"], (now, 1)).fetchone():
         return []
     return _fire_due(conn, now, limit)
 
 
 @transaction
-def _fire_due(conn: sqlite3.Connection, now: float, limit: int) -> list[str]:
+def _fire_due(conn: Conn, now: float, limit: int) -> list[str]:
     started: list[str] = []
-    for (name,) in conn.execute(Q["due_schedules"], (now, limit)).fetchall():
+    for (name,) in conn.execute(conn.q["due_schedules"], (now, limit)).fetchall():
         row = get(conn, name)
         assert row is not None
         started.extend(_fire(conn, row, now))
     return started
 
 
-def _fire(conn: sqlite3.Connection, row: ScheduleRow, now: float) -> list[str]:
+def _fire(conn: Conn, row: ScheduleRow, now: float) -> list[str]:
     p = schedules.plan(row.cron, row.timezone, row.catchup, row.next_fire_at, now)
     fire = p.fire
     skipped = p.skipped
@@ -152,7 +149,7 @@ def _fire(conn: sqlite3.Connection, row: ScheduleRow, now: float) -> list[str]:
             )
     started = [rid for tick in fire if (rid := _start(conn, row, tick, now)) is not None]
     conn.execute(
-        Q["advance_schedule"],
+        conn.q["advance_schedule"],
         {
             "name": row.name,
             "due": row.next_fire_at,
@@ -167,21 +164,21 @@ def _fire(conn: sqlite3.Connection, row: ScheduleRow, now: float) -> list[str]:
     return started
 
 
-def _is_running(conn: sqlite3.Connection, run_id: str) -> bool:
+def _is_running(conn: Conn, run_id: str) -> bool:
     found = repository.get_run(conn, run_id)
     return found is not None and found.status in (RunState.RUNNING, RunState.PARKED)
 
 
 def _start(
-    conn: sqlite3.Connection, row: ScheduleRow, tick: float, now: float, run_id: str | None = None
+    conn: Conn, row: ScheduleRow, tick: float, now: float, run_id: str | None = None
 ) -> str | None:
     """Start the run of one tick; None if it was started before (its id is the tick's)."""
     run_id = run_id or schedules.tick_id(row.name, tick)
     args: list[Any] = [tick, *orjson.loads(row.args)]
-    shards = int(conn.execute(Q["select_shards"]).fetchone()[0])
+    shards = int(conn.execute(conn.q["select_shards"]).fetchone()[0])
     shard = sharding.shard_of(run_id, shards)
     inserted = conn.execute(
-        Q["insert_scheduled_run"],
+        conn.q["insert_scheduled_run"],
         {
             "id": run_id,
             "workflow": row.workflow,
@@ -192,12 +189,12 @@ def _start(
     ).fetchone()
     if inserted is None:
         return None
-    conn.execute(Q["insert_first_replay"], (inserted[0], shard, now))
+    conn.execute(conn.q["insert_first_replay"], (inserted[0], shard, now))
     return run_id
 
 
 @transaction
-def trigger(conn: sqlite3.Connection, name: str, now: float) -> str | None:
+def trigger(conn: Conn, name: str, now: float) -> str | None:
     """Start a run of the schedule now, whatever its cron and pause (the overlap policy does not
     apply: an operator asked); None: no such schedule."""
     row = get(conn, name)
@@ -206,5 +203,5 @@ def trigger(conn: sqlite3.Connection, name: str, now: float) -> str | None:
     # Not a tick: its own id, so it never takes (or is refused by) the id of a cron tick.
     run_id = _start(conn, row, now, now, f"{name}@manual-{uuid.uuid4().hex[:12]}")
     if run_id is not None:
-        conn.execute(Q["note_schedule_run"], {"name": name, "run": run_id, "now": now})
+        conn.execute(conn.q["note_schedule_run"], {"name": name, "run": run_id, "now": now})
     return run_id

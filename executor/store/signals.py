@@ -13,14 +13,12 @@ they keep:
 
 from __future__ import annotations
 
-import sqlite3
-
 import orjson
 
 from executor.errors import error_blob
 from executor.store import journal
+from executor.store.conn import Conn
 from executor.store.database import transaction
-from executor.store.sql import Q
 from executor.vocabulary import (
     FINISHED,
     Delivery,
@@ -39,45 +37,43 @@ def wait_result(topic: str, payload: bytes) -> bytes:
     return b"[" + orjson.dumps(topic) + b"," + payload + b"]"
 
 
-def run_for_signal(conn: sqlite3.Connection, run_id: str) -> tuple[int, str] | None:
+def run_for_signal(conn: Conn, run_id: str) -> tuple[int, str] | None:
     """(rid, status) of the run, or None if there is no such run."""
-    row = conn.execute(Q["run_for_signal"], (run_id,)).fetchone()
+    row = conn.execute(conn.q["run_for_signal"], (run_id,)).fetchone()
     return None if row is None else (row[0], row[1])
 
 
 def insert_message(
-    conn: sqlite3.Connection, rid: int, topic: str, payload: bytes, key: str | None, now: float
+    conn: Conn, rid: int, topic: str, payload: bytes, key: str | None, now: float
 ) -> int | None:
     """Put a message in the run's mailbox; None if its key was sent to this run before."""
-    if key is not None and conn.execute(Q["message_with_key"], (rid, key)).fetchone():
+    if key is not None and conn.execute(conn.q["message_with_key"], (rid, key)).fetchone():
         return None
     row = conn.execute(
-        Q["insert_message"],
+        conn.q["insert_message"],
         {"rid": rid, "topic": topic, "payload": payload, "key": key, "now": now},
     ).fetchone()
     return int(row[0])
 
 
-def oldest_wait(conn: sqlite3.Connection, rid: int, topic: str) -> int | None:
+def oldest_wait(conn: Conn, rid: int, topic: str) -> int | None:
     """Position of the run's earliest pending wait on `topic`, if any."""
-    row = conn.execute(Q["oldest_wait_of_topic"], (rid, topic)).fetchone()
+    row = conn.execute(conn.q["oldest_wait_of_topic"], (rid, topic)).fetchone()
     return None if row is None else int(row[0])
 
 
-def open_wait(
-    conn: sqlite3.Connection, rid: int, shard: int, s: NewStep, now: float
-) -> Delivery | None:
+def open_wait(conn: Conn, rid: int, shard: int, s: NewStep, now: float) -> Delivery | None:
     """A new wait (the replay commit): it takes the oldest unread message of its topics at
     once, in the transaction that creates it, and returns that record; if there is none, the
     wait is registered (with its timeout) for a signal to find."""
     topics: list[str] = orjson.loads(s.args or b"[[]]")[0]
     row = conn.execute(
-        Q["oldest_unread_of_topics"], {"rid": rid, "topics": orjson.dumps(topics).decode()}
+        conn.q["oldest_unread_of_topics"], {"rid": rid, "topics": orjson.dumps(topics).decode()}
     ).fetchone()
     if row is None:
-        conn.executemany(Q["insert_wait"], [(rid, topic, s.pos) for topic in topics])
+        conn.executemany(conn.q["insert_wait"], [(rid, topic, s.pos) for topic in topics])
         if s.fire_at is not None:
-            conn.execute(Q["insert_wait_timer"], (rid, s.pos, shard, s.fire_at))
+            conn.execute(conn.q["insert_wait_timer"], (rid, s.pos, shard, s.fire_at))
         return None
     message_id, topic, payload = int(row[0]), str(row[1]), bytes(row[2])
     result = wait_result(topic, payload)
@@ -87,7 +83,7 @@ def open_wait(
     return recorded
 
 
-def time_out(conn: sqlite3.Connection, rid: int, pos: int, now: float) -> Delivery | None:
+def time_out(conn: Conn, rid: int, pos: int, now: float) -> Delivery | None:
     """A wait's timer is due: record WaitTimeout. The timeout and a signal race through the same
     fence: whichever records first wins, and a message that loses stays unread."""
     timeout = Outcome(OutcomeKind.DONE, rid, pos, status=StepState.FAILED, error=_WAIT_TIMEOUT)
@@ -99,7 +95,7 @@ def time_out(conn: sqlite3.Connection, rid: int, pos: int, now: float) -> Delive
 
 @transaction
 def send_signal(
-    conn: sqlite3.Connection, run_id: str, topic: str, payload: bytes, key: str | None, now: float
+    conn: Conn, run_id: str, topic: str, payload: bytes, key: str | None, now: float
 ) -> bool | None:
     """Client.signal: keep the message for the run, and hand it to the run's earliest pending
     wait on its topic if there is one. False: the run has finished; None: no such run."""
@@ -121,16 +117,16 @@ def send_signal(
     return True
 
 
-def settle_wait(conn: sqlite3.Connection, rid: int, pos: int, message_id: int | None) -> None:
+def settle_wait(conn: Conn, rid: int, pos: int, message_id: int | None) -> None:
     """The wait at `pos` was just recorded (with message `message_id`, or its timeout)."""
     if message_id is not None:
-        conn.execute(Q["consume_message"], (pos, message_id))
-    conn.execute(Q["delete_waits_at"], (rid, pos))
-    conn.execute(Q["delete_timer"], (rid, pos))
+        conn.execute(conn.q["consume_message"], (pos, message_id))
+    conn.execute(conn.q["delete_waits_at"], (rid, pos))
+    conn.execute(conn.q["delete_timer"], (rid, pos))
 
 
 def publish(
-    conn: sqlite3.Connection,
+    conn: Conn,
     rid: int,
     pos: int,
     name: str,
@@ -140,17 +136,17 @@ def publish(
 ) -> None:
     """ctx.set_event at `pos`: a settled journal entry and the key's latest value, once."""
     inserted = conn.execute(
-        Q["insert_settled_step"], (rid, pos, StepKind.EVENT, name, fingerprint, value, now, now)
+        conn.q["insert_settled_step"],
+        (rid, pos, StepKind.EVENT, name, fingerprint, value, now, now),
     ).rowcount
     if inserted:
         conn.execute(
-            Q["upsert_event"], {"rid": rid, "key": name, "value": value, "pos": pos, "now": now}
+            conn.q["upsert_event"],
+            {"rid": rid, "key": name, "value": value, "pos": pos, "now": now},
         )
 
 
-def read_event(
-    conn: sqlite3.Connection, run_id: str, key: str
-) -> tuple[str, bytes | None, float | None] | None:
+def read_event(conn: Conn, run_id: str, key: str) -> tuple[str, bytes | None, float | None] | None:
     """(run status, the key's latest value or None, when it was set), or None: no such run."""
-    row = conn.execute(Q["select_event"], {"id": run_id, "key": key}).fetchone()
+    row = conn.execute(conn.q["select_event"], {"id": run_id, "key": key}).fetchone()
     return None if row is None else (row[0], row[1], row[2])

@@ -32,6 +32,7 @@ from executor import errors
 from executor.exporter import registry_for
 from executor.runfilter import FilterError, RunFilter
 from executor.store import actions, history, overview, queues, samples
+from executor.store.conn import Conn
 from executor.store.history import error_line
 from executor.store.reader import open_readonly
 from executor.vocabulary import RunState
@@ -150,7 +151,7 @@ class Dashboard:
             return 200, CONTENT_TYPE_LATEST, generate_latest(self.metrics)
         if route.startswith("/static/"):
             return self._static(route.removeprefix("/static/"))
-        pages: Mapping[str, Callable[[sqlite3.Connection, Query, float], Page]] = {
+        pages: Mapping[str, Callable[[Conn, Query, float], Page]] = {
             "/": self._overview,
             "/failures": self._failures,
             "/runs": self._runs,
@@ -186,7 +187,7 @@ class Dashboard:
         kind = {"css": "text/css", "svg": "image/svg+xml", "png": "image/png"}[name.rsplit(".")[1]]
         return 200, kind, entry.read_bytes()
 
-    def _overview(self, conn: sqlite3.Connection, query: Query, now: float) -> Page:
+    def _overview(self, conn: Conn, query: Query, now: float) -> Page:
         stats = queues.stats(conn, now)
         p = charts.plots(samples.read(conn, now - charts.LOOKBACK_S), now)
         plots = [
@@ -229,7 +230,7 @@ class Dashboard:
             saturation_names=sorted(p.saturation),
         )
 
-    def _failures(self, conn: sqlite3.Connection, query: Query, now: float) -> Page:
+    def _failures(self, conn: Conn, query: Query, now: float) -> Page:
         window = _one(query, "since") or "24h"
         window = window if window in FAILURE_WINDOWS else "24h"
         since = now - FAILURE_WINDOWS[window]
@@ -255,7 +256,7 @@ class Dashboard:
             total=sum(g.runs for g in groups),
         )
 
-    def _runs(self, conn: sqlite3.Connection, query: Query, now: float) -> Page:
+    def _runs(self, conn: Conn, query: Query, now: float) -> Page:
         """Runs by RunFilter, with the query-string names of `executor runs list`'s options."""
         multi = {k: [v for v in vs if v] for k, vs in query.items()}
         given = {k: _one(query, k) for k in ("workflow", "since", "until", "error", "step")}
@@ -302,7 +303,7 @@ class Dashboard:
             next_url=next_url,
         )
 
-    def _run(self, conn: sqlite3.Connection, run_id: str, now: float) -> Page:
+    def _run(self, conn: Conn, run_id: str, now: float) -> Page:
         found = history.run_history(conn, run_id, now)
         if found is None:
             return self._page(404, "error.html", message=f"no run with id {run_id!r}")

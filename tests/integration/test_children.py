@@ -14,6 +14,7 @@ from executor import Client, Registry, WorkflowContext, codec, errors, step, wor
 from executor.check import check
 from executor.store import repository as repo
 from executor.store import sharding
+from executor.store.conn import SqliteConn
 from executor.vocabulary import NewStep, ReplayOutput, StepKind, child_run_id
 
 if TYPE_CHECKING:
@@ -87,7 +88,7 @@ async def test_children_results_failures_and_a_full_replay(
 
 
 def _load(path: Path, rid: int) -> Any:
-    conn = sqlite3.connect(path, isolation_level=None)
+    conn = sqlite3.connect(path, isolation_level=None, factory=SqliteConn)
     try:
         return repo.load_runs(conn, [rid])
     finally:

@@ -144,6 +144,6 @@ async def test_schema_changes_only_with_a_migration(tmp_path: Path) -> None:
         new = actual.splitlines()[0]
         assert old != new, (
             f"the schema changed without a new migration ({new}): every change to the schema"
-            " is a numbered file in executor/store/migrations/"
+            " is a numbered file in executor/store/sqlite/migrations/"
         )
         pytest.fail(f"new migration ({old} -> {new}): rewrite {SCHEMA_FILE} (see this docstring)")

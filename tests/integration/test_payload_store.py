@@ -20,6 +20,7 @@ import pytest
 
 from executor import Client, DatabaseConfig, Registry, check, codec, errors, step, workflow
 from executor.store import payloads
+from executor.store.conn import SqliteConn
 from executor.store.database import Database
 from executor.store.repository import commit_replays, create_runs
 from executor.vocabulary import NewRun, NewStep, ReplayOutput, StepKind
@@ -261,10 +262,10 @@ def test_sigkill_while_writing_large_payloads_leaves_no_dangling_reference(
         # Orphan files (the one being written) are allowed; a reference without its payload,
         # or a payload row without its file, never.
         assert set(report.counts()) <= {"orphan_payload_file"}, report.summary()
-        with contextlib.closing(sqlite3.connect(db)) as conn:
+        with contextlib.closing(sqlite3.connect(db, factory=SqliteConn)) as conn:
             for (args,) in conn.execute("SELECT args FROM runs"):
                 assert payloads.resolve(conn, args) is not None
-    with contextlib.closing(sqlite3.connect(db)) as conn:
+    with contextlib.closing(sqlite3.connect(db, factory=SqliteConn)) as conn:
         assert conn.execute("SELECT count(*) FROM runs").fetchone()[0] >= 6
 
 

@@ -13,6 +13,7 @@ import pytest
 from executor import Client, config, errors, schedules
 from executor.store import repository
 from executor.store import schedules as stored
+from executor.store.conn import SqliteConn
 from executor.vocabulary import RunState
 
 pytestmark = pytest.mark.anyio
@@ -22,7 +23,7 @@ H = 3600.0
 
 @pytest.fixture
 def conn(db_path: Path, client: Client) -> Iterator[sqlite3.Connection]:
-    c = sqlite3.connect(db_path, isolation_level=None)
+    c = sqlite3.connect(db_path, isolation_level=None, factory=SqliteConn)
     yield c
     c.close()
 
@@ -70,7 +71,9 @@ async def test_a_tick_starts_one_run_across_restarts_and_two_processes(
     conn: sqlite3.Connection, db_path: Path
 ) -> None:
     make(conn, "s", catchup="all")
-    other = sqlite3.connect(db_path, isolation_level=None)  # a second engine on the file
+    other = sqlite3.connect(
+        db_path, isolation_level=None, factory=SqliteConn
+    )  # a second engine on the file
     try:
         first = stored.fire_due(conn, BASE + 2 * H + 5)
         assert first == [schedules.tick_id("s", BASE + H), schedules.tick_id("s", BASE + 2 * H)]

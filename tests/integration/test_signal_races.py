@@ -23,6 +23,7 @@ from executor import codec, config, vocabulary
 from executor.check import check
 from executor.store import repository as repo
 from executor.store import signals
+from executor.store.conn import SqliteConn
 from executor.store.database import Database
 
 Op = tuple[str, int]
@@ -42,7 +43,7 @@ def _new_db(path: Path) -> sqlite3.Connection:
         await db.close()
 
     asyncio.run(create())
-    return sqlite3.connect(path, isolation_level=None)
+    return sqlite3.connect(path, isolation_level=None, factory=SqliteConn)
 
 
 def _wait_step(pos: int, timed: bool) -> vocabulary.NewStep:

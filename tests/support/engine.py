@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from executor import DatabaseConfig, Engine, EngineConfig, Registry, check
+from executor.store.conn import SqliteConn
 
 SHARDS = 2
 # Fast enough that a test waits milliseconds for the engine, slow enough for 2 busy cores.
@@ -115,8 +116,8 @@ class DbFile:
         self.path = path
 
     @contextlib.contextmanager
-    def connect(self) -> Iterator[sqlite3.Connection]:
-        conn = sqlite3.connect(self.path, timeout=10.0, isolation_level=None)
+    def connect(self) -> Iterator[SqliteConn]:
+        conn = sqlite3.connect(self.path, timeout=10.0, isolation_level=None, factory=SqliteConn)
         try:
             yield conn
         finally:

@@ -70,11 +70,15 @@ def _tables() -> dict[str, type[enum.StrEnum]]:
 
 
 def _sql_files() -> dict[str, str]:
-    store = resources.files("executor.store")
-    files = {e.name: e.read_text() for e in store.iterdir() if e.name.endswith(".sql")}
-    for e in store.joinpath("migrations").iterdir():
-        if e.name.endswith(".sql"):
-            files[f"migrations/{e.name}"] = e.read_text()
+    # Both dialects: a PostgreSQL statement spells the same states as its SQLite twin.
+    files: dict[str, str] = {}
+    for dialect in ("sqlite", "postgres"):
+        folder = resources.files("executor.store").joinpath(dialect)
+        migrations = folder.joinpath("migrations")
+        for sub, where in ((folder, dialect), (migrations, f"{dialect}/migrations")):
+            for e in sub.iterdir():
+                if e.name.endswith(".sql"):
+                    files[f"{where}/{e.name}"] = e.read_text()
     return files
 
 
@@ -83,7 +87,8 @@ ALL_MEMBERS = {m.value for enum_ in _tables().values() for m in enum_}
 
 
 def test_there_are_sql_files() -> None:
-    assert {"queries.sql", "check.sql", "limits.sql", "migrations/0001_initial.sql"} <= set(SQL)
+    expected = {"queries.sql", "check.sql", "limits.sql", "migrations/0001_initial.sql"}
+    assert {f"sqlite/{name}" for name in expected} <= set(SQL)
 
 
 @pytest.mark.parametrize("name", sorted(SQL))
@@ -115,7 +120,7 @@ def test_compared_literals_belong_to_their_column(name: str) -> None:
 
 def test_schema_comments_list_exactly_the_members() -> None:
     documented = {}
-    for column, values in _DOCUMENTED.findall(SQL["migrations/0001_initial.sql"]):
+    for column, values in _DOCUMENTED.findall(SQL["sqlite/migrations/0001_initial.sql"]):
         documented.setdefault(column, []).append({v.strip() for v in values.split("|")})
     tables = _tables()
     assert documented["status"] == [

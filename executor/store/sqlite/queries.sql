@@ -1,6 +1,15 @@
 -- Every SQL statement the package runs, by name. executor/store/sql.py loads this file into
 -- a mapping; a block starts with a line "-- name: NAME" and runs to the next one.
 
+-- name: begin_write
+-- Every write transaction (database.transaction). IMMEDIATE takes the write lock up front, so a
+-- transaction never fails half-way because another writer got there first.
+BEGIN IMMEDIATE;
+
+-- name: begin_read
+-- A read of several statements that must see one snapshot (load_runs, history, stats).
+BEGIN;
+
 -- name: select_epoch
 SELECT value FROM meta WHERE key = 'epoch';
 
@@ -140,7 +149,8 @@ SELECT status, generation FROM runs WHERE rid = ?;
 
 -- name: insert_engine
 INSERT INTO engines (epoch, pid, host, state, started_at, heartbeat_at)
-VALUES (?, ?, ?, 'running', ?, ?);
+VALUES (?, ?, ?, 'running', ?, ?)
+RETURNING id;
 
 -- name: heartbeat
 UPDATE engines SET heartbeat_at = ?, state = ? WHERE id = ? AND state IN ('running', 'draining');

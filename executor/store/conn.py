@@ -1,0 +1,57 @@
+"""The connection every store function takes: one protocol over SQLite and PostgreSQL.
+
+A store function reads its SQL as `conn.q["name"]`, the named statements of the connection's own
+dialect (executor/store/sqlite/*.sql or executor/store/postgres/*.sql), so the same function runs
+on either database. Only what both drivers offer is here: no `lastrowid` (use RETURNING), no
+`executescript`.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterable, Iterator, Mapping
+from typing import Any, Protocol
+
+from executor.store import sql
+
+
+class Cursor(Protocol):
+    """The part of a DB-API cursor both drivers share."""
+
+    @property
+    def rowcount(self) -> int: ...
+
+    def fetchone(self) -> Any: ...
+
+    def fetchall(self) -> list[Any]: ...
+
+    def __iter__(self) -> Iterator[Any]: ...
+
+
+class Conn(Protocol):
+    """A connection of either dialect, with its named SQL."""
+
+    @property
+    def q(self) -> Mapping[str, str]:
+        """This dialect's named SQL statements."""
+        ...
+
+    @property
+    def dialect(self) -> str:
+        """ "sqlite" or "postgres"."""
+        ...
+
+    @property
+    def in_transaction(self) -> bool: ...
+
+    def execute(self, sql: str, parameters: Any = ..., /) -> Cursor: ...
+
+    def executemany(self, sql: str, parameters: Iterable[Any], /) -> Cursor: ...
+
+
+class SqliteConn(sqlite3.Connection):
+    """A sqlite3 connection that carries the SQLite statements: open every executor file with
+    `sqlite3.connect(..., factory=SqliteConn)`."""
+
+    q: Mapping[str, str] = sql.queries("sqlite")
+    dialect = "sqlite"

@@ -1,0 +1,307 @@
+"""The two SQL dialects define the same named statements, in their own placeholder styles.
+
+A store function reads `conn.q["name"]` and runs unchanged on SQLite and on PostgreSQL, so every
+name must exist in both (executor/store/sqlite/*.sql and executor/store/postgres/*.sql), except
+the few in DIALECT_ONLY. While the PostgreSQL files are being written, NOT_YET_PORTED lists the
+SQLite names with no PostgreSQL statement yet: porters delete names from it as they port them (the
+test fails while a ported name is still listed, so the set only shrinks); it must be empty, or
+each name left justified, when the port is done.
+"""
+
+from __future__ import annotations
+
+import re
+
+from executor.store import sql
+
+SQLITE = sql.queries("sqlite")
+POSTGRES = sql.queries("postgres")
+
+# Names only one dialect has (name -> that dialect), with why. Exempt from the parity check.
+DIALECT_ONLY: dict[str, str] = {
+    # SQLite's page-level housekeeping (actions.vacuum_step): PostgreSQL's autovacuum gives space
+    # back on its own, and vacuum_step returns 0 there without reading these.
+    "incremental_vacuum": "sqlite",
+    "auto_vacuum_mode": "sqlite",
+    "freelist_count": "sqlite",
+}
+
+# Every SQLite name that has no PostgreSQL statement yet. Delete a name's line when you port it.
+NOT_YET_PORTED: frozenset[str] = frozenset(
+    {
+        "advance_action",
+        "advance_run",
+        "advance_schedule",
+        "batch_progress",
+        "batch_runs_filtered",
+        "begin_read",
+        "begin_write",
+        "bump_epoch",
+        "cancel_descendants",
+        "cancel_run",
+        "cancel_run_by_rid",
+        "check_bad_actions",
+        "check_bad_replays",
+        "check_children_done_parent_pending",
+        "check_count_runs",
+        "check_dangling_rows",
+        "check_duplicate_seqs",
+        "check_header",
+        "check_held_tasks_of_running_runs",
+        "check_integrity",
+        "check_leftovers_of_finished_runs",
+        "check_lost_steps",
+        "check_missing_payloads",
+        "check_orphan_children",
+        "check_payload_refcounts",
+        "check_position_gaps",
+        "check_seq_gaps",
+        "check_seq_mismatches",
+        "check_stale_claims",
+        "check_stuck_runs",
+        "check_tasks_of_recorded_steps",
+        "check_timers_of_recorded_steps",
+        "check_unread_messages_of_waits",
+        "check_waits_of_recorded_steps",
+        "children_of_run",
+        "config_schedule_names",
+        "consume_message",
+        "count_claimed_attempts",
+        "count_runs_filtered",
+        "created_at_of_rid",
+        "current_step",
+        "delete_inactive_replay",
+        "delete_old_samples",
+        "delete_payload",
+        "delete_queued_task",
+        "delete_queued_tasks_of_run",
+        "delete_replay",
+        "delete_replay_through",
+        "delete_replays_of_shard",
+        "delete_schedule",
+        "delete_timer",
+        "delete_timers_of_run",
+        "delete_waits_at",
+        "delete_waits_of_run",
+        "due_schedules",
+        "due_timers",
+        "expire_engines",
+        "fail_parked_run",
+        "fail_parked_run_by_rid",
+        "fail_running_run",
+        "failure_groups",
+        "finish_run",
+        "forget_done_actions",
+        "fork_copy_steps",
+        "fork_finish",
+        "fork_insert_run",
+        "fork_source",
+        "heartbeat",
+        "history_replay",
+        "history_run",
+        "history_steps",
+        "insert_action",
+        "insert_child_run",
+        "insert_engine",
+        "insert_first_replay",
+        "insert_message",
+        "insert_payload",
+        "insert_run",
+        "insert_sample",
+        "insert_scheduled_run",
+        "insert_settled_step",
+        "insert_shards",
+        "insert_step",
+        "insert_task",
+        "insert_timer",
+        "insert_wait",
+        "insert_wait_timer",
+        "list_engines",
+        "list_runs",
+        "list_schedules",
+        "live_engines_on_host",
+        "live_limit_states",
+        "mark_claimed",
+        "mark_engine_dead",
+        "max_rid",
+        "message_with_key",
+        "note_schedule_run",
+        "note_step_error",
+        "oldest_unread_of_topics",
+        "oldest_wait_of_topic",
+        "open_action",
+        "orphaned_claims",
+        "page_runs_filtered",
+        "page_stats",
+        "parent_of_run",
+        "park_run",
+        "parked_by_group",
+        "pause_schedule",
+        "payload_by_digest",
+        "payload_digest",
+        "payload_file_exists",
+        "payload_files",
+        "payload_stats",
+        "pending_replays",
+        "pending_waits_of_run",
+        "purge_events",
+        "purge_in_clear",
+        "purge_in_create",
+        "purge_in_fill",
+        "purge_mailbox",
+        "purge_replays",
+        "purge_runs",
+        "purge_steps",
+        "purge_tasks",
+        "purge_timers",
+        "purge_waits",
+        "queue_new_runs",
+        "queue_replay",
+        "queued_tasks_of_shard",
+        "record_in_add",
+        "record_in_clear",
+        "record_in_create",
+        "record_in_delete_tasks",
+        "record_in_fence_claim",
+        "record_in_fence_step",
+        "record_in_index",
+        "record_in_number",
+        "record_in_recorded",
+        "record_in_replays",
+        "record_in_runs",
+        "record_in_steps",
+        "record_step",
+        "release_engine_claims",
+        "replay_check_runs",
+        "replays_of_shard",
+        "resume_run",
+        "resume_run_by_rid",
+        "resume_schedule",
+        "retry_cancel_children",
+        "retry_children_clear",
+        "retry_children_create",
+        "retry_children_fill",
+        "retry_children_queued_tasks",
+        "retry_children_replays",
+        "retry_children_timers",
+        "retry_children_waits",
+        "retry_detach_children",
+        "retry_done",
+        "retry_drop_events",
+        "retry_drop_replays",
+        "retry_drop_steps",
+        "retry_drop_tasks",
+        "retry_drop_timers",
+        "retry_drop_waits",
+        "retry_in_clear",
+        "retry_in_create",
+        "retry_in_fill",
+        "retry_queue_replays",
+        "retry_renumber",
+        "retry_runs",
+        "retry_task",
+        "retry_unread_messages",
+        "run_filter",
+        "run_for_repair",
+        "run_for_signal",
+        "run_id_by_key",
+        "run_state_for_commit",
+        "run_status_of_rid",
+        "runs_by_workflow",
+        "sample_oldest_queued_rid",
+        "sample_queued",
+        "sample_replay_backlog",
+        "select_action",
+        "select_claimed",
+        "select_engine_metrics",
+        "select_epoch",
+        "select_event",
+        "select_events_of_run",
+        "select_journal",
+        "select_journal_after",
+        "select_payload",
+        "select_run_by_id",
+        "select_run_for_replay",
+        "select_samples",
+        "select_schedule",
+        "select_shards",
+        "set_auto_vacuum_incremental",
+        "set_step_limit_key",
+        "stats_parked",
+        "stats_replays",
+        "stats_runs",
+        "stats_tasks",
+        "stats_timers",
+        "stop_engine",
+        "unpark_all",
+        "unpark_tasks",
+        "unpark_unregistered_tasks",
+        "unread_messages_of_run",
+        "unreferenced_payloads",
+        "upsert_engine_metrics",
+        "upsert_event",
+        "upsert_limit_state",
+        "upsert_schedule",
+        "vacuum",
+        "workflow_names",
+    }
+)
+
+# SQLite's placeholders, `?` and `:name`, outside string literals and comments (`::` is a cast).
+_LITERAL = re.compile(r"'(?:[^']|'')*'")
+_COMMENT = re.compile(r"--[^\n]*|/\*.*?\*/", re.DOTALL)
+_SQLITE_PLACEHOLDER = re.compile(r"\?|(?<![:\w]):[A-Za-z_]\w*")
+
+
+def _sqlite_placeholders(statement: str) -> list[str]:
+    return _SQLITE_PLACEHOLDER.findall(_COMMENT.sub(" ", _LITERAL.sub("''", statement)))
+
+
+def test_dialect_only_names_exist_in_their_dialect_only() -> None:
+    for name, dialect in DIALECT_ONLY.items():
+        assert dialect in sql.DIALECTS, f"{name}: unknown dialect {dialect}"
+        own, other = (SQLITE, POSTGRES) if dialect == "sqlite" else (POSTGRES, SQLITE)
+        assert name in own, f"DIALECT_ONLY: {dialect} has no statement {name}"
+        assert name not in other, f"DIALECT_ONLY: {name} is defined in both dialects"
+
+
+def test_postgres_defines_no_name_sqlite_lacks() -> None:
+    postgres_only = {n for n, d in DIALECT_ONLY.items() if d == "postgres"}
+    extra = set(POSTGRES) - set(SQLITE) - postgres_only
+    assert not extra, f"PostgreSQL statements with no SQLite twin: {sorted(extra)}"
+
+
+def test_every_sqlite_name_is_ported_or_listed() -> None:
+    sqlite_only = {n for n, d in DIALECT_ONLY.items() if d == "sqlite"}
+    missing = set(SQLITE) - set(POSTGRES) - sqlite_only - NOT_YET_PORTED
+    assert not missing, f"no PostgreSQL statement and not in NOT_YET_PORTED: {sorted(missing)}"
+
+
+def test_not_yet_ported_only_shrinks() -> None:
+    ported = NOT_YET_PORTED & set(POSTGRES)
+    assert not ported, f"ported now: delete from NOT_YET_PORTED: {sorted(ported)}"
+    unknown = NOT_YET_PORTED - set(SQLITE)
+    assert not unknown, f"NOT_YET_PORTED names no SQLite statement: {sorted(unknown)}"
+    assert not NOT_YET_PORTED & set(DIALECT_ONLY), "a name is in DIALECT_ONLY and NOT_YET_PORTED"
+
+
+def test_postgres_statements_use_psycopg_placeholders() -> None:
+    wrong = {n: found for n, q in POSTGRES.items() if (found := _sqlite_placeholders(q))}
+    assert not wrong, f"SQLite placeholders in PostgreSQL statements (use %s, %(name)s): {wrong}"
+
+
+def test_placeholder_check_tells_the_styles_apart() -> None:
+    assert _sqlite_placeholders("SELECT a FROM t WHERE b = ? AND c = :c") == ["?", ":c"]
+    psycopg = "SELECT a::bigint, '?:x' FROM t /* :z */ WHERE b = %s AND c = %(c)s -- ? :y"
+    assert _sqlite_placeholders(psycopg) == []
+
+
+def test_migrations_of_each_dialect_are_numbered_from_one() -> None:
+    for dialect in sql.DIALECTS:
+        versions = [v for v, _, _ in sql.migrations(dialect)]
+        assert versions == list(range(1, len(versions) + 1)), dialect
+    assert sql.migrations("sqlite"), "SQLite has its migrations"
+
+
+def test_begin_write_opens_the_write_transaction() -> None:
+    assert SQLITE["begin_write"].splitlines()[-1] == "BEGIN IMMEDIATE;"

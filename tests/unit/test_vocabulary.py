@@ -43,6 +43,19 @@ NOT_VOCABULARY = {
     "steps.result",
     "runs.args",
     "runs.result",
+    # PostgreSQL's schema (postgres/migrations/0001_initial.sql): the trigger's TG_OP values,
+    # the reference's format bytes as bytea escapes, its number check and encoding, the meta
+    # row naming the application, the error the trigger raises.
+    "DELETE",
+    "INSERT",
+    "UPDATE",
+    "UTF8",
+    "\\x00",
+    "\\x01",
+    "^-?[0-9]+$",
+    "application",
+    "foreign_key_violation",
+    "number",
 }
 
 _STRING = re.compile(r"'((?:[^']|'')*)'")

@@ -1,4 +1,4 @@
-"""The transactions of runs and their journals, as plain functions of a sqlite3 connection:
+"""The transactions of runs and their journals, as plain functions of a connection (store/conn.py):
 starting, claiming, recording, replaying, and the client's and operators' changes to runs
 (engines and epochs are in store/engines.py, queue depths in store/queues.py).
 

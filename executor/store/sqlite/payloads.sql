@@ -18,7 +18,7 @@ SELECT codec, data, file, size, digest FROM payloads WHERE id = ?;
 SELECT id, file FROM payloads WHERE refs <= 0 AND created_at < :before;
 
 -- name: delete_payload
-DELETE FROM payloads WHERE id = ? AND refs <= 0;
+DELETE FROM payloads WHERE id = ? AND refs <= 0 RETURNING size;
 
 -- name: payload_files
 SELECT file FROM payloads WHERE file IS NOT NULL;

@@ -71,8 +71,14 @@ def outcome_error(child_id: str, status: str, error: bytes | None) -> bytes:
 def cancel_descendants(conn: Conn, rid: int, reason: str, now: float) -> list[int]:
     """Cancel every running or parked run below `rid`; return their rids."""
     error = error_blob("Cancelled", reason)
-    rows = conn.execute(conn.q["cancel_descendants"], {"rid": rid, "now": now, "error": error})
-    return [r[0] for r in rows.fetchall()]
+    params = {"rid": rid, "now": now, "error": error}
+    cancelled = [r[0] for r in conn.execute(conn.q["cancel_descendants"], params).fetchall()]
+    if conn.dialect == "postgres" and cancelled:
+        # Each statement walks the tree as it was when it began: a child whose replay commit
+        # (which locks it) was creating a grandchild is seen here only after it committed.
+        while more := [r[0] for r in conn.execute(conn.q["cancel_descendants"], params)]:
+            cancelled += more
+    return cancelled
 
 
 def run_left(

@@ -1,4 +1,5 @@
-"""Recording one journal result: the fence every writer of a result goes through.
+"""Recording one journal result: the fence every writer of a result goes through; and reading a
+run and its journal back for a replay.
 
 A piece of transactions, not a transaction: the flush (repository.record, set-based for many
 results), the timers, a signal, a child's end and the operator verbs all record through it, in
@@ -7,9 +8,12 @@ their own transaction, so a result is written at most once and always queues a r
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import Any
+
 from executor.store import payloads
 from executor.store.conn import Conn
-from executor.vocabulary import Delivery, Outcome
+from executor.vocabulary import Delivery, JournalEntry, Outcome, RunSnapshot
 
 
 def record_one(conn: Conn, o: Outcome, now: float) -> Delivery | None:
@@ -41,3 +45,18 @@ def drop_pending_work(conn: Conn, rid: int) -> None:
     conn.execute(conn.q["delete_queued_tasks_of_run"], (rid,))
     conn.execute(conn.q["delete_timers_of_run"], (rid,))
     conn.execute(conn.q["delete_waits_of_run"], (rid,))
+
+
+def snapshot(conn: Conn, row: Sequence[Any], entries: list[JournalEntry]) -> RunSnapshot:
+    """A run as a full replay needs it, from its select_run_for_replay row and its journal, with
+    stored payloads read back."""
+    if any(payloads.is_ref(j.result) for j in entries):
+        entries = [
+            j._replace(result=payloads.resolve(conn, j.result)) if payloads.is_ref(j.result) else j
+            for j in entries
+        ]
+    *head, generation, seed, clock_origin, inherited = row
+    snap = RunSnapshot._make((*head, entries, generation, seed, clock_origin, inherited))
+    if payloads.is_ref(snap.args):
+        snap = snap._replace(args=payloads.resolve(conn, snap.args))
+    return snap

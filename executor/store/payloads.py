@@ -76,10 +76,20 @@ def folder(database: str | Path) -> Path:
 
 
 def _database_path(conn: Conn) -> str:
+    """The SQLite file (its payload folder is beside it); on PostgreSQL, what messages call it."""
+    if not has_files(conn):
+        return "the PostgreSQL database"
     for _, name, file in conn.execute("PRAGMA database_list"):
         if name == "main":
             return str(file)
     raise errors.StoreError("the connection has no main database")  # pragma: no cover
+
+
+def has_files(conn: Conn) -> bool:
+    """Whether large payloads go to files beside the database: on SQLite. PostgreSQL keeps every
+    payload in its table (TOASTed): daemons on other machines must read them, and a folder on
+    one machine is not theirs."""
+    return conn.dialect == "sqlite"
 
 
 def digest(blob: bytes) -> bytes:
@@ -215,7 +225,7 @@ def _insert(conn: Conn, item: Staged, now: float) -> int:
     file = item.file
     codec = item.codec
     data: bytes | None
-    if file is None and len(item.blob) >= FILE_MIN_BYTES:
+    if file is None and len(item.blob) >= FILE_MIN_BYTES and has_files(conn):
         # Not staged: write it now, under the write lock (callers stage large ones first).
         codec, packed = _compress(item.blob)
         file = _write_file(folder(_database_path(conn)), item.digest, packed)
@@ -317,10 +327,10 @@ def delete_unreferenced(conn: Conn, now: float) -> tuple[int, int, list[str]]:
     rows = 0
     freed = 0
     for pid, file in conn.execute(conn.q["unreferenced_payloads"], {"before": now}).fetchall():
-        size = conn.execute("SELECT size FROM payloads WHERE id = ?", (pid,)).fetchone()
-        if conn.execute(conn.q["delete_payload"], (pid,)).rowcount:
+        deleted = conn.execute(conn.q["delete_payload"], (pid,)).fetchone()
+        if deleted is not None:
             rows += 1
-            freed += size[0] if size else 0
+            freed += deleted[0]
             if file is not None:
                 files.append(file)
     return rows, freed, files
@@ -344,6 +354,8 @@ def orphan_files(
 ) -> list[str]:
     """Files in the payload folder that no payload row names (in this read snapshot); with
     `older_than`, only those last modified before it."""
+    if database is None and not has_files(conn):
+        return []
     directory = folder(database or _database_path(conn))
     try:
         names = os.listdir(directory)
@@ -366,6 +378,8 @@ def orphan_files(
 
 def missing_files(conn: Conn, database: str | Path | None = None) -> list[str]:
     """Payload rows whose file is not there (what `executor check` reports)."""
+    if database is None and not has_files(conn):
+        return []
     directory = folder(database or _database_path(conn))
     return [f for (f,) in conn.execute(conn.q["payload_files"]) if not (directory / f).exists()]
 
@@ -374,8 +388,10 @@ def collect(conn: Conn, now: float | None = None) -> Collected:
     """Retention of payloads: delete the rows no run references, unlink their files, and sweep
     orphan files older than ORPHAN_GRACE_S. Runs its own transactions (not inside another)."""
     now = time.time() if now is None else now
-    database = _database_path(conn)
     rows, freed, files = transaction(delete_unreferenced)(conn, now)
+    if not has_files(conn):
+        return Collected(rows, 0, freed)
+    database = _database_path(conn)
     unlinked = unlink(database, files)
     # Under the write lock: a writer checks its file exists inside its own write transaction,
     # so a file seen here without a row cannot gain one before we unlink it.

@@ -20,7 +20,7 @@ import orjson
 
 from executor import errors
 from executor.errors import error_blob
-from executor.store import children, journal, payloads, signals
+from executor.store import children, journal, payloads, pghot, signals
 from executor.store.conn import Conn
 from executor.store.database import transaction
 from executor.vocabulary import (
@@ -115,6 +115,8 @@ def claim(
         # Nothing to claim: check the epoch with a read, without taking the write lock.
         current = conn.execute(conn.q["select_epoch"]).fetchone()[0]
         return [] if current == epoch else None
+    if conn.dialect == "postgres":
+        return pghot.claim(conn, engine_id, epoch, token, wants, now, limits)
     return _claim(conn, engine_id, epoch, token, wants, now, limits)
 
 
@@ -178,6 +180,7 @@ def _claim(
 # --- recording results ---------------------------------------------------------------------------
 
 
+@pghot.retried  # PostgreSQL: its one-statement record may meet another writer: once more
 @transaction
 def record(
     conn: Conn, outcomes: Sequence[Outcome], unparks: Sequence[Unpark], now: float
@@ -241,6 +244,8 @@ def _record_done(done: list[Outcome], conn: Conn, now: float) -> list[Delivery]:
     """
     if not done:
         return []
+    if conn.dialect == "postgres":
+        return pghot.record_done(done, conn, now)
     conn.execute(conn.q["record_in_create"])
     conn.execute(conn.q["record_in_index"])
     conn.execute(conn.q["record_in_clear"])
@@ -314,27 +319,16 @@ def pending_replays(conn: Conn, limit: int) -> list[tuple[int, int, int]]:
 
 def load_runs(conn: Conn, rids: Iterable[int]) -> dict[int, RunSnapshot]:
     """Everything a full replay needs, for each run (missing runs are left out)."""
-    # One consistent snapshot across the run rows and their journals.
-    conn.execute(conn.q["begin_read"])
+    conn.execute(conn.q["begin_read"])  # one snapshot across the run rows and their journals
     try:
+        if conn.dialect == "postgres":
+            return pghot.load_runs(conn, list(rids))
         out = {}
         for rid in rids:
             row = conn.execute(conn.q["select_run_for_replay"], (rid,)).fetchone()
-            if row is None:
-                continue
-            journal = [JournalEntry(*j) for j in conn.execute(conn.q["select_journal"], (rid,))]
-            if any(payloads.is_ref(j.result) for j in journal):
-                journal = [
-                    j._replace(result=payloads.resolve(conn, j.result))
-                    if payloads.is_ref(j.result)
-                    else j
-                    for j in journal
-                ]
-            *head, generation, seed, clock_origin, inherited = row
-            snap = RunSnapshot._make((*head, journal, generation, seed, clock_origin, inherited))
-            if payloads.is_ref(snap.args):
-                snap = snap._replace(args=payloads.resolve(conn, snap.args))
-            out[rid] = snap
+            if row is not None:
+                entries = [JournalEntry(*j) for j in conn.execute(conn.q["select_journal"], (rid,))]
+                out[rid] = journal.snapshot(conn, row, entries)
     finally:
         conn.execute("COMMIT")
     return out
@@ -383,6 +377,9 @@ def commit_replays(conn: Conn, outputs: Sequence[ReplayOutput], now: float) -> i
     the run must not get steps, tasks or timers of the old code path (out.dropped is set).
     """
     queued = 0
+    if conn.dialect == "postgres":  # the plain outputs in one statement, the rest below
+        queued = pghot.commit_batch(conn, [o for o in outputs if pghot.batchable(o)], now)
+        outputs = [o for o in outputs if not pghot.batchable(o)]
     for out in outputs:
         if not out.inactive:
             state = conn.execute(conn.q["run_state_for_commit"], (out.run_rid,)).fetchone()
@@ -468,11 +465,6 @@ def commit_replays(conn: Conn, outputs: Sequence[ReplayOutput], now: float) -> i
         else:
             conn.execute(conn.q["delete_replay_through"], (out.run_rid, out.consumed_seq))
     return queued
-
-
-def _is_active(conn: Conn, rid: int) -> bool:
-    row = conn.execute(conn.q["run_status_of_rid"], (rid,)).fetchone()
-    return row is not None and row[0] in (RunState.RUNNING, RunState.PARKED)
 
 
 # --- client and operator -------------------------------------------------------------------------

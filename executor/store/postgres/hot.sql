@@ -1,0 +1,152 @@
+-- PostgreSQL only: the hot transactions (claim, record, the replay commit), each one statement
+-- over arrays (unnest), run by store/pghot.py (scale-out research 4.2 and 7.2). One statement is
+-- one round trip and one transaction; a statement per row costs three times the server CPU.
+-- Two shapes EXPLAIN showed to be quadratic are avoided: a join between two CTEs (the planner
+-- estimates a data-modifying CTE at one row and loops over the other), and an UPDATE by key of
+-- rows a CTE picked (a hash join over a scan of the table): rows are updated by ctid instead.
+
+-- name: claim_batch
+-- Up to n queued tasks of each (shard, n), oldest workflow first, marked with our claim; their
+-- steps count an attempt. Nothing is claimed once the stored epoch has moved past ours.
+WITH want AS (
+    SELECT w.shard, w.n FROM unnest(%(shards)s::bigint[], %(limits)s::bigint[]) AS w (shard, n)
+    WHERE (SELECT value FROM meta WHERE key = 'epoch') = %(epoch)s
+), picked AS (
+    SELECT t.ctid AS tid FROM want AS w CROSS JOIN LATERAL (
+        SELECT ctid FROM tasks
+        WHERE shard = w.shard AND claim_token IS NULL AND parked IS NULL
+          AND not_before <= %(now)s
+        ORDER BY order_rid, run_rid, pos
+        LIMIT w.n
+        FOR UPDATE SKIP LOCKED
+    ) AS t
+), claimed AS (
+    UPDATE tasks AS t
+    SET claim_token = %(token)s, claim_engine = %(engine)s, claim_epoch = %(epoch)s,
+        claimed_at = %(now)s
+    WHERE t.ctid = ANY (ARRAY(SELECT tid FROM picked))
+    RETURNING t.run_rid, t.pos, t.shard, t.attempt, t.order_rid, t.not_before < 0 AS unparked
+)
+UPDATE steps AS s SET attempts = s.attempts + 1, started_at = coalesce(s.started_at, %(now)s)
+FROM claimed AS c JOIN runs AS r ON r.rid = c.run_rid
+WHERE s.run_rid = c.run_rid AND s.pos = c.pos
+RETURNING s.run_rid, s.pos, c.shard, c.attempt, s.name, s.args, s.limit_key, r.id, r.workflow,
+          c.unparked, r.concurrency_key, c.order_rid;
+
+-- name: record_batch
+-- Finished steps (journal.record_one's fences, for the whole batch): our claim still holds the
+-- task (its row goes in this statement: invariants 1 and 3), the step is still pending, the run
+-- running or parked; each result gets the run's next seq, and the run a replay entry (invariant
+-- 2). Numbered from last_seq as this statement's snapshot saw it; `bumped` moves last_seq only
+-- if it is still that (the row is re-read under its lock), and store/pghot.py rolls back and
+-- retries when a run or a step changed meanwhile (the counts of the last columns differ).
+WITH b AS (
+    SELECT * FROM unnest(%(i)s::bigint[], %(rid)s::bigint[], %(pos)s::bigint[],
+                         %(token)s::bigint[], %(status)s::text[], %(result)s::bytea[],
+                         %(error)s::bytea[])
+        AS b (i, rid, pos, token, status, result, error)
+), firsts AS (          -- a step twice in one batch (with one claim) counts once
+    SELECT DISTINCT ON (rid, pos, token) * FROM b ORDER BY rid, pos, token, i
+), fenced AS (
+    DELETE FROM tasks AS t USING firsts AS b
+    WHERE t.run_rid = b.rid AND t.pos = b.pos AND t.claim_token = b.token
+    RETURNING b.*
+), ok AS (
+    SELECT f.i, f.rid, f.pos, f.status, f.result, f.error, r.last_seq AS old_seq,
+           r.last_seq + row_number() OVER (PARTITION BY f.rid ORDER BY f.i) AS seq
+    FROM fenced AS f
+    JOIN steps AS s ON s.run_rid = f.rid AND s.pos = f.pos AND s.status = 'pending'
+    JOIN runs AS r ON r.rid = f.rid AND r.status IN ('running', 'parked')
+), bumped AS (
+    UPDATE runs AS r SET last_seq = m.seq, updated_at = %(now)s
+    FROM (SELECT rid, min(old_seq) AS old_seq, max(seq) AS seq FROM ok GROUP BY rid) AS m
+    WHERE r.rid = m.rid AND r.last_seq = m.old_seq AND r.status IN ('running', 'parked')
+    RETURNING r.rid, r.shard, r.last_seq
+), upd AS (
+    UPDATE steps AS s
+    SET status = n.status, result = n.result, error = coalesce(n.error, s.error),
+        finished_at = %(now)s, seq = n.seq
+    FROM ok AS n
+    WHERE s.run_rid = n.rid AND s.pos = n.pos AND s.status = 'pending'
+    RETURNING 1
+), rep AS (
+    INSERT INTO replays (run_rid, shard, seq, created_at)
+    SELECT rid, shard, last_seq, %(now)s FROM bumped
+    ON CONFLICT (run_rid) DO UPDATE SET seq = greatest(replays.seq, excluded.seq)
+)
+SELECT i, seq,
+       (SELECT count(*) FROM bumped), (SELECT count(DISTINCT rid) FROM ok),
+       (SELECT count(*) FROM upd), (SELECT count(*) FROM ok)
+FROM ok;
+
+-- name: commit_batch
+-- What a batch of replays produced, for outputs whose new steps are all plain steps (a task
+-- each) and that finish with no new step or do not finish: store/pghot.py sends the rest through
+-- the statements of repository.commit_replays. `live` locks each run still running in the
+-- generation its replay read (run_state_for_commit's lock); only those are written. A finished
+-- run's queued tasks, timers and waits go with it; the rows returned say which live runs have a
+-- parent or children, for store/children.py to finish the tree.
+WITH o AS (
+    SELECT * FROM unnest(%(rid)s::bigint[], %(gen)s::bigint[], %(consumed)s::bigint[],
+                         %(finished)s::text[], %(result)s::bytea[], %(error)s::bytea[])
+        AS o (rid, gen, consumed, finished, result, error)
+), live AS (
+    SELECT r.rid, o.finished IS NOT NULL AS finished,
+           r.parent_rid IS NOT NULL
+           OR EXISTS (SELECT 1 FROM runs AS c WHERE c.parent_rid = r.rid) AS tree
+    FROM o JOIN runs AS r ON r.rid = o.rid
+    WHERE r.rid = ANY (%(rid)s::bigint[])    -- an index scan of runs, not a hash of all of it
+      AND r.status = 'running' AND r.generation = o.gen
+    FOR NO KEY UPDATE OF r
+), n AS (
+    SELECT * FROM unnest(%(srid)s::bigint[], %(spos)s::bigint[], %(sname)s::text[],
+                         %(sfp)s::text[], %(sargs)s::bytea[], %(skey)s::text[])
+        AS n (rid, pos, name, fp, args, limit_key)
+    WHERE n.rid = ANY (ARRAY(SELECT rid FROM live))
+), ins AS (
+    INSERT INTO steps (run_rid, pos, kind, name, fingerprint, args, status, created_at, limit_key)
+    SELECT rid, pos, 'step', name, fp, args, 'pending', %(now)s, limit_key FROM n
+    ON CONFLICT DO NOTHING
+    RETURNING run_rid, pos
+), tk AS (
+    INSERT INTO tasks (run_rid, pos, shard, order_rid)
+    SELECT i.run_rid, i.pos, r.shard, coalesce(r.root_rid, r.rid)
+    FROM ins AS i JOIN runs AS r ON r.rid = i.run_rid
+    RETURNING 1
+), fin AS (
+    UPDATE runs AS r
+    SET status = o.finished, result = o.result, error = o.error, finished_at = %(now)s,
+        updated_at = %(now)s
+    FROM o
+    WHERE r.rid = o.rid AND o.finished IS NOT NULL AND r.status = 'running'
+      AND r.rid = ANY (ARRAY(SELECT rid FROM live))
+), gone AS (
+    SELECT rid FROM live WHERE finished
+), drop_tasks AS (
+    DELETE FROM tasks WHERE run_rid = ANY (ARRAY(SELECT rid FROM gone)) AND claim_token IS NULL
+), drop_timers AS (
+    DELETE FROM timers WHERE run_rid = ANY (ARRAY(SELECT rid FROM gone))
+), drop_waits AS (
+    DELETE FROM waits WHERE run_rid = ANY (ARRAY(SELECT rid FROM gone))
+), done AS (            -- the replay entries consumed: all of a finished run's
+    DELETE FROM replays AS p USING o
+    WHERE p.run_rid = ANY (ARRAY(SELECT rid FROM live))
+      AND p.run_rid = o.rid AND (o.finished IS NOT NULL OR p.seq <= o.consumed)
+)
+SELECT rid, tree, (SELECT count(*) FROM tk) FROM live;
+
+-- name: select_runs_for_replay
+-- select_run_for_replay for a batch of runs (store/pghot.py load_runs), with the rid first.
+SELECT rid, id, workflow, version, shard, status, args, created_at, last_seq, generation,
+       coalesce(seed, id), coalesce(clock_origin, created_at), coalesce(forked_at, 0)
+FROM runs WHERE rid = ANY (%s::bigint[]);
+
+-- name: select_journals
+-- select_journal for a batch of runs, each run's entries in position order after its rid.
+SELECT s.run_rid, s.pos, s.kind, s.name, s.fingerprint, s.status,
+       CASE WHEN s.kind = 'child' AND s.status = 'succeeded'
+            THEN (SELECT c.result FROM runs AS c
+                  WHERE c.parent_rid = s.run_rid AND c.parent_pos = s.pos)
+            ELSE s.result END,
+       s.error, s.seq, s.finished_at
+FROM steps AS s WHERE s.run_rid = ANY (%s::bigint[]) ORDER BY s.run_rid, s.pos;

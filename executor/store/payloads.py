@@ -202,6 +202,11 @@ def put_args(conn: Conn, blob: bytes | None, now: float) -> bytes | None:
     return _SPLIT_PREFIX + orjson.dumps(layout)
 
 
+def is_inline(item: bytes | Staged | None) -> bool:
+    """Whether `put` would keep this payload in the row itself, without touching the store."""
+    return item is None or (not isinstance(item, Staged) and len(item) <= INLINE_MAX_BYTES)
+
+
 def put(conn: Conn, item: bytes | Staged | None, now: float) -> bytes | None:
     """Inside a write transaction: what the row should hold for this payload (itself when small,
     else a reference to its stored copy, inserted now unless the same bytes are stored already).

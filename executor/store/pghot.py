@@ -7,17 +7,13 @@ published values) on the statements both dialects share. The fences are the same
 a result is written only while our claim holds its task, its step is pending and its run running
 or parked (invariant 1), the task goes in the same transaction (3), and a recorded result queues
 its run's replay in it (2). What differs is that several processes write at once here: the
-statements lock the rows they decide on (see hot.sql), and a record that finds a run changed
-under it rolls back and runs again.
+statements lock the rows they decide on, or re-read them under their locks (see hot.sql).
 """
 
 from __future__ import annotations
 
-import functools
-from collections.abc import Callable, Sequence
-from typing import Concatenate, ParamSpec, TypeVar
+from collections.abc import Sequence
 
-from executor import errors
 from executor.store import children, journal, payloads
 from executor.store.conn import Conn
 from executor.vocabulary import (
@@ -25,17 +21,12 @@ from executor.vocabulary import (
     Delivery,
     JournalEntry,
     Outcome,
+    OutcomeKind,
     ReplayOutput,
     RunSnapshot,
     StepKind,
+    Unpark,
 )
-
-# A record that found a run changed by another writer between its snapshot and its locks runs
-# again (a signal or a cancel racing the flush: rare, and each retry sees the other's commit).
-RECORD_ATTEMPTS = 5
-
-T = TypeVar("T")
-P = ParamSpec("P")
 
 
 def claim(
@@ -93,13 +84,17 @@ def claim(
     return out
 
 
-def record_done(done: list[Outcome], conn: Conn, now: float) -> list[Delivery]:
-    """repository._record_done inside an open transaction: finished steps, one statement.
+def one_statement(outcomes: Sequence[Outcome], unparks: Sequence[Unpark]) -> bool:
+    """Whether record_done alone is the whole record (it is then its own transaction): finished
+    steps only, no unparks, and no result that goes to the payload store first."""
+    done = OutcomeKind.DONE
+    return not unparks and all(
+        o.kind is done and payloads.is_inline(o.stored or o.result) for o in outcomes
+    )
 
-    Raises RecordConflict (the caller rolls back and runs the transaction again) when another
-    writer changed one of the runs, or recorded one of the steps, after this statement's
-    snapshot: its numbering would be stale.
-    """
+
+def record_done(done: list[Outcome], conn: Conn, now: float) -> list[Delivery]:
+    """repository._record_done: finished steps in one statement (record_batch)."""
     if not done:
         return []
     rows = conn.execute(
@@ -115,41 +110,13 @@ def record_done(done: list[Outcome], conn: Conn, now: float) -> list[Delivery]:
             "now": now,
         },
     ).fetchall()
-    if rows:
-        _, _, runs_bumped, runs_wanted, steps_written, steps_wanted = rows[0]
-        if runs_bumped != runs_wanted or steps_written != steps_wanted:
-            raise RecordConflict(
-                f"{runs_wanted - runs_bumped} run(s) and {steps_wanted - steps_written} step(s)"
-                " changed during the record"
-            )
     events = []
-    for i, seq, *_ in sorted(rows):
+    for i, seq in sorted(rows):
         o = done[i]
         events.append(
             Delivery(o.run_rid, o.pos, seq, o.status, o.result, o.error, now, o.value, o.has_value)
         )
     return events
-
-
-class RecordConflict(errors.StoreError):
-    """A record's statement saw a run or a step that another writer changed meanwhile."""
-
-
-def retried(fn: Callable[Concatenate[Conn, P], T]) -> Callable[Concatenate[Conn, P], T]:
-    """On PostgreSQL, run the transaction `fn` again while it meets a RecordConflict (each
-    attempt rolled back by its own `transaction`); on SQLite, `fn` as it is."""
-
-    @functools.wraps(fn)
-    def wrapper(conn: Conn, *args: P.args, **kwargs: P.kwargs) -> T:
-        for attempt in range(1, RECORD_ATTEMPTS + 1):
-            try:
-                return fn(conn, *args, **kwargs)
-            except RecordConflict:
-                if conn.dialect != "postgres" or attempt == RECORD_ATTEMPTS:
-                    raise
-        raise AssertionError("unreachable")  # pragma: no cover
-
-    return wrapper  # type: ignore[return-value]
 
 
 def batchable(out: ReplayOutput) -> bool:

@@ -180,8 +180,6 @@ def _claim(
 # --- recording results ---------------------------------------------------------------------------
 
 
-@pghot.retried  # PostgreSQL: its one-statement record may meet another writer: once more
-@transaction
 def record(
     conn: Conn, outcomes: Sequence[Outcome], unparks: Sequence[Unpark], now: float
 ) -> Recorded:
@@ -191,6 +189,15 @@ def record(
     recorded changes nothing. Unparks come after the outcomes, so one never misses a park of the
     same batch that it answers.
     """
+    if conn.dialect == "postgres" and pghot.one_statement(outcomes, unparks):
+        return Recorded(pghot.record_done(list(outcomes), conn, now), [])
+    return _record(conn, outcomes, unparks, now)
+
+
+@transaction
+def _record(
+    conn: Conn, outcomes: Sequence[Outcome], unparks: Sequence[Unpark], now: float
+) -> Recorded:
     done = OutcomeKind.DONE  # a local name: faster than the class attribute, per outcome
     deliveries = _record_done([o for o in outcomes if o.kind is done], conn, now)
     for o in outcomes:

@@ -37,9 +37,11 @@ RETURNING s.run_rid, s.pos, c.shard, c.attempt, s.name, s.args, s.limit_key, r.i
 -- Finished steps (journal.record_one's fences, for the whole batch): our claim still holds the
 -- task (its row goes in this statement: invariants 1 and 3), the step is still pending, the run
 -- running or parked; each result gets the run's next seq, and the run a replay entry (invariant
--- 2). Numbered from last_seq as this statement's snapshot saw it; `bumped` moves last_seq only
--- if it is still that (the row is re-read under its lock), and store/pghot.py rolls back and
--- retries when a run or a step changed meanwhile (the counts of the last columns differ).
+-- 2). Other writers (a signal, a cancel) may change a run after this statement's snapshot: the
+-- runs are numbered in `bumped`, which re-reads each row under its lock (its status and
+-- last_seq as committed now), and the steps take their seqs from what it returns, looked up by
+-- rid in one JSON object (joining the two CTEs would be a nested loop of one over the other).
+-- A step whose run is no longer running or parked loses its task and writes nothing.
 WITH b AS (
     SELECT * FROM unnest(%(i)s::bigint[], %(rid)s::bigint[], %(pos)s::bigint[],
                          %(token)s::bigint[], %(status)s::text[], %(result)s::bytea[],
@@ -51,33 +53,32 @@ WITH b AS (
     DELETE FROM tasks AS t USING firsts AS b
     WHERE t.run_rid = b.rid AND t.pos = b.pos AND t.claim_token = b.token
     RETURNING b.*
-), ok AS (
-    SELECT f.i, f.rid, f.pos, f.status, f.result, f.error, r.last_seq AS old_seq,
-           r.last_seq + row_number() OVER (PARTITION BY f.rid ORDER BY f.i) AS seq
+), ok AS (              -- k: the step's place among the run's results in this batch
+    SELECT f.i, f.rid, f.pos, f.status, f.result, f.error,
+           row_number() OVER (PARTITION BY f.rid ORDER BY f.i) AS k
     FROM fenced AS f
     JOIN steps AS s ON s.run_rid = f.rid AND s.pos = f.pos AND s.status = 'pending'
-    JOIN runs AS r ON r.rid = f.rid AND r.status IN ('running', 'parked')
 ), bumped AS (
-    UPDATE runs AS r SET last_seq = m.seq, updated_at = %(now)s
-    FROM (SELECT rid, min(old_seq) AS old_seq, max(seq) AS seq FROM ok GROUP BY rid) AS m
-    WHERE r.rid = m.rid AND r.last_seq = m.old_seq AND r.status IN ('running', 'parked')
-    RETURNING r.rid, r.shard, r.last_seq
+    UPDATE runs AS r SET last_seq = r.last_seq + m.n, updated_at = %(now)s
+    FROM (SELECT rid, count(*) AS n FROM ok GROUP BY rid) AS m
+    WHERE r.rid = m.rid AND r.status IN ('running', 'parked')
+    RETURNING r.rid, r.shard, r.last_seq, r.last_seq - m.n AS base
+), base AS (           -- rid -> the run's last seq before this batch
+    SELECT coalesce(jsonb_object_agg(rid, base), '{}') AS of FROM bumped
 ), upd AS (
     UPDATE steps AS s
     SET status = n.status, result = n.result, error = coalesce(n.error, s.error),
-        finished_at = %(now)s, seq = n.seq
-    FROM ok AS n
-    WHERE s.run_rid = n.rid AND s.pos = n.pos AND s.status = 'pending'
-    RETURNING 1
+        finished_at = %(now)s, seq = (m.of ->> n.rid::text)::bigint + n.k
+    FROM ok AS n, base AS m
+    WHERE s.run_rid = n.rid AND s.pos = n.pos AND (m.of ->> n.rid::text) IS NOT NULL
 ), rep AS (
     INSERT INTO replays (run_rid, shard, seq, created_at)
     SELECT rid, shard, last_seq, %(now)s FROM bumped
     ON CONFLICT (run_rid) DO UPDATE SET seq = greatest(replays.seq, excluded.seq)
 )
-SELECT i, seq,
-       (SELECT count(*) FROM bumped), (SELECT count(DISTINCT rid) FROM ok),
-       (SELECT count(*) FROM upd), (SELECT count(*) FROM ok)
-FROM ok;
+SELECT n.i, (m.of ->> n.rid::text)::bigint + n.k
+FROM ok AS n, base AS m
+WHERE (m.of ->> n.rid::text) IS NOT NULL;
 
 -- name: commit_batch
 -- What a batch of replays produced, for outputs whose new steps are all plain steps (a task

@@ -64,7 +64,7 @@ WITH b AS (
     WHERE r.rid = m.rid AND r.status IN ('running', 'parked')
     RETURNING r.rid, r.shard, r.last_seq, r.last_seq - m.n AS base
 ), base AS (           -- rid -> the run's last seq before this batch
-    SELECT coalesce(jsonb_object_agg(rid, base), '{}') AS of FROM bumped
+    SELECT coalesce(jsonb_object_agg(rid, base), jsonb_build_object()) AS of FROM bumped
 ), upd AS (
     UPDATE steps AS s
     SET status = n.status, result = n.result, error = coalesce(n.error, s.error),

@@ -32,10 +32,20 @@ DIALECT_ONLY: dict[str, str] = {
     "select_claimed": "sqlite",
     **{
         f"record_in_{part}": "sqlite"
-        for part in (
-            "create index clear add fence_claim delete_tasks fence_step number steps runs"
-            " replays recorded"
-        ).split()
+        for part in [
+            "create",
+            "index",
+            "clear",
+            "add",
+            "fence_claim",
+            "delete_tasks",
+            "fence_step",
+            "number",
+            "steps",
+            "runs",
+            "replays",
+            "recorded",
+        ]
     },
     "claim_batch": "postgres",
     "record_batch": "postgres",

@@ -55,6 +55,8 @@ class EngineConfig:
     lease_s: float = 15.0
     hydration_cache_entries: int = 100_000
     hydration_cache_entry_max_bytes: int = 64 * 1024
+    # Memory the hydration cache may hold (results, keys and bookkeeping); 0 disables it.
+    hydration_cache_bytes: int = 32 * 1024 * 1024
     instance_cache_size: int = 10_000  # live workflow instances kept in memory; 0 = always replay
     payload_limit_bytes: int = 64 * 1024 * 1024
     # After this long without being able to write, the engine drains and exits non-zero.
@@ -218,6 +220,7 @@ _KEYS: dict[str, cv.Spec] = {
     "engine.lease_s": cv.Seconds(),
     "engine.hydration_cache_entries": cv.Int(0),
     "engine.hydration_cache_entry_max_bytes": cv.Int(0),
+    "engine.hydration_cache_bytes": cv.Int(0),
     "engine.instance_cache_size": cv.Int(0),
     "engine.payload_limit_bytes": cv.Int(_KIB, _GIB),
     "engine.write_failure_limit_s": cv.Seconds(),

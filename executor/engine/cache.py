@@ -1,10 +1,13 @@
 """In-memory caches: decoded step results (hydration) and live workflow instances.
 
 Both are bounded LRUs (lru-dict, a C implementation: a lookup costs about as much as a dict's).
+The hydration cache is bounded in bytes as well as in entries: its entries are step results,
+and an LLM step returns kilobytes of text, so a count alone does not bound its memory.
 """
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable, Hashable
 from typing import Any
 
@@ -13,6 +16,15 @@ from lru import LRU
 from executor import codec
 
 _MISSING = object()
+# What an entry costs beside its value: the lru-dict node and hash slot (~100 bytes, measured
+# with tracemalloc) and the (run, generation, position) key tuple with its run id (~100).
+ENTRY_OVERHEAD_BYTES = 200
+DEFAULT_BUDGET_BYTES = 32 * 1024 * 1024
+
+
+def _charge(value: Any) -> int:
+    # The values are str, int, float, bool or None (codec.is_immutable): getsizeof is exact.
+    return sys.getsizeof(value) + ENTRY_OVERHEAD_BYTES
 
 
 class HydrationCache:
@@ -20,12 +32,22 @@ class HydrationCache:
 
     Only immutable values (str, int, float, bool, None) are kept: a list or dict handed to one
     replay could be mutated by the workflow code and leak into the next, so those are decoded
-    fresh each time. Errors are never cached. Results larger than `max_bytes` are not kept.
+    fresh each time. Errors are never cached. Results larger than `max_bytes` (encoded) are not
+    kept. At most `entries` values and `budget_bytes` of memory (values with their keys and
+    the cache's own bookkeeping) are held; the least recently used go first.
     """
 
-    def __init__(self, entries: int, max_bytes: int) -> None:
-        self._lru: Any = LRU(entries) if entries > 0 else None
+    def __init__(
+        self, entries: int, max_bytes: int, budget_bytes: int = DEFAULT_BUDGET_BYTES
+    ) -> None:
+        on = entries > 0 and budget_bytes > 0
+        self._lru: Any = LRU(entries, callback=self._evicted) if on else None
         self._max_bytes = max_bytes
+        self.budget_bytes = budget_bytes
+        self.bytes = 0  # what the entries held now cost, by _charge
+
+    def _evicted(self, _key: Any, value: Any) -> None:
+        self.bytes -= _charge(value)  # evicted by the entry count
 
     def get(self, key: Hashable, blob: bytes) -> Any:
         lru = self._lru
@@ -35,13 +57,27 @@ class HydrationCache:
                 return value
         value = codec.decode(blob)
         if lru is not None and len(blob) <= self._max_bytes and codec.is_immutable(value):
-            lru[key] = value
+            self._keep(key, value)
         return value
 
     def put(self, key: Hashable, value: Any, size: int) -> None:
         """Keep a value we already have decoded (it must be immutable)."""
         if self._lru is not None and size <= self._max_bytes:
-            self._lru[key] = value
+            self._keep(key, value)
+
+    def _keep(self, key: Hashable, value: Any) -> None:
+        lru = self._lru
+        old = lru.pop(key, _MISSING)
+        if old is not _MISSING:
+            self.bytes -= _charge(old)
+        charge = _charge(value)
+        if charge > self.budget_bytes:
+            return
+        self.bytes += charge
+        lru[key] = value  # may evict one entry by count (the callback subtracts it)
+        while self.bytes > self.budget_bytes:
+            _, gone = lru.popitem(least_recent=True)
+            self.bytes -= _charge(gone)
 
     def __len__(self) -> int:
         return 0 if self._lru is None else len(self._lru)

@@ -166,7 +166,9 @@ class Engine:
         self.stop_reason = ""
         self.stopping = asyncio.Event()  # set once: drain, then stop
         self.hydration = HydrationCache(
-            self.cfg.hydration_cache_entries, self.cfg.hydration_cache_entry_max_bytes
+            self.cfg.hydration_cache_entries,
+            self.cfg.hydration_cache_entry_max_bytes,
+            self.cfg.hydration_cache_bytes,
         )
         # Quotas ([limits.*], concurrency keys) and the shared clients, closed when we drain.
         self.limiter = Limiter(

@@ -514,6 +514,13 @@ class WorkflowInstance:
                 self.nondeterminism = errors.NonDeterminismError(
                     self.run.id, e.pos, f"{e.kind} {e.name}", "the workflow to return"
                 )
+        if self.journal:
+            # Positions the code has passed are not looked up again: drop them, with their
+            # result blobs, which a live instance would otherwise hold for as long as it lives.
+            pending = self.pending
+            self.journal = {
+                p: e for p, e in self.journal.items() if p >= self.next_pos or p in pending
+            }
 
     def take_steps(self) -> list[NewStep]:
         steps, self.new_steps = self.new_steps, []

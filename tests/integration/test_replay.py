@@ -556,6 +556,8 @@ async def test_errors_and_containers_are_never_cached(
         decodes.append(codec.stats.decodes - before)
         try:
             assert orjson.loads(inst.outcome()[1] or b"null") == [5, [1, 2], "disk on fire"]
+            # Positions the code has passed are dropped, with their result blobs.
+            assert inst.journal == {} and len(snap.journal) == 3
         finally:
             inst.close()
         assert len(cache) == 1  # only the int

@@ -497,6 +497,7 @@ def configs(draw: st.DrawFn) -> Config:
             lease_s=heartbeat + draw(st.floats(min_value=1e-3, max_value=1e3)),
             hydration_cache_entries=draw(st.integers(0, 2**40)),
             hydration_cache_entry_max_bytes=draw(st.integers(0, 2**40)),
+            hydration_cache_bytes=draw(st.integers(0, 2**40)),
             instance_cache_size=draw(st.integers(0, 2**40)),
             payload_limit_bytes=draw(st.integers(1024, 1024**3)),
             write_failure_limit_s=draw(seconds),

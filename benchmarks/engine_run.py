@@ -123,7 +123,7 @@ def build_workload(
             parts = await asyncio.gather(*(ctx.step(noop, index, i) for i in range(f)))
         return await ctx.step(join, parts)
 
-    if opts.workload in ("noop", "long"):
+    if opts.workload in ("noop", "long", "start"):
         return reg, sequential, lambda i: [opts.steps, i]
     if opts.workload == "sleep":
         return reg, sleeper, lambda i: [opts.steps, opts.sleep_s, i]

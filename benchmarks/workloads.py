@@ -5,7 +5,7 @@ A new workload is a module with a `Workload` entry (benchmarks/options.py): add 
 
 from __future__ import annotations
 
-from benchmarks import ceiling, engine_run, floor, prompt, quota, repair, signals
+from benchmarks import ceiling, engine_run, floor, prompt, quota, repair, signals, starting
 from benchmarks.options import Workload
 
 WORKLOADS: tuple[Workload, ...] = (
@@ -16,4 +16,5 @@ WORKLOADS: tuple[Workload, ...] = (
     *quota.WORKLOADS,
     *repair.WORKLOADS,
     signals.WORKLOAD,
+    starting.WORKLOAD,
 )

@@ -48,6 +48,8 @@ from executor.vocabulary import EngineState, ReplayArgs
 
 log = logging.getLogger("executor.engine")
 # The counters of the runner and the replayer, all zero before start.
+# At most this share of the time goes to counting the queues for the samples (see sample()).
+QUEUE_COUNT_SHARE = 0.01
 _COUNTERS = ("steps", "retries", "replays", "full_replays", "finished", "replay_args_changed")
 
 
@@ -180,6 +182,8 @@ class Engine:
         # [schedules.*] from the config, applied to the file at start; None: leave them alone.
         self.schedules = None if schedules is None else tuple(schedules)
         self._pieces: _Pieces | None = None
+        self._queue_counts: stored_samples.QueueCounts | None = None
+        self._count_queues_at = 0.0
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._lifecycle: asyncio.Task[None] | None = None
 
@@ -329,10 +333,20 @@ class Engine:
         now = time.time()
         limits = self.limits_snapshot() if self.limiter.active else None
         sample, snapshot = self.telemetry.sample(self.engine_id, now, self.load(), limits)
+        # The queue counts are scans: with a large backlog they would take a real share of the
+        # database thread at every heartbeat. Counted again only once their last cost is under
+        # QUEUE_COUNT_SHARE of the time since; the sample carries the last counts meanwhile.
+        counts = self._queue_counts if now < self._count_queues_at else None
         try:
-            await self.db.run(stored_samples.record, sample, self.db.shards, snapshot)
+            used = await self.db.run(
+                stored_samples.record, sample, self.db.shards, snapshot, counts
+            )
         except errors.StoreError as exc:
             log.debug("could not write the metrics sample: %s", exc)
+            return
+        if counts is None:
+            self._queue_counts = used
+            self._count_queues_at = now + used.cost_s / QUEUE_COUNT_SHARE
 
     # -- supervision and the ordered shutdown --
 

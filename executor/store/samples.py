@@ -7,6 +7,7 @@ so a restart (a new engine id, counting from 0) is never a negative rate.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
@@ -36,19 +37,49 @@ class Sample:
     replay_backlog: int = 0
 
 
-def record(conn: Conn, sample: Sample, shards: int, snapshot: bytes) -> None:
-    """Measure the queues (reads, outside the write lock), then store the sample and snapshot."""
-    sample.queued = conn.execute(conn.q["sample_queued"]).fetchone()[0]
+class QueueCounts(NamedTuple):
+    """The queue numbers of a sample, counted from the file."""
+
+    queued: int
+    oldest_created_at: float | None  # creation time of the oldest queued task's run
+    replay_backlog: int
+    cost_s: float  # what counting them took: these are scans, long with a large backlog
+
+
+def count_queues(conn: Conn, shards: int) -> QueueCounts:
+    """Count the queues (reads, outside the write lock)."""
+    began = time.perf_counter()
+    queued = conn.execute(conn.q["sample_queued"]).fetchone()[0]
     oldest = [
         conn.execute(conn.q["sample_oldest_queued_rid"], (s,)).fetchone()[0] for s in range(shards)
     ]
     rids = [rid for rid in oldest if rid is not None]
+    created_at = None
     if rids:
         created = conn.execute(conn.q["created_at_of_rid"], (min(rids),)).fetchone()
         if created is not None:
-            sample.oldest_queued_s = max(0.0, sample.at - created[0])
-    sample.replay_backlog = conn.execute(conn.q["sample_replay_backlog"]).fetchone()[0]
+            created_at = created[0]
+    backlog = conn.execute(conn.q["sample_replay_backlog"]).fetchone()[0]
+    return QueueCounts(queued, created_at, backlog, time.perf_counter() - began)
+
+
+def record(
+    conn: Conn,
+    sample: Sample,
+    shards: int,
+    snapshot: bytes,
+    counts: QueueCounts | None = None,
+) -> QueueCounts:
+    """Store the sample and snapshot, with the queue numbers `counts` (counted now if None:
+    the caller may reuse earlier counts to keep their cost down). Returns the counts used."""
+    if counts is None:
+        counts = count_queues(conn, shards)
+    sample.queued = counts.queued
+    if counts.oldest_created_at is not None:
+        sample.oldest_queued_s = max(0.0, sample.at - counts.oldest_created_at)
+    sample.replay_backlog = counts.replay_backlog
     _write(conn, sample, snapshot)
+    return counts
 
 
 @transaction

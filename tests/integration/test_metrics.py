@@ -17,6 +17,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from executor import Client, Registry, RetryPolicy, errors, step, workflow
 from executor.exporter import registry_for
+from executor.store import samples as stored_samples
 from tests.support.daemon import Daemons, daemons_in, poll, with_client, write_config
 
 if TYPE_CHECKING:
@@ -250,3 +251,32 @@ def test_daemon_endpoint_is_opt_in_and_on_loopback(tmp_path: Path, daemons: Daem
     assert samples[("executor_slots", (("state", "total"),))] == 8  # 2 shards x 4
     assert daemon.stop() == 0
     assert _listening_on(port) == []
+
+
+@pytest.mark.anyio
+async def test_a_sample_counts_the_queues_or_carries_the_counts_it_is_given(
+    client: Client,
+) -> None:
+    reg = Registry()
+
+    @workflow(registry=reg, name="idle")
+    async def idle(ctx: Any) -> None:
+        return None
+
+    await client.start_many(idle, [[]] * 3)  # no engine: three runs waiting for a first replay
+    now = time.time()
+
+    def new_sample(at: float) -> stored_samples.Sample:
+        return stored_samples.Sample(1, at, 0, 0, 0, 0, 10, 0)
+
+    counted = await client.db.run(stored_samples.record, new_sample(now), 4, b"{}")
+    assert (counted.queued, counted.replay_backlog, counted.oldest_created_at) == (0, 3, None)
+    assert counted.cost_s > 0
+    # Earlier counts are stored as given, with the oldest queued age as of the new sample.
+    given = stored_samples.QueueCounts(7, now - 5.0, 2, 0.5)
+    assert await client.db.run(stored_samples.record, new_sample(now + 1), 4, b"{}", given) is given
+    rows = await client.db.run(stored_samples.read, now - 1)
+    assert [(s.queued, s.replay_backlog, s.oldest_queued_s) for s in rows] == [
+        (0, 3, None),
+        (7, 2, 6.0),
+    ]

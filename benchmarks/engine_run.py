@@ -6,6 +6,7 @@ from __future__ import annotations
 import array
 import asyncio
 import contextlib
+import gc
 import itertools
 import math
 import time
@@ -22,7 +23,7 @@ from benchmarks.measure import (
     spearman,
 )
 from benchmarks.options import Options, Workload
-from executor import config, errors, registry, vocabulary
+from executor import config, errors, gcsettings, registry, vocabulary
 from executor.client import Client
 from executor.engine.engine import Engine
 from executor.engine.instance import WorkflowContext
@@ -137,6 +138,26 @@ def build_workload(
 # --- running the engine --------------------------------------------------------------------------
 
 
+class GcTime:
+    """Collections and the seconds spent in them (gc.callbacks), per generation."""
+
+    def __init__(self) -> None:
+        self.counts = [0, 0, 0]
+        self.seconds = [0.0, 0.0, 0.0]
+        self._began = 0.0
+        self.previous: tuple[int, ...] | None = None  # thresholds before gcsettings.tune()
+
+    def __call__(self, phase: str, info: dict[str, Any]) -> None:
+        if phase == "start":
+            self._began = time.perf_counter()
+        else:
+            self.counts[info["generation"]] += 1
+            self.seconds[info["generation"]] += time.perf_counter() - self._began
+
+    def report(self) -> dict[str, Any]:
+        return {"gc_collections": self.counts, "gc_s": [round(s, 3) for s in self.seconds]}
+
+
 class Finishes:
     """The engine's on_finish callback: when each run finished, and how."""
 
@@ -182,6 +203,20 @@ async def _start_all(
     return ids, started
 
 
+def _after_start(opts: Options, gc_time: GcTime) -> None:
+    if opts.tune_gc:
+        gc_time.previous = gcsettings.tune()  # as the daemon does once its engine has started
+    gc.callbacks.append(gc_time)
+
+
+def _after_stop(gc_time: GcTime) -> None:
+    # Put the process back as it was: the benchmark also runs inside the test suite.
+    if gc_time in gc.callbacks:
+        gc.callbacks.remove(gc_time)
+    if gc_time.previous is not None:
+        gcsettings.untune(gc_time.previous)
+
+
 async def run_engine(opts: Options, db_path: Path) -> dict[str, Any]:
     # The long workload is one run: its step times are what it measures.
     clock = StepClock(opts.trace_steps or opts.workload == "long")
@@ -198,6 +233,7 @@ async def run_engine(opts: Options, db_path: Path) -> dict[str, Any]:
     engine = Engine(eng_cfg, db_cfg, reg=reg, on_finish=finishes, samples=opts.metrics)
     client = Client(db_cfg, reg=reg, strict=True, shards=opts.shards)
     samples: list[Sample] = []
+    gc_time = GcTime()
     sampler: asyncio.Task[None] | None = None
     crashed: str | None = None
     engine_started = False
@@ -214,9 +250,11 @@ async def run_engine(opts: Options, db_path: Path) -> dict[str, Any]:
             t0 = time.perf_counter()
             await engine.start()
             engine_started = True
+            _after_start(opts, gc_time)
         else:
             await engine.start()
             engine_started = True
+            _after_start(opts, gc_time)
             await client.open()
             rss_idle = current_rss_kib()
             cpu0 = cpu_s()
@@ -244,6 +282,7 @@ async def run_engine(opts: Options, db_path: Path) -> dict[str, Any]:
         with contextlib.suppress(asyncio.CancelledError):
             await asyncio.gather(done, stopped, return_exceptions=True)
     finally:
+        _after_stop(gc_time)
         if sampler is not None:
             sampler.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -267,6 +306,8 @@ async def run_engine(opts: Options, db_path: Path) -> dict[str, Any]:
         rss_peak_kib=peak_rss_kib(),
         rss_per_slot_kib=round((peak_rss_kib() - rss_idle) / opts.slots, 3),
         engine_crashed=crashed,
+        gc_tuned=opts.tune_gc,
+        **gc_time.report(),
         engine_load=load,
         file_bytes=file_bytes(db_path),
     )

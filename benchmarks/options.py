@@ -103,6 +103,9 @@ output fields (one JSON object on stdout):
   timeline                               with --timeline: per second of the window, the mean
                                          slots in flight, steps executed and runs finished
   succeeded, failed, completed           run outcomes; completed is false on --timeout
+  gc_collections, gc_s                   garbage collections per generation (0, 1, 2) and the
+                                         seconds spent in them, over the window; gc_tuned says
+                                         whether the daemon's settings were applied (--default-gc)
   cpu_calibration_ms                     a fixed pure-Python loop timed before and after the run
                                          (about 16 ms here on a fast CPU): on a shared VM the CPU
                                          speed varies, and a slow calibration marks a slow run
@@ -332,6 +335,13 @@ def build_parser(workloads: Sequence[Workload], prog: str | None = None) -> argp
         " measure what they cost",
     )
     parser.add_argument(
+        "--default-gc",
+        dest="default_gc",
+        action="store_true",
+        help="keep CPython's garbage-collector settings instead of applying what the daemon"
+        " applies once its engine has started (executor/gcsettings.py), to measure them",
+    )
+    parser.add_argument(
         "--json-indent",
         dest="json_indent",
         type=_non_negative_int,
@@ -378,6 +388,7 @@ class Options:
     sleep_max_s: float = 0.0
     vs_floor: bool = False
     metrics: bool = True  # the engine's telemetry and sample row per heartbeat ([metrics])
+    tune_gc: bool = True  # gcsettings.tune() once the engine has started, as the daemon does
 
     @property
     def steps_per_workflow(self) -> int:
@@ -438,4 +449,5 @@ def resolve(ns: argparse.Namespace, workloads: Sequence[Workload]) -> Options:
         sleep_max_s=pick("sleep_max_s"),
         vs_floor=ns.vs_floor,
         metrics=not ns.no_metrics,
+        tune_gc=not ns.default_gc,
     )

@@ -37,6 +37,7 @@ async def _start(opts: Options, db_path: Path) -> dict[str, Any]:
     finally:
         await client.close()
     return {
+        "completed": True,
         "workflows": opts.workflows,
         "batch": opts.batch,
         "start_s": round(wall, 3),

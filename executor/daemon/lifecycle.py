@@ -24,7 +24,7 @@ import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
-from executor import config, errors, registry, vocabulary
+from executor import config, errors, gcsettings, registry, vocabulary
 from executor.daemon import logs, retention, startsignals
 from executor.daemon.notify import Notifier
 from executor.daemon.workflows import import_workflows
@@ -153,6 +153,7 @@ class Daemon:
         )
         self.engine = engine
         await engine.start()
+        gcsettings.tune()  # after the workflows' imports and the engine's start-up
         stop_metrics: Callable[[], None] = _no_metrics
         purging = asyncio.create_task(
             retention.run(lambda: self.cfg, asyncio.Event()), name="executor.daemon.retention"

@@ -563,6 +563,20 @@ class WorkflowInstance:
         if self.main.done() and not self.main.cancelled():
             self.main.exception()  # retrieved: no "never retrieved" warning at GC
         self.loop.close()
+        # Break the cycle instance -> ctx -> instance (also reached through the main task's
+        # context), so a closed instance is freed at once by reference counting instead of
+        # waiting, as long-lived garbage, for a full collection (costly with many live runs).
+        self.ctx._inst = _UNLOADED
+
+
+class _Unloaded:
+    """What a closed instance's ctx refers to: any use says the workflow was unloaded."""
+
+    def __getattr__(self, name: str) -> Any:
+        raise errors.WorkflowUsageError("the workflow was unloaded")
+
+
+_UNLOADED: Any = _Unloaded()
 
 
 def _chain(source: asyncio.Future[Any], handle: ChildRun[Any]) -> None:

@@ -75,6 +75,24 @@ def test_noop(capsys: pytest.CaptureFixture[str]) -> None:
     assert report["start_overlaps_execution"] is True
 
 
+def test_start(capsys: pytest.CaptureFixture[str]) -> None:
+    report = run_main(capsys, "--workload", "start", "-W", "50", "--batch", "20")
+    assert report["workflows"] == 50 and report["start_runs_per_s"] > 0
+    assert report["rss_idle_kib"] > 0 and report["rss_peak_kib"] > 0
+    assert report["file_bytes"] > 0
+
+
+def test_noop_with_the_default_gc_reports_collections(capsys: pytest.CaptureFixture[str]) -> None:
+    import gc
+
+    before = gc.get_threshold()
+    report = run_main(capsys, "--workload", "noop", "-W", "5", "-K", "2", *FAST)
+    assert report["gc_tuned"] is True and gc.get_threshold() == before  # put back
+    assert len(report["gc_collections"]) == len(report["gc_s"]) == 3
+    report = run_main(capsys, "--workload", "noop", "-W", "5", "-K", "2", "--default-gc", *FAST)
+    assert report["gc_tuned"] is False and gc.get_threshold() == before
+
+
 def test_noop_prefill_full_durability_asyncio_no_instance_cache(
     capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:
@@ -272,6 +290,7 @@ def test_every_workload_has_a_smoke_test_here() -> None:
         "retry",
         "purge",
         "signals",
+        "start",
     }
     assert {w.name for w in WORKLOADS} == tested, "add a small run of the new workload here"
 

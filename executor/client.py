@@ -493,12 +493,14 @@ class Client(ScheduleCalls):
         is continued by the next call with the same action, filter and parameters (`spec`, what
         the operator typed: by default the filter itself), which acts on the remaining runs
         only: each run is acted on once. Each run's change is the single-run verb's (`retry`
-        only changes failed, cancelled or parked runs, ...); runs no longer in a state for it
-        are counted as skipped. `max_rate` (runs per second) paces it, so that the work a retry
-        or resume hands a busy engine (a replay of each run) does not crowd out its other
-        runs. `purge` deletes finished runs with their journal, and gives the
-        space back to the file system as it goes (files made before version 4 of the schema
-        only reuse it; see `executor vacuum`).
+        only changes failed, cancelled or parked runs, ...), children and parent included: a
+        cancelled or failed child's parent sees ChildCancelled or ChildFailed, and its own
+        children are cancelled with it. Runs no longer in a state for it are counted as skipped
+        (a child cancelled with its parent earlier in the action, for one). `max_rate` (runs
+        per second) paces it, so that the work a retry or resume hands a busy engine (a replay
+        of each run) does not crowd out its other runs. `purge` deletes finished runs with their
+        journal, and gives the space back to the file system as it goes (files made before
+        version 4 of the schema only reuse it; see `executor vacuum`).
         """
         return await bulk.act(
             self.db,

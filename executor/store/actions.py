@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple, cast
 from executor import errors
 from executor.errors import error_blob
 from executor.runfilter import RunFilter
-from executor.store import payloads
+from executor.store import children, payloads
 from executor.store.conn import Conn
 from executor.store.database import transaction
 from executor.vocabulary import ActionKind, ActionPhase, RunRow, RunState
@@ -175,23 +175,18 @@ def fork_run(
 
 
 def _cancel(conn: Conn, rids: Sequence[int], now: float) -> int:
+    # Each run as the one-run verb (repository.cancel_in) ends it: its children are cancelled
+    # and its parent, if any, records ChildCancelled. A child whose parent came first in the
+    # batch is already cancelled with it, and counts as skipped.
     error = error_blob("Cancelled", "cancelled by request")
     acted = 0
     for rid in rids:
         if conn.execute(
             conn.q["cancel_run_by_rid"], {"rid": rid, "now": now, "error": error}
         ).fetchone():
-            _drop_leftovers(conn, rid)
+            children.ended_by_operator(conn, rid, RunState.CANCELLED, error, now)
             acted += 1
     return acted
-
-
-def _drop_leftovers(conn: Conn, rid: int) -> None:
-    # In-flight tasks stay until their engine's heartbeat cancels them; the fence drops their
-    # results, since the run is no longer running.
-    conn.execute(conn.q["delete_queued_tasks_of_run"], (rid,))
-    conn.execute(conn.q["delete_timers_of_run"], (rid,))
-    conn.execute(conn.q["delete_replay"], (rid,))
 
 
 def _resume(conn: Conn, rids: Sequence[int], now: float) -> int:
@@ -215,7 +210,7 @@ def _fail(conn: Conn, rids: Sequence[int], reason: str, now: float) -> int:
         if conn.execute(
             conn.q["fail_parked_run_by_rid"], {"rid": rid, "now": now, "error": error}
         ).fetchone():
-            _drop_leftovers(conn, rid)
+            children.ended_by_operator(conn, rid, RunState.FAILED, error, now)
             acted += 1
     return acted
 

@@ -45,14 +45,6 @@ def start(conn: Conn, parent_rid: int, s: NewStep, attached: bool, now: float) -
         conn.execute(conn.q["insert_first_replay"], (row[0], row[1], now))
 
 
-def parent_entry(conn: Conn, rid: int) -> tuple[str, int, int] | None:
-    """(child id, parent rid, parent position) if the run is an attached child."""
-    row = conn.execute(conn.q["parent_of_run"], (rid,)).fetchone()
-    if row is None or row[1] is None:
-        return None
-    return row[0], row[1], row[2]
-
-
 def outcome_error(child_id: str, status: str, error: bytes | None) -> bytes:
     """The error recorded in the parent's entry for a child that failed or was cancelled."""
     detail: dict[str, Any] = orjson.loads(error) if error else {}
@@ -93,13 +85,15 @@ def run_left(
     has (and theirs), and if it is a child, record its end in its parent's journal. Returns
     that record, for a live parent."""
     journal.drop_pending_work(conn, rid)
-    for child in cancel_descendants(conn, rid, "cancelled with its parent", now):
-        journal.drop_pending_work(conn, child)
-        conn.execute(conn.q["delete_replay"], (child,))
-    entry = parent_entry(conn, rid)
-    if entry is None:
+    has_children, child_id, parent_rid, parent_pos = conn.execute(
+        conn.q["family_of_run"], (rid,)
+    ).fetchone()
+    if has_children:
+        for child in cancel_descendants(conn, rid, "cancelled with its parent", now):
+            journal.drop_pending_work(conn, child)
+            conn.execute(conn.q["delete_replay"], (child,))
+    if parent_rid is None:
         return []
-    child_id, parent_rid, parent_pos = entry
     if status == RunState.SUCCEEDED:
         # The parent's entry references the child's result (loaded from the child's row on a
         # replay); only this in-memory record carries a copy, for a live parent.
@@ -111,3 +105,15 @@ def run_left(
     if recorded is None:
         return []
     return [recorded._replace(result=result) if status == RunState.SUCCEEDED else recorded]
+
+
+def ended_by_operator(
+    conn: Conn, rid: int, status: str, error: bytes, now: float
+) -> list[Delivery]:
+    """An operator's verb (cancel, fail, a cleared queue; one run or by filter) just ended the
+    run: what run_left does, and its replay entry goes too, since nothing is left to replay.
+    The parent's entry queues the parent's replay, which is how a live engine (in any process)
+    learns of it."""
+    out = run_left(conn, rid, status, None, error, now)
+    conn.execute(conn.q["delete_replay"], (rid,))
+    return out

@@ -525,9 +525,7 @@ def cancel_in(conn: Conn, run_id: str, reason: str, now: float) -> bool:
     row = conn.execute(conn.q["cancel_run"], {"id": run_id, "now": now, "error": error}).fetchone()
     if row is None:
         return False
-    rid = row[0]
-    children.run_left(conn, rid, RunState.CANCELLED, None, error, now)
-    conn.execute(conn.q["delete_replay"], (rid,))
+    children.ended_by_operator(conn, row[0], RunState.CANCELLED, error, now)
     return True
 
 
@@ -551,8 +549,7 @@ def fail_parked_run(conn: Conn, run_id: str, reason: str, now: float) -> bool:
     ).fetchone()
     if row is None:
         return False
-    children.run_left(conn, row[0], RunState.FAILED, None, error, now)
-    conn.execute(conn.q["delete_replay"], (row[0],))
+    children.ended_by_operator(conn, row[0], RunState.FAILED, error, now)
     return True
 
 
@@ -581,8 +578,7 @@ def clear_task_queue(conn: Conn, shard: int, now: float) -> int:
         if conn.execute(
             conn.q["fail_running_run"], {"rid": rid, "error": error, "now": now}
         ).rowcount:
-            children.run_left(conn, rid, RunState.FAILED, None, error, now)
-            conn.execute(conn.q["delete_replay"], (rid,))
+            children.ended_by_operator(conn, rid, RunState.FAILED, error, now)
     return len(rids)
 
 

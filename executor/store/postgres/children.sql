@@ -19,8 +19,11 @@ RETURNING rid, shard;
 INSERT INTO replays (run_rid, shard, seq, created_at) VALUES (%s, %s, 0, %s)
 ON CONFLICT (run_rid) DO NOTHING;
 
--- name: parent_of_run
-SELECT id, parent_rid, parent_pos FROM runs WHERE rid = %s;
+-- name: family_of_run
+-- Whether the run has children (most have none: the walk below is then skipped), and its
+-- parent's entry if it is an attached child.
+SELECT EXISTS (SELECT 1 FROM runs AS c WHERE c.parent_rid = r.rid), r.id, r.parent_rid, r.parent_pos
+FROM runs AS r WHERE r.rid = %s;
 
 -- name: cancel_descendants
 -- Every running or parked run below %(rid)s, however deep, in one statement. A child's replay

@@ -18,8 +18,11 @@ RETURNING rid, shard;
 INSERT INTO replays (run_rid, shard, seq, created_at) VALUES (?, ?, 0, ?)
 ON CONFLICT (run_rid) DO NOTHING;
 
--- name: parent_of_run
-SELECT id, parent_rid, parent_pos FROM runs WHERE rid = ?;
+-- name: family_of_run
+-- Whether the run has children (most runs have none: the walk below is then skipped, it costs
+-- ten times this look-up), and its parent's entry if it is an attached child.
+SELECT EXISTS (SELECT 1 FROM runs AS c WHERE c.parent_rid = r.rid), r.id, r.parent_rid, r.parent_pos
+FROM runs AS r WHERE r.rid = ?;
 
 -- name: cancel_descendants
 -- Every running or parked run below :rid, however deep, in one statement: with the parent's own

@@ -153,9 +153,15 @@ def _engines(
         "When each live engine started (UNIX time): its counters count from here.",
         labels=["engine"],
     )
+    owned = GaugeMetricFamily(
+        "executor_engine_shards",
+        "Shards each live engine owns by lease (several daemons on PostgreSQL share them).",
+        labels=["engine"],
+    )
     for engine_id, e in live.items():
         heartbeat.add_metric([str(engine_id)], max(0.0, now - e["heartbeat_at"]))
         start.add_metric([str(engine_id)], e["started_at"])
+        owned.add_metric([str(engine_id)], e.get("shards", 0))
     slots = GaugeMetricFamily(
         "executor_slots", "Step slots of the live engines: busy and total.", labels=["state"]
     )
@@ -164,6 +170,7 @@ def _engines(
     durations: dict[str, list[Any]] = {}
     replays = {"live": 0, "full": 0}
     args_changed = 0
+    refused = 0
     flush: list[Any] = [None, 0.0]
     commit: list[Any] = [None, 0.0]
     for m in engines:
@@ -183,9 +190,10 @@ def _engines(
         replays["full"] += full
         replays["live"] += max(0, load.get("replays", 0) - full)
         args_changed += load.get("replay_args_changed", 0)
+        refused += load.get("results_refused", 0)
     slots.add_metric(["busy"], busy)
     slots.add_metric(["total"], total)
-    yield from (heartbeat, start, slots)
+    yield from (heartbeat, start, owned, slots)
 
     steps_total = CounterMetricFamily(
         "executor_steps",
@@ -217,6 +225,13 @@ def _engines(
     )
     changed.add_metric([], args_changed)
     yield changed
+    late = CounterMetricFamily(
+        "executor_results_refused",
+        "Step results an engine sent after its shard's lease had gone to another engine (a"
+        " pause past engine.lease_s): refused by the lease fence, the step runs again there.",
+    )
+    late.add_metric([], refused)
+    yield late
     for name, doc, (buckets, total_s) in (
         ("executor_flush_batch_size", "Step outcomes recorded per transaction.", flush),
         ("executor_flush_commit_seconds", "Time to record one batch of outcomes.", commit),

@@ -186,6 +186,9 @@ class Outcome:
     # DONE: the result made ready for the payload store outside the write lock (a large one is
     # written to its file already: store/payloads.Staged); recorded instead of `result`.
     stored: Any = None
+    # The shard of the claimed task (set by the runner): the record is fenced by its lease.
+    # -1: not from a claim (timers, operator actions).
+    shard: int = -1
 
 
 class Unpark(NamedTuple):
@@ -217,6 +220,7 @@ class Recorded(NamedTuple):
 
     deliveries: list[Delivery]
     short: list[Unpark]
+    refused: int = 0  # outcomes of shards this engine no longer owns: not written (leases)
 
 
 class JournalEntry(NamedTuple):

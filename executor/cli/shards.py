@@ -77,8 +77,12 @@ def _render(stats: dict[str, Any], shards: int) -> str:
     columns = [*_SHARD_COLUMNS, *sorted(extra)]
     # A shard with nothing queued, waiting or timed has no row in the stats: all zeros.
     empty = {key: None if key == "oldest_queued_age_s" else 0 for key in columns}
-    rows = [(n, *(per_shard.get(n, empty).get(key) for key in columns)) for n in range(shards)]
-    headers = ["SHARD", *(_SHARD_HEADERS.get(key, key.upper()) for key in columns)]
+    owners: dict[int, dict[str, Any] | None] = stats.get("owners") or {}
+    rows = [
+        (n, *(per_shard.get(n, empty).get(key) for key in columns), _owner(owners.get(n)))
+        for n in range(shards)
+    ]
+    headers = ["SHARD", *(_SHARD_HEADERS.get(key, key.upper()) for key in columns), "OWNER"]
     runs = stats["runs"]
     parts = [
         table(headers, rows),
@@ -87,17 +91,32 @@ def _render(stats: dict[str, Any], shards: int) -> str:
         "",
     ]
     engines = [
-        (e["id"], e["pid"], e["host"], e["state"], e["epoch"], when(e["heartbeat_at"]))
+        (
+            e["id"],
+            e["pid"],
+            e["host"],
+            e["state"],
+            e["epoch"],
+            e.get("shards", 0),
+            when(e["heartbeat_at"]),
+        )
         for e in stats["engines"]
     ]
     if engines:
         parts.append(f"epoch {stats['epoch']}; engines:")
-        parts.append(table(("ENGINE", "PID", "HOST", "STATE", "EPOCH", "HEARTBEAT"), engines))
+        parts.append(
+            table(("ENGINE", "PID", "HOST", "STATE", "EPOCH", "SHARDS", "HEARTBEAT"), engines)
+        )
     else:
         parts.append(f"epoch {stats['epoch']}; no engine running")
     if stats.get("limits"):
         parts += ["", views.limits_text(stats["limits"])]
     return "\n".join(parts)
+
+
+def _owner(lease: dict[str, Any] | None) -> str:
+    """A shard's owner as `engine/epoch` (the lease epoch fences its writes), or `-`: free."""
+    return "-" if lease is None else f"{lease['engine']}/{lease['epoch']}"
 
 
 def cmd_repair(args: argparse.Namespace) -> int:

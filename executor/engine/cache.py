@@ -112,6 +112,10 @@ class InstanceCache:
         """Instances that fit before one is evicted; None when there is no cache (size 0)."""
         return None if self._lru is None else self.size - len(self._lru)
 
+    def items(self) -> list[tuple[int, Any]]:
+        """(run, instance) pairs, without moving any to the front."""
+        return [] if self._lru is None else list(self._lru.items())
+
     def clear(self) -> None:
         if self._lru is not None:
             for value in list(self._lru.values()):

@@ -19,6 +19,7 @@ from executor.engine.runner import StepRunner
 from executor.engine.slots import SlotPool
 from executor.store import repository as repo
 from executor.store.database import Database
+from executor.store.leases import Fence
 from executor.vocabulary import NEWER_EPOCH
 
 log = logging.getLogger("executor.engine")
@@ -40,8 +41,10 @@ class Dispatcher:
         *,
         request_stop: Callable[[str], None],
         poll_interval_s: Callable[[], float],
+        fence: Callable[[], Fence],
     ) -> None:
         self._db = db
+        self._fence = fence  # the shards we own (engine/leases.py): claimed only there
         self._engine_id = engine_id
         self._epoch = epoch
         self._pool = pool
@@ -73,6 +76,7 @@ class Dispatcher:
                         wants,
                         time.time(),
                         self._limiter.active,
+                        self._fence(),
                     )
                 except errors.StoreError as exc:
                     self._health.failed(exc, "dispatch")

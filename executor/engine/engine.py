@@ -9,7 +9,8 @@ transaction (a transaction is one thread hop, see store.database), each owned by
     flush     (recorder.py)  records finished steps and unparks many per transaction
     replay    (replayer.py)  feeds recorded results to workflow code; commits its next steps
     timers    (upkeep.py)    fires durable sleeps that are due
-    heartbeat (upkeep.py)    lease, epoch, reclaims; cancels steps of runs no longer running
+    heartbeat (upkeep.py)    liveness, epoch, reclaims; cancels steps of runs no longer running;
+                             ticks the shard leases (leases.py): which shards we work on
     limits    (upkeep.py)    quota unparks (limits/), the limits snapshot, idle shared clients
     lag       (lag.py)       warns when something blocks the event loop for too long
 
@@ -33,6 +34,7 @@ from executor.engine import lag
 from executor.engine.cache import HydrationCache
 from executor.engine.dispatch import Dispatcher
 from executor.engine.health import WriteHealth
+from executor.engine.leases import Leases
 from executor.engine.limits import Limiter, WakeTimer
 from executor.engine.recorder import Recorder
 from executor.engine.replayer import Replayer
@@ -79,6 +81,7 @@ class _Pieces:
             poll_interval_s=poll_interval_s,
             sleeps_queued=lambda: self.upkeep.wake_timers(),
             on_finish=engine.on_finish,
+            fence=lambda: self.leases.fence(),
         )
         self.recorder = Recorder(
             db,
@@ -89,6 +92,7 @@ class _Pieces:
             flush_interval_s=cfg.flush_interval_s,
             poll_interval_s=poll_interval_s,
             telemetry=engine.telemetry,
+            fence=lambda: self.leases.fence(),
         )
         self.runner = StepRunner(
             engine.registry,
@@ -112,6 +116,17 @@ class _Pieces:
             engine.stopping,
             request_stop=engine.request_stop,
             poll_interval_s=poll_interval_s,
+            fence=lambda: self.leases.fence(),
+        )
+        self.leases = Leases(
+            db,
+            engine.engine_id,
+            cfg,
+            self.pool,
+            self.runner,
+            engine.stopping,
+            unflushed=lambda: self.recorder.unflushed,
+            forget=self.replayer.forget,
         )
         self.upkeep = Upkeep(
             db,
@@ -130,6 +145,7 @@ class _Pieces:
             poll_interval_s=poll_interval_s,
             sample=None if engine.telemetry is None else engine.sample,
             wake_replay=self.replayer.wake,
+            leases=self.leases,
             schedules=engine.schedules,
         )
 
@@ -212,14 +228,23 @@ class Engine:
                 raise errors.EngineHeld(f"{db.path}: {exc.message}") from None
             raise
         self._pieces = p = _Pieces(self, db)
+        try:
+            await p.leases.start()  # our shards, before the first claim
+        except BaseException:
+            try:
+                await db.run(engines.stop_engine, self.engine_id, time.time())
+            finally:
+                await db.close()
+            raise
         self.state = EngineState.RUNNING
         log.info(
-            "engine %d started on %s: epoch %d, %d shards x %d slots",
+            "engine %d started on %s: epoch %d, %d shards x %d slots; owns %d of the shards",
             self.engine_id,
             db.path,
             self.epoch,
             db.shards,
             self.concurrency,
+            len(p.leases.held),
         )
         loops: dict[str, Callable[[], Coroutine[Any, Any, None]]] = {
             "dispatch": p.dispatcher.run,
@@ -322,6 +347,10 @@ class Engine:
             "slots": 0 if p is None else p.pool.capacity,
             "unflushed": 0 if p is None else p.recorder.unflushed,
             "live_workflows": 0 if p is None else len(p.replayer.instances),
+            # Shards owned by lease, and results refused since start because their shard had
+            # gone to another engine (a pause past the lease: docs/SCALE-OUT.md).
+            "shards_owned": 0 if p is None else len(p.leases.held),
+            "results_refused": 0 if p is None else p.recorder.refused,
             **self.counters,
             **self.limiter.counters,
         }
@@ -389,6 +418,7 @@ class Engine:
         await self._join("flush", timeout_s=max(10.0, self.cfg.write_failure_limit_s))
         p.upkeep.stop_heartbeat()
         await self._join("heartbeat", timeout_s=5.0)
+        p.leases.stop()
         try:
             released = await self.db.run(engines.stop_engine, self.engine_id, time.time())
             if released:

@@ -10,6 +10,7 @@ tells the limiter which unparks found fewer parked tasks than it thought.
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import Callable
 
@@ -20,8 +21,11 @@ from executor.engine.slots import SlotPool
 from executor.engine.wakeup import sleep_until
 from executor.store import repository as repo
 from executor.store.database import Database
+from executor.store.leases import Fence
 from executor.telemetry import Telemetry
 from executor.vocabulary import Delivery, Outcome, OutcomeKind, Recorded, Unpark
+
+log = logging.getLogger("executor.engine")
 
 FLUSH_RETRY_MAX_S = 2.0
 _DONE = OutcomeKind.DONE  # a module-level name: faster than the class attribute, per outcome
@@ -41,8 +45,11 @@ class Recorder:
         flush_interval_s: float,
         poll_interval_s: Callable[[], float],
         telemetry: Telemetry | None,
+        fence: Callable[[], Fence],
     ) -> None:
         self._db = db
+        self._fence = fence  # the shards we own (engine/leases.py): results of others are refused
+        self.refused = 0  # outcomes refused because their shard went to another engine
         self._pool = pool
         self._limiter = limiter
         self._health = health
@@ -51,13 +58,15 @@ class Recorder:
         self.flush_interval_s = flush_interval_s
         self._poll_interval_s = poll_interval_s  # the engine's, which SIGHUP may change
         self._outcomes: list[Outcome] = []
+        self._writing = 0  # outcomes in the record transaction under way
         self._unparks: list[Unpark] = []
         self._wake = asyncio.Event()
         self._closing = False
 
     @property
     def unflushed(self) -> int:
-        return len(self._outcomes)
+        """Outcomes not committed yet: waiting, or in the transaction being written."""
+        return len(self._outcomes) + self._writing
 
     def add(self, outcome: Outcome) -> None:
         self._outcomes.append(outcome)
@@ -88,15 +97,20 @@ class Recorder:
             outcomes, self._outcomes = self._outcomes, []
             unparks, self._unparks = self._unparks, []
             began = time.monotonic()
+            self._writing = len(outcomes)
             try:
-                recorded = await self._db.run(repo.record, outcomes, unparks, time.time())
+                recorded = await self._db.run(
+                    repo.record, outcomes, unparks, time.time(), self._fence()
+                )
             except errors.StoreError as exc:
+                self._writing = 0
                 # Keep them, in order; nothing is lost.
                 self._outcomes = outcomes + self._outcomes
                 self._unparks = unparks + self._unparks
                 backoff = min(FLUSH_RETRY_MAX_S, max(0.05, backoff * 2))
                 self._health.failed(exc, "flush")
                 continue
+            self._writing = 0
             backoff = 0.0
             self._health.ok("flush")
             if self._telemetry is not None:
@@ -106,6 +120,13 @@ class Recorder:
     def _committed(
         self, outcomes: list[Outcome], unparks: list[Unpark], recorded: Recorded
     ) -> None:
+        if recorded.refused:
+            self.refused += recorded.refused
+            log.warning(
+                "refused %d results: their shards belong to another engine now (they run again"
+                " there)",
+                recorded.refused,
+            )
         written = {(d.run_rid, d.pos) for d in recorded.deliveries}
         for o in outcomes:
             if o.kind is _DONE and (o.run_rid, o.pos) not in written:

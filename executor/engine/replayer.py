@@ -25,6 +25,7 @@ from executor.engine.wakeup import sleep_until
 from executor.store import repository as repo
 from executor.store.database import Database
 from executor.store.history import error_line
+from executor.store.leases import Fence
 from executor.vocabulary import (
     SETTLED_KINDS,
     Delivery,
@@ -118,8 +119,10 @@ class Replayer:
         poll_interval_s: Callable[[], float],
         sleeps_queued: Callable[[], None],
         on_finish: Callable[[str, str], None] | None,
+        fence: Callable[[], Fence],
     ) -> None:
         self._db = db
+        self._fence = fence  # the shards we own (engine/leases.py): replayed and committed only
         self._registry = reg
         self._pool = pool
         self._health = health
@@ -160,6 +163,15 @@ class Replayer:
     def wake(self) -> None:
         self._wake.set()
 
+    def forget(self, shards: frozenset[int]) -> None:
+        """Unload the live workflows of shards we no longer own: their new owner records their
+        results, and a stale instance would need a rebuild anyway if the shard came back."""
+        for rid, inst in self.instances.items():
+            if inst.run.shard in shards:
+                self.instances.pop(rid)
+                inst.close()
+                self._inbox.pop(rid, None)
+
     def close(self) -> None:
         """Unload every live workflow (the engine stopped)."""
         self.instances.clear()
@@ -175,7 +187,9 @@ class Replayer:
             if self._poll_now or time.monotonic() >= next_poll:
                 self._poll_now = False
                 next_poll = time.monotonic() + self._poll_interval_s()
-                polled = await self._db.run(repo.pending_replays, REPLAY_POLL_LIMIT)
+                polled = await self._db.run(
+                    repo.pending_replays, REPLAY_POLL_LIMIT, self._fence().engine
+                )
                 if len(polled) == REPLAY_POLL_LIMIT:
                     next_poll = 0.0  # a backlog (a bulk start): keep reading it, no pause
             # Taken after the poll: results of every flush the poll saw are in the inbox by now
@@ -310,7 +324,7 @@ class Replayer:
             outputs.append(_output(inst))
             replayed[rid] = inst
         try:
-            await self._db.run(repo.commit_replays, outputs, time.time())
+            await self._db.run(repo.commit_replays, outputs, time.time(), self._fence())
         except errors.StoreError as exc:
             for rid in chunk:
                 self._pool.release(rid)

@@ -47,10 +47,11 @@ class CancelReason(enum.Enum):
 class _Attempt:
     """One in-flight attempt: its task, and why it was cancelled, if it was."""
 
-    __slots__ = ("reason", "task")
+    __slots__ = ("reason", "shard", "task")
 
-    def __init__(self) -> None:
+    def __init__(self, shard: int) -> None:
         self.reason = CancelReason.DRAIN
+        self.shard = shard
         self.task: asyncio.Task[None] | None = None
 
 
@@ -90,7 +91,7 @@ class StepRunner:
     def start(self, c: Claimed) -> None:
         """Run a claimed task in a slot of its shard."""
         self._pool.occupy(c.shard)
-        attempt = _Attempt()
+        attempt = _Attempt(c.shard)
         self._inflight[(c.run_rid, c.pos)] = attempt
         # Unnamed: a name per step costs a string and a call, and the step's own frames say
         # which step it is in any traceback.
@@ -104,6 +105,18 @@ class StepRunner:
         attempt.reason = reason
         attempt.task.cancel()
         return True
+
+    def in_flight_in(self, shard: int) -> int:
+        """Attempts running in `shard` (a shard is handed over when it has none)."""
+        return sum(1 for a in self._inflight.values() if a.shard == shard)
+
+    def cancel_shards(self, shards: frozenset[int]) -> None:
+        """Cancel the attempts of `shards` without an outcome: the shard went (or goes) to
+        another engine, whose lease takes their claims back to the queue."""
+        for attempt in self._inflight.values():
+            if attempt.shard in shards and attempt.task is not None:
+                attempt.reason = CancelReason.DRAIN
+                attempt.task.cancel()
 
     async def drain(self, timeout_s: float) -> None:
         """Wait up to `timeout_s` for in-flight steps; cancel the rest (back to the queue)."""
@@ -132,6 +145,7 @@ class StepRunner:
             else:
                 self._pool.free(c.shard)
             if outcome is not None:
+                outcome.shard = c.shard
                 if outcome.kind is _DONE and outcome.status == _FAILED:
                     _log_step_failed(c, outcome)
                 if self._telemetry is not None:

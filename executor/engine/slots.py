@@ -23,6 +23,9 @@ class SlotPool:
     def __init__(self, shards: int, slots_per_shard: int) -> None:
         self.shards = range(shards)
         self.slots_per_shard = slots_per_shard
+        # The shards whose steps we run: those this engine owns by lease and is not handing
+        # over (engine/leases.py sets it); none until the first lease tick.
+        self.owned: frozenset[int] = frozenset()
         self._busy = [0] * shards
         # Shards worth asking for work: a claim that got fewer tasks than it asked for drops its
         # shard until something may have queued more (a poll, a wake).
@@ -36,11 +39,24 @@ class SlotPool:
 
     @property
     def capacity(self) -> int:
-        return self.slots_per_shard * len(self.shards)
+        return self.slots_per_shard * len(self.owned)
 
     def idle(self) -> int:
-        """Slots not running a step, over all shards."""
-        return sum(max(0, self.slots_per_shard - busy) for busy in self._busy)
+        """Slots not running a step, over the shards we own."""
+        busy = self._busy
+        return sum(max(0, self.slots_per_shard - busy[s]) for s in self.owned)
+
+    def busy(self, shard: int) -> int:
+        """Slots of `shard` running a step or held for a run's next step."""
+        return self._busy[shard]
+
+    def own(self, shards: Iterable[int]) -> None:
+        """Run steps only for `shards` from now on (newly owned ones are worth a claim)."""
+        owned = frozenset(shards)
+        if owned != self.owned:
+            self._hungry.update(owned - self.owned)
+            self.owned = owned
+            self._changed.set()
 
     def resize(self, slots_per_shard: int) -> None:
         """Change the slots per shard; shrinking lets extra in-flight steps finish."""
@@ -58,7 +74,8 @@ class SlotPool:
                 self._release_stale_holds()
         cap = self.slots_per_shard
         busy = self._busy
-        return [(s, cap - busy[s]) for s in sorted(self._hungry) if busy[s] < cap]
+        owned = self.owned
+        return [(s, cap - busy[s]) for s in sorted(self._hungry) if busy[s] < cap and s in owned]
 
     def claimed(self, wants: Sequence[tuple[int, int]], got: dict[int, int]) -> None:
         """A claim for `wants` got `got` tasks per shard: a shard that got fewer has no more."""

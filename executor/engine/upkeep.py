@@ -3,7 +3,8 @@
     timers     fires durable sleeps (and wait timeouts) that are due, and hands their journal
                entries to the replayer; starts the runs of due schedule ticks
     heartbeat  proves we are alive, notices a newer epoch, reclaims dead engines' tasks, cancels
-               in-flight steps whose run is no longer running
+               in-flight steps whose run is no longer running, and ticks the shard leases
+               (engine/leases.py): more often while shards change hands
     limits     unparks tasks that waited for their quotas (engine/limits/), stores the limits
                snapshot for `executor stats`, closes idle shared clients (resources.py)
 
@@ -22,6 +23,7 @@ from collections.abc import Awaitable, Callable, Sequence
 
 from executor import codec, config, errors, resources
 from executor.engine.health import WriteHealth
+from executor.engine.leases import Leases
 from executor.engine.limits import Limiter
 from executor.engine.recorder import Recorder
 from executor.engine.runner import CancelReason, StepRunner
@@ -62,9 +64,11 @@ class Upkeep:
         poll_interval_s: Callable[[], float],
         sample: Callable[[], Awaitable[None]] | None,
         wake_replay: Callable[[], None],
+        leases: Leases,
         schedules: Sequence[ScheduleSpec] | None = None,
     ) -> None:
         self._db = db
+        self._leases = leases
         self._engine_id = engine_id
         self._epoch = epoch
         self._cfg = cfg
@@ -108,7 +112,9 @@ class Upkeep:
             if self._stopping.is_set():
                 return
             try:
-                fired = await self._db.run(repo.fire_timers, time.time(), TIMER_BATCH)
+                fired = await self._db.run(
+                    repo.fire_timers, time.time(), TIMER_BATCH, self._leases.fence()
+                )
                 await self._apply_schedules()
                 started = await self._db.run(stored_schedules.fire_due, time.time())
             except errors.StoreError as exc:
@@ -136,10 +142,17 @@ class Upkeep:
         )
 
     async def heartbeat(self) -> None:
+        next_beat = time.monotonic() + self._cfg.heartbeat_interval_s
         while not self._heartbeat_stop.is_set():
-            await sleep_until(self._heartbeat_stop, self._cfg.heartbeat_interval_s, clear=False)
+            wait_s = max(0.0, min(next_beat - time.monotonic(), self._leases.next_tick_s()))
+            await sleep_until(self._heartbeat_stop, wait_s, clear=False)
             if self._heartbeat_stop.is_set():
                 return
+            if time.monotonic() < next_beat:
+                # Shards are changing hands: a lease tick alone, not a whole heartbeat.
+                await self._tick_leases()
+                continue
+            next_beat = time.monotonic() + self._cfg.heartbeat_interval_s
             draining = self._stopping.is_set()
             try:
                 hb = await self._db.run(
@@ -163,6 +176,15 @@ class Upkeep:
                 self._pool.wake_all()
             for key in hb.orphaned:
                 self._runner.cancel(key, CancelReason.RUN_CANCELLED)
+            await self._tick_leases()
+
+    async def _tick_leases(self) -> None:
+        try:
+            await self._leases.tick()
+        except errors.StoreError as exc:
+            self._health.failed(exc, "leases")
+        else:
+            self._health.ok("leases")
 
     async def limits(self) -> None:
         next_sync = 0.0

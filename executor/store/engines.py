@@ -11,6 +11,7 @@ from collections.abc import Callable, Sequence
 from typing import NamedTuple
 
 from executor import errors
+from executor.store import leases
 from executor.store.conn import Conn
 from executor.store.database import transaction
 from executor.vocabulary import LIVE_ENGINE_STATES, EngineState, Heartbeat
@@ -33,7 +34,15 @@ def register_engine(
     a fresh heartbeat, and, on this host, a live pid (an engine of an older epoch is already
     draining: `executor bump-epoch`, then start). The check and the registration are one
     transaction, so two engines starting at once cannot both pass it.
+
+    On PostgreSQL several daemons share the database, each owning shards by lease: a newcomer
+    registers under the current epoch (taking a new one would drain its peers), and only
+    `executor bump-epoch` moves it (research scale-out.md 4.6).
     """
+    if conn.dialect == "postgres":
+        epoch = int(conn.execute(conn.q["select_epoch"]).fetchone()[0])
+        row = conn.execute(conn.q["insert_engine"], (epoch, pid, host, now, now)).fetchone()
+        return int(row[0]), epoch
     if refuse is not None:
         current = conn.execute(conn.q["select_epoch"]).fetchone()[0]
         for _id, other_epoch, other_pid, other_host, state, _started, beat in conn.execute(
@@ -68,6 +77,7 @@ def reclaim_from(conn: Conn, engine_ids: Sequence[int]) -> int:
     for engine_id in engine_ids:
         if conn.execute(conn.q["mark_engine_dead"], (engine_id,)).rowcount:
             released += conn.execute(conn.q["release_engine_claims"], (engine_id,)).rowcount
+            leases.release_all(conn, engine_id)  # taken at once, not after their expiry
     return released
 
 
@@ -92,8 +102,10 @@ def heartbeat(
 
 @transaction
 def stop_engine(conn: Conn, engine_id: int, now: float) -> int:
-    """Release whatever the engine still holds and mark it stopped; return tasks released."""
+    """Release whatever the engine still holds (claims, shard leases) and mark it stopped;
+    return tasks released."""
     released = conn.execute(conn.q["release_engine_claims"], (engine_id,)).rowcount
+    leases.release_all(conn, engine_id)
     conn.execute(conn.q["stop_engine"], (now, engine_id))
     return released
 

@@ -9,6 +9,7 @@ from typing import Any
 
 import orjson
 
+from executor.store import leases
 from executor.store.conn import Conn
 from executor.vocabulary import LIVE_ENGINE_STATES
 
@@ -67,12 +68,22 @@ def stats(conn: Conn, now: float | None = None) -> dict[str, Any]:
             for e in conn.execute(conn.q["list_engines"])
             if e[4] in LIVE_ENGINE_STATES
         ]
+        # Which engine owns which shard (store/leases.py); None: free.
+        owners = {
+            row.shard: None
+            if row.owner is None
+            else {"engine": row.owner, "epoch": row.epoch, "expires_at": row.expires_at}
+            for row in leases.table(conn)
+        }
     finally:
         conn.execute("COMMIT")
+    for e in engines:
+        e["shards"] = sum(1 for o in owners.values() if o is not None and o["engine"] == e["id"])
     return {
         "epoch": epoch,
         "shards": {n: shards[n] for n in sorted(shards)},
         "runs": runs,
         "engines": engines,
+        "owners": owners,
         "limits": limits,
     }

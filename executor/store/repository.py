@@ -20,9 +20,10 @@ import orjson
 
 from executor import errors
 from executor.errors import error_blob
-from executor.store import children, journal, payloads, pghot, signals
+from executor.store import children, journal, leases, payloads, pghot, signals
 from executor.store.conn import Conn
 from executor.store.database import transaction
+from executor.store.leases import Fence
 from executor.vocabulary import (
     UNREGISTERED,
     Claimed,
@@ -104,20 +105,42 @@ def claim(
     wants: Sequence[tuple[int, int]],
     now: float,
     limits: bool = True,
+    fence: Fence | None = None,
 ) -> list[Claimed] | None:
     """Claim up to n queued tasks for each (shard, n), oldest workflow first.
 
     Returns None, claiming nothing, when the stored epoch has moved past ours: we must drain.
     Tasks are marked in flight, never deleted. `limits`: also read what the limiter needs (the
     run's concurrency key, whether the task was unparked); an engine without limits skips it.
+    `fence`: claim only in shards the engine still owns at the epochs it holds (store/leases).
     """
     if not any(n > 0 for _, n in wants):
         # Nothing to claim: check the epoch with a read, without taking the write lock.
         current = conn.execute(conn.q["select_epoch"]).fetchone()[0]
         return [] if current == epoch else None
     if conn.dialect == "postgres":
-        return pghot.claim(conn, engine_id, epoch, token, wants, now, limits)
-    return _claim(conn, engine_id, epoch, token, wants, now, limits)
+        if fence is None:
+            return pghot.claim(conn, engine_id, epoch, token, wants, now, limits)
+        return _claim_fenced(conn, engine_id, epoch, token, wants, now, limits, fence)
+    return _claim(conn, engine_id, epoch, token, wants, now, limits, fence)
+
+
+@transaction
+def _claim_fenced(
+    conn: Conn,
+    engine_id: int,
+    epoch: int,
+    token: int,
+    wants: Sequence[tuple[int, int]],
+    now: float,
+    limits: bool,
+    fence: Fence,
+) -> list[Claimed] | None:
+    """PostgreSQL: the one-statement claim, after the lease check in the same transaction (its
+    FOR SHARE holds our lease rows until the commit: a thief's epoch bump waits for us)."""
+    owned = leases.owned(conn, fence) or frozenset()
+    wants = [(shard, n) for shard, n in wants if shard in owned]
+    return pghot.claim(conn, engine_id, epoch, token, wants, now, limits)
 
 
 @transaction
@@ -129,9 +152,13 @@ def _claim(
     wants: Sequence[tuple[int, int]],
     now: float,
     limits: bool,
+    fence: Fence | None,
 ) -> list[Claimed] | None:
     if conn.execute(conn.q["select_epoch"]).fetchone()[0] != epoch:
         return None
+    owned = leases.owned(conn, fence)
+    if owned is not None:
+        wants = [(shard, n) for shard, n in wants if shard in owned]
     # Set-based: a few statements for the whole batch. sqlite3 lets go of the GIL around each
     # statement step, and the engine's event loop keeps it busy, so every step of this thread
     # can wait for the GIL: per-row statements made claims the slowest transaction we had.
@@ -181,23 +208,38 @@ def _claim(
 
 
 def record(
-    conn: Conn, outcomes: Sequence[Outcome], unparks: Sequence[Unpark], now: float
+    conn: Conn,
+    outcomes: Sequence[Outcome],
+    unparks: Sequence[Unpark],
+    now: float,
+    fence: Fence | None = None,
 ) -> Recorded:
     """Apply a batch of step outcomes, then unparks, in one transaction.
 
     Each outcome is fenced on its claim token: one whose task was reclaimed, released or already
-    recorded changes nothing. Unparks come after the outcomes, so one never misses a park of the
-    same batch that it answers.
+    recorded changes nothing. With `fence`, outcomes of shards the engine no longer owns at the
+    epoch it holds are not written either (counted in `refused`): the new owner requeued their
+    claims when it took the shard, so the token fence would refuse them too; two fences. Unparks
+    come after the outcomes, so one never misses a park of the same batch that it answers.
     """
-    if conn.dialect == "postgres" and pghot.one_statement(outcomes, unparks):
+    if conn.dialect == "postgres" and fence is None and pghot.one_statement(outcomes, unparks):
         return Recorded(pghot.record_done(list(outcomes), conn, now), [])
-    return _record(conn, outcomes, unparks, now)
+    return _record(conn, outcomes, unparks, now, fence)
 
 
 @transaction
 def _record(
-    conn: Conn, outcomes: Sequence[Outcome], unparks: Sequence[Unpark], now: float
+    conn: Conn,
+    outcomes: Sequence[Outcome],
+    unparks: Sequence[Unpark],
+    now: float,
+    fence: Fence | None,
 ) -> Recorded:
+    refused = 0
+    owned = leases.owned(conn, fence)
+    if owned is not None:
+        kept = [o for o in outcomes if o.shard in owned]
+        refused, outcomes = len(outcomes) - len(kept), kept
     done = OutcomeKind.DONE  # a local name: faster than the class attribute, per outcome
     deliveries = _record_done([o for o in outcomes if o.kind is done], conn, now)
     for o in outcomes:
@@ -238,7 +280,7 @@ def _record(
         found = conn.execute(conn.q["unpark_tasks"], {"parked": u.group, "limit": u.tasks}).rowcount
         if found < u.tasks:
             short.append(Unpark(u.group, u.tasks - found))
-    return Recorded(deliveries, short)
+    return Recorded(deliveries, short, refused)
 
 
 def _record_done(done: list[Outcome], conn: Conn, now: float) -> list[Delivery]:
@@ -288,18 +330,34 @@ def _record_done(done: list[Outcome], conn: Conn, now: float) -> list[Delivery]:
     return events
 
 
-def fire_timers(conn: Conn, now: float, limit: int) -> list[Delivery]:
-    """Record every due durable sleep (up to limit) as finished."""
+def fire_timers(conn: Conn, now: float, limit: int, fence: Fence | None = None) -> list[Delivery]:
+    """Record every due durable sleep (up to limit) as finished; with `fence`, only those of
+    the shards the engine owns at the epochs it holds."""
     # Look before taking the write lock: most polls find nothing due.
-    if not conn.execute(conn.q["due_timers"], (now, 1)).fetchone():
+    if not _due_timers(conn, now, 1, fence):
         return []
-    return _fire_due_timers(conn, now, limit)
+    return _fire_due_timers(conn, now, limit, fence)
+
+
+def _due_timers(
+    conn: Conn, now: float, limit: int, fence: Fence | None
+) -> list[tuple[int, int, str | None, int]]:
+    """(run rid, pos, kind, shard) of due timers: every shard's, or the fence engine's."""
+    if fence is None:
+        return [(r, p, k, -1) for r, p, k in conn.execute(conn.q["due_timers"], (now, limit))]
+    return [
+        (r, p, k, shard)
+        for r, p, k, shard in conn.execute(conn.q["due_timers_owned"], (now, fence.engine, limit))
+    ]
 
 
 @transaction
-def _fire_due_timers(conn: Conn, now: float, limit: int) -> list[Delivery]:
+def _fire_due_timers(conn: Conn, now: float, limit: int, fence: Fence | None) -> list[Delivery]:
     events = []
-    for run_rid, pos, kind in conn.execute(conn.q["due_timers"], (now, limit)).fetchall():
+    owned = leases.owned(conn, fence)
+    for run_rid, pos, kind, shard in _due_timers(conn, now, limit, fence):
+        if owned is not None and shard not in owned:
+            continue
         event = _record_fired(conn, run_rid, pos, kind, now)
         if event is not None:
             events.append(event)
@@ -319,9 +377,16 @@ def _record_fired(
 # --- replays -------------------------------------------------------------------------------------
 
 
-def pending_replays(conn: Conn, limit: int) -> list[tuple[int, int, int]]:
-    """(run rid, seq, the run's generation) of queued replays, oldest run first."""
-    return [(r, s, g) for r, s, g in conn.execute(conn.q["pending_replays"], (limit,))]
+def pending_replays(
+    conn: Conn, limit: int, engine_id: int | None = None
+) -> list[tuple[int, int, int]]:
+    """(run rid, seq, the run's generation) of queued replays, oldest run first; with
+    `engine_id`, only those of the shards that engine owns."""
+    if engine_id is None:
+        rows = conn.execute(conn.q["pending_replays"], (limit,))
+    else:
+        rows = conn.execute(conn.q["pending_replays_owned"], (engine_id, limit))
+    return [(r, s, g) for r, s, g in rows]
 
 
 def load_runs(conn: Conn, rids: Iterable[int]) -> dict[int, RunSnapshot]:
@@ -373,7 +438,9 @@ def load_deliveries(conn: Conn, after: Mapping[int, int]) -> dict[int, list[Deli
 
 
 @transaction
-def commit_replays(conn: Conn, outputs: Sequence[ReplayOutput], now: float) -> int:
+def commit_replays(
+    conn: Conn, outputs: Sequence[ReplayOutput], now: float, fence: Fence | None = None
+) -> int:
     """Commit what a batch of replays produced, deleting the replay entries they consumed.
 
     Replays are deterministic, so two engines replaying the same run produce the same steps:
@@ -382,8 +449,15 @@ def commit_replays(conn: Conn, outputs: Sequence[ReplayOutput], now: float) -> i
     An output is written only if its run is still running in the generation the replay read, in
     this transaction: a cancel or a retry committed by another process since the replay loaded
     the run must not get steps, tasks or timers of the old code path (out.dropped is set).
+    With `fence`, neither is an output of a shard the engine no longer owns at the epoch it holds
+    (its new owner replays the run from the journal).
     """
     queued = 0
+    owned = leases.owned(conn, fence)
+    if owned is not None:
+        for out in outputs:
+            out.dropped = out.shard not in owned
+        outputs = [out for out in outputs if not out.dropped]
     if conn.dialect == "postgres":  # the plain outputs in one statement, the rest below
         queued = pghot.commit_batch(conn, [o for o in outputs if pghot.batchable(o)], now)
         outputs = [o for o in outputs if not pghot.batchable(o)]

@@ -211,7 +211,18 @@ class Dashboard:
             "Limits saturation",
             "429s/min",
         ]
-        engines = [dict(e, age=ago(e["heartbeat_at"], now)) for e in stats["engines"]]
+        owners = stats.get("owners") or {}
+        engines = [
+            dict(
+                e,
+                age=ago(e["heartbeat_at"], now),
+                owns=", ".join(
+                    str(s) for s, o in sorted(owners.items()) if o and o["engine"] == e["id"]
+                )
+                or "-",
+            )
+            for e in stats["engines"]
+        ]
         return self._page(
             200,
             "overview.html",

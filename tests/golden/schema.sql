@@ -1,4 +1,4 @@
--- PRAGMA user_version = 9
+-- PRAGMA user_version = 10
 
 -- index mailbox_dedup
 CREATE UNIQUE INDEX mailbox_dedup ON mailbox (run_rid, dedup_key) WHERE dedup_key IS NOT NULL;
@@ -187,6 +187,14 @@ CREATE TABLE schedules (
     skipped      INTEGER NOT NULL DEFAULT 0,  -- ticks not started (catch-up or overlap policy)
     created_at   REAL NOT NULL,
     updated_at   REAL NOT NULL
+);
+
+-- table shard_leases
+CREATE TABLE shard_leases (
+    shard      INTEGER PRIMARY KEY,
+    owner      INTEGER,                    -- engines.id; NULL: free
+    epoch      INTEGER NOT NULL DEFAULT 0, -- +1 on every change of owner, never down
+    expires_at REAL                        -- unix seconds; NULL when free
 );
 
 -- table sqlite_sequence

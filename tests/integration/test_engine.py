@@ -28,7 +28,7 @@ from executor import (
     vocabulary,
     workflow,
 )
-from executor.store import engines, sharding
+from executor.store import engines, leases, sharding
 from executor.store import repository as repo
 from executor.store.database import Database
 
@@ -730,7 +730,8 @@ async def claim_for_ghost(
     client: Client, ids: list[str], heartbeat_at: float, state: str = "running"
 ) -> int:
     """Queue each run's first step (as the `squared` workflow asks for it) by hand, and claim
-    them all for a fake engine that last heartbeated at `heartbeat_at`."""
+    them all for a fake engine that last heartbeated (and renewed its shard leases, with the
+    tests' lease of 0.5s) at `heartbeat_at`."""
     db = client.db
     outputs = []
     for run_id in ids:
@@ -746,9 +747,19 @@ async def claim_for_ghost(
     ghost, epoch = await db.run(engines.register_engine, 4242, "ghost-host", heartbeat_at)
     if state != "running":
         await db.run(engines.heartbeat, ghost, state, heartbeat_at, 15.0)
+    await db.run(leases.ensure, db.shards)
+    await db.run(take_every_shard, ghost, heartbeat_at + 0.5)
     claimed = await db.run(repo.claim, ghost, epoch, 99, [(0, 100), (1, 100)], heartbeat_at)
     assert claimed is not None and len(claimed) == len(ids)
     return ghost
+
+
+def take_every_shard(conn: Any, engine_id: int, expires_at: float) -> None:
+    """Make `engine_id` the owner of every shard's lease until `expires_at` (a ghost's)."""
+    conn.execute(
+        "UPDATE shard_leases SET owner = ?, epoch = epoch + 1, expires_at = ?",
+        (engine_id, expires_at),
+    )
 
 
 def squares(reg: Registry, ran: list[int]) -> None:
@@ -763,7 +774,7 @@ def squares(reg: Registry, ran: list[int]) -> None:
 
 
 async def test_claims_of_a_dead_engine_are_reclaimed(
-    engine_factory: EngineFactory, client: Client, dbfile: DbFile
+    engine_factory: EngineFactory, client: Client, dbfile: DbFile, wait_until: WaitUntil
 ) -> None:
     reg = Registry()
     ran: list[int] = []
@@ -771,11 +782,19 @@ async def test_claims_of_a_dead_engine_are_reclaimed(
     ids = await client.start_many("squared", [[i] for i in range(5)])
     ghost = await claim_for_ghost(client, ids, heartbeat_at=time.time() - 60)
     assert dbfile.stuck_runs() == []
-    async with engine_factory(reg):
+    async with engine_factory(reg) as engine:
         results = [await client.result(r, timeout=DEADLINE_S) for r in ids]
+        # Its leases had run out: the engine took its shards at start, and its claims with them.
+        assert dbfile.value("SELECT count(*) FROM shard_leases WHERE owner = ?", ghost) == 0
+        assert dbfile.value(
+            "SELECT count(*) FROM shard_leases WHERE owner = ?", engine.engine_id
+        ) == dbfile.value("SELECT count(*) FROM shard_leases")
+        await wait_until(
+            lambda: dbfile.value("SELECT state FROM engines WHERE id = ?", ghost) == "dead",
+            "a heartbeat of the engine to mark the ghost dead",
+        )
     assert results == [i * i for i in range(5)]
     assert sorted(ran) == list(range(5))
-    assert dbfile.value("SELECT state FROM engines WHERE id = ?", ghost) == "dead"
 
 
 @pytest.mark.parametrize("anyio_backend", ["asyncio"])  # waits out a lease: one loop is enough
@@ -793,8 +812,13 @@ async def test_claims_of_a_draining_engine_with_a_fresh_heartbeat_are_kept(
     alive = True
 
     async def ghost_heartbeat() -> None:
+        held = dict.fromkeys(range(client.db.shards), 1)
         while alive:
             await client.db.run(engines.heartbeat, ghost, "draining", time.time(), 15.0)
+            tick = await client.db.run(
+                leases.tick, ghost, held, {}, vocabulary.EngineState.DRAINING, time.time(), 0.5
+            )
+            held = tick.kept
             await asyncio.sleep(0.02)
 
     async with asyncio.TaskGroup() as tg:

@@ -13,7 +13,7 @@ import sqlite3
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -112,11 +112,12 @@ class DaemonProcess:
         env: dict[str, str] | None = None,
         cwd: Path | None = None,
         umask: int = -1,
+        args: Sequence[str] = (),
     ) -> None:
         """`config` None: no --config (the defaults); the working directory is `cwd`, else the
-        config's folder. `env` defaults to child_env()."""
+        config's folder. `env` defaults to child_env(); `args` go after `run`."""
         self.log_path = log_path
-        argv = [sys.executable, "-m", "executor", "run"]
+        argv = [sys.executable, "-m", "executor", "run", *args]
         if config is not None:
             argv += ["--config", str(config)]
         with log_path.open("ab") as log:
@@ -208,10 +209,14 @@ class Daemons:
         self.started: list[DaemonProcess] = []
 
     def start(
-        self, config: Path | None, env: dict[str, str] | None = None, cwd: Path | None = None
+        self,
+        config: Path | None,
+        env: dict[str, str] | None = None,
+        cwd: Path | None = None,
+        args: Sequence[str] = (),
     ) -> DaemonProcess:
         log_path = self.directory / f"daemon-{len(self.started)}.log"
-        daemon = DaemonProcess(config, log_path, env, cwd)
+        daemon = DaemonProcess(config, log_path, env, cwd, args=args)
         self.started.append(daemon)
         return daemon
 

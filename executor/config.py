@@ -33,6 +33,9 @@ LogFormat = Literal["auto", "text", "json"]
 @dataclass(frozen=True, slots=True)
 class DatabaseConfig:
     path: Path = Path("executor.sqlite")
+    # A PostgreSQL URL ("postgresql://user@host/dbname"): the store is that database instead of
+    # the SQLite file at `path` (docs/SCALE-OUT.md). Empty: SQLite.
+    url: str = ""
     # normal: a power loss may lose the last commits (WAL not yet checkpointed to disk); a process
     # crash loses nothing. full: fsync on every commit.
     durability: Durability = "normal"
@@ -42,6 +45,11 @@ class DatabaseConfig:
     # The daemon runs SQLite's quick_check before it writes anything (about a second per GB):
     # a damaged file stops it with exit 3 instead of being written to.
     quick_check_on_start: bool = True
+
+    @property
+    def where(self) -> str:
+        """What messages call this database: the file, or the URL without its password."""
+        return cv.redact_url(self.url) if self.url else str(self.path)
 
 
 @dataclass(frozen=True, slots=True)
@@ -207,6 +215,7 @@ class LoadedConfig:
 
 _KEYS: dict[str, cv.Spec] = {
     "database.path": cv.FilePath(),
+    "database.url": cv.DatabaseUrl(),
     "database.durability": cv.Choice("normal", "full"),
     "database.busy_timeout_s": cv.Seconds(),
     "database.group_readable": cv.Bool(),
@@ -286,7 +295,9 @@ def render_config(loaded: LoadedConfig) -> str:
         lines += ["", f"[{section_name}]"]
         for item in dataclasses.fields(section):
             key = f"{section_name}.{item.name}"
-            value = cv.toml_value(getattr(section, item.name))
+            raw = getattr(section, item.name)
+            # The URL may carry a password: `executor config` output ends up in tickets.
+            value = cv.toml_value(cv.redact_url(raw) if key == "database.url" else raw)
             lines.append(f"{item.name} = {value}  # from {loaded.sources[key]}")
     for spec in loaded.config.limits:
         where = f"{LIMITS_SECTION}.{spec.name}"

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import math
 import re
+import urllib.parse
 from pathlib import Path
 
 _BARE_KEY = re.compile(r"[A-Za-z0-9_-]+")
@@ -170,6 +171,55 @@ class FilePath(Spec):
         if not isinstance(value, str) or not value or "\0" in value:
             raise self.fail()
         return Path(value)
+
+
+POSTGRES_SCHEMES = ("postgresql", "postgres")
+
+
+def redact_url(url: str) -> str:
+    """A database URL fit for messages and `executor config`: the password replaced by ***
+    (in the user part and in a `password=` query parameter)."""
+    try:
+        parts = urllib.parse.urlsplit(url)
+    except ValueError:
+        return "<a database URL that cannot be parsed>"
+    netloc = parts.netloc
+    userinfo, at, hostport = netloc.rpartition("@")
+    if at and ":" in userinfo:
+        netloc = f"{userinfo.partition(':')[0]}:***@{hostport}"
+    query = "&".join(
+        "password=***" if item.partition("=")[0] == "password" else item
+        for item in parts.query.split("&")
+    )
+    return urllib.parse.urlunsplit(parts._replace(netloc=netloc, query=query))
+
+
+class DatabaseUrl(Spec):
+    """[database] url: empty (the SQLite file at database.path) or a PostgreSQL URL."""
+
+    expected = 'a PostgreSQL URL like "postgresql://user@host/dbname", or "" for SQLite'
+
+    def parse(self, value: object) -> object:
+        if not isinstance(value, str):
+            raise self.fail()
+        if value == "":
+            return value
+        # Shown without its password: an error message must not leak it into logs.
+        shown = show(redact_url(value))
+        if "\0" in value or any(c.isspace() for c in value):
+            raise Invalid(self.expected, shown)
+        try:
+            parts = urllib.parse.urlsplit(value)
+            _ = parts.port  # a port that is not a number raises ValueError
+        except ValueError:
+            raise Invalid(self.expected, shown) from None
+        if parts.scheme not in POSTGRES_SCHEMES:
+            raise Invalid(
+                "a URL with the scheme postgresql:// or postgres:// (SQLite needs no URL:"
+                " set database.path)",
+                shown,
+            )
+        return value
 
 
 class Modules(Spec):

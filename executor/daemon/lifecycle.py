@@ -168,7 +168,7 @@ class Daemon:
                 "daemon ready: pid %d, %s loop, database %s, %d slots (%d per shard)",
                 os.getpid(),
                 loop_name,
-                cfg.database.path,
+                cfg.database.where,
                 load["slots"],
                 engine.concurrency,
             )

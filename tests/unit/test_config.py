@@ -555,3 +555,42 @@ def test_valid_integers_round_trip_through_toml_and_env(
 def test_out_of_range_concurrency_is_always_rejected(value: int) -> None:
     with pytest.raises(ConfigError, match=r"^EXECUTOR_ENGINE_CONCURRENCY: engine\.concurrency: "):
         load_config(env={"EXECUTOR_ENGINE_CONCURRENCY": str(value)})
+
+
+def test_database_url_from_the_file_and_the_environment(tmp_path: Path) -> None:
+    path = tmp_path / "executor.toml"
+    path.write_text('[database]\nurl = "postgresql://app@db.internal:5433/executor"\n')
+    assert load_config(path, env={}).config.database.url == (
+        "postgresql://app@db.internal:5433/executor"
+    )
+    env = {"EXECUTOR_DATABASE_URL": "postgres://other@/x?host=/run/postgresql"}
+    loaded = load_config(path, env=env)
+    assert loaded.config.database.url == "postgres://other@/x?host=/run/postgresql"
+    assert loaded.sources["database.url"] == "EXECUTOR_DATABASE_URL"
+    # Empty: back to the SQLite file.
+    assert load_config(path, env={"EXECUTOR_DATABASE_URL": ""}).config.database.url == ""
+
+
+@pytest.mark.parametrize(
+    ("url", "expected"),
+    [
+        ("mysql://u:s3cret@h/db", "the scheme postgresql:// or postgres://"),
+        ("sqlite:///x.sqlite", "SQLite needs no URL: set database.path"),
+        ("postgresql://u:s3cret@h:port/db", "a PostgreSQL URL"),
+        ("postgresql://u:s3cret@h/my db", "a PostgreSQL URL"),
+    ],
+)
+def test_a_bad_database_url_names_the_key_and_hides_the_password(url: str, expected: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        load_config(env={"EXECUTOR_DATABASE_URL": url})
+    message = str(caught.value)
+    assert message.startswith("EXECUTOR_DATABASE_URL: database.url: expected")
+    assert expected in message
+    assert "s3cret" not in message
+
+
+def test_rendered_config_hides_the_database_password() -> None:
+    env = {"EXECUTOR_DATABASE_URL": "postgresql://app:s3cret@h/db?password=s3cret"}
+    text = config.render_config(load_config(env=env))
+    assert 'url = "postgresql://app:***@h/db?password=***"  # from EXECUTOR_DATABASE_URL' in text
+    assert "s3cret" not in text

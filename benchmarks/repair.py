@@ -218,7 +218,9 @@ async def _purge(opts: Options, folder: Path) -> dict[str, Any]:
         raise errors.ExecutorError(f"{db_path} exists; the benchmark needs a fresh database file")
     db_cfg = config.DatabaseConfig(path=db_path, durability=opts.durability or "normal")
     async with Client(db_cfg, shards=opts.shards) as client:
-        await client.db.run(_seed, opts.workflows, opts.shards, failed=False, result_bytes=1000)
+        seeded = client.db
+        assert isinstance(seeded, Database), "the purge benchmark seeds an SQLite file"
+        await seeded.run(_seed, opts.workflows, opts.shards, failed=False, result_bytes=1000)
         old = time.time() - 40 * DAY_S
         await client.db.run(
             lambda conn: conn.execute("UPDATE runs SET finished_at = ? WHERE rid % 10 != 0", (old,))

@@ -15,11 +15,11 @@ from executor import errors, validate
 from executor.runfilter import RunFilter
 from executor.runinfo import ActionReport
 from executor.store import actions
-from executor.store.database import Database
+from executor.store.database import Store
 
 
 async def act(
-    db: Database,
+    db: Store,
     action: str,
     where: RunFilter,
     *,

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import random
-import sqlite3
 import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -19,6 +18,7 @@ from executor import (
     bulk,
     codec,
     config,
+    configvalues,
     errors,
     registry,
     runfilter,
@@ -31,7 +31,8 @@ from executor.runinfo import RUN_STATUSES, ActionReport, RunPage, RunStatus
 from executor.scheduling import ScheduleCalls
 from executor.store import actions, database, engines, history, overview, queues, sharding, signals
 from executor.store import repository as repo
-from executor.store.database import Database
+from executor.store.conn import Conn
+from executor.store.database import Store, open_database
 
 _RESULT_POLL_MIN_S = 0.01
 _RESULT_POLL_MAX_S = 0.5
@@ -45,14 +46,26 @@ def _poll_delays() -> Iterator[float]:
         delay = min(_RESULT_POLL_MAX_S, delay * 1.5)
 
 
-def _user_version(conn: sqlite3.Connection) -> int:
-    return int(conn.execute("PRAGMA user_version").fetchone()[0])
+def _database_config(database: str | Path) -> config.DatabaseConfig:
+    """Client("postgresql://...") is that PostgreSQL database; any other string is a file path."""
+    if isinstance(database, str) and database.startswith(("postgresql://", "postgres://")):
+        try:
+            url = configvalues.DatabaseUrl().parse(database)
+        except configvalues.Invalid as exc:
+            raise errors.InvalidArgument(f"database: expected {exc.expected}") from None
+        return config.DatabaseConfig(url=str(url))
+    return config.DatabaseConfig(path=Path(database))
+
+
+def _schema_version(conn: Conn) -> int:
+    return int(conn.execute(conn.q["schema_version"]).fetchone()[0])
 
 
 class Client(ScheduleCalls):
     """Start and manage runs in one database file.
 
-    `database`: the file (a path or a DatabaseConfig). Without it, the client reads the same
+    `database`: the file (a path or a DatabaseConfig), or a PostgreSQL URL
+    ("postgresql://user@host/dbname"). Without it, the client reads the same
     configuration as the daemon (`config`, else $EXECUTOR_CONFIG, else the default file, then
     the drop-ins and EXECUTOR_* variables): the database, its shard count and the payload limit
     come from there, so code does not repeat the path. With `database` and `config`, the file is
@@ -86,7 +99,7 @@ class Client(ScheduleCalls):
                 raise errors.InvalidArgument(
                     f"database must be a path or a DatabaseConfig, got {type(database).__name__}"
                 )
-            database = config.DatabaseConfig(path=Path(database))
+            database = _database_config(database)
         if payload_limit_bytes is None:
             payload_limit_bytes = (
                 codec.DEFAULT_LIMIT_BYTES if loaded is None else loaded.engine.payload_limit_bytes
@@ -98,7 +111,7 @@ class Client(ScheduleCalls):
         self._shards = shards
         self.must_exist = must_exist
         self._next_shard = random.randrange(1 << 16)
-        self._db: Database | None = None
+        self._db: Store | None = None
 
     async def open(self) -> Client:
         """Open the database: created and migrated if needed, unless `must_exist` (a string
@@ -106,10 +119,11 @@ class Client(ScheduleCalls):
         process can read but not write opens read-only: reads work, writes raise
         StoreWriteError naming why (read-only file system, permission denied, ...)."""
         if self._db is None:
-            if self.must_exist:
+            # A server's database is there or not by the server's say: open it and see.
+            if self.must_exist and not self.db_cfg.url:
                 hint = f" ({self.must_exist})" if isinstance(self.must_exist, str) else ""
                 database.require_file(self.db_cfg.path, hint)
-            self._db = await Database.open(self.db_cfg, shards=self._shards, read_only_ok=True)
+            self._db = await open_database(self.db_cfg, shards=self._shards, read_only_ok=True)
         return self
 
     async def close(self) -> None:
@@ -124,8 +138,9 @@ class Client(ScheduleCalls):
         await self.close()
 
     @property
-    def path(self) -> Path:
-        """The database file this client works on."""
+    def path(self) -> Path | str:
+        """The database this client works on: the SQLite file, or the PostgreSQL URL without
+        its password."""
         return self.db.path
 
     @property
@@ -135,10 +150,10 @@ class Client(ScheduleCalls):
 
     async def schema_version(self) -> int:
         """The schema version of the open file (after any migration this client ran)."""
-        return await self.db.run(_user_version)
+        return await self.db.run(_schema_version)
 
     @property
-    def db(self) -> Database:
+    def db(self) -> Store:
         if self._db is None:
             raise errors.ExecutorError("the client is not open: use `async with Client(...)`")
         return self._db

@@ -13,7 +13,7 @@ from typing import Any
 from executor import codec, errors, registry, schedules, validate
 from executor.runinfo import ScheduleInfo
 from executor.store import schedules as stored_schedules
-from executor.store.database import Database
+from executor.store.database import Store
 
 
 class ScheduleCalls:
@@ -22,7 +22,7 @@ class ScheduleCalls:
     payload_limit_bytes: int
 
     @property
-    def db(self) -> Database:
+    def db(self) -> Store:
         raise NotImplementedError
 
     def _resolve(

@@ -18,7 +18,7 @@ from executor.engine.limits import Limiter
 from executor.engine.runner import StepRunner
 from executor.engine.slots import SlotPool
 from executor.store import repository as repo
-from executor.store.database import Database
+from executor.store.database import Store
 from executor.store.leases import Fence
 from executor.vocabulary import NEWER_EPOCH
 
@@ -30,7 +30,7 @@ class Dispatcher:
 
     def __init__(
         self,
-        db: Database,
+        db: Store,
         engine_id: int,
         epoch: int,
         pool: SlotPool,

@@ -44,7 +44,7 @@ from executor.engine.upkeep import Upkeep, pid_alive, reclaim_dead_local_engines
 from executor.schedules import ScheduleSpec
 from executor.store import engines, payloads
 from executor.store import samples as stored_samples
-from executor.store.database import Database
+from executor.store.database import Store, open_database
 from executor.telemetry import Telemetry
 from executor.vocabulary import EngineState, ReplayArgs
 
@@ -62,7 +62,7 @@ class EngineCrashed(errors.ExecutorError):
 class _Pieces:
     """What a started engine is made of (built once the database is open)."""
 
-    def __init__(self, engine: Engine, db: Database) -> None:
+    def __init__(self, engine: Engine, db: Store) -> None:
         cfg = engine.cfg
         poll_interval_s = engine.poll_interval  # read on every pass: SIGHUP may change it
         self.pool = SlotPool(db.shards, engine.concurrency)
@@ -179,7 +179,7 @@ class Engine:
         self.epoch = 0
         self.concurrency = self.cfg.concurrency
         self.poll_interval_s = self.cfg.poll_interval_s
-        self.db: Database | None = None
+        self.db: Store | None = None
         self.fatal: BaseException | None = None
         self.stop_reason = ""
         self.stopping = asyncio.Event()  # set once: drain, then stop
@@ -210,7 +210,9 @@ class Engine:
         if self.state is not EngineState.NEW:
             raise errors.ExecutorError("an Engine can be started once")
         self.limiter.check_steps(self.registry.steps.values())  # a typo'd limit: refuse to start
-        self.db = db = await Database.open(self.db_cfg, shards=self.cfg.shards, verify=True)
+        self.db = db = await open_database(
+            self.db_cfg, shards=self.cfg.shards, verify=True, lease_s=self.cfg.lease_s
+        )
         try:
             self.engine_id, self.epoch = await db.run(
                 engines.register_engine,

@@ -29,7 +29,7 @@ from executor import config
 from executor.engine.runner import StepRunner
 from executor.engine.slots import SlotPool
 from executor.store import leases as stored
-from executor.store.database import Database
+from executor.store.database import Store
 from executor.vocabulary import EngineState
 
 log = logging.getLogger("executor.engine")
@@ -43,7 +43,7 @@ class Leases:
 
     def __init__(
         self,
-        db: Database,
+        db: Store,
         engine_id: int,
         cfg: config.EngineConfig,
         pool: SlotPool,

@@ -20,7 +20,7 @@ from executor.engine.limits import Limiter
 from executor.engine.slots import SlotPool
 from executor.engine.wakeup import sleep_until
 from executor.store import repository as repo
-from executor.store.database import Database
+from executor.store.database import Store
 from executor.store.leases import Fence
 from executor.telemetry import Telemetry
 from executor.vocabulary import Delivery, Outcome, OutcomeKind, Recorded, Unpark
@@ -36,7 +36,7 @@ class Recorder:
 
     def __init__(
         self,
-        db: Database,
+        db: Store,
         pool: SlotPool,
         limiter: Limiter,
         health: WriteHealth,

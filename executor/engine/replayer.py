@@ -23,7 +23,7 @@ from executor.engine.instance import RunInfo, WorkflowInstance
 from executor.engine.slots import SlotPool
 from executor.engine.wakeup import sleep_until
 from executor.store import repository as repo
-from executor.store.database import Database
+from executor.store.database import Store
 from executor.store.history import error_line
 from executor.store.leases import Fence
 from executor.vocabulary import (
@@ -106,7 +106,7 @@ class Replayer:
 
     def __init__(
         self,
-        db: Database,
+        db: Store,
         reg: registry.Registry,
         pool: SlotPool,
         health: WriteHealth,

@@ -33,7 +33,7 @@ from executor.schedules import ScheduleSpec
 from executor.store import engines
 from executor.store import repository as repo
 from executor.store import schedules as stored_schedules
-from executor.store.database import Database
+from executor.store.database import Store
 from executor.vocabulary import NEWER_EPOCH, Delivery, EngineState
 
 log = logging.getLogger("executor.engine")
@@ -47,7 +47,7 @@ class Upkeep:
 
     def __init__(
         self,
-        db: Database,
+        db: Store,
         engine_id: int,
         epoch: int,
         cfg: config.EngineConfig,
@@ -208,7 +208,7 @@ class Upkeep:
             self._recorder.send_unparks()
 
 
-async def reclaim_dead_local_engines(db: Database, engine_id: int) -> None:
+async def reclaim_dead_local_engines(db: Store, engine_id: int) -> None:
     """Take back the claims of engines on this host whose process is gone (SIGKILL, power cut):
     they cannot be holding them, so there is no need to wait a whole lease."""
     host = socket.gethostname()

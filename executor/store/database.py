@@ -1,4 +1,6 @@
-"""The SQLite file: opening it, checking it is ours, migrating it, and running work on it.
+"""The SQLite file: opening it, checking it is ours, migrating it, and running work on it; and
+`open_database`, which opens the store the configuration names (this file, or PostgreSQL through
+store/pgdatabase.py), behind the `Store` surface the engine and the client use.
 
 One aiosqlite connection owns one thread. Statements are not sent one await at a time: a whole
 transaction is a plain function that runs on that thread in one hop (see `Database.run`), because a
@@ -15,7 +17,7 @@ import sqlite3
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Concatenate, ParamSpec, TypeVar, cast
+from typing import Concatenate, ParamSpec, Protocol, TypeVar, cast
 
 import aiosqlite
 
@@ -182,8 +184,62 @@ async def _connect(
         raise classify(path, "open", exc, blocker) from exc
 
 
+class Store(Protocol):
+    """An open executor database of either dialect: all the engine and the client use."""
+
+    @property
+    def path(self) -> Path | str:
+        """What messages call it: the SQLite file, or the URL without its password."""
+        ...
+
+    @property
+    def dialect(self) -> str: ...
+
+    @property
+    def shards(self) -> int: ...
+
+    @property
+    def read_only(self) -> str | None:
+        """Why this process cannot write, when opened read-only; else None."""
+        ...
+
+    async def run(
+        self, fn: Callable[Concatenate[Conn, P], T], *args: P.args, **kw: P.kwargs
+    ) -> T: ...
+
+    async def close(self) -> None: ...
+
+
+async def open_database(
+    cfg: config.DatabaseConfig,
+    *,
+    shards: int | None = None,
+    read_only_ok: bool = False,
+    verify: bool = False,
+    lease_s: float | None = None,
+) -> Store:
+    """The store `cfg` names: PostgreSQL at cfg.url when set, else the SQLite file at cfg.path
+    (see Database.open for the arguments; `lease_s`, the engine's, bounds how long a PostgreSQL
+    session may hold locks)."""
+    if not cfg.url:
+        return await Database.open(cfg, shards=shards, read_only_ok=read_only_ok, verify=verify)
+    try:
+        # Imported here: psycopg is an optional dependency, needed only for a PostgreSQL URL.
+        from executor.store import pgdatabase
+    except ImportError as exc:
+        raise errors.ConfigError(
+            f"database.url: PostgreSQL needs psycopg, which is not installed ({exc});"
+            " pip install 'executor[postgres]'"
+        ) from exc
+    return await pgdatabase.PostgresDatabase.open(
+        cfg, shards=shards, read_only_ok=read_only_ok, verify=verify, lease_s=lease_s
+    )
+
+
 class Database:
-    """An open executor database."""
+    """An open executor database: the SQLite file."""
+
+    dialect = "sqlite"
 
     def __init__(self, path: Path, conn: aiosqlite.Connection, raw: SqliteConn) -> None:
         self.path = path

@@ -52,6 +52,14 @@ DIALECT_ONLY: dict[str, str] = {
     "commit_batch": "postgres",
     "select_runs_for_replay": "postgres",
     "select_journals": "postgres",
+    # Opening a PostgreSQL database (store/pgdatabase.py): SQLite has PRAGMA application_id,
+    # user_version and BEGIN IMMEDIATE where PostgreSQL needs a meta row, a catalog probe and an
+    # advisory lock.
+    "session_read_only": "postgres",
+    "schema_probe": "postgres",
+    "select_schema_meta": "postgres",
+    "migration_lock": "postgres",
+    "set_schema_version": "postgres",
 }
 
 # Every SQLite name that has no PostgreSQL statement yet. Delete a name's line when you port it.

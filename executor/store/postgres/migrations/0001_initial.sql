@@ -160,7 +160,7 @@ CREATE TABLE meta (
     key   text PRIMARY KEY,
     value bigint NOT NULL
 );
-INSERT INTO meta (key, value) VALUES ('epoch', 0), ('application', 1163413827);
+INSERT INTO meta (key, value) VALUES ('epoch', 0), ('application', 1163412803);
 
 -- One row per shard, created with the shard count. owner: the engine holding the lease (NULL:
 -- free). epoch is the fencing token: it goes up by one on every change of owner and never goes

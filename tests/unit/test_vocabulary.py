@@ -56,6 +56,19 @@ NOT_VOCABULARY = {
     "application",
     "foreign_key_violation",
     "number",
+    # Opening a PostgreSQL database (postgres/database.sql): the catalog's relkind and deptype
+    # codes, the setting and the table it probes, the meta key of the schema version.
+    "S",
+    "e",
+    "f",
+    "m",
+    "p",
+    "r",
+    "v",
+    "meta",
+    "pg_class",
+    "schema_version",
+    "transaction_read_only",
 }
 
 _STRING = re.compile(r"'((?:[^']|'')*)'")

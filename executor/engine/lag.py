@@ -12,6 +12,8 @@ import asyncio
 import logging
 import time
 
+from executor.engine.wakeup import sleep_until
+
 log = logging.getLogger("executor.engine.lag")
 
 INTERVAL_S = 0.25  # how often the monitor wakes
@@ -25,11 +27,7 @@ async def monitor(
     worst_s = 0.0
     while not stop.is_set():
         due = time.monotonic() + interval_s
-        try:
-            async with asyncio.timeout(interval_s):
-                await stop.wait()
-        except TimeoutError:
-            pass
+        await sleep_until(stop, interval_s, clear=False)
         lag_s = time.monotonic() - due
         if lag_s > warn_s and not stop.is_set():
             worst_s = max(worst_s, lag_s)

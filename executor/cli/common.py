@@ -156,6 +156,7 @@ def _number(
 _INT_MAX = 2**63 - 1
 positive_int = _number("a whole number", int, lambda v: 1 <= v <= _INT_MAX, f"from 1 to {_INT_MAX}")
 shard_number = _number("a shard number", int, lambda v: 0 <= v <= _INT_MAX, ">= 0")
+position = _number("a journal position", int, lambda v: 0 <= v <= _INT_MAX, ">= 0")
 seconds = _number("seconds", float, lambda v: 0 <= v < float("inf"), ">= 0")
 
 

@@ -13,6 +13,7 @@ from executor.cli.common import (
     NotClean,
     UsageError,
     Verbs,
+    position,
     positive_int,
     print_json,
     show,
@@ -51,7 +52,7 @@ def register(verbs: Verbs) -> None:
         " of the old attempt that arrives late is dropped.",
     )
     p.add_argument("run", metavar="RUN", help=RUN_ARG_HELP)
-    p.add_argument("--from-step", type=_position, metavar="N", help=_POSITION_HELP)
+    p.add_argument("--from-step", type=position, metavar="N", help=_POSITION_HELP)
 
     p = verbs.add(
         "fork",
@@ -63,7 +64,7 @@ def register(verbs: Verbs) -> None:
     )
     p.add_argument("run", metavar="RUN", help=RUN_ARG_HELP)
     p.add_argument(
-        "--from-step", type=_position, metavar="N", required=True, help="positions 0..N-1 are kept"
+        "--from-step", type=position, metavar="N", required=True, help="positions 0..N-1 are kept"
     )
     p.add_argument(
         "--label",
@@ -85,7 +86,7 @@ def register(verbs: Verbs) -> None:
     )
     p.add_argument("what", choices=("count", "list", *_ACTIONS), metavar="WHAT", help=_what_help())
     add_filter_args(p)
-    p.add_argument("--from-step", type=_position, metavar="N", help="retry: " + _POSITION_HELP)
+    p.add_argument("--from-step", type=position, metavar="N", help="retry: " + _POSITION_HELP)
     p.add_argument("--reason", metavar="R", help="fail: recorded as the runs' error message")
     p.add_argument("--dry-run", action="store_true", help="print the count and a sample only")
     p.add_argument("--yes", action="store_true", help=f"confirm an action on > {CONFIRM_ABOVE}")
@@ -118,16 +119,6 @@ def register(verbs: Verbs) -> None:
 
 def _what_help() -> str:
     return "count, list, or one of: " + "; ".join(f"{k}: {v}" for k, v in _ACTIONS.items())
-
-
-def _position(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a journal position, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected a journal position >= 0, got {value}")
-    return value
 
 
 # --- the shared run filter ------------------------------------------------------------------------

@@ -139,6 +139,8 @@ def test_every_verb_has_help(run_cli: Any, verb: str) -> None:
         ["fail-pending", "--yes"],
         ["clear-task-queue", "--shard", "-1", "--yes"],
         ["result", "abc", "--timeout", "soon"],
+        ["retry", "abc", "--from-step", "-1"],
+        ["fork", "abc", "--from-step", "99999999999999999999"],
     ],
     ids=lambda argv: " ".join(argv) or "no verb",
 )

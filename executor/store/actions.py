@@ -194,13 +194,17 @@ def _resume(conn: Conn, rids: Sequence[int], now: float) -> int:
     for rid in rids:
         row = conn.execute(conn.q["resume_run_by_rid"], {"rid": rid, "now": now}).fetchone()
         if row is not None:
-            _, shard, seq = row
-            conn.execute(
-                conn.q["queue_replay"], {"rid": rid, "shard": shard, "seq": seq, "now": now}
-            )
-            conn.execute(conn.q["unpark_unregistered_tasks"], (rid,))
+            requeue_resumed(conn, row[0], row[1], row[2], now)
             acted += 1
     return acted
+
+
+def requeue_resumed(conn: Conn, rid: int, shard: int, seq: int, now: float) -> None:
+    """The run was just put back from parked to running (one run or by filter): queue its
+    replay, against the deployed code, and let its steps held back for an unregistered name
+    be claimed again."""
+    conn.execute(conn.q["queue_replay"], {"rid": rid, "shard": shard, "seq": seq, "now": now})
+    conn.execute(conn.q["unpark_unregistered_tasks"], (rid,))
 
 
 def _fail(conn: Conn, rids: Sequence[int], reason: str, now: float) -> int:

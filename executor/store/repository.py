@@ -20,7 +20,7 @@ import orjson
 
 from executor import errors
 from executor.errors import error_blob
-from executor.store import children, journal, leases, payloads, pghot, signals
+from executor.store import actions, children, journal, leases, payloads, pghot, signals
 from executor.store.conn import Conn
 from executor.store.database import transaction
 from executor.store.leases import Fence
@@ -609,9 +609,7 @@ def resume_run(conn: Conn, run_id: str, now: float) -> bool:
     row = conn.execute(conn.q["resume_run"], {"id": run_id, "now": now}).fetchone()
     if row is None:
         return False
-    rid, shard, seq = row
-    conn.execute(conn.q["queue_replay"], {"rid": rid, "shard": shard, "seq": seq, "now": now})
-    conn.execute(conn.q["unpark_unregistered_tasks"], (rid,))
+    actions.requeue_resumed(conn, row[0], row[1], row[2], now)
     return True
 
 

@@ -76,21 +76,15 @@ def open_wait(conn: Conn, rid: int, shard: int, s: NewStep, now: float) -> Deliv
             conn.execute(conn.q["insert_wait_timer"], (rid, s.pos, shard, s.fire_at))
         return None
     message_id, topic, payload = int(row[0]), str(row[1]), bytes(row[2])
-    result = wait_result(topic, payload)
-    recorded = journal.record_one(conn, Outcome(OutcomeKind.DONE, rid, s.pos, result=result), now)
-    if recorded is not None:
-        settle_wait(conn, rid, s.pos, message_id)
-    return recorded
+    took = Outcome(OutcomeKind.DONE, rid, s.pos, result=wait_result(topic, payload))
+    return _settle(conn, took, message_id, now)
 
 
 def time_out(conn: Conn, rid: int, pos: int, now: float) -> Delivery | None:
     """A wait's timer is due: record WaitTimeout. The timeout and a signal race through the same
     fence: whichever records first wins, and a message that loses stays unread."""
     timeout = Outcome(OutcomeKind.DONE, rid, pos, status=StepState.FAILED, error=_WAIT_TIMEOUT)
-    recorded = journal.record_one(conn, timeout, now)
-    if recorded is not None:
-        settle_wait(conn, rid, pos, None)
-    return recorded
+    return _settle(conn, timeout, None, now)
 
 
 @transaction
@@ -110,19 +104,22 @@ def send_signal(
         return True  # this key was sent before: a no-op
     pos = oldest_wait(conn, rid, topic)
     if pos is not None:
-        result = wait_result(topic, payload)
-        o = Outcome(OutcomeKind.DONE, rid, pos, result=result)
-        if journal.record_one(conn, o, now) is not None:
-            settle_wait(conn, rid, pos, message_id)
+        took = Outcome(OutcomeKind.DONE, rid, pos, result=wait_result(topic, payload))
+        _settle(conn, took, message_id, now)
     return True
 
 
-def settle_wait(conn: Conn, rid: int, pos: int, message_id: int | None) -> None:
-    """The wait at `pos` was just recorded (with message `message_id`, or its timeout)."""
-    if message_id is not None:
-        conn.execute(conn.q["consume_message"], (pos, message_id))
-    conn.execute(conn.q["delete_waits_at"], (rid, pos))
-    conn.execute(conn.q["delete_timer"], (rid, pos))
+def _settle(conn: Conn, o: Outcome, message_id: int | None, now: float) -> Delivery | None:
+    """Record the wait's outcome `o` (message `message_id`, or its timeout) through the
+    journal's fence; only if that recorded it, the message is consumed and the wait's rows and
+    timer go, in the same transaction. A wait that lost the race changes nothing."""
+    recorded = journal.record_one(conn, o, now)
+    if recorded is not None:
+        if message_id is not None:
+            conn.execute(conn.q["consume_message"], (o.pos, message_id))
+        conn.execute(conn.q["delete_waits_at"], (o.run_rid, o.pos))
+        conn.execute(conn.q["delete_timer"], (o.run_rid, o.pos))
+    return recorded
 
 
 def publish(

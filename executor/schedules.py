@@ -25,7 +25,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import re
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -115,9 +115,14 @@ def from_table(name: str, table: Mapping[str, Any], where: str) -> ScheduleSpec:
 
 def next_tick(cron: str, timezone: str, after: float) -> float:
     """The first tick strictly after `after` (UNIX seconds)."""
+    return next(_ticks(cron, timezone, after))
+
+
+def _ticks(cron: str, timezone: str, after: float) -> Iterator[float]:
+    """The ticks strictly after `after`, in order, from one CronSim: making one parses the
+    expression, so a catch-up over many ticks parses it once, not once a tick."""
     zone = dt.UTC if timezone == "UTC" else ZoneInfo(timezone)
-    start = dt.datetime.fromtimestamp(after, zone)
-    return next(CronSim(cron, start)).timestamp()
+    return (t.timestamp() for t in CronSim(cron, dt.datetime.fromtimestamp(after, zone)))
 
 
 @dataclass(frozen=True, slots=True)
@@ -130,10 +135,10 @@ class Plan:
 def plan(cron: str, timezone: str, catchup: str, due_from: float, now: float) -> Plan:
     """Which ticks from `due_from` (the stored next tick) up to `now` to start."""
     ticks: list[float] = []
-    tick = due_from
+    tick, later = due_from, _ticks(cron, timezone, due_from)
     while tick <= now and len(ticks) <= MAX_CATCHUP:
         ticks.append(tick)
-        tick = next_tick(cron, timezone, tick)
+        tick = next(later)
     if tick <= now:  # more than we are willing to count: jump past now
         tick = next_tick(cron, timezone, now)
     on_time = [t for t in ticks if now - t <= GRACE_S]

@@ -25,7 +25,7 @@ import functools
 import hashlib
 import sys
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -174,62 +174,107 @@ _SUPPORTED = (
 )
 
 
-def _find_bad(value: Any, path: str, depth: int = 0) -> Iterator[tuple[str, str]]:
-    """Where in `value` something cannot be stored, and why (slow; only after a refusal)."""
+_Bad = tuple[list[str], str]  # (the path to the part, innermost step first; why it is refused)
+
+
+def _find_bad(value: Any, depth: int = 0) -> _Bad | None:
+    """The first part of `value` that cannot be stored, or None.
+
+    Run on every value the fast check (_is_plain) does not pass, before orjson sees it (orjson
+    would write NaN and the infinities as null, and refuses the rest without saying where), and
+    on a plain value orjson refused (a lone surrogate), to say where. One walk, kept cheap: the
+    common types first, and the path is put together only for the part refused, on the way back
+    up, not for every part on the way down.
+    """
     if depth > _MAX_DEPTH:
-        yield path, f"nesting deeper than {_MAX_DEPTH} levels"
-        return
-    if codec_for(type(value)) is not None:
-        return
-    if isinstance(value, bool | type(None) | str):
-        if isinstance(value, str):
-            try:
-                value.encode()
-            except UnicodeEncodeError:
-                yield path, "string is not valid UTF-8 (a lone surrogate)"
-        return
+        return [], f"nesting deeper than {_MAX_DEPTH} levels"
+    t = type(value)
+    if t is str:
+        if value.isascii():
+            return None
+        try:
+            value.encode()
+        except UnicodeEncodeError:
+            return [], "string is not valid UTF-8 (a lone surrogate)"
+        return None
+    if t is bool or value is None:
+        return None
+    if t is int or t is float:
+        return _bad_number(value)
+    if t is list or t is tuple:
+        return _bad_item(value, depth)
+    if t is dict:
+        return _bad_entry(value, depth)
+    if codec_for(t) is not None:
+        return None
     if isinstance(value, enum.Enum):
-        yield from _find_bad(value.value, f"{path}.value", depth + 1)
-        return
-    if isinstance(value, int):
-        if not _MIN_INT <= value < _MAX_INT:
-            yield path, f"integer {value} out of the 64-bit range (use Decimal or str)"
-        return
-    if isinstance(value, float):
-        if value != value or value in (float("inf"), float("-inf")):
-            yield path, f"float {value!r} is not valid JSON"
-        return
+        return _bad_part(value.value, ".value", depth)
+    if isinstance(value, str):  # a subclass
+        return _find_bad(str(value), depth)
+    if isinstance(value, int | float):  # a subclass (an IntEnum is an Enum, above)
+        return _bad_number(value)
     if isinstance(value, dt.datetime | dt.date | dt.time | uuid.UUID | decimal.Decimal):
-        return
+        return None
     if isinstance(value, bytes | bytearray | memoryview):
-        return
+        return None
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
         for f in dataclasses.fields(value):
-            yield from _find_bad(getattr(value, f.name), f"{path}.{f.name}", depth + 1)
-        return
+            found = _bad_part(getattr(value, f.name), f".{f.name}", depth)
+            if found is not None:
+                return found
+        return None
     if is_pydantic_model(value):
         try:
             value.model_dump(mode="json")
         except Exception as exc:
-            yield path, f"pydantic model {type(value).__name__} cannot be dumped: {exc}"
-        return
+            return [], f"pydantic model {t.__name__} cannot be dumped: {exc}"
+        return None
     if isinstance(value, list | tuple):
-        for i, item in enumerate(value):
-            yield from _find_bad(item, f"{path}[{i}]", depth + 1)
-        return
+        return _bad_item(value, depth)
     if isinstance(value, dict):
-        for k, v in value.items():
-            if not isinstance(k, str):
-                yield f"{path}[{k!r}]", f"dict key of type {type(k).__name__} (keys must be str)"
-                continue
-            yield from _find_bad(v, f"{path}[{k!r}]", depth + 1)
-        return
-    name = type(value).__qualname__
-    yield (
-        path,
+        return _bad_entry(value, depth)
+    name = t.__qualname__
+    return [], (
         f"value of type {name} cannot be stored (supported: {_SUPPORTED}; or register a codec"
-        f" for {name} with executor.register_codec)",
+        f" for {name} with executor.register_codec)"
     )
+
+
+def _bad_number(value: int | float) -> _Bad | None:
+    if isinstance(value, float):
+        if value - value == 0.0:  # false for NaN and the infinities
+            return None
+        return [], f"float {value!r} is not valid JSON"
+    if _MIN_INT <= value < _MAX_INT:
+        return None
+    return [], f"integer {value} out of the 64-bit range (use Decimal or str)"
+
+
+def _bad_part(value: Any, step: str, depth: int) -> _Bad | None:
+    found = _find_bad(value, depth + 1)
+    if found is not None:
+        found[0].append(step)
+    return found
+
+
+def _bad_item(items: list[Any] | tuple[Any, ...], depth: int) -> _Bad | None:
+    for i, item in enumerate(items):
+        found = _find_bad(item, depth + 1)
+        if found is not None:
+            found[0].append(f"[{i}]")
+            return found
+    return None
+
+
+def _bad_entry(entries: dict[Any, Any], depth: int) -> _Bad | None:
+    for k, v in entries.items():
+        if not isinstance(k, str):
+            return [f"[{k!r}]"], f"dict key of type {type(k).__name__} (keys must be str)"
+        found = _find_bad(v, depth + 1)
+        if found is not None:
+            found[0].append(f"[{k!r}]")
+            return found
+    return None
 
 
 def to_json(value: Any, *, what: str = "value") -> bytes:
@@ -238,15 +283,23 @@ def to_json(value: Any, *, what: str = "value") -> bytes:
         try:
             return orjson.dumps(value)
         except orjson.JSONEncodeError as exc:  # a lone surrogate in a str
-            raise errors.PayloadError(f"{what}: {exc}") from exc
-    problem = next(_find_bad(value, what), None)
-    if problem is not None:
-        raise errors.PayloadError(f"{problem[0]}: {problem[1]}")
+            raise _refusal(value, what) or errors.PayloadError(f"{what}: {exc}") from exc
+    refused = _refusal(value, what)
+    if refused is not None:
+        raise refused
     try:
         return orjson.dumps(value, default=_default, option=_OPTIONS)
     except (TypeError, orjson.JSONEncodeError) as exc:
         # A codec's encode returned something unstorable, or raised.
         raise errors.PayloadError(f"{what}: {exc}") from exc
+
+
+def _refusal(value: Any, what: str) -> errors.PayloadError | None:
+    found = _find_bad(value)
+    if found is None:
+        return None
+    steps, why = found
+    return errors.PayloadError(f"{what}{''.join(reversed(steps))}: {why}")
 
 
 def encode(value: Any, *, what: str = "value", limit: int = DEFAULT_LIMIT_BYTES) -> bytes:

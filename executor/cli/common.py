@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import datetime as dt
 import json
 import sys
 from collections.abc import Awaitable, Callable, Sequence
@@ -117,12 +116,6 @@ def show(args: argparse.Namespace, value: Any, human: Callable[[], str]) -> None
         print_json(value, pretty=True)
     else:
         print(human())
-
-
-def when(ts: float | None) -> str:
-    if ts is None:
-        return "-"
-    return dt.datetime.fromtimestamp(ts, dt.UTC).strftime("%Y-%m-%d %H:%M:%SZ")
 
 
 def table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:

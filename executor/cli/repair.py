@@ -19,13 +19,13 @@ from executor.cli.common import (
     show,
     table,
     wants_json,
-    when,
     with_client,
 )
 from executor.client import Client
 from executor.exitcodes import ExitCode
 from executor.runfilter import FilterError, RunFilter
 from executor.runinfo import RUN_STATUSES, ActionReport, RunPage, RunStatus
+from executor.timetext import when
 
 # Acting on more runs than this needs --yes (the same convention as fail-pending).
 CONFIRM_ABOVE = 100

@@ -20,7 +20,6 @@ from executor.cli.common import (
     print_json,
     seconds,
     show,
-    when,
     with_client,
 )
 from executor.client import Client
@@ -28,6 +27,7 @@ from executor.daemon.workflows import import_workflows
 from executor.exitcodes import ExitCode
 from executor.runfilter import parse_label
 from executor.runinfo import RunPage, RunStatus, error_line
+from executor.timetext import when
 from executor.vocabulary import RunState
 
 

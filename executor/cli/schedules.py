@@ -11,12 +11,12 @@ from executor.cli.common import (
     print_json,
     table,
     wants_json,
-    when,
     with_client,
 )
 from executor.client import Client
 from executor.exitcodes import ExitCode
 from executor.runinfo import ScheduleInfo
+from executor.timetext import when
 
 ACTIONS = ("list", "pause", "resume", "trigger")
 

@@ -8,10 +8,11 @@ from collections.abc import Callable, Coroutine
 from typing import Any
 
 from executor.cli import views
-from executor.cli.common import UsageError, Verbs, shard_number, show, table, when, with_client
+from executor.cli.common import UsageError, Verbs, shard_number, show, table, with_client
 from executor.client import Client
 from executor.exitcodes import ExitCode
 from executor.runinfo import RUN_STATUSES
+from executor.timetext import when
 
 # `executor stats` columns first in this order; fields added to the stats later follow.
 _SHARD_COLUMNS = (

@@ -9,8 +9,9 @@ import datetime as dt
 from collections.abc import Sequence
 from typing import Any
 
-from executor.cli.common import table, when
+from executor.cli.common import table
 from executor.runinfo import RunHistory, Waiting, error_line
+from executor.timetext import duration, wait_span, when
 
 _ERROR_WIDTH = 60
 
@@ -22,36 +23,15 @@ def clock(ts: float | None) -> str:
     return dt.datetime.fromtimestamp(ts, dt.UTC).strftime("%H:%M:%S.%f")[:-3]
 
 
-def duration(seconds: float | None) -> str:
-    if seconds is None:
-        return "-"
-    if seconds < 1:
-        return f"{seconds * 1000:.0f}ms"
-    if seconds < 120:
-        return f"{seconds:.2f}s"
-    if seconds < 7200:
-        return f"{seconds / 60:.1f}m"
-    return f"{seconds / 3600:.1f}h"
-
-
 def _cut(text: str | None, width: int = _ERROR_WIDTH) -> str | None:
     if text is None or len(text) <= width:
         return text
     return text[: width - 3] + "..."
 
 
-def _relative(ts: float, now: float) -> str:
-    delta = ts - now
-    return f"in {duration(delta)}" if delta >= 0 else f"{duration(-delta)} ago"
-
-
 def waiting_line(w: Waiting, now: float) -> str:
-    parts = [w.detail]
-    if w.until is not None:
-        parts.append(f"until {when(w.until)} ({_relative(w.until, now)})")
-    elif w.since is not None:
-        parts.append(f"since {when(w.since)} ({_relative(w.since, now)})")
-    return ", ".join(parts)
+    span = wait_span(w.until, w.since, now)
+    return f"{w.detail}, {span}" if span else w.detail
 
 
 def history_text(h: RunHistory, now: float) -> str:

@@ -35,6 +35,7 @@ from executor.store import actions, history, overview, queues, samples
 from executor.store.conn import Conn
 from executor.store.history import error_line
 from executor.store.reader import open_readonly
+from executor.timetext import duration, relative, wait_span, when
 from executor.vocabulary import RunState
 from executor.web import charts
 
@@ -55,35 +56,8 @@ def _one(query: Query, key: str) -> str | None:
     return values[-1] if values else None
 
 
-def when(ts: float | None) -> str:
-    if ts is None:
-        return "-"
-    return dt.datetime.fromtimestamp(ts, dt.UTC).strftime("%Y-%m-%d %H:%M:%SZ")
-
-
 def iso(ts: float) -> str:
     return dt.datetime.fromtimestamp(ts, dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def ago(ts: float | None, now: float) -> str:
-    if ts is None:
-        return "-"
-    seconds = max(0.0, now - ts)
-    if seconds < 120:
-        return f"{seconds:.1f}s ago"
-    if seconds < 7200:
-        return f"{seconds / 60:.0f}m ago"
-    return f"{seconds / 3600:.1f}h ago"
-
-
-def took(seconds: float | None) -> str:
-    if seconds is None:
-        return "-"
-    if seconds < 1:
-        return f"{seconds * 1000:.0f}ms"
-    if seconds < 120:
-        return f"{seconds:.2f}s"
-    return f"{seconds / 60:.1f}m"
 
 
 def _environment() -> jinja2.Environment:
@@ -92,7 +66,7 @@ def _environment() -> jinja2.Environment:
         autoescape=True,
         undefined=jinja2.StrictUndefined,
     )
-    env.filters.update(when=when, took=took, error_line=error_line)
+    env.filters.update(when=when, took=duration, error_line=error_line)
     return env
 
 
@@ -215,7 +189,7 @@ class Dashboard:
         engines = [
             dict(
                 e,
-                age=ago(e["heartbeat_at"], now),
+                age=relative(e["heartbeat_at"], now),
                 owns=", ".join(
                     str(s) for s, o in sorted(owners.items()) if o and o["engine"] == e["id"]
                 )
@@ -252,8 +226,8 @@ class Dashboard:
                 "command": retry_command(g, since),
                 "runs_url": "/runs?"
                 + urllib.parse.urlencode({"status": g.status, "workflow": g.workflow}),
-                "first": ago(g.first_at, now),
-                "last": ago(g.last_at, now),
+                "first": relative(g.first_at, now),
+                "last": relative(g.last_at, now),
             }
             for g in groups
         ]
@@ -291,7 +265,7 @@ class Dashboard:
                 "run": r,
                 "url": "/runs/" + urllib.parse.quote(r.id, safe=""),
                 "created": when(r.created_at),
-                "took": took(None if r.finished_at is None else r.finished_at - r.created_at),
+                "took": duration(None if r.finished_at is None else r.finished_at - r.created_at),
                 "error": _error_summary(r.error),
                 "labels": _labels(r.labels),
             }
@@ -324,7 +298,7 @@ class Dashboard:
             page="runs",
             h=found,
             timeline=charts.timeline(found, now),
-            waiting=[(w, _waiting_when(w, now)) for w in found.waiting],
+            waiting=[(w, wait_span(w.until, w.since, now)) for w in found.waiting],
             now=now,
         )
 
@@ -348,14 +322,6 @@ def _labels(stored: str | None) -> str:
     except orjson.JSONDecodeError:
         return ""
     return " ".join(f"{k}={v}" for k, v in labels.items()) if isinstance(labels, dict) else ""
-
-
-def _waiting_when(w: history.Waiting, now: float) -> str:
-    if w.until is not None:
-        return f"until {when(w.until)} (in {took(max(0.0, w.until - now))})"
-    if w.since is not None:
-        return f"since {when(w.since)} ({ago(w.since, now)})"
-    return ""
 
 
 class _Handler(http.server.BaseHTTPRequestHandler):

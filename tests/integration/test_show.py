@@ -15,8 +15,8 @@ import pytest
 from executor import Client, Registry, RetryPolicy, errors, step, workflow
 from executor import cli as executor_cli
 from executor.cli import views
-from executor.cli.common import when
 from executor.store import history, sharding
+from executor.timetext import when
 
 if TYPE_CHECKING:
     from tests.support.engine import DbFile, EngineFactory, WaitUntil

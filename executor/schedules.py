@@ -38,6 +38,15 @@ CATCHUP = ("skip", "once", "all")
 OVERLAP = ("skip", "allow", "cancel")
 GRACE_S = 60.0  # a tick fired later than this after its time counts as missed
 MAX_CATCHUP = 100  # `catchup = "all"` starts at most this many missed ticks at once
+_NICKNAMES = {
+    "@yearly": "0 0 1 1 *",
+    "@annually": "0 0 1 1 *",
+    "@monthly": "0 0 1 * *",
+    "@weekly": "0 0 * * 0",
+    "@daily": "0 0 * * *",
+    "@midnight": "0 0 * * *",
+    "@hourly": "0 * * * *",
+}
 _NAME = re.compile(r"[A-Za-z0-9_.-]+")
 
 
@@ -81,7 +90,7 @@ def validate(spec: ScheduleSpec, where: str) -> ScheduleSpec:
     if not isinstance(spec.cron, str):
         raise ConfigError(f"{where}.cron: expected a cron expression, got {spec.cron!r}")
     try:
-        next(CronSim(spec.cron, dt.datetime.now(zone)))
+        next(CronSim(_expression(spec.cron), dt.datetime.now(zone)))
     except (CronSimError, StopIteration) as exc:
         raise ConfigError(f"{where}.cron: invalid cron expression {spec.cron!r}: {exc}") from None
     return spec
@@ -122,7 +131,14 @@ def _ticks(cron: str, timezone: str, after: float) -> Iterator[float]:
     """The ticks strictly after `after`, in order, from one CronSim: making one parses the
     expression, so a catch-up over many ticks parses it once, not once a tick."""
     zone = dt.UTC if timezone == "UTC" else ZoneInfo(timezone)
-    return (t.timestamp() for t in CronSim(cron, dt.datetime.fromtimestamp(after, zone)))
+    start = dt.datetime.fromtimestamp(after, zone)
+    return (t.timestamp() for t in CronSim(_expression(cron), start))
+
+
+def _expression(cron: str) -> str:
+    """The cron expression, with the usual nicknames (`@daily`, ...) spelled out: cronsim
+    (2.8) reads only fields."""
+    return _NICKNAMES.get(cron.strip().lower(), cron)
 
 
 @dataclass(frozen=True, slots=True)

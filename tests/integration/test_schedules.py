@@ -158,3 +158,15 @@ async def test_client_and_config_schedules(
     path.write_text('[schedules.x]\nworkflow = "w"\n')
     with pytest.raises(errors.ConfigError, match=r"schedules.x.cron: missing"):
         config.load_config(path, env={})
+
+
+@pytest.mark.parametrize(
+    ("nickname", "fields"),
+    [("@daily", "0 0 * * *"), ("@HOURLY", "0 * * * *"), ("@weekly", "0 0 * * 0")],
+)
+def test_cron_nicknames_mean_their_fields(nickname: str, fields: str) -> None:
+    spec = schedules.ScheduleSpec("n", "nightly", nickname, "Europe/Paris", (), "all", "allow")
+    assert schedules.validate(spec, "test") is spec
+    by_name = schedules.plan(nickname, "Europe/Paris", "all", BASE, BASE + 30 * 86400)
+    by_fields = schedules.plan(fields, "Europe/Paris", "all", BASE, BASE + 30 * 86400)
+    assert by_name == by_fields and len(by_name.fire) > 1

@@ -395,7 +395,9 @@ def vacuum_step(conn: Conn, pages: int = VACUUM_STEP_PAGES) -> int:
     VACUUM (`executor vacuum`): 0 there.
     """
     if conn.dialect != "sqlite":
-        return 0  # PostgreSQL's autovacuum gives space back on its own
+        # PostgreSQL's autovacuum makes the purged rows' space reusable on its own (and a plain
+        # VACUUM would give back only empty pages at the end of a table): nothing to step.
+        return 0
     if conn.execute(conn.q["auto_vacuum_mode"]).fetchone()[0] != 2:
         return 0
     free = int(conn.execute(conn.q["freelist_count"]).fetchone()[0])
@@ -411,9 +413,16 @@ def vacuum_file(conn: Conn) -> tuple[int, int]:
     """Rewrite the whole file (VACUUM) in incremental auto-vacuum mode; (bytes before, after).
 
     Holds the write lock for as long as it takes: for an offline maintenance window.
+
+    PostgreSQL: VACUUM (FULL, ANALYZE) of the database, which rewrites each table to its
+    smallest size and gives the rest back to the file system, each table locked (reads too)
+    while it is copied; the sizes are the database's. It must not run inside a transaction: it
+    runs on the client's connection between transactions (autocommit), and waits for each
+    table's lock at most database.busy_timeout_s (a StoreBusy error while a daemon works).
     """
     before = _file_bytes(conn)
-    conn.execute(conn.q["set_auto_vacuum_incremental"])
+    if conn.dialect == "sqlite":
+        conn.execute(conn.q["set_auto_vacuum_incremental"])
     conn.execute(conn.q["vacuum"])
     return before, _file_bytes(conn)
 

@@ -69,6 +69,10 @@ NOT_VOCABULARY = {
     "pg_class",
     "schema_version",
     "transaction_read_only",
+    # PostgreSQL's statements (store/postgres/*.sql): the keys of a stored error read as jsonb
+    # (SQLite's '$.type' paths), the server's page size.
+    "type",
+    "block_size",
 }
 
 _STRING = re.compile(r"'((?:[^']|'')*)'")

@@ -22,6 +22,11 @@ POSTGRES = sql.queries("postgres")
 # or clauses included into others (run_filter).
 _PREPARABLE = ("SELECT", "INSERT", "UPDATE", "DELETE", "WITH", "VALUES")
 _COMMENT = re.compile(r"--[^\n]*")
+# Statements whose parameters PostgreSQL cannot type from the text alone, but psycopg sends typed
+# (a Python int or float carries its type; only str and None go untyped): their types, in order.
+_TYPED_BY_PSYCOPG: dict[str, tuple[str, ...]] = {
+    "lease_candidates": ("double precision", "double precision"),  # now - lease_s
+}
 _PLACEHOLDER = re.compile(r"%\((\w+)\)s|%s|%%")
 
 
@@ -76,7 +81,11 @@ def test_every_statement_prepares(migrated: psycopg.Connection[tuple[object, ...
         if _first_word(statement) not in _PREPARABLE:
             continue
         try:
-            conn.execute(f"PREPARE s{n} AS {_numbered(statement)}".encode(), prepare=False)
+            types = _TYPED_BY_PSYCOPG.get(name)
+            declared = f"({', '.join(types)})" if types else ""
+            conn.execute(
+                f"PREPARE s{n}{declared} AS {_numbered(statement)}".encode(), prepare=False
+            )
             prepared += 1
         except psycopg.Error as exc:
             failed[name] = " ".join(str(exc).split())

@@ -14,6 +14,7 @@ from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any, NamedTuple, TypeVar
 
+from benchmarks import pgserver
 from benchmarks.measure import (
     busy_while_queued,
     cpu_s,
@@ -222,7 +223,8 @@ async def run_engine(opts: Options, db_path: Path) -> dict[str, Any]:
     clock = StepClock(opts.trace_steps or opts.workload == "long")
     reg, wf, args_of = build_workload(opts, clock)
     durability: config.Durability = opts.durability or "normal"
-    db_cfg = config.DatabaseConfig(path=db_path, durability=durability)
+    db_cfg = config.DatabaseConfig(path=db_path, url=opts.database or "", durability=durability)
+    server = pgserver.postmaster_pid(opts.database) if opts.database else None
     eng_cfg = config.EngineConfig(
         shards=opts.shards,
         concurrency=opts.concurrency,
@@ -243,10 +245,12 @@ async def run_engine(opts: Options, db_path: Path) -> dict[str, Any]:
             rss_idle = current_rss_kib()
             cpu_start0 = cpu_s()
             t_start0 = time.perf_counter()
+            server0 = pgserver.server_cpu_s(server) if server else math.nan
             ids, started = await _start_all(client, wf, args_of, opts.workflows, opts.batch)
             start_s = time.perf_counter() - t_start0
             start_cpu_s = cpu_s() - cpu_start0
             cpu0 = cpu_s()
+            server0 = pgserver.server_cpu_s(server) if server else math.nan
             t0 = time.perf_counter()
             await engine.start()
             engine_started = True
@@ -258,6 +262,7 @@ async def run_engine(opts: Options, db_path: Path) -> dict[str, Any]:
             await client.open()
             rss_idle = current_rss_kib()
             cpu0 = cpu_s()
+            server0 = pgserver.server_cpu_s(server) if server else math.nan
             t0 = time.perf_counter()
         sampler = asyncio.create_task(
             _sample_busy(engine, samples, opts.sample_interval), name="bench.sampler"
@@ -272,6 +277,7 @@ async def run_engine(opts: Options, db_path: Path) -> dict[str, Any]:
             {done, stopped}, timeout=opts.timeout, return_when=asyncio.FIRST_COMPLETED
         )
         cpu_used = cpu_s() - cpu0
+        server_used = pgserver.server_cpu_s(server) - server0 if server else math.nan
         t_wait_end = time.perf_counter()
         done.cancel()
         if stopped.done():
@@ -309,8 +315,19 @@ async def run_engine(opts: Options, db_path: Path) -> dict[str, Any]:
         gc_tuned=opts.tune_gc,
         **gc_time.report(),
         engine_load=load,
-        file_bytes=file_bytes(db_path),
+        file_bytes=None if opts.database else file_bytes(db_path),
     )
+    if opts.database:
+        steps = opts.workflows * opts.steps_per_workflow
+        result.update(
+            database="postgresql",
+            server_cpu_s=None if math.isnan(server_used) else round(server_used, 3),
+            server_cpu_us_per_step=(
+                None
+                if math.isnan(server_used) or not steps
+                else round(server_used / steps * 1e6, 1)
+            ),
+        )
     return result
 
 
@@ -506,7 +523,9 @@ def run_async(loop: str, coro: Coroutine[Any, Any, T]) -> T:
 
 def _run(opts: Options, ns: object, folder: Path) -> dict[str, Any]:
     db_path = opts.db if opts.db is not None else folder / "bench.sqlite"
-    if db_path.exists():
+    if opts.database:
+        pgserver.check_fresh(opts.database)
+    elif db_path.exists():
         raise errors.ExecutorError(f"{db_path} exists; the benchmark needs a fresh database file")
     report = run_async(opts.loop, run_engine(opts, db_path))
     if opts.vs_floor:

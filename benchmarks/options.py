@@ -295,6 +295,13 @@ def build_parser(workloads: Sequence[Workload], prog: str | None = None) -> argp
         " .normal/.full to it",
     )
     parser.add_argument(
+        "--database",
+        metavar="URL",
+        default=None,
+        help="run on PostgreSQL at this postgresql:// URL instead of a SQLite file: an empty"
+        " database (it is migrated); the report adds the server's CPU when it runs here",
+    )
+    parser.add_argument(
         "--ceiling-batch",
         dest="ceiling_batch",
         type=_positive_int,
@@ -389,6 +396,7 @@ class Options:
     vs_floor: bool = False
     metrics: bool = True  # the engine's telemetry and sample row per heartbeat ([metrics])
     tune_gc: bool = True  # gcsettings.tune() once the engine has started, as the daemon does
+    database: str | None = None  # a PostgreSQL URL: run there instead of on a SQLite file
 
     @property
     def steps_per_workflow(self) -> int:
@@ -412,6 +420,10 @@ class Options:
     def params(self) -> dict[str, Any]:
         out = {f: getattr(self, f) for f in self.__slots__}
         out["db"] = None if self.db is None else str(self.db)
+        if self.database is not None:
+            from executor.configvalues import redact_url
+
+            out["database"] = redact_url(self.database)
         return out
 
 
@@ -439,6 +451,7 @@ def resolve(ns: argparse.Namespace, workloads: Sequence[Workload]) -> Options:
         prefill=ns.prefill,
         loop=ns.loop,
         db=ns.db,
+        database=ns.database,
         ceiling_batch=ns.ceiling_batch,
         sample_interval=ns.sample_interval,
         timeout=ns.timeout,

@@ -102,7 +102,8 @@ class _Pieces:
             record=self.recorder.add,
             unparks_ready=self.recorder.send_unparks,
             payload_limit=cfg.payload_limit_bytes,
-            payload_folder=payloads.folder(db.path),
+            # PostgreSQL keeps large payloads in its table: no folder (store/payloads.py).
+            payload_folder=payloads.folder(db.path) if db.dialect == "sqlite" else None,
             telemetry=engine.telemetry,
         )
         self.dispatcher = Dispatcher(

@@ -68,7 +68,7 @@ class StepRunner:
         record: Callable[[Outcome], None],
         unparks_ready: Callable[[], None],
         payload_limit: int,
-        payload_folder: Path,
+        payload_folder: Path | None,
         telemetry: Telemetry | None,
     ) -> None:
         self._registry = reg
@@ -195,7 +195,7 @@ class StepRunner:
             done = Outcome(_DONE, c.run_rid, c.pos, c.token, _SUCCEEDED, blob)
             if codec.is_immutable(value):
                 done.value, done.has_value = value, True
-            if len(blob) >= payloads.FILE_MIN_BYTES:
+            if len(blob) >= payloads.FILE_MIN_BYTES and self._payload_folder is not None:
                 # A large result goes to its file (fsynced) here, off the database thread and
                 # outside the write lock; the flush then only commits its row.
                 done.stored = await asyncio.to_thread(payloads.stage, self._payload_folder, blob)

@@ -1,19 +1,19 @@
-"""Recording one journal result: the fence every writer of a result goes through; and reading a
-run and its journal back for a replay.
+"""Recording journal results: the fence every writer of a result goes through (record_one, and
+record_many for a batch of finished steps); and reading runs and their journals back for a replay.
 
-A piece of transactions, not a transaction: the flush (repository.record, set-based for many
-results), the timers, a signal, a child's end and the operator verbs all record through it, in
-their own transaction, so a result is written at most once and always queues a replay entry.
+Pieces of transactions, not transactions: the flush (repository.record), the timers, a signal, a
+child's end and the operator verbs all record through them, in their own transaction, so a
+result is written at most once and always queues a replay entry.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-from executor.store import payloads
+from executor.store import payloads, pghot
 from executor.store.conn import Conn
-from executor.vocabulary import Delivery, JournalEntry, Outcome, RunSnapshot
+from executor.vocabulary import Delivery, JournalEntry, Outcome, RunSnapshot, RunState
 
 
 def record_one(conn: Conn, o: Outcome, now: float) -> Delivery | None:
@@ -40,6 +40,53 @@ def record_one(conn: Conn, o: Outcome, now: float) -> Delivery | None:
     return Delivery(o.run_rid, o.pos, seq, o.status, o.result, o.error, now, o.value, o.has_value)
 
 
+def record_many(done: list[Outcome], conn: Conn, now: float) -> list[Delivery]:
+    """Record finished steps with a few statements over the whole batch.
+
+    The same fences as journal.record_one, one statement each: our claim token still holds the
+    task, the step is still pending, the run is running or parked. sqlite3 lets go of the GIL
+    around every statement step, and the event loop keeps it busy, so per-row statements made
+    this the most expensive transaction of the engine.
+    """
+    if not done:
+        return []
+    if conn.dialect == "postgres":  # the fence was checked by the caller, in this transaction
+        return pghot.record(done, conn, now, None).deliveries
+    conn.execute(conn.q["record_in_create"])
+    conn.execute(conn.q["record_in_index"])
+    conn.execute(conn.q["record_in_clear"])
+    conn.executemany(
+        conn.q["record_in_add"],
+        [
+            (
+                i,
+                o.run_rid,
+                o.pos,
+                o.token,
+                o.status,
+                payloads.put(conn, o.stored or o.result, now),
+                o.error,
+            )
+            for i, o in enumerate(done)
+        ],
+    )
+    conn.execute(conn.q["record_in_fence_claim"])
+    conn.execute(conn.q["record_in_delete_tasks"])
+    conn.execute(conn.q["record_in_fence_step"])
+    conn.execute(conn.q["record_in_number"])
+    conn.execute(conn.q["record_in_steps"], {"now": now})
+    conn.execute(conn.q["record_in_runs"], {"now": now})
+    conn.execute(conn.q["record_in_replays"], {"now": now})
+    events = []
+    for i, seq in conn.execute(conn.q["record_in_recorded"]).fetchall():
+        o = done[i]
+        events.append(
+            Delivery(o.run_rid, o.pos, seq, o.status, o.result, o.error, now, o.value, o.has_value)
+        )
+    conn.execute(conn.q["record_in_clear"])
+    return events
+
+
 def drop_pending_work(conn: Conn, rid: int) -> None:
     """A run left the running states: its queued tasks, timers and waits go with it."""
     conn.execute(conn.q["delete_queued_tasks_of_run"], (rid,))
@@ -60,3 +107,60 @@ def snapshot(conn: Conn, row: Sequence[Any], entries: list[JournalEntry]) -> Run
     if payloads.is_ref(snap.args):
         snap = snap._replace(args=payloads.resolve(conn, snap.args))
     return snap
+
+
+def load_runs(conn: Conn, rids: Iterable[int]) -> dict[int, RunSnapshot]:
+    """Everything a full replay needs, for each run (missing runs are left out)."""
+    conn.execute(conn.q["begin_read"])  # one snapshot across the run rows and their journals
+    try:
+        if conn.dialect == "postgres":
+            return _load_batch(conn, list(rids))
+        out = {}
+        for rid in rids:
+            row = conn.execute(conn.q["select_run_for_replay"], (rid,)).fetchone()
+            if row is not None:
+                entries = [JournalEntry(*j) for j in conn.execute(conn.q["select_journal"], (rid,))]
+                out[rid] = snapshot(conn, row, entries)
+    finally:
+        conn.execute("COMMIT")
+    return out
+
+
+def load_deliveries(conn: Conn, after: Mapping[int, int]) -> dict[int, list[Delivery]]:
+    """For each running run, its journal results recorded after seq `after[rid]`, in seq order:
+    what a live instance misses when someone else recorded results (a signal, a child's end, a
+    resume), so it is fed just those instead of being rebuilt from the whole journal. Runs that
+    are no longer running are left out (they need the full path)."""
+    conn.execute(conn.q["begin_read"])  # one snapshot across the run rows and their journals
+    try:
+        out: dict[int, list[Delivery]] = {}
+        for rid, seq in after.items():
+            row = conn.execute(conn.q["run_status_of_rid"], (rid,)).fetchone()
+            if row is None or row[0] != RunState.RUNNING:
+                continue
+            out[rid] = [
+                Delivery(
+                    rid,
+                    pos,
+                    s,
+                    status,
+                    payloads.resolve(conn, result) if payloads.is_ref(result) else result,
+                    error,
+                    finished_at,
+                )
+                for pos, s, status, result, error, finished_at in conn.execute(
+                    conn.q["select_journal_after"], (rid, seq)
+                )
+            ]
+    finally:
+        conn.execute("COMMIT")
+    return out
+
+
+def _load_batch(conn: Conn, rids: list[int]) -> dict[int, RunSnapshot]:
+    """load_runs on PostgreSQL, inside its read snapshot: two statements for the whole batch."""
+    entries: dict[int, list[JournalEntry]] = {}
+    for rid, *entry in conn.execute(conn.q["select_journals"], (rids,)):
+        entries.setdefault(rid, []).append(JournalEntry(*entry))
+    rows = {row[0]: row for row in conn.execute(conn.q["select_runs_for_replay"], (rids,))}
+    return {rid: snapshot(conn, rows[rid], entries.get(rid, [])) for rid in rids if rid in rows}

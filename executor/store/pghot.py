@@ -3,30 +3,48 @@ each one statement over arrays (store/postgres/hot.sql) instead of a statement p
 
 store/repository.py calls these when `conn.dialect == "postgres"`, with the same arguments and
 results as its SQLite path, and keeps every rarer case (retries, parks, unparks, waits, children,
-published values) on the statements both dialects share. The fences are the same as SQLite's:
-a result is written only while our claim holds its task, its step is pending and its run running
-or parked (invariant 1), the task goes in the same transaction (3), and a recorded result queues
-its run's replay in it (2). What differs is that several processes write at once here: the
-statements lock the rows they decide on, or re-read them under their locks (see hot.sql).
+published values, payloads to store) on the statements both dialects share. The fences are the
+same as SQLite's: a result is written only while our claim holds its task, its step is pending
+and its run running or parked (invariant 1), the task goes in the same transaction (3), and a
+recorded result queues its run's replay in it (2); with a lease fence (store/leases.py), only
+in shards we still own at the epochs we hold, checked in the statement itself. What differs is
+that several processes write at once here: the statements lock the rows they decide on, or
+re-read them under their locks (see hot.sql).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
-from executor.store import children, journal, payloads
+from executor.store import leases, payloads
 from executor.store.conn import Conn
+from executor.store.database import transaction
+from executor.store.leases import Fence
 from executor.vocabulary import (
     Claimed,
     Delivery,
-    JournalEntry,
     Outcome,
     OutcomeKind,
+    Recorded,
     ReplayOutput,
-    RunSnapshot,
     StepKind,
     Unpark,
 )
+
+Each = Callable[[Conn, Sequence[ReplayOutput], float], int]
+
+
+def _lease(fence: Fence | None) -> dict[str, Any]:
+    """The parameters of a statement's `lease` CTE."""
+    if fence is None:
+        return {"fenced": False, "me": None, "lshards": [], "lepochs": []}
+    return {
+        "fenced": True,
+        "me": fence.engine,
+        "lshards": list(fence.epochs),
+        "lepochs": list(fence.epochs.values()),
+    }
 
 
 def claim(
@@ -37,6 +55,7 @@ def claim(
     wants: Sequence[tuple[int, int]],
     now: float,
     limits: bool,
+    fence: Fence | None,
 ) -> list[Claimed] | None:
     """repository.claim: one statement, its own transaction."""
     wanted = [(shard, n) for shard, n in wants if n > 0]
@@ -49,6 +68,7 @@ def claim(
             "token": token,
             "engine": engine_id,
             "now": now,
+            **_lease(fence),
         },
     ).fetchall()
     if not rows:
@@ -85,7 +105,7 @@ def claim(
 
 
 def one_statement(outcomes: Sequence[Outcome], unparks: Sequence[Unpark]) -> bool:
-    """Whether record_done alone is the whole record (it is then its own transaction): finished
+    """Whether `record` alone is the whole record (it is then its own transaction): finished
     steps only, no unparks, and no result that goes to the payload store first."""
     done = OutcomeKind.DONE
     return not unparks and all(
@@ -93,10 +113,11 @@ def one_statement(outcomes: Sequence[Outcome], unparks: Sequence[Unpark]) -> boo
     )
 
 
-def record_done(done: list[Outcome], conn: Conn, now: float) -> list[Delivery]:
-    """repository._record_done: finished steps in one statement (record_batch)."""
+def record(done: list[Outcome], conn: Conn, now: float, fence: Fence | None) -> Recorded:
+    """repository.record for finished steps, in one statement (record_batch); outcomes of
+    shards the fence no longer lets through are refused (not written)."""
     if not done:
-        return []
+        return Recorded([], [])
     rows = conn.execute(
         conn.q["record_batch"],
         {
@@ -107,16 +128,23 @@ def record_done(done: list[Outcome], conn: Conn, now: float) -> list[Delivery]:
             "status": [str(o.status) for o in done],
             "result": [payloads.put(conn, o.stored or o.result, now) for o in done],
             "error": [o.error for o in done],
+            "shard": [o.shard for o in done],
             "now": now,
+            **_lease(fence),
         },
     ).fetchall()
     events = []
-    for i, seq in sorted(rows):
+    refused = 0
+    for i, seq, owned in sorted(rows):
+        if i < 0:
+            if fence is not None:
+                refused = sum(1 for o in done if o.shard not in owned)
+            continue
         o = done[i]
         events.append(
             Delivery(o.run_rid, o.pos, seq, o.status, o.result, o.error, now, o.value, o.has_value)
         )
-    return events
+    return Recorded(events, [], refused)
 
 
 def batchable(out: ReplayOutput) -> bool:
@@ -129,13 +157,57 @@ def batchable(out: ReplayOutput) -> bool:
     return all(s.kind == StepKind.STEP for s in out.new_steps)
 
 
-def commit_batch(conn: Conn, outputs: Sequence[ReplayOutput], now: float) -> int:
-    """Inside repository.commit_replays' transaction: write the batchable outputs in one
-    statement; then finish the trees of the finished runs that have a parent or children, and
-    mark the outputs of runs no longer running in their generation as dropped. Returns the
-    number of tasks queued."""
+def commit_replays(
+    conn: Conn, outputs: Sequence[ReplayOutput], now: float, fence: Fence | None, each: Each
+) -> int:
+    """repository.commit_replays: the batchable outputs in one statement (commit_batch), the
+    others through `each` (repository.commit_each, a few statements per output).
+
+    The statement is its own transaction when it is all there is: no other output, no payload
+    to store first. Finished runs with a parent or children, which it leaves alone, then go
+    through `each` in a transaction of their own (they are in shards it let through); else
+    everything shares one transaction, fenced once at its start.
+    """
+    batch = [o for o in outputs if batchable(o)]
+    rest = [o for o in outputs if not batchable(o)]
+    if rest or not all(_inline(o) for o in batch):
+        return transaction(_commit_all)(conn, batch, rest, now, fence, each)
+    queued, deferred = commit_batch(conn, batch, now, fence)
+    if deferred:
+        queued += transaction(each)(conn, deferred, now)
+    return queued
+
+
+def _commit_all(
+    conn: Conn,
+    batch: list[ReplayOutput],
+    rest: list[ReplayOutput],
+    now: float,
+    fence: Fence | None,
+    each: Each,
+) -> int:
+    owned = leases.owned(conn, fence)
+    if owned is not None:
+        for out in (*batch, *rest):
+            out.dropped = out.shard not in owned
+        batch = [o for o in batch if not o.dropped]
+        rest = [o for o in rest if not o.dropped]
+    queued, deferred = commit_batch(conn, batch, now, None)
+    return queued + each(conn, deferred + rest, now)
+
+
+def _inline(out: ReplayOutput) -> bool:
+    return payloads.is_inline(out.result) and all(payloads.is_inline(s.args) for s in out.new_steps)
+
+
+def commit_batch(
+    conn: Conn, outputs: Sequence[ReplayOutput], now: float, fence: Fence | None
+) -> tuple[int, list[ReplayOutput]]:
+    """Write the batchable outputs in one statement; mark those of shards the fence refused, and
+    of runs no longer running in their generation, as dropped. Returns the tasks queued and the
+    outputs left for the per-row path (finished runs with a parent or children)."""
     if not outputs:
-        return 0
+        return 0, []
     steps = [(out.run_rid, s) for out in outputs for s in out.new_steps]
     rows = conn.execute(
         conn.q["commit_batch"],
@@ -149,6 +221,7 @@ def commit_batch(conn: Conn, outputs: Sequence[ReplayOutput], now: float) -> int
                 for out in outputs
             ],
             "error": [out.error for out in outputs],
+            "shard": [out.shard for out in outputs],
             "srid": [rid for rid, _ in steps],
             "spos": [s.pos for _, s in steps],
             "sname": [s.name for _, s in steps],
@@ -156,11 +229,17 @@ def commit_batch(conn: Conn, outputs: Sequence[ReplayOutput], now: float) -> int
             "sargs": [payloads.put_args(conn, s.args, now) for _, s in steps],
             "skey": [s.limit_key for _, s in steps],
             "now": now,
+            **_lease(fence),
         },
     ).fetchall()
-    tree = {rid: has_tree for rid, has_tree, _ in rows}
+    deferred_of = {rid: deferred for rid, deferred, _, _ in rows if rid >= 0}
+    owned = next(set(shards) for rid, _, _, shards in rows if rid < 0)
+    queued = max((int(count) for rid, _, count, _ in rows if rid >= 0), default=0)
+    deferred = []
     for out in outputs:
-        if out.run_rid not in tree:
+        if fence is not None and out.shard not in owned:
+            out.dropped = True  # its new owner replays the run from the journal
+        elif out.run_rid not in deferred_of:
             out.dropped = True
             state = conn.execute(conn.q["run_state_for_commit"], (out.run_rid,)).fetchone()
             if state is not None and state[1] == out.generation:
@@ -168,21 +247,6 @@ def commit_batch(conn: Conn, outputs: Sequence[ReplayOutput], now: float) -> int
                 conn.execute(
                     conn.q["delete_inactive_replay"], (out.run_rid, out.consumed_seq, out.run_rid)
                 )
-        elif out.finished is not None and tree[out.run_rid]:
-            # Its pending work went in the statement; its children go now, and a parent waiting
-            # for it gets its entry (children.run_left does both, in this transaction).
-            out.recorded.extend(
-                children.run_left(conn, out.run_rid, out.finished, out.result, out.error, now)
-            )
-    return int(rows[0][2]) if rows else 0
-
-
-def load_runs(conn: Conn, rids: list[int]) -> dict[int, RunSnapshot]:
-    """repository.load_runs inside its read snapshot: two statements for the whole batch."""
-    entries: dict[int, list[JournalEntry]] = {}
-    for rid, *entry in conn.execute(conn.q["select_journals"], (rids,)):
-        entries.setdefault(rid, []).append(JournalEntry(*entry))
-    rows = {row[0]: row for row in conn.execute(conn.q["select_runs_for_replay"], (rids,))}
-    return {
-        rid: journal.snapshot(conn, rows[rid], entries.get(rid, [])) for rid in rids if rid in rows
-    }
+        elif deferred_of[out.run_rid]:
+            deferred.append(out)
+    return queued, deferred

@@ -14,7 +14,7 @@ Each public function here is one transaction (or one read) and runs on the datab
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Sequence
 
 import orjson
 
@@ -28,14 +28,12 @@ from executor.vocabulary import (
     UNREGISTERED,
     Claimed,
     Delivery,
-    JournalEntry,
     NewRun,
     Outcome,
     OutcomeKind,
     Recorded,
     ReplayOutput,
     RunRow,
-    RunSnapshot,
     RunState,
     StepKind,
     StepState,
@@ -118,29 +116,9 @@ def claim(
         # Nothing to claim: check the epoch with a read, without taking the write lock.
         current = conn.execute(conn.q["select_epoch"]).fetchone()[0]
         return [] if current == epoch else None
-    if conn.dialect == "postgres":
-        if fence is None:
-            return pghot.claim(conn, engine_id, epoch, token, wants, now, limits)
-        return _claim_fenced(conn, engine_id, epoch, token, wants, now, limits, fence)
+    if conn.dialect == "postgres":  # one statement, the lease fence in it (store/pghot.py)
+        return pghot.claim(conn, engine_id, epoch, token, wants, now, limits, fence)
     return _claim(conn, engine_id, epoch, token, wants, now, limits, fence)
-
-
-@transaction
-def _claim_fenced(
-    conn: Conn,
-    engine_id: int,
-    epoch: int,
-    token: int,
-    wants: Sequence[tuple[int, int]],
-    now: float,
-    limits: bool,
-    fence: Fence,
-) -> list[Claimed] | None:
-    """PostgreSQL: the one-statement claim, after the lease check in the same transaction (its
-    FOR SHARE holds our lease rows until the commit: a thief's epoch bump waits for us)."""
-    owned = leases.owned(conn, fence) or frozenset()
-    wants = [(shard, n) for shard, n in wants if shard in owned]
-    return pghot.claim(conn, engine_id, epoch, token, wants, now, limits)
 
 
 @transaction
@@ -222,8 +200,8 @@ def record(
     claims when it took the shard, so the token fence would refuse them too; two fences. Unparks
     come after the outcomes, so one never misses a park of the same batch that it answers.
     """
-    if conn.dialect == "postgres" and fence is None and pghot.one_statement(outcomes, unparks):
-        return Recorded(pghot.record_done(list(outcomes), conn, now), [])
+    if conn.dialect == "postgres" and pghot.one_statement(outcomes, unparks):
+        return pghot.record(list(outcomes), conn, now, fence)
     return _record(conn, outcomes, unparks, now, fence)
 
 
@@ -241,7 +219,7 @@ def _record(
         kept = [o for o in outcomes if o.shard in owned]
         refused, outcomes = len(outcomes) - len(kept), kept
     done = OutcomeKind.DONE  # a local name: faster than the class attribute, per outcome
-    deliveries = _record_done([o for o in outcomes if o.kind is done], conn, now)
+    deliveries = journal.record_many([o for o in outcomes if o.kind is done], conn, now)
     for o in outcomes:
         if o.kind is done:
             continue  # recorded above
@@ -281,53 +259,6 @@ def _record(
         if found < u.tasks:
             short.append(Unpark(u.group, u.tasks - found))
     return Recorded(deliveries, short, refused)
-
-
-def _record_done(done: list[Outcome], conn: Conn, now: float) -> list[Delivery]:
-    """Record finished steps with a few statements over the whole batch.
-
-    The same fences as journal.record_one, one statement each: our claim token still holds the
-    task, the step is still pending, the run is running or parked. sqlite3 lets go of the GIL
-    around every statement step, and the event loop keeps it busy, so per-row statements made
-    this the most expensive transaction of the engine.
-    """
-    if not done:
-        return []
-    if conn.dialect == "postgres":
-        return pghot.record_done(done, conn, now)
-    conn.execute(conn.q["record_in_create"])
-    conn.execute(conn.q["record_in_index"])
-    conn.execute(conn.q["record_in_clear"])
-    conn.executemany(
-        conn.q["record_in_add"],
-        [
-            (
-                i,
-                o.run_rid,
-                o.pos,
-                o.token,
-                o.status,
-                payloads.put(conn, o.stored or o.result, now),
-                o.error,
-            )
-            for i, o in enumerate(done)
-        ],
-    )
-    conn.execute(conn.q["record_in_fence_claim"])
-    conn.execute(conn.q["record_in_delete_tasks"])
-    conn.execute(conn.q["record_in_fence_step"])
-    conn.execute(conn.q["record_in_number"])
-    conn.execute(conn.q["record_in_steps"], {"now": now})
-    conn.execute(conn.q["record_in_runs"], {"now": now})
-    conn.execute(conn.q["record_in_replays"], {"now": now})
-    events = []
-    for i, seq in conn.execute(conn.q["record_in_recorded"]).fetchall():
-        o = done[i]
-        events.append(
-            Delivery(o.run_rid, o.pos, seq, o.status, o.result, o.error, now, o.value, o.has_value)
-        )
-    conn.execute(conn.q["record_in_clear"])
-    return events
 
 
 def fire_timers(conn: Conn, now: float, limit: int, fence: Fence | None = None) -> list[Delivery]:
@@ -389,55 +320,11 @@ def pending_replays(
     return [(r, s, g) for r, s, g in rows]
 
 
-def load_runs(conn: Conn, rids: Iterable[int]) -> dict[int, RunSnapshot]:
-    """Everything a full replay needs, for each run (missing runs are left out)."""
-    conn.execute(conn.q["begin_read"])  # one snapshot across the run rows and their journals
-    try:
-        if conn.dialect == "postgres":
-            return pghot.load_runs(conn, list(rids))
-        out = {}
-        for rid in rids:
-            row = conn.execute(conn.q["select_run_for_replay"], (rid,)).fetchone()
-            if row is not None:
-                entries = [JournalEntry(*j) for j in conn.execute(conn.q["select_journal"], (rid,))]
-                out[rid] = journal.snapshot(conn, row, entries)
-    finally:
-        conn.execute("COMMIT")
-    return out
+# The replay's reads (store/journal.py), under the names the engine has always called.
+load_runs = journal.load_runs
+load_deliveries = journal.load_deliveries
 
 
-def load_deliveries(conn: Conn, after: Mapping[int, int]) -> dict[int, list[Delivery]]:
-    """For each running run, its journal results recorded after seq `after[rid]`, in seq order:
-    what a live instance misses when someone else recorded results (a signal, a child's end, a
-    resume), so it is fed just those instead of being rebuilt from the whole journal. Runs that
-    are no longer running are left out (they need the full path)."""
-    conn.execute(conn.q["begin_read"])  # one snapshot across the run rows and their journals
-    try:
-        out: dict[int, list[Delivery]] = {}
-        for rid, seq in after.items():
-            row = conn.execute(conn.q["run_status_of_rid"], (rid,)).fetchone()
-            if row is None or row[0] != RunState.RUNNING:
-                continue
-            out[rid] = [
-                Delivery(
-                    rid,
-                    pos,
-                    s,
-                    status,
-                    payloads.resolve(conn, result) if payloads.is_ref(result) else result,
-                    error,
-                    finished_at,
-                )
-                for pos, s, status, result, error, finished_at in conn.execute(
-                    conn.q["select_journal_after"], (rid, seq)
-                )
-            ]
-    finally:
-        conn.execute("COMMIT")
-    return out
-
-
-@transaction
 def commit_replays(
     conn: Conn, outputs: Sequence[ReplayOutput], now: float, fence: Fence | None = None
 ) -> int:
@@ -452,15 +339,26 @@ def commit_replays(
     With `fence`, neither is an output of a shard the engine no longer owns at the epoch it holds
     (its new owner replays the run from the journal).
     """
-    queued = 0
+    if conn.dialect == "postgres":  # the plain outputs in one statement (store/pghot.py)
+        return pghot.commit_replays(conn, outputs, now, fence, commit_each)
+    return _commit_replays(conn, outputs, now, fence)
+
+
+@transaction
+def _commit_replays(
+    conn: Conn, outputs: Sequence[ReplayOutput], now: float, fence: Fence | None
+) -> int:
     owned = leases.owned(conn, fence)
     if owned is not None:
         for out in outputs:
             out.dropped = out.shard not in owned
         outputs = [out for out in outputs if not out.dropped]
-    if conn.dialect == "postgres":  # the plain outputs in one statement, the rest below
-        queued = pghot.commit_batch(conn, [o for o in outputs if pghot.batchable(o)], now)
-        outputs = [o for o in outputs if not pghot.batchable(o)]
+    return commit_each(conn, outputs, now)
+
+
+def commit_each(conn: Conn, outputs: Sequence[ReplayOutput], now: float) -> int:
+    """commit_replays inside an open transaction, a statement or a few per output."""
+    queued = 0
     for out in outputs:
         if not out.inactive:
             state = conn.execute(conn.q["run_state_for_commit"], (out.run_rid,)).fetchone()

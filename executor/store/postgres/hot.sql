@@ -4,13 +4,25 @@
 -- Two shapes EXPLAIN showed to be quadratic are avoided: a join between two CTEs (the planner
 -- estimates a data-modifying CTE at one row and loops over the other), and an UPDATE by key of
 -- rows a CTE picked (a hash join over a scan of the table): rows are updated by ctid instead.
+--
+-- The lease fence (store/leases.py) is in each statement, as the CTE `lease`: with %(fenced)s,
+-- only shards whose row still names us (%(me)s) at the epoch we hold are written. It locks
+-- those rows FOR SHARE (not FOR KEY SHARE: owner and epoch are not key columns) until the
+-- statement commits, so a thief's epoch bump waits for us, and we see its epoch if it won.
 
 -- name: claim_batch
 -- Up to n queued tasks of each (shard, n), oldest workflow first, marked with our claim; their
 -- steps count an attempt. Nothing is claimed once the stored epoch has moved past ours.
-WITH want AS (
+WITH lease AS (          -- the shards we still own at the epochs we hold (store/leases.owned)
+    SELECT l.shard FROM shard_leases AS l
+    JOIN unnest(%(lshards)s::bigint[], %(lepochs)s::bigint[]) AS e (shard, epoch)
+      ON l.shard = e.shard AND l.epoch = e.epoch
+    WHERE %(fenced)s AND l.owner = %(me)s
+    FOR SHARE OF l
+), want AS (
     SELECT w.shard, w.n FROM unnest(%(shards)s::bigint[], %(limits)s::bigint[]) AS w (shard, n)
     WHERE (SELECT value FROM meta WHERE key = 'epoch') = %(epoch)s
+      AND (NOT %(fenced)s OR w.shard = ANY (ARRAY(SELECT shard FROM lease)))
 ), picked AS (
     SELECT t.ctid AS tid FROM want AS w CROSS JOIN LATERAL (
         SELECT ctid FROM tasks
@@ -41,12 +53,21 @@ RETURNING s.run_rid, s.pos, c.shard, c.attempt, s.name, s.args, s.limit_key, r.i
 -- runs are numbered in `bumped`, which re-reads each row under its lock (its status and
 -- last_seq as committed now), and the steps take their seqs from what it returns, looked up by
 -- rid in one JSON object (joining the two CTEs would be a nested loop of one over the other).
--- A step whose run is no longer running or parked loses its task and writes nothing.
-WITH b AS (
+-- A step whose run is no longer running or parked loses its task and writes nothing. Returns
+-- each recorded result's place in the batch and seq, and a last row with the shards the fence
+-- let through.
+WITH lease AS (          -- the shards we still own at the epochs we hold (store/leases.owned)
+    SELECT l.shard FROM shard_leases AS l
+    JOIN unnest(%(lshards)s::bigint[], %(lepochs)s::bigint[]) AS e (shard, epoch)
+      ON l.shard = e.shard AND l.epoch = e.epoch
+    WHERE %(fenced)s AND l.owner = %(me)s
+    FOR SHARE OF l
+), b AS (
     SELECT * FROM unnest(%(i)s::bigint[], %(rid)s::bigint[], %(pos)s::bigint[],
                          %(token)s::bigint[], %(status)s::text[], %(result)s::bytea[],
-                         %(error)s::bytea[])
-        AS b (i, rid, pos, token, status, result, error)
+                         %(error)s::bytea[], %(shard)s::bigint[])
+        AS b (i, rid, pos, token, status, result, error, shard)
+    WHERE NOT %(fenced)s OR b.shard = ANY (ARRAY(SELECT shard FROM lease))
 ), firsts AS (          -- a step twice in one batch (with one claim) counts once
     SELECT DISTINCT ON (rid, pos, token) * FROM b ORDER BY rid, pos, token, i
 ), fenced AS (
@@ -76,34 +97,49 @@ WITH b AS (
     SELECT rid, shard, last_seq, %(now)s FROM bumped
     ON CONFLICT (run_rid) DO UPDATE SET seq = greatest(replays.seq, excluded.seq)
 )
-SELECT n.i, (m.of ->> n.rid::text)::bigint + n.k
+SELECT n.i, (m.of ->> n.rid::text)::bigint + n.k, NULL::bigint[]
 FROM ok AS n, base AS m
-WHERE (m.of ->> n.rid::text) IS NOT NULL;
+WHERE (m.of ->> n.rid::text) IS NOT NULL
+UNION ALL               -- and the shards the fence let through (i = -1)
+SELECT -1, NULL, ARRAY(SELECT shard FROM lease);
 
 -- name: commit_batch
 -- What a batch of replays produced, for outputs whose new steps are all plain steps (a task
 -- each) and that finish with no new step or do not finish: store/pghot.py sends the rest through
--- the statements of repository.commit_replays. `live` locks each run still running in the
+-- the statements of repository.commit_each. `live` locks each run still running in the
 -- generation its replay read (run_state_for_commit's lock); only those are written. A finished
--- run's queued tasks, timers and waits go with it; the rows returned say which live runs have a
--- parent or children, for store/children.py to finish the tree.
-WITH o AS (
+-- run's queued tasks, timers and waits go with it, in this statement; a finished run with a
+-- parent or children is left alone here ("deferred": its tree is finished by
+-- children.run_left, in the transaction of the per-row path). Returns each live run, whether
+-- it was deferred, and the tasks queued; and a last row with the shards the fence let through.
+WITH lease AS (          -- the shards we still own at the epochs we hold (store/leases.owned)
+    SELECT l.shard FROM shard_leases AS l
+    JOIN unnest(%(lshards)s::bigint[], %(lepochs)s::bigint[]) AS e (shard, epoch)
+      ON l.shard = e.shard AND l.epoch = e.epoch
+    WHERE %(fenced)s AND l.owner = %(me)s
+    FOR SHARE OF l
+), o AS (
     SELECT * FROM unnest(%(rid)s::bigint[], %(gen)s::bigint[], %(consumed)s::bigint[],
-                         %(finished)s::text[], %(result)s::bytea[], %(error)s::bytea[])
-        AS o (rid, gen, consumed, finished, result, error)
+                         %(finished)s::text[], %(result)s::bytea[], %(error)s::bytea[],
+                         %(shard)s::bigint[])
+        AS o (rid, gen, consumed, finished, result, error, shard)
+    WHERE NOT %(fenced)s OR o.shard = ANY (ARRAY(SELECT shard FROM lease))
 ), live AS (
-    SELECT r.rid, o.finished IS NOT NULL AS finished,
-           r.parent_rid IS NOT NULL
-           OR EXISTS (SELECT 1 FROM runs AS c WHERE c.parent_rid = r.rid) AS tree
+    SELECT r.rid,
+           o.finished IS NOT NULL
+           AND (r.parent_rid IS NOT NULL
+                OR EXISTS (SELECT 1 FROM runs AS c WHERE c.parent_rid = r.rid)) AS deferred
     FROM o JOIN runs AS r ON r.rid = o.rid
     WHERE r.rid = ANY (%(rid)s::bigint[])    -- an index scan of runs, not a hash of all of it
       AND r.status = 'running' AND r.generation = o.gen
     FOR NO KEY UPDATE OF r
+), act AS (             -- the live runs this statement writes
+    SELECT rid FROM live WHERE NOT deferred
 ), n AS (
     SELECT * FROM unnest(%(srid)s::bigint[], %(spos)s::bigint[], %(sname)s::text[],
                          %(sfp)s::text[], %(sargs)s::bytea[], %(skey)s::text[])
         AS n (rid, pos, name, fp, args, limit_key)
-    WHERE n.rid = ANY (ARRAY(SELECT rid FROM live))
+    WHERE n.rid = ANY (ARRAY(SELECT rid FROM act))
 ), ins AS (
     INSERT INTO steps (run_rid, pos, kind, name, fingerprint, args, status, created_at, limit_key)
     SELECT rid, pos, 'step', name, fp, args, 'pending', %(now)s, limit_key FROM n
@@ -114,15 +150,14 @@ WITH o AS (
     SELECT i.run_rid, i.pos, r.shard, coalesce(r.root_rid, r.rid)
     FROM ins AS i JOIN runs AS r ON r.rid = i.run_rid
     RETURNING 1
-), fin AS (
+), gone AS (            -- finished here
     UPDATE runs AS r
     SET status = o.finished, result = o.result, error = o.error, finished_at = %(now)s,
         updated_at = %(now)s
     FROM o
-    WHERE r.rid = o.rid AND o.finished IS NOT NULL AND r.status = 'running'
-      AND r.rid = ANY (ARRAY(SELECT rid FROM live))
-), gone AS (
-    SELECT rid FROM live WHERE finished
+    WHERE r.rid = ANY (ARRAY(SELECT rid FROM act))
+      AND r.rid = o.rid AND o.finished IS NOT NULL AND r.status = 'running'
+    RETURNING r.rid
 ), drop_tasks AS (
     DELETE FROM tasks WHERE run_rid = ANY (ARRAY(SELECT rid FROM gone)) AND claim_token IS NULL
 ), drop_timers AS (
@@ -131,10 +166,12 @@ WITH o AS (
     DELETE FROM waits WHERE run_rid = ANY (ARRAY(SELECT rid FROM gone))
 ), done AS (            -- the replay entries consumed: all of a finished run's
     DELETE FROM replays AS p USING o
-    WHERE p.run_rid = ANY (ARRAY(SELECT rid FROM live))
+    WHERE p.run_rid = ANY (ARRAY(SELECT rid FROM act))
       AND p.run_rid = o.rid AND (o.finished IS NOT NULL OR p.seq <= o.consumed)
 )
-SELECT rid, tree, (SELECT count(*) FROM tk) FROM live;
+SELECT rid, deferred, (SELECT count(*) FROM tk), NULL::bigint[] FROM live
+UNION ALL               -- and the shards the fence let through (rid = -1)
+SELECT -1, false, 0, ARRAY(SELECT shard FROM lease);
 
 -- name: select_runs_for_replay
 -- select_run_for_replay for a batch of runs (store/pghot.py load_runs), with the rid first.

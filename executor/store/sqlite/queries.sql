@@ -266,7 +266,7 @@ JOIN runs AS r ON r.rid = t.run_rid
 WHERE t.claim_token = ?
 ORDER BY t.order_rid, t.run_rid, t.pos;
 
--- Recording a batch of finished steps, set-based (repository._record_done): the outcomes go into
+-- Recording a batch of finished steps, set-based (journal.record_many): the outcomes go into
 -- a temporary table, and each fence and write is one statement over the whole batch.
 
 -- name: record_in_create

@@ -82,12 +82,17 @@ class Int(Spec):
 class Seconds(Spec):
     expected = "a number of seconds greater than 0"
 
+    def __init__(self, *, zero: bool = False) -> None:
+        self.zero = zero  # 0 allowed (it means "no wait")
+        if zero:
+            self.expected = "a number of seconds, 0 or more"
+
     def parse(self, value: object) -> object:
         # bool is an int subclass, but `lease_s = true` is a mistake, not 1 second.
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise self.fail()
         seconds = float(value)
-        if not math.isfinite(seconds) or seconds <= 0:
+        if not math.isfinite(seconds) or seconds < 0 or (seconds == 0 and not self.zero):
             raise self.fail()
         return seconds
 

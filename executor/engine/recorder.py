@@ -1,10 +1,12 @@
 """The recorder: the outbox of step outcomes and unparks, written many per transaction.
 
-Finished steps wait here a moment (engine.flush_interval_s) so one commit records many of them
-(group commit). The limiter's unparks travel the same way, after any park they answer, so a
-group's parks and unparks reach the database in order. After each commit the recorder hands the
-journal entries written to the replayer, frees the slots of results the fence dropped, and
-tells the limiter which unparks found fewer parked tasks than it thought.
+Finished steps wait here for one pass of the event loop (or engine.flush_interval_s, if set), so
+one commit records all that finished in it; those finishing while a commit runs join the next
+(group commit: batches grow with the load, and an idle engine adds no wait to a step). The
+limiter's unparks travel the same way, after any park they answer, so a group's parks and
+unparks reach the database in order. After each commit the recorder hands the journal entries
+written to the replayer, frees the slots of results the fence dropped, and tells the limiter
+which unparks found fewer parked tasks than it thought.
 """
 
 from __future__ import annotations

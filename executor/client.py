@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import random
 import time
-import uuid
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -202,7 +201,7 @@ class Client(ScheduleCalls):
             validate.text("concurrency_key", concurrency_key)
         if shard_key is not None:
             validate.text("shard_key", shard_key)
-            run_id = str(uuid.uuid4())
+            run_id = sharding.random_uuid()
             shard = sharding.shard_of(shard_key, self.db.shards)
         else:
             # Runs without a shard key are dealt round-robin, so every shard's pool gets its

@@ -4,7 +4,7 @@ a shard (rendezvous hashing over the live engines)."""
 from __future__ import annotations
 
 import hashlib
-import uuid
+import os
 import zlib
 from collections.abc import Sequence
 
@@ -18,6 +18,35 @@ def shard_of(key: str, shards: int) -> int:
 _ENDINGS = [f"{i:03x}".encode() for i in range(4096)]
 
 
+class _Randomness:
+    """os.urandom read 4 KiB at a time: a read per id was a system call that lets go of the GIL,
+    and the event loop's thread can then wait a whole switch interval (5 ms) to get it back."""
+
+    def __init__(self) -> None:
+        self._pid = 0
+        self._buf = b""
+        self._at = 0
+
+    def take16(self) -> bytes:
+        if self._at + 16 > len(self._buf) or self._pid != os.getpid():  # not shared with a fork
+            self._pid = os.getpid()
+            self._buf, self._at = os.urandom(4096), 0
+        self._at += 16
+        return self._buf[self._at - 16 : self._at]
+
+
+_random = _Randomness()
+
+
+def random_uuid() -> str:
+    """A random UUID (version 4) as str(uuid.uuid4()) writes it, from the buffered randomness."""
+    b = bytearray(_random.take16())
+    b[6] = (b[6] & 0x0F) | 0x40  # version 4
+    b[8] = (b[8] & 0x3F) | 0x80  # the RFC 4122 variant
+    h = b.hex()
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+
+
 def run_id_for_shard(shard: int, shards: int) -> str:
     """A random UUID-shaped run id whose shard_of() is `shard`.
 
@@ -25,7 +54,7 @@ def run_id_for_shard(shard: int, shards: int) -> str:
     `shards` crc32 steps over three bytes, not a retry per random id.
     """
     while True:
-        head = str(uuid.uuid4())[:-3]
+        head = random_uuid()[:-3]
         crc = zlib.crc32(head.encode())
         for ending in _ENDINGS:
             if zlib.crc32(ending, crc) % shards == shard:

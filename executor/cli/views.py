@@ -39,7 +39,7 @@ def history_text(h: RunHistory, now: float) -> str:
         ("run", h.id),
         ("workflow", h.workflow + (f" (version {h.version})" if h.version else "")),
         ("status", h.status),
-        ("shard", str(h.shard)),
+        ("shard", f"{h.shard}, owned by {h.owner or 'no engine now'}"),
         ("created", when(h.created_at)),
         ("finished", when(h.finished_at)),
         ("events", str(h.events)),

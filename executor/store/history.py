@@ -105,6 +105,9 @@ class RunHistory:
     error: dict[str, Any] | None
     positions: tuple[Position, ...]
     waiting: tuple[Waiting, ...]
+    # Which engine owns the run's shard by lease (docs/SCALE-OUT.md): "engine 2 (pid 4242 on
+    # web-1)"; None: no engine owns it now.
+    owner: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         out = {f.name: getattr(self, f.name) for f in fields(self)}
@@ -244,6 +247,7 @@ def run_history(conn: Conn, run_id: str, now: float) -> RunHistory | None:
         rid = run[0]
         rows = conn.execute(conn.q["history_steps"], (rid,)).fetchall()
         replay = conn.execute(conn.q["history_replay"], (rid,)).fetchone()
+        lease = conn.execute(conn.q["lease_of_shard"], (run[4],)).fetchone()
     finally:
         conn.execute("COMMIT")
     (
@@ -299,7 +303,15 @@ def run_history(conn: Conn, run_id: str, now: float) -> RunHistory | None:
         run_error,
         positions,
         tuple(waiting),
+        _owner(lease),
     )
+
+
+def _owner(lease: tuple[Any, ...] | None) -> str | None:
+    if lease is None or lease[0] is None:
+        return None
+    engine, pid, host = lease
+    return f"engine {engine} (pid {pid} on {host})"
 
 
 class CurrentStep(NamedTuple):

@@ -122,6 +122,8 @@ async def test_history_of_runs_in_every_state(
             1,
         )
         assert p.engine is not None and h.waiting[0].engine == p.engine
+        # The run's shard is owned by the engine, by lease.
+        assert h.owner is not None and h.owner.startswith(f"engine {p.engine} (pid ")
         assert p.started_at is not None and p.finished_at is None and p.duration_s is None
 
         h = await client.history(queued)

@@ -67,3 +67,8 @@ ORDER BY p.run_rid LIMIT %s;
 SELECT run_rid, pos, kind, shard FROM timers
 WHERE fire_at <= %s AND shard IN (SELECT shard FROM shard_leases WHERE owner = %s)
 ORDER BY fire_at LIMIT %s;
+
+-- name: lease_of_shard
+SELECT l.owner, e.pid, e.host
+FROM shard_leases AS l LEFT JOIN engines AS e ON e.id = l.owner
+WHERE l.shard = %s;

@@ -70,3 +70,9 @@ ORDER BY p.run_rid LIMIT ?;
 SELECT run_rid, pos, kind, shard FROM timers
 WHERE fire_at <= ? AND shard IN (SELECT shard FROM shard_leases WHERE owner = ?)
 ORDER BY fire_at LIMIT ?;
+
+-- name: lease_of_shard
+-- `executor show`: which engine owns a run's shard.
+SELECT l.owner, e.pid, e.host
+FROM shard_leases AS l LEFT JOIN engines AS e ON e.id = l.owner
+WHERE l.shard = ?;

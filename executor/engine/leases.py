@@ -2,7 +2,7 @@
 
 The only writer of the owned set. Its tick runs in upkeep's heartbeat loop, one transaction
 (store/leases.tick): renew what we hold, hand back the shards we have drained, take the free or
-expired shards rendezvous hashing gives us. In between ticks:
+expired shards rendezvous hashing (bounded loads) gives us. In between ticks:
 
 - the slot pool claims only for shards we own and are not handing over (`SlotPool.own`);
 - a shard we should no longer own (a daemon joined, or we are stopping) is drained first: no new

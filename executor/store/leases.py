@@ -2,8 +2,9 @@
 
 A shard is owned through its row in `shard_leases` (owner, epoch, expiry). An engine's tick
 (`tick`, one transaction) renews what it holds by shard and epoch, hands back shards it has
-drained, and takes the shards rendezvous hashing gives it that are free or expired, with epoch + 1,
-putting the previous owner's claims back in the queue in the same transaction. Every claim,
+drained, and takes the free or expired shards that rendezvous hashing with bounded loads
+(sharding.assign) gives it, with epoch + 1, putting the previous owner's claims back in the
+queue in the same transaction. Every claim,
 record, replay commit and timer transaction asks `owned` which of the engine's shards it still
 holds at the epoch it believes, in the same transaction, and writes nothing for the others: a
 paused old owner cannot write after losing a shard (research scale-out.md 4.3-4.4).
@@ -23,7 +24,7 @@ import orjson
 
 from executor.store.conn import Conn
 from executor.store.database import transaction
-from executor.store.sharding import rendezvous
+from executor.store.sharding import assign
 from executor.vocabulary import EngineState
 
 
@@ -40,7 +41,7 @@ class Tick(NamedTuple):
 
     kept: dict[int, int]  # shard -> epoch: held and renewed
     acquired: dict[int, int]  # shard -> epoch: taken now (free or expired)
-    mine: frozenset[int]  # shards rendezvous hashing gives this engine
+    mine: frozenset[int]  # shards sharding.assign gives this engine
     requeued: int  # claims of previous owners put back in the queue
     peers: int  # engines sharing the shards (running, current epoch), this one included
 
@@ -102,8 +103,8 @@ def tick(
         int(row[0])
         for row in conn.execute(conn.q["lease_candidates"], {"now": now, "lease_s": lease_s})
     ]
-    shards = [int(row[0]) for row in conn.execute(conn.q["lease_shards"])]
-    mine = frozenset(s for s in shards if rendezvous(s, peers) == me)
+    shards = tuple(int(row[0]) for row in conn.execute(conn.q["lease_shards"]))
+    mine = frozenset(s for s, owner in assign(shards, tuple(peers)).items() if owner == me)
     want = mine - kept.keys() - handed.keys()
     acquired: dict[int, int] = {}
     requeued = 0

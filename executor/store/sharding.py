@@ -3,6 +3,7 @@ a shard (rendezvous hashing over the live engines)."""
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 import zlib
@@ -61,17 +62,35 @@ def run_id_for_shard(shard: int, shards: int) -> str:
                 return head + ending.decode()
 
 
-def rendezvous(shard: int, engines: Sequence[int]) -> int | None:
-    """The engine that should own `shard` among `engines` (None if there is none).
+def _score(shard: int, engine: int) -> bytes:
+    # blake2b, not hash(): the same in every process and release.
+    return hashlib.blake2b(f"{shard}:{engine}".encode(), digest_size=8).digest()
 
-    Rendezvous (highest random weight) hashing: every engine scores every shard and the highest
-    score wins, so each daemon computes the same owner from the same rows with no coordinator,
-    and a join or a death moves only the shards whose winner changed (about 1/N of them).
-    blake2b, not hash(): the same in every process and release.
+
+def rendezvous(shard: int, engines: Sequence[int]) -> int | None:
+    """The engine that scores highest for `shard` (None if there is none): rendezvous (highest
+    random weight) hashing, so a join or a death changes the winner of only about 1/N shards."""
+    return max(engines, key=lambda e: _score(shard, e), default=None)
+
+
+@functools.lru_cache(maxsize=64)
+def assign(shards: tuple[int, ...], engines: tuple[int, ...]) -> dict[int, int]:
+    """Which engine should own each shard: rendezvous hashing with bounded loads.
+
+    Each shard goes to the highest-scoring engine that has fewer than ceil(S/N) shards so far
+    (shards taken in order), so every daemon computes the same owners from the same rows, with
+    no coordinator; a join or a death moves about S/N shards plus a few the cap displaces; and
+    no engine gets more than ceil(S/N) (plain rendezvous can give 5 of 8 shards to one of three).
     """
-    best: tuple[bytes, int] | None = None
-    for engine in engines:
-        score = hashlib.blake2b(f"{shard}:{engine}".encode(), digest_size=8).digest()
-        if best is None or score > best[0]:
-            best = (score, engine)
-    return None if best is None else best[1]
+    if not engines:
+        return {}
+    cap = -(-len(shards) // len(engines))
+    load = dict.fromkeys(engines, 0)
+    out = {}
+    for shard in shards:
+        for engine in sorted(engines, key=lambda e: _score(shard, e), reverse=True):
+            if load[engine] < cap:
+                out[shard] = engine
+                load[engine] += 1
+                break
+    return out

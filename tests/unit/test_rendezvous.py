@@ -1,12 +1,13 @@
-"""Rendezvous hashing (store/sharding.rendezvous): every process computes the same owner, and a
-join or a death moves only the shards that must move."""
+"""Rendezvous hashing (store/sharding.rendezvous, and `assign`, with bounded loads): every process
+computes the same owners, a join or a death moves only (about) the shards that must move, and
+`assign` never gives an engine more than its share."""
 
 from __future__ import annotations
 
 from hypothesis import given
 from hypothesis import strategies as st
 
-from executor.store.sharding import rendezvous
+from executor.store.sharding import assign, rendezvous
 
 engines = st.lists(st.integers(1, 10_000), min_size=1, max_size=8, unique=True)
 
@@ -43,3 +44,30 @@ def test_shards_spread_over_the_engines() -> None:
         owners.count(e) for e in (1, 2, 3)
     ]
     assert rendezvous(0, []) is None
+
+
+SHARDS = tuple(range(64))
+
+
+@given(engines)
+def test_assign_gives_every_shard_an_owner_and_nobody_more_than_its_share(live: list[int]) -> None:
+    owners = assign(SHARDS, tuple(live))
+    assert set(owners) == set(SHARDS) and set(owners.values()) <= set(live)
+    cap = -(-len(SHARDS) // len(live))
+    assert max(list(owners.values()).count(e) for e in live) <= cap
+    assert owners == assign(SHARDS, tuple(reversed(live)))  # the same in every process
+
+
+@given(engines, st.integers(1, 10_000))
+def test_a_join_moves_about_a_share_of_the_shards(live: list[int], newcomer: int) -> None:
+    if newcomer in live:
+        return
+    before = assign(SHARDS, tuple(live))
+    after = assign(SHARDS, (*live, newcomer))
+    moved = sum(1 for s in SHARDS if before[s] != after[s])
+    share = len(SHARDS) / (len(live) + 1)
+    # The newcomer's share moves to it; the bound displaces some more, never most of them.
+    cap = -(-len(SHARDS) // (len(live) + 1))
+    assert list(after.values()).count(newcomer) >= len(SHARDS) - len(live) * cap
+    assert moved <= 2 * share + len(live) + 1, (moved, share)
+    assert assign(SHARDS, ()) == {}

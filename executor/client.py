@@ -118,11 +118,16 @@ class Client(ScheduleCalls):
         process can read but not write opens read-only: reads work, writes raise
         StoreWriteError naming why (read-only file system, permission denied, ...)."""
         if self._db is None:
-            # A server's database is there or not by the server's say: open it and see.
+            where = self.must_exist if isinstance(self.must_exist, str) else ""
             if self.must_exist and not self.db_cfg.url:
-                hint = f" ({self.must_exist})" if isinstance(self.must_exist, str) else ""
-                database.require_file(self.db_cfg.path, hint)
-            self._db = await open_database(self.db_cfg, shards=self._shards, read_only_ok=True)
+                database.require_file(self.db_cfg.path, f" ({where})" if where else "")
+            self._db = await open_database(
+                self.db_cfg,
+                shards=self._shards,
+                read_only_ok=True,
+                # On a server only the open can tell whether executor's schema is there.
+                must_exist=(where or "Client(must_exist=True)") if self.must_exist else None,
+            )
         return self
 
     async def close(self) -> None:

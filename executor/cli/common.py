@@ -56,6 +56,7 @@ def open_client(
 ) -> Client:
     """A client on the configured database. Only `create` verbs may make a new file."""
     cfg = loaded.config
+    key = "database.url" if cfg.database.url else "database.path"
     return Client(
         cfg.database,
         reg=registry.default_registry,
@@ -63,7 +64,7 @@ def open_client(
         payload_limit_bytes=cfg.engine.payload_limit_bytes,
         # A new file must get the daemon's shard count; an existing one keeps its own.
         shards=cfg.engine.shards if create else None,
-        must_exist=False if create else f"database.path from {loaded.sources['database.path']}",
+        must_exist=False if create else f"{key} from {loaded.sources[key]}",
     )
 
 

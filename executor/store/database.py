@@ -217,10 +217,13 @@ async def open_database(
     read_only_ok: bool = False,
     verify: bool = False,
     lease_s: float | None = None,
+    must_exist: str | None = None,
 ) -> Store:
     """The store `cfg` names: PostgreSQL at cfg.url when set, else the SQLite file at cfg.path
     (see Database.open for the arguments; `lease_s`, the engine's, bounds how long a PostgreSQL
-    session may hold locks)."""
+    session may hold locks). `must_exist`: refuse (StoreError) rather than create executor's
+    schema in an empty PostgreSQL database; the text says where the URL came from. (For a file,
+    the caller checks with require_file: opening creates it.)"""
     if not cfg.url:
         return await Database.open(cfg, shards=shards, read_only_ok=read_only_ok, verify=verify)
     try:
@@ -232,7 +235,12 @@ async def open_database(
             " pip install 'executor[postgres]'"
         ) from exc
     return await pgdatabase.PostgresDatabase.open(
-        cfg, shards=shards, read_only_ok=read_only_ok, verify=verify, lease_s=lease_s
+        cfg,
+        shards=shards,
+        read_only_ok=read_only_ok,
+        verify=verify,
+        lease_s=lease_s,
+        must_exist=must_exist,
     )
 
 

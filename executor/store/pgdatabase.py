@@ -120,14 +120,16 @@ class PostgresDatabase:
         read_only_ok: bool = False,
         verify: bool = False,
         lease_s: float | None = None,
+        must_exist: str | None = None,
     ) -> PostgresDatabase:
         """Connect to the database at cfg.url, migrating it if needed (see database.Database.open:
         the same meaning of `shards` and `read_only_ok`; `verify` has nothing to check here, the
         server checks its own pages). `lease_s`: the engine's lease, which bounds how long our
-        sessions may hold locks (session_options)."""
+        sessions may hold locks (session_options). `must_exist`: a StoreError instead of creating
+        the schema in an empty database (the text says where the URL came from)."""
         db = cls(cfg, session_options(cfg, lease_s))
         try:
-            db.read_only, db.shards = await db._hop(db._open, shards, read_only_ok)
+            db.read_only, db.shards = await db._hop(db._open, shards, read_only_ok, must_exist)
         except BaseException:
             await db.close()
             raise
@@ -228,7 +230,9 @@ class PostgresDatabase:
             error.started_at = started
         return error
 
-    def _open(self, shards: int | None, read_only_ok: bool) -> tuple[str | None, int]:
+    def _open(
+        self, shards: int | None, read_only_ok: bool, must_exist: str | None
+    ) -> tuple[str | None, int]:
         started = time.monotonic()
         # Migrations wait for each other on a lock: no lock_timeout for this first session.
         options, self._options = self._options, {}
@@ -239,6 +243,11 @@ class PostgresDatabase:
                 if read_only is not None and not read_only_ok:
                     raise errors.StoreWriteError(
                         f"{self.path}: cannot write the database: {read_only}"
+                    )
+                if must_exist is not None and _version(conn, self.path) == 0:
+                    raise errors.StoreError(
+                        f"{self.path}: no executor database here ({must_exist}); start the"
+                        " daemon or run `executor migrate` first"
                     )
                 migrate(conn, self.path, read_only)
                 count = _check_shards(conn, shards, self.path, read_only)

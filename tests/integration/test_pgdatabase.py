@@ -273,3 +273,17 @@ async def test_a_client_reads_the_url_from_the_environment(
         assert client.db.dialect == "postgres"
         assert client.shards == 3
     assert not (tmp_path / "executor.sqlite").exists()
+
+
+async def test_a_client_that_must_not_create_refuses_an_empty_database(
+    pg_empty_url: str,
+) -> None:
+    with pytest.raises(errors.StoreError, match=r"no executor database here \(database.url from"):
+        async with Client(pg_empty_url, must_exist="database.url from EXECUTOR_DATABASE_URL"):
+            pass
+    with admin(pg_empty_url) as conn:  # nothing was created
+        assert conn.execute("SELECT to_regclass('meta')").fetchone() == (None,)
+    async with Client(pg_empty_url, shards=2) as client:  # creating is the default
+        assert client.shards == 2
+    async with Client(pg_empty_url, must_exist=True) as client:
+        assert client.shards == 2

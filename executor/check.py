@@ -34,7 +34,9 @@ ones the store's transactions keep (see store/repository.py):
                             removed by retention after an hour)
 
 Before those, SQLite's quick_check reads the whole file: damage (a torn page, bytes overwritten)
-is reported as corrupt_file, and the invariants are not checked on a damaged file.
+is reported as corrupt_file, and the invariants are not checked on a damaged file. On PostgreSQL
+the invariants are checked the same way, in one REPEATABLE READ snapshot of a read-only session;
+the server checks its own pages (there is no quick_check to run), and large payloads have no files.
 
 A claim of an engine that died is reported until a live engine takes it back: at once when the
 dead engine ran on the same host, else once its heartbeat is older than the lease. Right after a
@@ -55,8 +57,9 @@ from typing import Any
 from executor import config, errors, vocabulary
 from executor.store import database as database_file
 from executor.store import payloads
-from executor.store.conn import SqliteConn
+from executor.store.conn import Conn, SqliteConn
 from executor.store.database import APPLICATION_ID, SCHEMA_VERSION
+from executor.store.reader import database_config, reading
 
 STUCK_RUN = "stuck_run"
 LOST_STEP = "lost_step"
@@ -128,7 +131,7 @@ class Problem:
 class Report:
     """What `check` found in one snapshot of one database file."""
 
-    path: Path
+    path: Path | str  # the file, or the PostgreSQL URL without its password
     checked_at: float  # UNIX seconds
     lease_s: float
     runs: int  # runs in the snapshot
@@ -180,32 +183,38 @@ def check(
     lease_s: float | None = None,
     now: float | None = None,
 ) -> Report:
-    """Check the database file and return a Report (never modifies the file).
+    """Check the database and return a Report (never modifies it).
 
-    `lease_s` (default: engine.lease_s's default) is how old an engine's heartbeat may be before
-    its claims count as stale. Raises StoreError (SchemaError for a file that is not a current
-    executor database), naming the file.
+    `database`: a DatabaseConfig, a file's path or a PostgreSQL URL. `lease_s` (default:
+    engine.lease_s's default) is how old an engine's heartbeat may be before its claims count as
+    stale. Raises StoreError (SchemaError for a database that is not a current executor
+    database), naming the database.
     """
-    if isinstance(database, config.DatabaseConfig):
-        path, busy_timeout_s = Path(database.path), database.busy_timeout_s
-    else:
-        path, busy_timeout_s = Path(database), config.DatabaseConfig().busy_timeout_s
+    cfg = database_config(database)
     lease_s = config.EngineConfig().lease_s if lease_s is None else lease_s
+    now = time.time() if now is None else now
+    if cfg.url:
+        # A read-only session (the reader checked it is an executor database of this version).
+        # The server checks its own pages: there is no file check to run first.
+        with reading(cfg, "check") as conn:
+            conn.execute(conn.q["begin_read"])  # one snapshot; closing the session ends it
+            return _invariants(conn, cfg.where, lease_s, now)
+    path = cfg.path
     database_file.require_file(path)
     try:
         # mode=ro: never creates, migrates or writes the file, whatever happens below.
-        conn = database_file.connect_read_only(path, busy_timeout_s)
+        sqlite = database_file.connect_read_only(path, cfg.busy_timeout_s)
     except sqlite3.Error as exc:
         raise errors.StoreError(
             f"{path}: cannot open the database read-only: {exc}"
             + (f" ({cause})" if (cause := database_file.read_blocker(path)) else "")
         ) from exc
     try:
-        return _check(conn, path, lease_s, time.time() if now is None else now)
+        return _check(sqlite, path, lease_s, now)
     except sqlite3.Error as exc:
         raise database_file.classify(path, "check", exc, "opened read-only") from exc
     finally:
-        conn.close()
+        sqlite.close()
 
 
 def _check(conn: SqliteConn, path: Path, lease_s: float, now: float) -> Report:
@@ -240,16 +249,21 @@ def _check(conn: SqliteConn, path: Path, lease_s: float, now: float) -> Report:
                     Problem(CORRUPT_FILE, None, " ".join(text.split())[:_INTEGRITY_DETAIL_CHARS])
                 )
             return report
-        report = Report(path, now, lease_s, conn.execute(conn.q["check_count_runs"]).fetchone()[0])
-        for kind, query, describe, params in _CHECKS:
-            for row in conn.execute(conn.q[query], params(now, lease_s)):
-                run_id, detail = describe(row)
-                report.problems.append(Problem(kind, run_id, detail))
-        _check_payloads(conn, path, report)
+        return _invariants(conn, path, lease_s, now)
     finally:
         # A read transaction has nothing to commit; after damage even ROLLBACK may complain.
         with contextlib.suppress(sqlite3.Error):
             conn.execute("ROLLBACK")
+
+
+def _invariants(conn: Conn, where: Path | str, lease_s: float, now: float) -> Report:
+    """Every invariant query, in the read transaction `conn` is in."""
+    report = Report(where, now, lease_s, conn.execute(conn.q["check_count_runs"]).fetchone()[0])
+    for kind, query, describe, params in _CHECKS:
+        for row in conn.execute(conn.q[query], params(now, lease_s)):
+            run_id, detail = describe(row)
+            report.problems.append(Problem(kind, run_id, detail))
+    _check_payloads(conn, where, report)
     return report
 
 
@@ -369,11 +383,13 @@ def _dangling(row: Iterable[Any]) -> tuple[str | None, str]:
     return None, f"{what} ({where}) whose {parent} does not exist"
 
 
-def _check_payloads(conn: SqliteConn, path: Path, report: Report) -> None:
+def _check_payloads(conn: Conn, where: Path | str, report: Report) -> None:
+    # Large payloads live in files beside a SQLite file; on PostgreSQL they stay in the table.
+    path = where if conn.dialect == "sqlite" else None
     for run_id, what, pos, pid in conn.execute(conn.q["check_missing_payloads"]):
-        where = what if pos is None else f"{what} at position {pos}"
+        column = what if pos is None else f"{what} at position {pos}"
         report.problems.append(
-            Problem(MISSING_PAYLOAD, run_id, f"{where} refers to payload {pid}, which is missing")
+            Problem(MISSING_PAYLOAD, run_id, f"{column} refers to payload {pid}, which is missing")
         )
     for name in payloads.missing_files(conn, path):
         report.problems.append(
@@ -389,7 +405,9 @@ def _check_payloads(conn: SqliteConn, path: Path, report: Report) -> None:
         )
     for name in payloads.orphan_files(conn, path):
         report.problems.append(
-            Problem(ORPHAN_PAYLOAD_FILE, None, f"{payloads.folder(path) / name} has no payload row")
+            Problem(
+                ORPHAN_PAYLOAD_FILE, None, f"{payloads.folder(where) / name} has no payload row"
+            )
         )
 
 

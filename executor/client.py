@@ -17,7 +17,6 @@ from executor import (
     bulk,
     codec,
     config,
-    configvalues,
     errors,
     registry,
     runfilter,
@@ -32,6 +31,7 @@ from executor.store import actions, database, engines, history, overview, queues
 from executor.store import repository as repo
 from executor.store.conn import Conn
 from executor.store.database import Store, open_database
+from executor.store.reader import database_config
 
 _RESULT_POLL_MIN_S = 0.01
 _RESULT_POLL_MAX_S = 0.5
@@ -43,17 +43,6 @@ def _poll_delays() -> Iterator[float]:
     while True:
         yield delay
         delay = min(_RESULT_POLL_MAX_S, delay * 1.5)
-
-
-def _database_config(database: str | Path) -> config.DatabaseConfig:
-    """Client("postgresql://...") is that PostgreSQL database; any other string is a file path."""
-    if isinstance(database, str) and database.startswith(("postgresql://", "postgres://")):
-        try:
-            url = configvalues.DatabaseUrl().parse(database)
-        except configvalues.Invalid as exc:
-            raise errors.InvalidArgument(f"database: expected {exc.expected}") from None
-        return config.DatabaseConfig(url=str(url))
-    return config.DatabaseConfig(path=Path(database))
 
 
 def _schema_version(conn: Conn) -> int:
@@ -98,7 +87,7 @@ class Client(ScheduleCalls):
                 raise errors.InvalidArgument(
                     f"database must be a path or a DatabaseConfig, got {type(database).__name__}"
                 )
-            database = _database_config(database)
+            database = database_config(database)
         if payload_limit_bytes is None:
             payload_limit_bytes = (
                 codec.DEFAULT_LIMIT_BYTES if loaded is None else loaded.engine.payload_limit_bytes

@@ -1,6 +1,6 @@
-"""Prometheus metrics of one database file, built fresh at every scrape.
+"""Prometheus metrics of one database, built fresh at every scrape.
 
-A prometheus_client custom collector: the queues, runs and limits come from the file (one read
+A prometheus_client custom collector: the queues, runs and limits come from the database (one read
 snapshot), the engines' counters and histograms from the snapshot each engine stores every
 heartbeat (executor/telemetry.py). So the same numbers come out of the daemon's optional endpoint
 ([metrics] port) and of `executor serve`, which works with no daemon running.
@@ -25,49 +25,57 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector, CollectorRegistry
 
-from executor.store import history, queues, samples
-from executor.store.reader import open_readonly
+from executor import config
+from executor.store import actions, history, queues, samples
+from executor.store.reader import database_config, reading
 from executor.vocabulary import FINISHED as FINISHED_STATES
 
 _TASK_STATES = ("queued", "waiting", "in_flight", "parked")
 
 
 class Exporter(Collector):
-    """Collects executor_* metrics from the database at `path` (read-only)."""
+    """Collects executor_* metrics from `database` (read-only)."""
 
-    def __init__(self, path: Path, busy_timeout_s: float = 5.0) -> None:
-        self.path = path
-        self.busy_timeout_s = busy_timeout_s
+    def __init__(self, database: config.DatabaseConfig | Path, busy_timeout_s: float = 5.0) -> None:
+        self.database = database_config(database, busy_timeout_s)
 
     def collect(self) -> Iterator[Metric]:
         now = time.time()
-        conn = open_readonly(self.path, self.busy_timeout_s)
-        try:
+        with reading(self.database, "metrics") as conn:
             stats = queues.stats(conn, now)
             runs = history.runs_by_workflow(conn)
             engines = samples.engine_metrics(conn)
-        finally:
-            conn.close()
+            # A server's database has no file of its own to stat: its size as the server counts it.
+            size = actions.database_bytes(conn) if self.database.url else None
         yield from _runs(runs)
         yield from _queues(stats)
         yield from _engines(engines, stats, now)
         yield from _limits(stats.get("limits") or [])
-        yield from self._files()
+        yield from self._files(size)
 
-    def _files(self) -> Iterator[Metric]:
+    def _files(self, server_size: int | None) -> Iterator[Metric]:
         size = GaugeMetricFamily("executor_db_size_bytes", "Size of the database file.")
-        size.add_metric([], _size(self.path))
+        if server_size is not None:
+            # PostgreSQL: the database's size; its write-ahead log is the server's, shared by
+            # every database of the cluster, so there is no executor_db_wal_bytes.
+            size.add_metric([], server_size)
+            yield size
+            return
+        path = self.database.path
+        size.add_metric([], _size(path))
         wal = GaugeMetricFamily("executor_db_wal_bytes", "Size of the write-ahead log.")
-        wal.add_metric([], _size(self.path.with_name(self.path.name + "-wal")))
+        wal.add_metric([], _size(path.with_name(path.name + "-wal")))
         yield size
         yield wal
 
 
-def registry_for(path: Path, busy_timeout_s: float = 5.0) -> CollectorRegistry:
+def registry_for(
+    database: config.DatabaseConfig | Path, busy_timeout_s: float = 5.0
+) -> CollectorRegistry:
     """A registry holding only the executor collector (no process or Python metrics: those
     would describe `executor serve`, not the daemon)."""
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(Exporter(path, busy_timeout_s))
+    registry.register(Exporter(database, busy_timeout_s))
     return registry
 
 

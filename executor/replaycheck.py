@@ -14,7 +14,6 @@ only with --strict.
 from __future__ import annotations
 
 import contextlib
-import sqlite3
 import time
 from collections import Counter
 from collections.abc import Iterable, Sequence
@@ -28,7 +27,8 @@ from executor import config, errors, registry
 from executor.engine.cache import HydrationCache
 from executor.engine.replayer import replay_run
 from executor.store import repository
-from executor.store.conn import Conn, SqliteConn
+from executor.store.conn import Conn
+from executor.store.reader import database_config, reading
 from executor.vocabulary import ReplayArgs, RunState
 
 DEFAULT_STATUSES = (RunState.RUNNING, RunState.PARKED)
@@ -69,7 +69,7 @@ class ArgsChanged:
 
 @dataclass(slots=True)
 class Report:
-    path: Path
+    path: Path | str  # the file, or the PostgreSQL URL without its password
     statuses: tuple[str, ...]
     strict: bool
     checked: int = 0
@@ -169,34 +169,18 @@ def replay_check(
     for status in statuses:
         if status not in set(RunState):
             raise errors.ExecutorError(f"unknown status {status!r}; one of {', '.join(RunState)}")
-    path = Path(database.path if isinstance(database, config.DatabaseConfig) else database)
-    if not path.is_file():
-        raise errors.StoreError(f"{path}: no database file here")
-    try:
-        conn = sqlite3.connect(
-            f"{path.resolve().as_uri()}?mode=ro",
-            uri=True,
-            isolation_level=None,
-            timeout=10.0,
-            factory=SqliteConn,
-        )
-    except sqlite3.Error as exc:
-        raise errors.StoreError(f"{path}: cannot open the database read-only: {exc}") from exc
-    report = Report(path, tuple(statuses), strict)
+    cfg = database_config(database, 10.0)
+    report = Report(cfg.where if cfg.url else cfg.path, tuple(statuses), strict)
     policy = ReplayArgs.STRICT if strict else ReplayArgs.LOG
     hydration = HydrationCache(10_000, 65536)
     started = time.perf_counter()
-    try:
+    with reading(cfg, "replay-check") as conn:
         for batch in _batches(conn, statuses, workflows, limit):
             snapshots = repository.load_runs(conn, batch)
             for rid in batch:
                 snap = snapshots.get(rid)
                 if snap is not None:
                     _check_one(snap, reg, hydration, payload_limit, policy, report)
-    except sqlite3.Error as exc:
-        raise errors.StoreError(f"{path}: replay-check could not read the file: {exc}") from exc
-    finally:
-        conn.close()
     report.elapsed_s = time.perf_counter() - started
     return report
 

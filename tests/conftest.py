@@ -36,31 +36,39 @@ def db_path(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
-def engine_factory(db_path: Path) -> EngineFactory:
+def database(db_path: Path) -> Path | str:
+    """The database of engine_factory, client and dbfile: the test's SQLite file. A module whose
+    tests run on both databases overrides it with `database_url` (a path, or a PostgreSQL URL)."""
+    return db_path
+
+
+@pytest.fixture
+def engine_factory(database: Path | str) -> EngineFactory:
     """`async with engine_factory(reg, concurrency=2) as engine:` a started Engine, stopped after.
 
-    Settings default to FAST_SETTINGS; the file defaults to the test's db_path; keywords that
-    are not EngineConfig fields go to Engine() (limits=, concurrency_keys=, ...).
+    Settings default to FAST_SETTINGS; the database defaults to the test's (`database`);
+    keywords that are not EngineConfig fields go to Engine() (limits=, concurrency_keys=, ...).
     """
+    default = database
 
     def start(
         reg: Registry,
         *,
-        path: Path | None = None,
+        path: Path | str | None = None,
         on_finish: Callable[[str, str], None] | None = None,
         database: dict[str, Any] | None = None,
         **settings: Any,
     ) -> contextlib.AbstractAsyncContextManager[Engine]:
         return start_engine(
-            reg, path or db_path, on_finish=on_finish, database=database, **settings
+            reg, path or default, on_finish=on_finish, database=database, **settings
         )
 
     return start
 
 
 @pytest.fixture
-async def client(db_path: Path) -> AsyncIterator[Client]:
-    async with Client(db_path, shards=SHARDS) as c:
+async def client(database: Path | str) -> AsyncIterator[Client]:
+    async with Client(database, shards=SHARDS) as c:
         yield c
 
 
@@ -71,8 +79,8 @@ def wait_until_fixture() -> WaitUntil:
 
 
 @pytest.fixture
-def dbfile(db_path: Path) -> DbFile:
-    return DbFile(db_path)
+def dbfile(database: Path | str) -> DbFile:
+    return DbFile(database)
 
 
 @pytest.fixture(scope="session")

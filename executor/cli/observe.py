@@ -104,7 +104,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if not 0 <= args.port <= 65535:
         raise UsageError(f"--port: expected 0 to 65535, got {args.port}")
     cfg = load(args).config
-    serve(cfg.database.path, args.host, args.port, cfg.database.busy_timeout_s, sys.stdout)
+    serve(cfg.database, args.host, args.port, out=sys.stdout)
     return ExitCode.OK
 
 

@@ -394,7 +394,7 @@ def _serve_metrics(cfg: config.Config) -> Callable[[], None]:
 
     from executor.exporter import registry_for
 
-    registry = registry_for(cfg.database.path, cfg.database.busy_timeout_s)
+    registry = registry_for(cfg.database)
     try:
         server, thread = start_http_server(metrics.port, metrics.host, registry)
     except OSError as exc:

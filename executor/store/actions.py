@@ -420,13 +420,14 @@ def vacuum_file(conn: Conn) -> tuple[int, int]:
     runs on the client's connection between transactions (autocommit), and waits for each
     table's lock at most database.busy_timeout_s (a StoreBusy error while a daemon works).
     """
-    before = _file_bytes(conn)
+    before = database_bytes(conn)
     if conn.dialect == "sqlite":
         conn.execute(conn.q["set_auto_vacuum_incremental"])
     conn.execute(conn.q["vacuum"])
-    return before, _file_bytes(conn)
+    return before, database_bytes(conn)
 
 
-def _file_bytes(conn: Conn) -> int:
+def database_bytes(conn: Conn) -> int:
+    """The size of the database: the SQLite file's pages, or the PostgreSQL database's."""
     pages, size = conn.execute(conn.q["page_stats"]).fetchone()
     return int(pages) * int(size)

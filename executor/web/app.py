@@ -5,8 +5,9 @@ async framework and its server would add two dependencies for nothing; prometheu
 endpoint is the same server. Jinja2 renders the pages (autoescaping every value, template
 inheritance); every asset ships in this package, so it works with no internet.
 
-Each request opens the file read-only (store/reader.py): the dashboard never writes, needs no
-daemon, and keeps working while one restarts.
+Each request opens the database read-only (store/reader.py: the SQLite file, or a read-only
+PostgreSQL session): the dashboard never writes, needs no daemon, and keeps working while one
+restarts.
 """
 
 from __future__ import annotations
@@ -16,7 +17,6 @@ import http.server
 import logging
 import re
 import shlex
-import sqlite3
 import time
 import urllib.parse
 from collections.abc import Callable, Mapping
@@ -28,13 +28,13 @@ import jinja2
 import orjson
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from executor import errors
+from executor import config, errors
 from executor.exporter import registry_for
 from executor.runfilter import FilterError, RunFilter
 from executor.store import actions, history, overview, queues, samples
 from executor.store.conn import Conn
 from executor.store.history import error_line
-from executor.store.reader import open_readonly
+from executor.store.reader import database_config, reading
 from executor.timetext import duration, relative, wait_span, when
 from executor.vocabulary import RunState
 from executor.web import charts
@@ -108,13 +108,13 @@ def _limits_table(snapshots: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 class Dashboard:
-    """Renders each page from one read-only connection to the file."""
+    """Renders each page from one read-only connection to the database."""
 
-    def __init__(self, path: Path, busy_timeout_s: float = 5.0) -> None:
-        self.path = path
-        self.busy_timeout_s = busy_timeout_s
+    def __init__(self, database: config.DatabaseConfig | Path, busy_timeout_s: float = 5.0) -> None:
+        self.database = database_config(database, busy_timeout_s)
+        self.path = self.database.where  # what the pages call it
         self.env = _environment()
-        self.metrics = registry_for(path, busy_timeout_s)
+        self.metrics = registry_for(self.database)
 
     def handle(self, target: str) -> Page:
         url = urllib.parse.urlsplit(target)
@@ -134,18 +134,13 @@ class Dashboard:
         if route not in pages and found is None:
             return self._page(404, "error.html", message=f"no page at {url.path}")
         try:
-            conn = open_readonly(self.path, self.busy_timeout_s)
+            with reading(self.database, f"page {route}") as conn:
+                now = time.time()
+                if found is not None:
+                    return self._run(conn, urllib.parse.unquote(found.group(1)), now)
+                return pages[route](conn, query, now)
         except errors.StoreError as exc:
             return self._page(503, "error.html", message=str(exc))
-        try:
-            now = time.time()
-            if found is not None:
-                return self._run(conn, urllib.parse.unquote(found.group(1)), now)
-            return pages[route](conn, query, now)
-        except sqlite3.Error as exc:
-            return self._page(503, "error.html", message=f"{self.path}: {exc}")
-        finally:
-            conn.close()
 
     def _page(self, code: int, template: str, **values: Any) -> Page:
         values.setdefault("page", "")
@@ -349,10 +344,13 @@ class _Handler(http.server.BaseHTTPRequestHandler):
 
 
 def make_server(
-    path: Path, host: str = "127.0.0.1", port: int = 0, busy_timeout_s: float = 5.0
+    database: config.DatabaseConfig | Path,
+    host: str = "127.0.0.1",
+    port: int = 0,
+    busy_timeout_s: float = 5.0,
 ) -> http.server.ThreadingHTTPServer:
-    """A server for the dashboard of the file at `path` (not started: call serve_forever)."""
-    handler = type("Handler", (_Handler,), {"dashboard": Dashboard(path, busy_timeout_s)})
+    """A server for the dashboard of `database` (not started: call serve_forever)."""
+    handler = type("Handler", (_Handler,), {"dashboard": Dashboard(database, busy_timeout_s)})
     server = http.server.ThreadingHTTPServer((host, port), handler)
     server.daemon_threads = True
     return server

@@ -8,25 +8,27 @@ import threading
 from pathlib import Path
 from typing import TextIO
 
-from executor import errors
-from executor.store.reader import open_readonly
+from executor import config, errors
+from executor.store.reader import database_config, reading
 from executor.web.app import make_server
 
 
 def serve(
-    path: Path,
+    database: config.DatabaseConfig | Path,
     host: str = "127.0.0.1",
     port: int = 0,
     busy_timeout_s: float = 5.0,
     out: TextIO | None = None,
 ) -> None:
-    """Serve the dashboard of `path` on host:port (0: any free port) until SIGINT/SIGTERM.
+    """Serve the dashboard of `database` on host:port (0: any free port) until SIGINT/SIGTERM.
 
     Prints the URL as the first line on `out` (stdout), so a script can read where it listens.
     """
-    open_readonly(path, busy_timeout_s).close()  # a clear error now, not on the first page
+    cfg = database_config(database, busy_timeout_s)
+    with reading(cfg, "serve"):
+        pass  # a clear error now, not on the first page
     try:
-        server = make_server(path, host, port, busy_timeout_s)
+        server = make_server(cfg, host, port)
     except OSError as exc:
         raise errors.ConfigError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from exc
     stop = threading.Event()
@@ -40,7 +42,7 @@ def serve(
         shown = f"[{bound_host}]" if ":" in bound_host else bound_host
         stream = out if out is not None else sys.stdout
         print(
-            f"serving http://{shown}:{bound_port}/ for {path} (read-only); Ctrl-C stops",
+            f"serving http://{shown}:{bound_port}/ for {cfg.where} (read-only); Ctrl-C stops",
             file=stream,
             flush=True,
         )

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from executor import DatabaseConfig, Engine, EngineConfig, Registry, check
-from executor.store.conn import SqliteConn
+from executor.store.conn import Conn, SqliteConn
 
 SHARDS = 2
 # Fast enough that a test waits milliseconds for the engine, slow enough for 2 busy cores.
@@ -36,15 +36,27 @@ DEADLINE_S = 15.0  # generous: a deadline only matters when something is broken
 _CONFIG_FIELDS = frozenset(f.name for f in dataclasses.fields(EngineConfig))
 
 
+def database_config(database: Path | str, **fields: Any) -> DatabaseConfig:
+    """The test's database as a DatabaseConfig: a PostgreSQL URL, else a file's path."""
+    if isinstance(database, str) and database.startswith(("postgresql://", "postgres://")):
+        return DatabaseConfig(url=database, **fields)
+    return DatabaseConfig(path=Path(database), **fields)
+
+
+def is_postgres(database: Path | str) -> bool:
+    return isinstance(database, str) and database.startswith(("postgresql://", "postgres://"))
+
+
 def make_engine(
     reg: Registry,
-    path: Path,
+    path: Path | str,
     *,
     on_finish: Callable[[str, str], None] | None = None,
     database: dict[str, Any] | None = None,
     **settings: Any,
 ) -> Engine:
-    """An Engine on `path`, not started (`async with` starts and stops it).
+    """An Engine on `path` (a file, or a PostgreSQL URL), not started (`async with` starts and
+    stops it).
 
     `settings`: EngineConfig fields over FAST_SETTINGS; any other keyword goes to Engine() itself
     (limits=, concurrency_keys=, shared=, ...). `database`: DatabaseConfig fields besides the path.
@@ -53,7 +65,7 @@ def make_engine(
     extra = {k: v for k, v in settings.items() if k not in _CONFIG_FIELDS}
     return Engine(
         EngineConfig(**{**FAST_SETTINGS, **cfg}),
-        DatabaseConfig(path=path, **(database or {})),
+        database_config(path, **(database or {})),
         reg=reg,
         on_finish=on_finish,
         **extra,
@@ -61,7 +73,7 @@ def make_engine(
 
 
 @contextlib.asynccontextmanager
-async def start_engine(reg: Registry, path: Path, **kwargs: Any) -> AsyncIterator[Engine]:
+async def start_engine(reg: Registry, path: Path | str, **kwargs: Any) -> AsyncIterator[Engine]:
     """make_engine(...), started, and stopped when the block ends."""
     engine = make_engine(reg, path, **kwargs)
     await engine.start()
@@ -76,7 +88,7 @@ class EngineFactory(Protocol):
         self,
         reg: Registry,
         *,
-        path: Path | None = None,
+        path: Path | str | None = None,
         on_finish: Callable[[str, str], None] | None = None,
         database: dict[str, Any] | None = None,
         **settings: Any,
@@ -106,26 +118,40 @@ WaitUntil = Callable[..., Awaitable[Any]]
 
 
 class DbFile:
-    """Plain sqlite3 connections to the test's file, for checks an API does not expose.
+    """Plain connections to the test's database, for checks an API does not expose: the SQLite
+    file (`path`), or the PostgreSQL database at a URL. Tests write SQLite's `?` placeholders;
+    on PostgreSQL they become psycopg's (a literal `%` is escaped), so one statement serves both.
 
-    Each call opens its own connection: in WAL mode a read sees one committed snapshot and
-    never blocks the engine.
+    Each call opens its own connection (autocommit): a read sees one committed snapshot and never
+    blocks the engine.
     """
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path | str) -> None:
         self.path = path
+        self.postgres = is_postgres(path)
 
     @contextlib.contextmanager
-    def connect(self) -> Iterator[SqliteConn]:
+    def connect(self) -> Iterator[Conn]:
+        if self.postgres:
+            import psycopg
+
+            from executor.store.pgdatabase import PgConn
+
+            with psycopg.connect(str(self.path), autocommit=True) as raw:
+                yield PgConn(raw)
+            return
         conn = sqlite3.connect(self.path, timeout=10.0, isolation_level=None, factory=SqliteConn)
         try:
             yield conn
         finally:
             conn.close()
 
+    def _sql(self, sql: str) -> str:
+        return sql.replace("%", "%%").replace("?", "%s") if self.postgres else sql
+
     def query(self, sql: str, *params: Any) -> list[tuple[Any, ...]]:
         with self.connect() as conn:
-            return conn.execute(sql, params).fetchall()
+            return [tuple(row) for row in conn.execute(self._sql(sql), params).fetchall()]
 
     def value(self, sql: str, *params: Any) -> Any:
         rows = self.query(sql, *params)
@@ -133,7 +159,7 @@ class DbFile:
 
     def execute(self, sql: str, *params: Any) -> int:
         with self.connect() as conn:
-            return conn.execute(sql, params).rowcount
+            return conn.execute(self._sql(sql), params).rowcount
 
     def stuck_runs(self) -> list[str]:
         """Running runs nothing will move on (invariant 2: must always be empty), as

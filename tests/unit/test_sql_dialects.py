@@ -63,8 +63,10 @@ DIALECT_ONLY: dict[str, str] = {
     # `executor vacuum` on SQLite also switches the file to incremental auto-vacuum; PostgreSQL
     # has no such mode (actions.vacuum_file runs VACUUM FULL there).
     "set_auto_vacuum_incremental": "sqlite",
-    # SQLite's quick_check of the file's pages: PostgreSQL checks its own pages (checksums,
-    # amcheck), and `executor check` skips that step there.
+    # `executor check` reads SQLite's PRAGMAs: the application id and version, and quick_check
+    # of the file's pages. On PostgreSQL the reader checks meta as it opens the session
+    # (store/reader.py), and the server checks its own pages (checksums, amcheck).
+    "check_header": "sqlite",
     "check_integrity": "sqlite",
 }
 

@@ -1,13 +1,8 @@
 -- The invariant checker's queries (executor/check.py), PostgreSQL: the same invariants as
 -- store/sqlite/check.sql. Each one reads a snapshot and returns the rows that break one
--- invariant; a clean database returns no rows from any of them. SQLite's file checks
--- (check_integrity) have no counterpart: PostgreSQL checks its own pages (data checksums,
--- amcheck), and check.py skips that step here.
-
--- name: check_header
--- The application and schema version, as the migrations recorded them in meta.
-SELECT (SELECT value FROM meta WHERE key = 'application'),
-       (SELECT value FROM meta WHERE key = 'schema_version');
+-- invariant; a clean database returns no rows from any of them. SQLite's PRAGMA reads
+-- (check_header, check_integrity) have no counterpart: the reader (store/reader.py) checks meta
+-- when it opens the session, and PostgreSQL checks its own pages (data checksums, amcheck).
 
 -- name: check_count_runs
 SELECT count(*) FROM runs;

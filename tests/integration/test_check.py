@@ -18,15 +18,24 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import psycopg
 import pytest
 
 from executor import Client, Registry, check, errors, step, workflow
+from executor.store import reader
 from executor.store.database import APPLICATION_ID
 
 if TYPE_CHECKING:
     from tests.support.engine import DbFile, EngineFactory, WaitUntil
 
 pytestmark = pytest.mark.anyio
+
+
+@pytest.fixture
+def database(database_url: str) -> str:
+    """Every test with a database runs on SQLite and on PostgreSQL."""
+    return database_url
+
 
 REG = Registry()
 
@@ -57,10 +66,10 @@ async def _finished_and_running(engine_factory: EngineFactory, client: Client) -
 
 
 async def test_a_database_the_engine_left_is_clean(
-    engine_factory: EngineFactory, client: Client, db_path: Path
+    engine_factory: EngineFactory, client: Client, database: str
 ) -> None:
     await _finished_and_running(engine_factory, client)
-    report = check.check(db_path)
+    report = check.check(database)
     assert report.ok, report.summary()
     assert report.runs == 2 and report.problems == []
     assert report.summary().endswith("ok: 2 runs, no broken invariant")
@@ -165,55 +174,58 @@ BREAKS: dict[str, tuple[list[str], set[str], str]] = {
 
 @pytest.mark.parametrize("name", list(BREAKS))
 async def test_each_broken_invariant_is_reported_with_its_run(
-    engine_factory: EngineFactory, client: Client, db_path: Path, dbfile: DbFile, name: str
+    engine_factory: EngineFactory, client: Client, database: str, dbfile: DbFile, name: str
 ) -> None:
     statements, kinds, which = BREAKS[name]
     done, waiting = await _finished_and_running(engine_factory, client)
     rids = {"done": dbfile.rid(done), "waiting": dbfile.rid(waiting)}
-    with dbfile.connect() as conn:
-        for sql in statements:
-            conn.execute(sql, rids)
-    report = check.check(db_path)
+    for sql in statements:
+        dbfile.execute(sql, rids)
+    report = check.check(database)
     assert not report.ok
     assert set(report.counts()) == kinds, report.summary()
     expected_run = {"done": done, "waiting": waiting, "": None}[which]
     assert {p.run_id for p in report.problems} == {expected_run}
     summary = report.summary()
-    assert summary.startswith(f"{db_path}: {len(report.problems)} problems")
+    assert summary.startswith(f"{database}: {len(report.problems)} problems")
     for kind in kinds:
         assert f"  {kind}: run {expected_run or '-'}: " in summary
 
 
 async def test_a_claim_is_stale_only_past_the_lease(
-    engine_factory: EngineFactory, client: Client, db_path: Path, dbfile: DbFile
+    engine_factory: EngineFactory, client: Client, database: str, dbfile: DbFile
 ) -> None:
     _, waiting = await _finished_and_running(engine_factory, client)
     rid = dbfile.rid(waiting)
     now = time.time()
-    with dbfile.connect() as conn:
-        conn.execute(
-            "INSERT INTO engines (id, epoch, pid, host, state, started_at, heartbeat_at)"
-            " VALUES (50, 1, 1, 'h', 'running', ?, ?)",
-            (now - 100, now - 10),
-        )
-        conn.execute(
-            "INSERT INTO steps (run_rid, pos, kind, name, fingerprint, args, status, created_at)"
-            " VALUES (?, 0, 'step', 'inc', 'x', '[5]', 'pending', 0)",
-            (rid,),
-        )
-        conn.execute(
-            "INSERT INTO tasks (run_rid, pos, shard, claim_token, claim_engine, claim_epoch)"
-            " VALUES (?, 0, 0, 1, 50, 1)",
-            (rid,),
-        )
-    assert check.check(db_path, lease_s=60).ok  # a heartbeat 10 s old is within a 60 s lease
-    stale = check.check(db_path, lease_s=5)
+    dbfile.execute(
+        "INSERT INTO engines (id, epoch, pid, host, state, started_at, heartbeat_at)"
+        " VALUES (50, 1, 1, 'h', 'running', ?, ?)",
+        now - 100,
+        now - 10,
+    )
+    dbfile.execute(
+        "INSERT INTO steps (run_rid, pos, kind, name, fingerprint, args, status, created_at)"
+        " VALUES (?, 0, 'step', 'inc', 'x', '[5]', 'pending', 0)",
+        rid,
+    )
+    dbfile.execute(
+        "INSERT INTO tasks (run_rid, pos, shard, claim_token, claim_engine, claim_epoch)"
+        " VALUES (?, 0, 0, 1, 50, 1)",
+        rid,
+    )
+    assert check.check(database, lease_s=60).ok  # a heartbeat 10 s old is within a 60 s lease
+    stale = check.check(database, lease_s=5)
     assert [(p.kind, p.run_id) for p in stale.problems] == [(check.STALE_CLAIM, waiting)]
     assert "engine 50 (running), whose last heartbeat is past the lease" in stale.problems[0].detail
 
 
 async def test_check_is_read_only_and_runs_beside_a_busy_engine(
-    engine_factory: EngineFactory, client: Client, db_path: Path, wait_until: WaitUntil
+    engine_factory: EngineFactory,
+    client: Client,
+    database: str,
+    dbfile: DbFile,
+    wait_until: WaitUntil,
 ) -> None:
     reg = Registry()
     release = asyncio.Event()
@@ -230,19 +242,26 @@ async def test_check_is_read_only_and_runs_beside_a_busy_engine(
     async with engine_factory(reg) as engine:
         runs = await client.start_many(holds, [[] for _ in range(5)])
         await wait_until(lambda: engine.load()["in_flight"] == 5, "steps in flight")
-        # In-flight claims of a live engine are fine; another writer holding the lock does not
-        # stop a reader either.
-        with contextlib.closing(sqlite3.connect(db_path, isolation_level=None)) as locker:
-            locker.execute("BEGIN IMMEDIATE")
-            report = await asyncio.to_thread(check.check, db_path)
+        # In-flight claims of a live engine are fine; another writer holding the lock (on
+        # PostgreSQL: row locks in an open transaction) does not stop a reader either.
+        with dbfile.connect() as locker:
+            locker.execute(
+                "BEGIN" if dbfile.postgres else "BEGIN IMMEDIATE",
+            )
+            locker.execute("UPDATE runs SET updated_at = updated_at")
+            report = await asyncio.to_thread(check.check, database)
             locker.execute("ROLLBACK")
         assert report.ok, report.summary()
         release.set()
         assert [await client.result(r, timeout=10) for r in runs] == ["ok"] * 5
 
-    before = _file_digest(db_path)
-    assert check.check(db_path).ok
-    assert _file_digest(db_path) == before
+    if dbfile.postgres:
+        # Its session cannot write at all: test_a_postgres_reader_cannot_write.
+        assert check.check(database).ok
+        return
+    before = _file_digest(Path(database))
+    assert check.check(database).ok
+    assert _file_digest(Path(database)) == before
 
 
 def test_files_that_are_not_a_current_database_are_refused(tmp_path: Path) -> None:
@@ -269,6 +288,34 @@ def test_files_that_are_not_a_current_database_are_refused(tmp_path: Path) -> No
         conn.execute(f"PRAGMA application_id = {APPLICATION_ID}")  # ours, at schema version 0
     with pytest.raises(errors.SchemaError, match=r"schema version 0.*executor migrate"):
         check.check(old)
+
+
+def test_postgres_databases_that_are_not_a_current_one_are_refused(pg_empty_url: str) -> None:
+    where = re.escape(pg_empty_url)
+    with pytest.raises(errors.SchemaError, match=where + ": not an executor database"):
+        check.check(pg_empty_url)
+    with psycopg.connect(pg_empty_url, autocommit=True) as conn:
+        conn.execute("CREATE TABLE meta (key text PRIMARY KEY, value bigint NOT NULL)")
+        conn.execute("INSERT INTO meta VALUES ('application', 7)")
+    with pytest.raises(errors.SchemaError, match=where + r": not an executor database \(meta"):
+        check.check(pg_empty_url)
+    with psycopg.connect(pg_empty_url, autocommit=True) as conn:
+        conn.execute("UPDATE meta SET value = %s", (APPLICATION_ID,))
+    with pytest.raises(errors.SchemaError, match=r"schema version 0.*executor migrate"):
+        check.check(pg_empty_url)
+
+
+def test_a_postgres_reader_cannot_write(pg_url: str) -> None:
+    """The session of every reader (check, replay-check, the dashboard, /metrics) is read-only:
+    whatever a bug made it send, the server would refuse to write."""
+    cfg = reader.database_config(pg_url)
+    with reader.reading(cfg) as conn:
+        assert conn.execute("SELECT count(*) FROM runs").fetchone()[0] == 0
+    with (
+        pytest.raises(errors.StoreWriteError, match="read-only transaction"),
+        reader.reading(cfg) as conn,
+    ):
+        conn.execute("DELETE FROM runs")
 
 
 # --- the CLI verb --------------------------------------------------------------------------------
@@ -306,15 +353,16 @@ def _cli(config: Path, *args: str, tty: bool = False) -> subprocess.CompletedPro
 
 
 async def test_the_cli_exits_0_when_clean_and_1_with_a_summary(
-    engine_factory: EngineFactory, client: Client, db_path: Path, dbfile: DbFile, tmp_path: Path
+    engine_factory: EngineFactory, client: Client, database: str, dbfile: DbFile, tmp_path: Path
 ) -> None:
     _, waiting = await _finished_and_running(engine_factory, client)
     config = tmp_path / "executor.toml"
-    config.write_text(f'[database]\npath = "{db_path}"\n')
+    key = "url" if dbfile.postgres else "path"
+    config.write_text(f'[database]\n{key} = "{database}"\n')
 
     clean = await asyncio.to_thread(_cli, config, tty=True)
     assert clean.returncode == 0, clean.stderr
-    assert clean.stdout == f"{db_path}: ok: 2 runs, no broken invariant\n"
+    assert clean.stdout == f"{database}: ok: 2 runs, no broken invariant\n"
     piped = await asyncio.to_thread(_cli, config)
     assert piped.returncode == 0, piped.stderr
     assert json.loads(piped.stdout)["ok"] is True  # stdout not a terminal: JSON
@@ -322,7 +370,7 @@ async def test_the_cli_exits_0_when_clean_and_1_with_a_summary(
     dbfile.execute("DELETE FROM replays WHERE run_rid = ?", dbfile.rid(waiting))
     broken = await asyncio.to_thread(_cli, config, tty=True)
     assert broken.returncode == 1
-    assert f"{db_path}: 1 problems in 1 runs (of 2): 1 stuck_run" in broken.stdout
+    assert f"{database}: 1 problems in 1 runs (of 2): 1 stuck_run" in broken.stdout
     assert f"stuck_run: run {waiting}: running with no queued" in broken.stdout
 
     as_json = await asyncio.to_thread(_cli, config, "--json")

@@ -17,11 +17,18 @@ from executor import cli as executor_cli
 from executor.cli import views
 from executor.store import history, sharding
 from executor.timetext import when
+from tests.support.engine import database_toml
 
 if TYPE_CHECKING:
     from tests.support.engine import DbFile, EngineFactory, WaitUntil
 
 pytestmark = pytest.mark.anyio
+
+
+@pytest.fixture
+def database(database_url: str) -> str:
+    """Every test with a database runs on SQLite and on PostgreSQL."""
+    return database_url
 
 
 def _shard_key(shard: int) -> str:
@@ -238,7 +245,7 @@ async def test_history_of_a_parked_run_says_why(
 async def test_show_prints_a_table_on_a_terminal_and_json_otherwise(
     engine_factory: EngineFactory,
     client: Client,
-    db_path: Path,
+    database: str,
     tmp_path: Path,
     wait_until: WaitUntil,
     capsys: pytest.CaptureFixture[str],
@@ -261,7 +268,7 @@ async def test_show_prints_a_table_on_a_terminal_and_json_otherwise(
         await wait_until(lambda: _finished(client, run), "the run to fail")
 
     config = tmp_path / "executor.toml"
-    config.write_text(f'[database]\npath = "{db_path}"\n')
+    config.write_text(database_toml(database))
     assert await asyncio.to_thread(executor_cli.main, ["--config", str(config), "show", run]) == 0
     doc = json.loads(capsys.readouterr().out)  # stdout is not a terminal here: JSON
     assert doc["id"] == run and doc["status"] == "failed"

@@ -17,6 +17,12 @@ if TYPE_CHECKING:
 pytestmark = pytest.mark.anyio
 
 
+@pytest.fixture
+def database(database_url: str) -> str:
+    """Every test with a database runs on SQLite and on PostgreSQL."""
+    return database_url
+
+
 async def test_limits_render_as_a_table(
     engine_factory: EngineFactory, client: Client, dbfile: DbFile, wait_until: WaitUntil
 ) -> None:

@@ -16,6 +16,7 @@ from rich.console import Console
 from executor import Client, Registry, RetryPolicy, step, workflow
 from executor.cli import main, progress
 from executor.store.overview import BatchProgress
+from tests.support.engine import database_toml
 
 if TYPE_CHECKING:
     from tests.support.engine import EngineFactory
@@ -23,10 +24,16 @@ if TYPE_CHECKING:
 pytestmark = pytest.mark.anyio
 
 
+@pytest.fixture
+def database(database_url: str) -> str:
+    """Every test with a database runs on SQLite and on PostgreSQL."""
+    return database_url
+
+
 async def test_watch_follows_a_batch_to_its_end(
     engine_factory: EngineFactory,
     client: Client,
-    db_path: Path,
+    database: str,
     tmp_path: Path,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
@@ -51,7 +58,7 @@ async def test_watch_follows_a_batch_to_its_end(
         await asyncio.Event().wait()  # never finishes: not part of the batch
 
     config = tmp_path / "executor.toml"
-    config.write_text(f'[database]\npath = "{db_path}"\n')
+    config.write_text(database_toml(database))
     await client.start_many(batch, [[i] for i in range(10)], labels={"batch": "nightly"})
     await client.start(batch, 99)  # same workflow, not in the batch: it never finishes
     await client.start(other)

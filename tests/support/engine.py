@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import dataclasses
 import inspect
+import re
 import sqlite3
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -45,6 +46,11 @@ def database_config(database: Path | str, **fields: Any) -> DatabaseConfig:
 
 def is_postgres(database: Path | str) -> bool:
     return isinstance(database, str) and database.startswith(("postgresql://", "postgres://"))
+
+
+def database_toml(database: Path | str) -> str:
+    """The [database] table of a config file for the test's database."""
+    return f'[database]\n{"url" if is_postgres(database) else "path"} = "{database}"\n'
 
 
 def make_engine(
@@ -117,6 +123,14 @@ async def wait_until(
 WaitUntil = Callable[..., Awaitable[Any]]
 
 
+# SQLite's named placeholders (`::` is a PostgreSQL cast, not one).
+_NAMED = re.compile(r"(?<![:\w]):([A-Za-z_]\w*)")
+
+
+def _args(params: tuple[Any, ...]) -> Any:
+    return params[0] if len(params) == 1 and isinstance(params[0], dict) else params
+
+
 class DbFile:
     """Plain connections to the test's database, for checks an API does not expose: the SQLite
     file (`path`), or the PostgreSQL database at a URL. Tests write SQLite's `?` placeholders;
@@ -147,11 +161,14 @@ class DbFile:
             conn.close()
 
     def _sql(self, sql: str) -> str:
-        return sql.replace("%", "%%").replace("?", "%s") if self.postgres else sql
+        if not self.postgres:
+            return sql
+        return _NAMED.sub(r"%(\1)s", sql.replace("%", "%%").replace("?", "%s"))
 
     def query(self, sql: str, *params: Any) -> list[tuple[Any, ...]]:
+        """Rows of `sql`; `params` are the `?` values, or one dict of `:name` values."""
         with self.connect() as conn:
-            return [tuple(row) for row in conn.execute(self._sql(sql), params).fetchall()]
+            return [tuple(row) for row in conn.execute(self._sql(sql), _args(params)).fetchall()]
 
     def value(self, sql: str, *params: Any) -> Any:
         rows = self.query(sql, *params)
@@ -159,7 +176,7 @@ class DbFile:
 
     def execute(self, sql: str, *params: Any) -> int:
         with self.connect() as conn:
-            return conn.execute(self._sql(sql), params).rowcount
+            return conn.execute(self._sql(sql), _args(params)).rowcount
 
     def stuck_runs(self) -> list[str]:
         """Running runs nothing will move on (invariant 2: must always be empty), as

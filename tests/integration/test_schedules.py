@@ -1,20 +1,23 @@
-"""Schedules on real SQLite files: catch-up and overlap policies with a chosen clock, at most one
-run per tick across restarts and with two processes firing the same file, and the Client and
-config APIs."""
+"""Schedules on real SQLite files and PostgreSQL databases: catch-up and overlap policies with a
+chosen clock, at most one run per tick across restarts and with two processes firing the same
+database, and the Client and config APIs."""
 
 from __future__ import annotations
 
-import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
 from executor import Client, config, errors, schedules
 from executor.store import repository
 from executor.store import schedules as stored
-from executor.store.conn import SqliteConn
+from executor.store.conn import Conn
 from executor.vocabulary import RunState
+
+if TYPE_CHECKING:
+    from tests.support.engine import DbFile
 
 pytestmark = pytest.mark.anyio
 BASE = 1_800_000_000.0  # a whole hour (UTC)
@@ -22,23 +25,26 @@ H = 3600.0
 
 
 @pytest.fixture
-def conn(db_path: Path, client: Client) -> Iterator[sqlite3.Connection]:
-    c = sqlite3.connect(db_path, isolation_level=None, factory=SqliteConn)
-    yield c
-    c.close()
+def database(database_url: str) -> str:
+    """Every test here runs on SQLite and on PostgreSQL."""
+    return database_url
 
 
-def make(
-    conn: sqlite3.Connection, name: str, *, catchup: str = "skip", overlap: str = "allow"
-) -> None:
+@pytest.fixture
+def conn(dbfile: DbFile, client: Client) -> Iterator[Conn]:
+    """A connection of the store's own kind (the client created the database)."""
+    with dbfile.connect() as c:
+        yield c
+
+
+def make(conn: Conn, name: str, *, catchup: str = "skip", overlap: str = "allow") -> None:
     spec = schedules.ScheduleSpec(name, "nightly", "0 * * * *", "UTC", ("x",), catchup, overlap)
     stored.put(conn, schedules.validate(spec, "test"), BASE + 1)  # first tick: BASE + H
 
 
-def runs_of(conn: sqlite3.Connection, name: str) -> list[tuple[str, str]]:
-    return conn.execute(
-        "SELECT id, args FROM runs WHERE id LIKE ? ORDER BY id", (f"{name}@%",)
-    ).fetchall()
+def runs_of(dbfile: DbFile, name: str) -> list[tuple[str, bytes]]:
+    rows = dbfile.query("SELECT id, args FROM runs WHERE id LIKE ? ORDER BY id", f"{name}@%")
+    return [(run_id, bytes(args)) for run_id, args in rows]
 
 
 @pytest.mark.parametrize(
@@ -51,7 +57,7 @@ def runs_of(conn: sqlite3.Connection, name: str) -> list[tuple[str, str]]:
     ],
 )
 async def test_catch_up_policies(
-    conn: sqlite3.Connection, catchup: str, late_s: float, fired: int, skipped: int
+    conn: Conn, dbfile: DbFile, catchup: str, late_s: float, fired: int, skipped: int
 ) -> None:
     make(conn, "s", catchup=catchup)
     now = BASE + 10 * H + late_s  # ten ticks (BASE+H .. BASE+10H) passed without an engine
@@ -63,32 +69,27 @@ async def test_catch_up_policies(
     assert row.next_fire_at == BASE + 11 * H
     if fired:
         assert started[-1] == schedules.tick_id("s", BASE + 10 * H)
-        assert runs_of(conn, "s")[-1][1] == f'[{BASE + 10 * H},"x"]'.encode()
+        assert runs_of(dbfile, "s")[-1][1] == f'[{BASE + 10 * H},"x"]'.encode()
     assert stored.fire_due(conn, now) == []  # nothing more is due
 
 
 async def test_a_tick_starts_one_run_across_restarts_and_two_processes(
-    conn: sqlite3.Connection, db_path: Path
+    conn: Conn, dbfile: DbFile
 ) -> None:
     make(conn, "s", catchup="all")
-    other = sqlite3.connect(
-        db_path, isolation_level=None, factory=SqliteConn
-    )  # a second engine on the file
-    try:
+    with dbfile.connect() as other:  # a second engine on the database
         first = stored.fire_due(conn, BASE + 2 * H + 5)
         assert first == [schedules.tick_id("s", BASE + H), schedules.tick_id("s", BASE + 2 * H)]
         assert stored.fire_due(other, BASE + 2 * H + 5) == []
         # An engine that planned from a stale next tick (it read the schedule before the other
         # fired): the tick's run id refuses a second run.
-        conn.execute("UPDATE schedules SET next_fire_at = ?", (BASE + H,))
+        dbfile.execute("UPDATE schedules SET next_fire_at = ?", BASE + H)
         assert stored.fire_due(other, BASE + 2 * H + 5) == []
-        assert len(runs_of(conn, "s")) == 2
+        assert len(runs_of(dbfile, "s")) == 2
         assert stored.fire_due(other, BASE + 3 * H + 5) == [schedules.tick_id("s", BASE + 3 * H)]
-    finally:
-        other.close()
 
 
-async def test_overlap_policies(conn: sqlite3.Connection) -> None:
+async def test_overlap_policies(conn: Conn, dbfile: DbFile) -> None:
     make(conn, "skip", overlap="skip", catchup="all")
     make(conn, "cancel", overlap="cancel", catchup="all")
     make(conn, "allow", overlap="allow", catchup="all")
@@ -101,14 +102,12 @@ async def test_overlap_policies(conn: sqlite3.Connection) -> None:
     cancelled = repository.get_run(conn, schedules.tick_id("cancel", BASE + H))
     assert cancelled is not None and cancelled.status == RunState.CANCELLED
     # Once the previous run has finished, `skip` starts the next tick again.
-    conn.execute("UPDATE runs SET status = 'succeeded' WHERE id LIKE 'skip@%'")
+    dbfile.execute("UPDATE runs SET status = 'succeeded' WHERE id LIKE 'skip@%'")
     later = stored.fire_due(conn, BASE + 5 * H + 5)
     assert schedules.tick_id("skip", BASE + 5 * H) in later
 
 
-async def test_client_and_config_schedules(
-    client: Client, conn: sqlite3.Connection, tmp_path: Path
-) -> None:
+async def test_client_and_config_schedules(client: Client, conn: Conn, tmp_path: Path) -> None:
     info = await client.schedule("hourly", "report", "0 * * * *", "eu", timezone="Europe/Paris")
     assert info.source == "client" and info.args == ["eu"] and not info.paused
     assert await client.pause_schedule("hourly") is True

@@ -113,7 +113,9 @@ def register(verbs: Verbs) -> None:
         "Rewrite the whole file (SQLite VACUUM), giving every free page back, and switch it to"
         " incremental vacuum, so later purges give space back as they go. Files created by this"
         " version already purge that way; older ones only reuse the space until this runs once."
-        " It holds the write lock for as long as it takes: stop the daemon first.",
+        " It holds the write lock for as long as it takes: stop the daemon first. On PostgreSQL"
+        " it runs VACUUM (FULL, ANALYZE): each table is rewritten to its smallest size, locked"
+        " (reads too) while it is copied; autovacuum already lets new rows reuse purged space.",
     )
 
 
@@ -356,11 +358,17 @@ def cmd_fork(args: argparse.Namespace) -> int:
 
 
 def cmd_vacuum(args: argparse.Namespace) -> int:
-    async def go(client: Client) -> tuple[int, int]:
-        return await client.vacuum()
+    async def go(client: Client) -> tuple[int, int, str]:
+        before, after = await client.vacuum()
+        return before, after, client.db.dialect
 
-    before, after = with_client(args, go)
-    print(
-        f"vacuumed: {before} bytes before, {after} after; later purges give space back as they go"
+    before, after, dialect = with_client(args, go)
+    later = (
+        "later purges give space back as they go"
+        if dialect == "sqlite"
+        # PostgreSQL's autovacuum lets new rows reuse a purge's space; only VACUUM FULL
+        # gives it back to the file system.
+        else "later purges' space is reused by new rows; run this again to give it back"
     )
+    print(f"vacuumed: {before} bytes before, {after} after; {later}")
     return ExitCode.OK

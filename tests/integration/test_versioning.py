@@ -22,6 +22,12 @@ if TYPE_CHECKING:
 
 pytestmark = pytest.mark.anyio
 
+
+@pytest.fixture
+def database(database_url: str) -> str:
+    """Every test with a database runs on SQLite and on PostgreSQL (replay-check reads both)."""
+    return database_url
+
 GATES: dict[str, asyncio.Event] = {}
 POLISHED: dict[str, int] = {}
 TEMPLATE = {"text": "Summarize this document: {doc}"}

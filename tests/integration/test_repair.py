@@ -396,6 +396,27 @@ async def test_an_action_cut_short_continues_and_acts_on_each_run_once(
     assert_clean(dbfile.path)
 
 
+async def test_a_purge_and_a_retry_racing_for_the_same_runs_leave_each_run_whole(
+    client: Client, dbfile: DbFile, database: str
+) -> None:
+    """Two operators at once, each on its own connection: on PostgreSQL nothing serializes them
+    but the row locks of the retry and of the purge. Every run ends purged (gone, with all its
+    rows) or retried (running, with its replay entry), never half of each."""
+    n = 300
+    await client.start_many("w", [[i] for i in range(n)])
+    await client.cancel_runs(RunFilter())
+    async with Client(database) as other:
+        purged, retried = await asyncio.gather(
+            client.purge_runs(RunFilter(statuses=("cancelled",)), batch_size=7),
+            other.retry_runs(RunFilter(statuses=("cancelled",)), batch_size=5),
+        )
+    assert purged.acted + retried.acted == n, (purged, retried)
+    assert dbfile.value("SELECT count(*) FROM runs") == retried.acted
+    assert dbfile.value("SELECT count(*) FROM runs WHERE status = 'running'") == retried.acted
+    assert dbfile.value("SELECT count(*) FROM replays") == retried.acted
+    assert_clean(database)
+
+
 async def test_cancel_resume_fail_by_filter(client: Client, dbfile: DbFile) -> None:
     reg = Registry()
     outage = Outage(reg)

@@ -28,6 +28,7 @@ def database(database_url: str) -> str:
     """Every test with a database runs on SQLite and on PostgreSQL (replay-check reads both)."""
     return database_url
 
+
 GATES: dict[str, asyncio.Event] = {}
 POLISHED: dict[str, int] = {}
 TEMPLATE = {"text": "Summarize this document: {doc}"}

@@ -32,7 +32,12 @@ SELECT r.rid,
        END
 FROM runs AS r
 WHERE r.rid IN (SELECT value::bigint FROM jsonb_array_elements_text(%(rids)s::jsonb))
-  AND r.status IN ('failed', 'cancelled', 'parked');
+  AND r.status IN ('failed', 'cancelled', 'parked')
+-- Several writers here (SQLite has one): the runs stay locked until the retry commits, so an
+-- engine recording a parked run's step, or a purge, waits for it and then sees the new state.
+-- Locked in rid order, as every batch of runs is.
+ORDER BY r.rid
+FOR UPDATE OF r;
 
 -- name: retry_drop_steps
 DELETE FROM steps
@@ -140,7 +145,9 @@ SELECT rid, id, workflow, version, args, concurrency_key, labels, coalesce(seed,
        coalesce(clock_origin, created_at),
        (SELECT count(*) FROM steps AS s WHERE s.run_rid = runs.rid),
        (SELECT min(s.pos) FROM steps AS s WHERE s.run_rid = runs.rid AND s.status = 'pending')
-FROM runs WHERE id = %s;
+FROM runs WHERE id = %s
+-- The journal copied is the one read here: a retry of the source (which locks it) waits.
+FOR SHARE;
 
 -- name: fork_insert_run
 INSERT INTO runs (id, workflow, version, shard, status, args, created_at, updated_at,
@@ -198,7 +205,11 @@ DELETE FROM pg_temp.purge_in;
 INSERT INTO pg_temp.purge_in (rid)
 SELECT rid FROM runs
 WHERE rid IN (SELECT value::bigint FROM jsonb_array_elements_text(%(rids)s::jsonb))
-  AND status IN ('succeeded', 'failed', 'cancelled');
+  AND status IN ('succeeded', 'failed', 'cancelled')
+-- Locked until the purge commits: a retry of one of them that committed first made it running
+-- again, and the purge, re-reading the row after the wait, leaves it.
+ORDER BY rid
+FOR UPDATE;
 
 -- name: purge_steps
 DELETE FROM steps WHERE run_rid IN (SELECT rid FROM pg_temp.purge_in);

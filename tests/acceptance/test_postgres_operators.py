@@ -40,6 +40,7 @@ def json_lines(text: str) -> list[Any]:
     return [json.loads(line) for line in text.splitlines() if line.strip()]
 
 
+@pytest.mark.slow  # some 30 commands, each a new process
 def test_the_operator_verbs_on_postgresql(tmp_path: Path, daemons: Daemons, pg_url: str) -> None:
     hourly = {"workflow": "ticker", "cron": "0 * * * *", "args": ["a"]}
     config = write_config(tmp_path, **{"schedules.hourly": hourly})

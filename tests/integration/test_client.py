@@ -20,6 +20,13 @@ if TYPE_CHECKING:
 
 pytestmark = pytest.mark.anyio
 
+
+@pytest.fixture
+def database(database_url: str) -> str:
+    """Every test with a database runs on SQLite and on PostgreSQL."""
+    return database_url
+
+
 REG = Registry()
 
 
@@ -76,8 +83,8 @@ async def test_start_many_names_the_run_at_fault(client: Client, dbfile: DbFile)
     assert await client.start_many(echo, []) == []
 
 
-async def test_payloads_over_the_limit_are_refused(db_path: Path, dbfile: DbFile) -> None:
-    async with Client(db_path, shards=2, payload_limit_bytes=100) as small:
+async def test_payloads_over_the_limit_are_refused(database: str, dbfile: DbFile) -> None:
+    async with Client(database, shards=2, payload_limit_bytes=100) as small:
         await small.start(echo, "x" * 90)
         with pytest.raises(errors.PayloadError) as info:
             await small.start(echo, "x" * 100)
@@ -137,9 +144,9 @@ async def test_json_arguments_round_trip_exactly(
 
 
 async def test_arity_is_checked_at_start_for_a_known_workflow(
-    db_path: Path, dbfile: DbFile
+    database: str, dbfile: DbFile
 ) -> None:
-    async with Client(db_path, reg=REG, shards=2) as checked:
+    async with Client(database, reg=REG, shards=2) as checked:
         with pytest.raises(errors.RegistryError, match="takes 1 to 2 arguments after ctx, got 0"):
             await checked.start("pair")
         with pytest.raises(errors.RegistryError, match="takes 1 to 2 arguments after ctx, got 3"):
@@ -150,7 +157,7 @@ async def test_arity_is_checked_at_start_for_a_known_workflow(
         await checked.start(pair, 1, 2)
         await checked.start("not-registered-here", 1)  # not strict: the engine resolves it
         assert dbfile.value("SELECT count(*) FROM runs") == 3
-    async with Client(db_path, reg=REG, strict=True) as strict:
+    async with Client(database, reg=REG, strict=True) as strict:
         with pytest.raises(errors.RegistryError, match=r"unknown workflow 'nope'.*'echo'"):
             await strict.start("nope")
     with pytest.raises(errors.RegistryError):

@@ -91,6 +91,11 @@ def session_options(cfg: config.DatabaseConfig, lease_s: float | None) -> dict[s
         "lock_timeout": f"{lease_ms}ms",
         "statement_timeout": f"{lease_ms}ms",
         "idle_in_transaction_session_timeout": f"{max(1, lease_ms // 2)}ms",
+        # The engine's batch statements (postgres/hot.sql) take arrays whose length only a
+        # custom plan sees; the generic plan the server switches a prepared statement to after
+        # five runs made the replay commit 2.4x slower (noop benchmark, docs/PERFORMANCE.md).
+        # Still prepared: parsed and analysed once, planned per call (~0.5 ms per batch).
+        "plan_cache_mode": "force_custom_plan",
     }
 
 

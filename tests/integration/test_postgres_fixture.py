@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
 import psycopg
 import pytest
 
-from tests.support import postgres
+from tests.support import REPO, postgres
 
 _seen: list[str] = []
 
@@ -49,3 +55,39 @@ def test_a_missing_postgres_is_an_error_not_a_skip(monkeypatch: pytest.MonkeyPat
     monkeypatch.setenv("EXECUTOR_PG_BIN", "/nonexistent")
     with pytest.raises(postgres.PostgresMissing, match="EXECUTOR_PG_BIN"):
         postgres.find_bin()
+
+
+_HOLD_A_CLUSTER = """
+import sys
+from tests.support import postgres
+with postgres.running_cluster() as cluster:
+    print(cluster.root, flush=True)
+    sys.stdin.read()
+"""
+
+
+def test_a_killed_test_session_leaves_no_server_behind(tmp_path: Path) -> None:
+    # A session killed without its teardown (SIGKILL, `timeout`): the reaper stops the cluster.
+    with subprocess.Popen(
+        [sys.executable, "-c", _HOLD_A_CLUSTER],
+        cwd=REPO,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    ) as proc:
+        assert proc.stdout is not None
+        root = Path(proc.stdout.readline().strip())
+        pid = int((root / "data" / "postmaster.pid").read_text().split()[0])
+        proc.kill()
+    deadline = time.monotonic() + 30
+    while root.exists() or _alive(pid):
+        assert time.monotonic() < deadline, f"cluster {root} (pid {pid}) still there"
+        time.sleep(0.05)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True

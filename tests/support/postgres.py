@@ -14,10 +14,12 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import json
 import os
 import pwd
 import shutil
 import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Iterator
@@ -140,10 +142,21 @@ class Cluster:
         )
         self.started_s = time.monotonic() - started
 
-    def stop(self) -> None:
+    def stop_argv(self) -> list[str]:
         # immediate: the cluster is thrown away, a clean shutdown would only write checkpoints.
-        with contextlib.suppress(PostgresMissing, subprocess.TimeoutExpired):
-            self._run(str(self.bindir / "pg_ctl"), "-D", str(self.data), "-m", "immediate", "stop")
+        return [
+            *self._prefix,
+            str(self.bindir / "pg_ctl"),
+            "-D",
+            str(self.data),
+            "-m",
+            "immediate",
+            "stop",
+        ]
+
+    def stop(self) -> None:
+        if self.data.exists():
+            subprocess.run(self.stop_argv(), capture_output=True, timeout=60, check=False)
         shutil.rmtree(self.root, ignore_errors=True)
 
     def url(self, database: str = "postgres") -> str:
@@ -176,11 +189,34 @@ def running_cluster() -> Iterator[Cluster]:
     # run as another one. A short path, too: a Unix socket's path is limited to ~107 bytes.
     root = Path(tempfile.mkdtemp(prefix="executor-pg-", dir=_temp_parent()))
     cluster = Cluster(root, bindir)
+    # pg_ctl's server outlives us: if this process dies without its finally (SIGKILL, `timeout`),
+    # the reaper stops the cluster. It waits for the end of a pipe only this process holds.
+    read_end, write_end = os.pipe()
+    reaper = subprocess.Popen(
+        [sys.executable, "-c", _REAPER, json.dumps(cluster.stop_argv()), str(root)],
+        stdin=read_end,
+        start_new_session=True,  # not in the terminal's process group: ^C reaches only us
+    )
+    os.close(read_end)
     try:
         cluster.start()
         yield cluster
     finally:
         cluster.stop()
+        os.close(write_end)
+        reaper.wait(60)
+
+
+# The reaper (see running_cluster): blocks until the test process's end of the pipe closes,
+# however it ended, then stops the cluster if it still runs and removes its folder.
+_REAPER = """
+import json, os, shutil, subprocess, sys
+sys.stdin.buffer.read()
+argv, root = json.loads(sys.argv[1]), sys.argv[2]
+if os.path.exists(os.path.join(root, "data", "postmaster.pid")):
+    subprocess.run(argv, capture_output=True, timeout=60, check=False)
+shutil.rmtree(root, ignore_errors=True)
+"""
 
 
 def prepare_template(cluster: Cluster) -> None:

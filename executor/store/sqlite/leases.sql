@@ -59,10 +59,12 @@ FROM shard_leases AS l LEFT JOIN engines AS e ON e.id = l.owner
 ORDER BY l.shard;
 
 -- name: pending_replays_owned
--- pending_replays, for the shards this engine owns.
+-- pending_replays, for the shards this engine owns. `+p.shard`: not through replays_shard, which
+-- reads every entry of the owned shards and sorts them (185 ms a poll with 100,000 runs waiting);
+-- in run order the LIMIT stops the scan (1 ms).
 SELECT p.run_rid, p.seq, r.generation
 FROM replays AS p JOIN runs AS r ON r.rid = p.run_rid
-WHERE p.shard IN (SELECT shard FROM shard_leases WHERE owner = ?)
+WHERE +p.shard IN (SELECT shard FROM shard_leases WHERE owner = ?)
 ORDER BY p.run_rid LIMIT ?;
 
 -- name: due_timers_owned

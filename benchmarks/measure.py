@@ -92,6 +92,16 @@ def current_rss_kib() -> int:
 
 
 def peak_rss_kib() -> int:
+    """This process's peak resident memory: VmHWM on Linux. Not getrusage's ru_maxrss there: a
+    process started by another (the floor, run with --vs-floor) inherits its parent's peak in
+    ru_maxrss across fork and exec, so the floor reported the engine run's peak as its own."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1])
+    except (OSError, ValueError, IndexError):
+        pass
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return peak // 1024 if sys.platform == "darwin" else peak  # macOS reports bytes
 

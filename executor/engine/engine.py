@@ -34,7 +34,7 @@ from executor.engine import lag
 from executor.engine.cache import HydrationCache
 from executor.engine.dispatch import Dispatcher
 from executor.engine.health import WriteHealth
-from executor.engine.leases import Leases
+from executor.engine.leases import Leases, split_limits
 from executor.engine.limits import Limiter, WakeTimer
 from executor.engine.recorder import Recorder
 from executor.engine.replayer import Replayer
@@ -128,6 +128,7 @@ class _Pieces:
             engine.stopping,
             unflushed=lambda: self.recorder.unflushed,
             forget=self.replayer.forget,
+            share_limits=engine.share_limits,
         )
         self.upkeep = Upkeep(
             db,
@@ -190,8 +191,10 @@ class Engine:
             self.cfg.hydration_cache_bytes,
         )
         # Quotas ([limits.*], concurrency keys) and the shared clients, closed when we drain.
+        self._limit_specs = tuple(limits)
+        self._limit_share = 1.0  # of every quota this engine enforces (leases.quota_share)
         self.limiter = Limiter(
-            limits, key_cap=self.cfg.concurrency_key_cap, key_caps=concurrency_keys
+            self._limit_specs, key_cap=self.cfg.concurrency_key_cap, key_caps=concurrency_keys
         )
         self.resources = shared if shared is not None else resources.default_registry
         # Metrics and the dashboard's samples ([metrics] samples); None: not counted at all.
@@ -326,9 +329,26 @@ class Engine:
         key_caps: Mapping[str, int] | None = None,
     ) -> None:
         """Apply new [limits.*] and concurrency-key caps live (SIGHUP); counts carry over."""
-        self.limiter.configure(specs, key_cap=key_cap, key_caps=key_caps, now=time.time())
+        self._limit_specs = tuple(specs)
+        self.limiter.configure(
+            split_limits(self._limit_specs, self._limit_share),
+            key_cap=key_cap,
+            key_caps=key_caps,
+            now=time.time(),
+        )
         if self._pieces is not None:
             self._pieces.recorder.send_unparks()
+
+    def share_limits(self, share: float) -> None:
+        """Several daemons share the database: enforce `share` of every [limits.*] quota (the
+        fraction of the shards we own), so that together they stay within it."""
+        if share == self._limit_share:
+            return
+        self._limit_share = share
+        if self._limit_specs:
+            self.limiter.configure(split_limits(self._limit_specs, share), now=time.time())
+            if self._pieces is not None:
+                self._pieces.recorder.send_unparks()
 
     def limits_snapshot(self) -> dict[str, Any]:
         """Each limit's configured and effective rates, use, waiters and 429s (for stats)."""

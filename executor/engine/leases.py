@@ -21,9 +21,11 @@ epochs we believe), checked against the lease rows in the same transaction.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
 
 from executor import config
 from executor.engine.runner import StepRunner
@@ -52,6 +54,7 @@ class Leases:
         *,
         unflushed: Callable[[], int],
         forget: Callable[[frozenset[int]], None],
+        share_limits: Callable[[float], None] = lambda share: None,
     ) -> None:
         self._db = db
         self._engine_id = engine_id
@@ -61,6 +64,7 @@ class Leases:
         self._stopping = stopping
         self._unflushed = unflushed  # outcomes the recorder has not written yet
         self._forget = forget  # drop the live workflows of these shards (the replayer)
+        self._share_limits = share_limits  # the engine's quotas: our share of each
         self.held: dict[int, int] = {}  # shard -> epoch
         self._fence = stored.Fence(engine_id, {})
         self._mine: frozenset[int] = frozenset()
@@ -137,6 +141,7 @@ class Leases:
             )
         self._arm_deadline(began)
         self._publish()
+        self._share_limits(quota_share(len(self.held), result.shards, result.peers))
         if result.acquired:
             self._pool.wake(result.acquired)
 
@@ -178,6 +183,44 @@ class Leases:
             self._pool.own(())
         else:
             self._pool.own(s for s in self.held if s not in self._releasing)
+
+
+def quota_share(owned: int, shards: int, peers: int) -> float:
+    """The share of every quota an engine enforces: all of it alone (SQLite, or one daemon), the
+    fraction of the shards it owns when several share the database. Runs hash evenly over the
+    shards, so each daemon's share of the work is about its share of the shards; the shares of
+    all daemons add up to at most 1, as each shard has one owner."""
+    if peers <= 1 or shards == 0:
+        return 1.0
+    return owned / shards
+
+
+def split_limits(specs: Sequence[config.LimitSpec], share: float) -> list[config.LimitSpec]:
+    """`specs` with every rate and concurrency cap scaled to `share`, rounded down so that the
+    daemons together stay within the configured quota (but never below 1: a quota smaller than
+    the number of daemons lets each of them run one at a time)."""
+    if share >= 1.0:
+        return list(specs)
+    out = []
+    for spec in specs:
+        scaled: dict[str, Any] = {}
+        for name in _QUOTA_FIELDS:
+            value = getattr(spec, name)
+            if value is not None:
+                scaled[name] = max(1, int(value * share))
+        out.append(dataclasses.replace(spec, **scaled))
+    return out
+
+
+_QUOTA_FIELDS = (
+    "requests_per_second",
+    "requests_per_minute",
+    "requests_per_hour",
+    "tokens_per_second",
+    "tokens_per_minute",
+    "tokens_per_hour",
+    "concurrent",
+)
 
 
 def _fmt(shards: Iterable[int]) -> str:

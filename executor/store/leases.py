@@ -44,6 +44,7 @@ class Tick(NamedTuple):
     mine: frozenset[int]  # shards sharding.assign gives this engine
     requeued: int  # claims of previous owners put back in the queue
     peers: int  # engines sharing the shards (running, current epoch), this one included
+    shards: int  # the database's shard count
 
 
 class LeaseRow(NamedTuple):
@@ -120,7 +121,7 @@ def tick(
             requeued = conn.execute(
                 conn.q["lease_requeue_claims"], {"shards": _shards(acquired)}
             ).rowcount
-    return Tick(kept, acquired, mine, requeued, len(peers))
+    return Tick(kept, acquired, mine, requeued, len(peers), len(shards))
 
 
 def owned(conn: Conn, fence: Fence | None) -> frozenset[int] | None:

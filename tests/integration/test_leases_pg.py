@@ -13,6 +13,8 @@ import psycopg
 import pytest
 
 from executor import Client, Registry, step, workflow
+from executor.config import LimitSpec
+from executor.engine.leases import quota_share, split_limits
 from executor.store import leases
 from executor.store import repository as repo
 from executor.store.pgdatabase import PgConn
@@ -78,6 +80,57 @@ async def test_engines_share_the_shards_and_bump_epoch_drains_them_all(
     assert results == [6] * 60
     assert set(ran.values()) == {1}  # a hand-over between live engines runs nothing twice
     assert first.counters["steps"] > 0 and second.counters["steps"] > 0
+
+
+async def test_daemons_sharing_a_database_split_a_quota_between_them(
+    pg_url: str, tmp_path: Path
+) -> None:
+    """[limits.api] concurrent = 2 over two daemons: each enforces its share of the shards (4 of
+    8: one at a time), so together they never run more than 2 at once."""
+    reg = Registry()
+    running: list[int] = [0]
+    most: list[int] = [0]
+
+    @step(registry=reg, name="call", limits=["api"])
+    async def call(i: int) -> int:
+        running[0] += 1
+        most[0] = max(most[0], running[0])
+        try:
+            await asyncio.sleep(0.01)
+        finally:
+            running[0] -= 1
+        return i
+
+    @workflow(registry=reg, name="calls")
+    async def calls(ctx: Any, i: int) -> int:
+        return await call(i) + await call(i)
+
+    db = {"url": pg_url}
+    limits = [LimitSpec("api", concurrent=2)]
+    async with (
+        Client(pg_url, shards=SHARDS) as client,
+        start_engine(reg, tmp_path / "a", database=db, limits=limits, **PG_SETTINGS) as a,
+        start_engine(reg, tmp_path / "b", database=db, limits=limits, **PG_SETTINGS) as b,
+    ):
+
+        async def halves() -> bool:
+            return await owned_by(client, a.engine_id) == await owned_by(client, b.engine_id)
+
+        await wait_until(halves, "the two daemons to own half of the shards each")
+        ids = await client.start_many("calls", [[i] for i in range(40)])
+        results = [await client.result(r, timeout=DEADLINE_S) for r in ids]
+    assert results == [2 * i for i in range(40)]
+    assert most[0] <= 2, most
+
+
+def test_the_quota_share_of_a_daemon_is_its_share_of_the_shards() -> None:
+    assert quota_share(3, 12, 1) == 1.0  # alone (or on SQLite): all of it
+    assert quota_share(4, 12, 3) == 4 / 12
+    spec = LimitSpec("api", requests_per_minute=10, tokens_per_second=1000, concurrent=3)
+    (third,) = split_limits([spec], 1 / 3)
+    assert (third.requests_per_minute, third.tokens_per_second, third.concurrent) == (3, 333, 1)
+    assert split_limits([spec], 0.0)[0].concurrent == 1  # never 0: it would stop the daemon
+    assert split_limits([spec], 1.0) == [spec]
 
 
 def test_a_stolen_shard_refuses_the_old_owners_claim_and_record(pg_url: str) -> None:

@@ -297,6 +297,8 @@ class ActionState(NamedTuple):
 def begin_action(conn: Conn, action: str, spec: str, f: RunFilter, now: float) -> ActionState:
     """Continue the unfinished action with the same `spec` (what the operator gave: action,
     filter as typed, parameters), or begin a new one that will not go past today's last run."""
+    if conn.dialect == "postgres":
+        conn.execute(conn.q["lock_action"], (action, spec))
     row = conn.execute(conn.q["open_action"], (action, spec)).fetchone()
     if row is not None:
         op_id, cutoff, cursor, filter_json, acted, skipped = row

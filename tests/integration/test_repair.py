@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import psycopg
 import pytest
 
 from executor import (
@@ -26,7 +27,7 @@ from executor import (
 from executor.config import RetentionConfig
 from executor.daemon import retention
 from executor.runfilter import FilterError, RunFilter, parse_time
-from executor.store import actions
+from executor.store import actions, sql
 from executor.store import repository as repo
 from executor.vocabulary import child_run_id
 
@@ -415,6 +416,40 @@ async def test_a_purge_and_a_retry_racing_for_the_same_runs_leave_each_run_whole
     assert dbfile.value("SELECT count(*) FROM runs WHERE status = 'running'") == retried.acted
     assert dbfile.value("SELECT count(*) FROM replays") == retried.acted
     assert_clean(database)
+
+
+async def test_an_action_begun_while_the_same_one_begins_continues_it(
+    pg_url: str, wait_until: WaitUntil
+) -> None:
+    """PostgreSQL (SQLite's write lock serializes this): while one operator's transaction begins
+    an action, a second operator with the same command waits for it, then continues that action
+    instead of opening another beside it."""
+    where = RunFilter(statuses=("cancelled",))
+    spec = actions.spec_of(where.to_json(), {})
+    async with Client(pg_url) as client:
+        await client.start_many("w", [[i] for i in range(10)])
+        await client.cancel_runs(RunFilter())
+        with psycopg.connect(pg_url, autocommit=True) as first:
+            first.execute("BEGIN")
+            first.execute(sql.queries("postgres")["lock_action"], ("retry", spec))
+            second = asyncio.ensure_future(client.retry_runs(where))
+
+            def waiting() -> bool:
+                row = first.execute(
+                    "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted"
+                ).fetchone()
+                return row is not None and row[0] == 1
+
+            await wait_until(waiting, "the second operator to wait for the first")
+            (began,) = first.execute(
+                "INSERT INTO run_actions (action, spec, filter, phase, cutoff_rid, created_at,"
+                " updated_at) SELECT 'retry', %s, %s, 'open', max(rid), 0, 0 FROM runs"
+                " RETURNING id",
+                (spec, where.to_json()),
+            ).fetchone()
+            first.execute("COMMIT")
+            report = await second
+    assert report.resumed and report.id == began and report.acted == 10
 
 
 async def test_cancel_resume_fail_by_filter(client: Client, dbfile: DbFile) -> None:

@@ -67,6 +67,8 @@ DIALECT_ONLY: dict[str, str] = {
     # of the file's pages. On PostgreSQL the reader checks meta as it opens the session
     # (store/reader.py), and the server checks its own pages (checksums, amcheck).
     "check_header": "sqlite",
+    # Two identical actions by filter begun at once take turns (SQLite's write lock does that).
+    "lock_action": "postgres",
     "check_integrity": "sqlite",
 }
 

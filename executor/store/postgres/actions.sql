@@ -237,6 +237,13 @@ DELETE FROM runs WHERE rid IN (SELECT rid FROM pg_temp.purge_in);
 
 -- --- actions by filter ---------------------------------------------------------------------------
 
+-- name: lock_action
+-- PostgreSQL only: two operators beginning the same action (action and spec) at once take turns
+-- here, so the second continues the first's instead of opening another beside it, as SQLite's
+-- write lock makes it. Held until the transaction ends; keyed by executor's id and the action
+-- (a word) followed by its spec (JSON, which starts with a brace: the two never run together).
+SELECT pg_advisory_xact_lock(1163412803, hashtext(%s || %s));
+
 -- name: open_action
 SELECT id, cutoff_rid, cursor_rid, filter, acted, skipped FROM run_actions
 WHERE action = %s AND spec = %s AND phase = 'open'

@@ -18,7 +18,6 @@ import uvloop
 
 from executor import (
     Client,
-    DatabaseConfig,
     Engine,
     Registry,
     RetryPolicy,
@@ -30,12 +29,21 @@ from executor import (
 )
 from executor.store import engines, leases, sharding
 from executor.store import repository as repo
-from executor.store.database import Database
+from executor.store.database import Store, open_database
 
 if TYPE_CHECKING:
     from tests.support.engine import DbFile, EngineFactory, WaitUntil
 
+from tests.support.engine import database_config
+
 pytestmark = pytest.mark.anyio
+
+
+@pytest.fixture
+def database(database_url: str) -> str:
+    """Every test with a database runs on SQLite and on PostgreSQL."""
+    return database_url
+
 
 DEADLINE_S = 15.0
 
@@ -66,7 +74,7 @@ async def run_to_end(engine: Engine) -> None:
 
 
 async def test_first_steps_run_in_creation_order(
-    engine_factory: EngineFactory, db_path: Path
+    engine_factory: EngineFactory, database: Path | str
 ) -> None:
     reg = Registry()
     ran: list[tuple[int, int]] = []
@@ -81,7 +89,7 @@ async def test_first_steps_run_in_creation_order(
         await mark(i, 0)
         return await mark(i, 1)
 
-    async with Client(db_path, shards=1) as client:
+    async with Client(database, shards=1) as client:
         ids = [await client.start(two_marks, i) for i in range(5)]
         ids += await client.start_many(two_marks, [[i] for i in range(5, 20)])
         async with engine_factory(reg, shards=1, concurrency=1):
@@ -91,7 +99,7 @@ async def test_first_steps_run_in_creation_order(
     assert sorted(ran) == [(i, p) for i in range(20) for p in (0, 1)]  # each exactly once
 
 
-async def hand_made_queue(db: Database, runs: int, steps_per_run: int, shard: int) -> list[int]:
+async def hand_made_queue(db: Store, runs: int, steps_per_run: int, shard: int) -> list[int]:
     """Runs with queued tasks, committed newest run first; return the rids, oldest first."""
     new = [vocabulary.NewRun(f"run-{i}", "wf", None, shard, b"[]", None) for i in range(runs)]
     await db.run(repo.create_runs, new, 1.0)
@@ -116,8 +124,8 @@ async def hand_made_queue(db: Database, runs: int, steps_per_run: int, shard: in
     return rids
 
 
-async def test_claim_takes_the_oldest_run_first_and_at_most_n(db_path: Path) -> None:
-    db = await Database.open(DatabaseConfig(path=db_path), shards=2)
+async def test_claim_takes_the_oldest_run_first_and_at_most_n(database: Path | str) -> None:
+    db = await open_database(database_config(database), shards=2)
     try:
         rids = await hand_made_queue(db, runs=4, steps_per_run=2, shard=1)
         engine_id, epoch = await db.run(engines.register_engine, 1, "test", 3.0)
@@ -142,8 +150,8 @@ async def test_claim_takes_the_oldest_run_first_and_at_most_n(db_path: Path) -> 
         await db.close()
 
 
-async def test_claims_skip_tasks_not_yet_due(db_path: Path, dbfile: DbFile) -> None:
-    db = await Database.open(DatabaseConfig(path=db_path), shards=1)
+async def test_claims_skip_tasks_not_yet_due(database: Path | str, dbfile: DbFile) -> None:
+    db = await open_database(database_config(database), shards=1)
     try:
         rids = await hand_made_queue(db, runs=2, steps_per_run=1, shard=0)
         dbfile.execute("UPDATE tasks SET not_before = 100.0 WHERE run_rid = ?", rids[0])
@@ -193,7 +201,7 @@ async def test_in_flight_steps_never_exceed_the_slots_of_their_shard(
 
 
 async def one_claimed_step(
-    db: Database, *, heartbeat_at: float
+    db: Store, *, heartbeat_at: float
 ) -> tuple[int, int, vocabulary.Claimed]:
     """A run with one queued step, claimed by a new engine registered at `heartbeat_at`."""
     [rid] = await hand_made_queue(db, runs=1, steps_per_run=1, shard=0)
@@ -214,8 +222,10 @@ def done(c: vocabulary.Claimed, result: object, token: int | None = None) -> voc
     )
 
 
-async def test_a_second_result_for_the_same_claim_is_dropped(db_path: Path, dbfile: DbFile) -> None:
-    db = await Database.open(DatabaseConfig(path=db_path), shards=1)
+async def test_a_second_result_for_the_same_claim_is_dropped(
+    database: Path | str, dbfile: DbFile
+) -> None:
+    db = await open_database(database_config(database), shards=1)
     try:
         rid, _, c = await one_claimed_step(db, heartbeat_at=time.time())
         first = (await db.run(repo.record, [done(c, "first")], [], 10.0)).deliveries
@@ -236,9 +246,9 @@ async def test_a_second_result_for_the_same_claim_is_dropped(db_path: Path, dbfi
 
 
 async def test_a_late_result_from_a_reclaimed_claim_never_overwrites(
-    db_path: Path, dbfile: DbFile
+    database: Path | str, dbfile: DbFile
 ) -> None:
-    db = await Database.open(DatabaseConfig(path=db_path), shards=1)
+    db = await open_database(database_config(database), shards=1)
     try:
         _, dead_engine, stale = await one_claimed_step(db, heartbeat_at=time.time() - 60)
         live_engine, epoch = await db.run(engines.register_engine, 2, "test", time.time())
@@ -275,9 +285,9 @@ async def test_a_late_result_from_a_reclaimed_claim_never_overwrites(
 
 
 async def test_a_result_for_a_cancelled_run_is_dropped_and_its_task_deleted(
-    db_path: Path, dbfile: DbFile
+    database: Path | str, dbfile: DbFile
 ) -> None:
-    db = await Database.open(DatabaseConfig(path=db_path), shards=1)
+    db = await open_database(database_config(database), shards=1)
     try:
         _, engine_id, c = await one_claimed_step(db, heartbeat_at=time.time())
         assert await db.run(repo.cancel_run, "run-0", 5.0)
@@ -756,8 +766,9 @@ async def claim_for_ghost(
 
 def take_every_shard(conn: Any, engine_id: int, expires_at: float) -> None:
     """Make `engine_id` the owner of every shard's lease until `expires_at` (a ghost's)."""
+    mark = "%s" if conn.dialect == "postgres" else "?"
     conn.execute(
-        "UPDATE shard_leases SET owner = ?, epoch = epoch + 1, expires_at = ?",
+        f"UPDATE shard_leases SET owner = {mark}, epoch = epoch + 1, expires_at = {mark}",
         (engine_id, expires_at),
     )
 
@@ -849,6 +860,8 @@ async def test_claims_of_a_draining_engine_with_a_fresh_heartbeat_are_kept(
 # --- a second engine on the same file ------------------------------------------------------------
 
 
+# On PostgreSQL a second daemon joins and shares the shards by lease (test_leases).
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
 async def test_a_second_engine_makes_the_first_drain_and_stop(
     engine_factory: EngineFactory, client: Client, wait_until: WaitUntil
 ) -> None:

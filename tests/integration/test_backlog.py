@@ -16,6 +16,14 @@ if TYPE_CHECKING:
     from tests.support.engine import EngineFactory
 
 pytestmark = pytest.mark.anyio
+
+
+@pytest.fixture
+def database(database_url: str) -> str:
+    """Every test with a database runs on SQLite and on PostgreSQL."""
+    return database_url
+
+
 DEADLINE_S = 30.0
 
 reg = Registry()

@@ -37,6 +37,13 @@ if TYPE_CHECKING:
 
 pytestmark = pytest.mark.anyio
 
+
+@pytest.fixture
+def database(database_url: str) -> str:
+    """Every test with a database runs on SQLite and on PostgreSQL."""
+    return database_url
+
+
 DEADLINE_S = 15.0
 LIMIT = codec.DEFAULT_LIMIT_BYTES
 

@@ -17,6 +17,14 @@ if TYPE_CHECKING:
     from tests.support.engine import DbFile, EngineFactory, WaitUntil
 
 pytestmark = pytest.mark.anyio
+
+
+@pytest.fixture
+def database(database_url: str) -> str:
+    """Every test with a database runs on SQLite and on PostgreSQL."""
+    return database_url
+
+
 DEADLINE_S = 15.0
 
 
@@ -32,13 +40,13 @@ def waiting(dbfile: DbFile, run_id: str, topic: str) -> bool:
     )
 
 
-def assert_clean(db_path: Path) -> None:
-    report = check(db_path)
+def assert_clean(database: Path | str) -> None:
+    report = check(database)
     assert report.ok, report.summary()
 
 
 async def test_a_signal_sent_before_the_wait_is_kept(
-    engine_factory: EngineFactory, client: Client, db_path: Path
+    engine_factory: EngineFactory, client: Client, database: Path | str
 ) -> None:
     reg = Registry()
 
@@ -51,7 +59,7 @@ async def test_a_signal_sent_before_the_wait_is_kept(
     assert await client.signal(run_id, "approval", {"ok": True}) is True
     async with engine_factory(reg):
         assert await client.result(run_id, timeout=DEADLINE_S) == {"ok": True}
-    assert_clean(db_path)
+    assert_clean(database)
 
 
 async def test_two_signals_go_to_two_waits_in_order(
@@ -89,7 +97,7 @@ async def test_two_signals_go_to_two_waits_in_order(
 
 
 async def test_timeout_raises_a_catchable_wait_timeout_or_gives_the_default(
-    engine_factory: EngineFactory, client: Client, db_path: Path
+    engine_factory: EngineFactory, client: Client, database: Path | str
 ) -> None:
     reg = Registry()
 
@@ -119,7 +127,7 @@ async def test_timeout_raises_a_catchable_wait_timeout_or_gives_the_default(
             await client.result(u, timeout=DEADLINE_S)
         # A late signal to a finished run is refused.
         assert await client.signal(s, "never", 1) is False
-    assert_clean(db_path)
+    assert_clean(database)
 
 
 async def test_first_of_several_topics_and_key_dedup(
@@ -184,7 +192,7 @@ async def test_a_waiting_run_holds_no_slot_and_survives_a_restart(
 
 
 async def test_set_event_and_get_event(
-    engine_factory: EngineFactory, client: Client, db_path: Path, wait_until: WaitUntil
+    engine_factory: EngineFactory, client: Client, database: Path | str, wait_until: WaitUntil
 ) -> None:
     reg = Registry()
 
@@ -208,7 +216,7 @@ async def test_set_event_and_get_event(
     assert await client.get_event(run_id, "stage") == {"done": 1}
     # A finished run that never published a key: no waiting for it.
     assert await client.get_event(run_id, "never", wait=60, default=0) == 0
-    assert_clean(db_path)
+    assert_clean(database)
 
 
 async def test_wait_for_refuses_bad_topics(engine_factory: EngineFactory, client: Client) -> None:

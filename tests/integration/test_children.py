@@ -5,7 +5,6 @@ detached starts, FIFO by the root run and the inherited concurrency key."""
 from __future__ import annotations
 
 import asyncio
-import sqlite3
 from typing import TYPE_CHECKING, Any
 
 import pytest
@@ -14,20 +13,29 @@ from executor import Client, Registry, WorkflowContext, codec, errors, step, wor
 from executor.check import check
 from executor.store import repository as repo
 from executor.store import sharding
-from executor.store.conn import SqliteConn
 from executor.vocabulary import NewStep, ReplayOutput, StepKind, child_run_id
 
 if TYPE_CHECKING:
     from pathlib import Path
 
-    from tests.support.engine import DbFile, EngineFactory, WaitUntil
+    from tests.support.engine import EngineFactory, WaitUntil
+
+from tests.support.engine import DbFile
 
 pytestmark = pytest.mark.anyio
+
+
+@pytest.fixture
+def database(database_url: str) -> str:
+    """Every test with a database runs on SQLite and on PostgreSQL."""
+    return database_url
+
+
 DEADLINE_S = 15.0
 
 
-def assert_clean(db_path: Path) -> None:
-    report = check(db_path)
+def assert_clean(database: Path | str) -> None:
+    report = check(database)
     assert report.ok, report.summary()
 
 
@@ -37,7 +45,7 @@ def status_of(dbfile: DbFile, run_id: str) -> str | None:
 
 
 async def test_children_results_failures_and_a_full_replay(
-    engine_factory: EngineFactory, client: Client, dbfile: DbFile, db_path: Path
+    engine_factory: EngineFactory, client: Client, dbfile: DbFile, database: Path | str
 ) -> None:
     reg = Registry()
 
@@ -81,25 +89,22 @@ async def test_children_results_failures_and_a_full_replay(
     ]
     # A fresh engine rebuilding the parent from its journal sees the same results.
     async with engine_factory(reg, instance_cache_size=0):
-        snapshot = (await asyncio.to_thread(_load, db_path, rid))[rid]
+        snapshot = (await asyncio.to_thread(_load, database, rid))[rid]
     results = {e.pos: e.result for e in snapshot.journal}
     assert codec.decode(results[0]) == 2 and results[1] is None
-    assert_clean(db_path)
+    assert_clean(database)
 
 
-def _load(path: Path, rid: int) -> Any:
-    conn = sqlite3.connect(path, isolation_level=None, factory=SqliteConn)
-    try:
+def _load(database: Path | str, rid: int) -> Any:
+    with DbFile(database).connect() as conn:
         return repo.load_runs(conn, [rid])
-    finally:
-        conn.close()
 
 
 async def test_cancel_cascades_to_every_descendant_and_the_parent_sees_child_cancelled(
     engine_factory: EngineFactory,
     client: Client,
     dbfile: DbFile,
-    db_path: Path,
+    database: Path | str,
     wait_until: WaitUntil,
 ) -> None:
     reg = Registry()
@@ -143,11 +148,11 @@ async def test_cancel_cascades_to_every_descendant_and_the_parent_sees_child_can
         assert [status_of(dbfile, r) for r in (run_id, mid, grand)] == ["cancelled"] * 3
         with pytest.raises(errors.RunCancelled):
             await client.result(run_id, timeout=DEADLINE_S)
-    assert_clean(db_path)
+    assert_clean(database)
 
 
 async def test_unawaited_children_are_cancelled_when_the_parent_finishes_detached_runs_are_not(
-    engine_factory: EngineFactory, client: Client, dbfile: DbFile, db_path: Path
+    engine_factory: EngineFactory, client: Client, dbfile: DbFile, database: Path | str
 ) -> None:
     reg = Registry()
 
@@ -171,11 +176,11 @@ async def test_unawaited_children_are_cancelled_when_the_parent_finishes_detache
         assert status_of(dbfile, detached) == "running"
         assert await client.signal(detached, "go")
         assert await client.result(detached, timeout=DEADLINE_S) == "detached"
-    assert_clean(db_path)
+    assert_clean(database)
 
 
 async def test_a_grandchild_cannot_escape_a_cancel(
-    client: Client, dbfile: DbFile, db_path: Path
+    client: Client, dbfile: DbFile, database: Path | str
 ) -> None:
     """The child's replay commit that would start a grandchild loses the race with the cancel
     of the tree whichever order the two transactions take."""
@@ -208,7 +213,7 @@ async def test_a_grandchild_cannot_escape_a_cancel(
             assert await client.cancel(root)
             assert status_of(dbfile, grand) == "cancelled"
         assert status_of(dbfile, child) == "cancelled"
-    assert_clean(db_path)
+    assert_clean(database)
 
 
 async def test_children_queue_by_their_root_and_inherit_the_concurrency_key(

@@ -20,7 +20,6 @@ from hypothesis import strategies as st
 
 from executor import (
     Client,
-    DatabaseConfig,
     Engine,
     EngineConfig,
     Registry,
@@ -35,6 +34,14 @@ from executor.engine import limits
 from executor.engine.limits import CostTooHigh, Decision, Limiter, bucket, window
 from executor.ratelimit import rate_limited_from, retry_after_s
 from tests.support import engine as support
+from tests.support.engine import database_config
+
+
+@pytest.fixture
+def database(database_url: str) -> str:
+    """Every test with a database runs on SQLite and on PostgreSQL."""
+    return database_url
+
 
 W = 1.0 + window.WINDOW_MARGIN_S  # a per-second window as the limiter counts it
 T0 = 1000.0
@@ -473,7 +480,7 @@ def fresh_state() -> None:
     most_in_flight.clear()
 
 
-def make_engine(db_path: Path, **kw: Any) -> Engine:
+def make_engine(database: Path | str, **kw: Any) -> Engine:
     # Every limit REG's steps name must be configured (an empty table declares it, no quota).
     given = list(kw.pop("limits", []))
     names = {s.name for s in given}
@@ -485,14 +492,14 @@ def make_engine(db_path: Path, **kw: Any) -> Engine:
         "concurrency": kw.pop("concurrency", 2),
         "concurrency_key_cap": kw.pop("key_cap", 0),
     }
-    return support.make_engine(REG, db_path, **settings_, **kw)
+    return support.make_engine(REG, database, **settings_, **kw)
 
 
 @pytest.mark.anyio
-async def test_a_waiting_task_holds_no_slot(db_path: Path) -> None:
+async def test_a_waiting_task_holds_no_slot(database: Path | str) -> None:
     # Two slots; rate-limited steps that wait seconds must not keep the free steps out.
     limit = LimitSpec("slow", requests_per_second=2)
-    async with make_engine(db_path, limits=[limit]), Client(db_path, reg=REG) as c:
+    async with make_engine(database, limits=[limit]), Client(database, reg=REG) as c:
         slow = await c.start_many(call, [["limited", i] for i in range(6)])
         fast = await c.start_many(call, [["free", i] for i in range(30)])
         assert [await c.result(r, timeout=10) for r in fast] == list(range(30))
@@ -503,10 +510,12 @@ async def test_a_waiting_task_holds_no_slot(db_path: Path) -> None:
 
 
 @pytest.mark.anyio
-async def test_a_key_at_its_cap_does_not_block_other_keys(db_path: Path, wait_until: Any) -> None:
+async def test_a_key_at_its_cap_does_not_block_other_keys(
+    database: Path | str, wait_until: Any
+) -> None:
     gates["hot"] = asyncio.Event()
-    eng = make_engine(db_path, concurrency=4, concurrency_keys={"hot": 2}, key_cap=0)
-    async with eng, Client(db_path, reg=REG) as c:
+    eng = make_engine(database, concurrency=4, concurrency_keys={"hot": 2}, key_cap=0)
+    async with eng, Client(database, reg=REG) as c:
         hot = await c.start_many(
             tenant, [["hot", i] for i in range(200)], concurrency_keys=["hot"] * 200
         )
@@ -529,10 +538,10 @@ async def test_a_key_at_its_cap_does_not_block_other_keys(db_path: Path, wait_un
 
 
 @pytest.mark.anyio
-async def test_limits_change_live_and_show_in_stats(db_path: Path, wait_until: Any) -> None:
+async def test_limits_change_live_and_show_in_stats(database: Path | str, wait_until: Any) -> None:
     gates["api"] = asyncio.Event()
-    eng = make_engine(db_path, concurrency=8, limits=[LimitSpec("api", concurrent=1)])
-    async with eng, Client(db_path, reg=REG) as c:
+    eng = make_engine(database, concurrency=8, limits=[LimitSpec("api", concurrent=1)])
+    async with eng, Client(database, reg=REG) as c:
         runs = await c.start_many(call, [["gated", i] for i in range(4)])
 
         def api_state(snapshot: dict[str, Any]) -> dict[str, Any]:
@@ -578,7 +587,9 @@ def test_step_limits_and_cost_are_checked() -> None:
 
 
 @pytest.mark.anyio
-async def test_a_step_naming_an_unconfigured_limit_is_refused_at_start(db_path: Path) -> None:
+async def test_a_step_naming_an_unconfigured_limit_is_refused_at_start(
+    database: Path | str,
+) -> None:
     reg = Registry()
 
     @step(limits=["anthropc"], registry=reg)  # a typo of "anthropic"
@@ -591,23 +602,25 @@ async def test_a_step_naming_an_unconfigured_limit_is_refused_at_start(db_path: 
 
     assert audited.limits == ("anthropic", "audit") and audited.optional_limits == ("audit",)
     specs = [LimitSpec("anthropic", requests_per_minute=4000), LimitSpec("search")]
-    engine = Engine(EngineConfig(), DatabaseConfig(path=db_path), reg=reg, limits=specs)
+    engine = Engine(EngineConfig(), database_config(database), reg=reg, limits=specs)
     with pytest.raises(ConfigError) as refused:
         await engine.start()
     message = str(refused.value)
     assert "\n" not in message
     assert f"step {complete.name} draws on limit 'anthropc'" in message
     assert "did you mean 'anthropic'?" in message
-    assert db_path.name not in [p.name for p in db_path.parent.iterdir()]  # untouched
+    if not support.is_postgres(database):
+        path = Path(database)
+        assert path.name not in [p.name for p in path.parent.iterdir()]  # untouched
     # Declared optional (and no typo elsewhere), the step runs unlimited without the limit.
     del reg.steps[complete.name]
-    async with Engine(EngineConfig(), DatabaseConfig(path=db_path), reg=reg, limits=specs[:1]):
+    async with Engine(EngineConfig(), database_config(database), reg=reg, limits=specs[:1]):
         pass
 
 
 @pytest.mark.anyio
-async def test_concurrency_key_must_be_a_string(db_path: Path) -> None:
-    async with Client(db_path, reg=REG) as c:
+async def test_concurrency_key_must_be_a_string(database: Path | str) -> None:
+    async with Client(database, reg=REG) as c:
         with pytest.raises(errors.ExecutorError, match="concurrency_key must not be empty"):
             await c.start(call, "free", 1, concurrency_key="")
         with pytest.raises(errors.ExecutorError, match="concurrency_key must be"):

@@ -16,19 +16,29 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import psycopg
 import pytest
 
-from executor import Client, DatabaseConfig, Registry, check, codec, errors, step, workflow
+from executor import Client, Registry, check, codec, errors, step, workflow
 from executor.store import payloads
 from executor.store.conn import SqliteConn
-from executor.store.database import Database
+from executor.store.database import open_database
 from executor.store.repository import commit_replays, create_runs
 from executor.vocabulary import NewRun, NewStep, ReplayOutput, StepKind
 
 if TYPE_CHECKING:
     from conftest import DbFile, EngineFactory
 
+from tests.support.engine import database_config
+
 pytestmark = pytest.mark.anyio
+
+
+@pytest.fixture
+def database(database_url: str) -> str:
+    """Every test with a database runs on SQLite and on PostgreSQL."""
+    return database_url
+
 
 PROMPT = "You are a careful assistant. " * 400  # about 11 KB, the same in every call
 
@@ -82,10 +92,10 @@ async def test_a_shared_prompt_is_stored_once_and_results_out_of_the_rows(
 
 
 async def test_the_same_payload_in_10000_steps_is_stored_once(
-    db_path: Path, dbfile: DbFile
+    database: Path | str, dbfile: DbFile
 ) -> None:
     args = payloads_blob = f'["{PROMPT}", 1]'.encode()
-    db = await Database.open(DatabaseConfig(path=db_path), shards=2)
+    db = await open_database(database_config(database), shards=2)
     try:
         now = time.time()
         runs = [NewRun(f"run-{i}", "wf", None, i % 2, b"[]", None) for i in range(100)]
@@ -115,6 +125,7 @@ async def test_the_same_payload_in_10000_steps_is_stored_once(
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)  # files: SQLite only
 async def test_a_50_mb_result_round_trips_through_a_file(
     engine_factory: EngineFactory, client: Client, dbfile: DbFile
 ) -> None:
@@ -140,10 +151,28 @@ async def test_a_50_mb_result_round_trips_through_a_file(
     assert os.listdir(payloads.folder(dbfile.path)) == []
 
 
-async def test_retention_removes_only_unreferenced_payloads(db_path: Path, dbfile: DbFile) -> None:
+@pytest.mark.parametrize("database_url", ["postgres"], indirect=True)
+async def test_on_postgresql_a_large_result_stays_in_the_table(
+    engine_factory: EngineFactory, client: Client, dbfile: DbFile
+) -> None:
+    """No files beside a database on another machine: a result over FILE_MIN_BYTES is a row of
+    payloads like a smaller one, compressed."""
+    n = payloads.FILE_MIN_BYTES + 1000
+    async with engine_factory(REG):
+        run = await client.start(huge, n)
+        assert await client.result(run, timeout=60) == 2 * n
+    rows = [r for r in payload_rows(dbfile) if r[1] == n + 2]
+    assert len(rows) == 2 and all(r[4] is None and r[3] and r[5] == 1 for r in rows)
+    assert check.check(dbfile.path).ok
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)  # files: SQLite only
+async def test_retention_removes_only_unreferenced_payloads(
+    database: Path | str, dbfile: DbFile
+) -> None:
     shared = f'["{PROMPT}"]'.encode()
     large = ("[" + "1," * (payloads.FILE_MIN_BYTES // 2) + "1]").encode()
-    async with Client(db_path, shards=2) as client:
+    async with Client(database, shards=2) as client:
         await client.db.run(
             create_runs,
             [
@@ -155,11 +184,11 @@ async def test_retention_removes_only_unreferenced_payloads(db_path: Path, dbfil
         )
     assert [(r[5], r[4] is not None) for r in payload_rows(dbfile)] == [(2, False), (1, True)]
     # An orphan file (a crash between its write and its commit), old enough to be swept.
-    folder = payloads.folder(db_path)
+    folder = payloads.folder(database)
     orphan = folder / "0123.orphan"
     orphan.write_bytes(b"x")
     os.utime(orphan, (0, 0))
-    report = check.check(db_path)
+    report = check.check(database)
     assert report.counts() == {"orphan_payload_file": 1}
     dbfile.execute("DELETE FROM runs WHERE id IN ('a', 'c')")  # a purge
     dbfile.execute("DELETE FROM replays WHERE run_rid NOT IN (SELECT rid FROM runs)")
@@ -168,8 +197,8 @@ async def test_retention_removes_only_unreferenced_payloads(db_path: Path, dbfil
     assert collected == payloads.Collected(payloads=1, files=2, bytes=len(large))
     assert [r[5] for r in payload_rows(dbfile)] == [1]  # the prompt: run b still refers to it
     assert os.listdir(folder) == []
-    assert check.check(db_path).ok
-    async with Client(db_path) as client:
+    assert check.check(database).ok
+    async with Client(database) as client:
         assert (await client.db.run(_args_of, "b")) == shared
 
 
@@ -178,26 +207,29 @@ def _args_of(conn: sqlite3.Connection, run_id: str) -> bytes | None:
     return payloads.resolve(conn, blob)
 
 
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)  # files: SQLite only
 async def test_check_reports_a_missing_payload_file_and_a_bad_refcount(
-    db_path: Path, dbfile: DbFile
+    database: Path | str, dbfile: DbFile
 ) -> None:
     large = ("[" + "2," * (payloads.FILE_MIN_BYTES // 2) + "2]").encode()
-    async with Client(db_path, shards=2) as client:
+    async with Client(database, shards=2) as client:
         await client.db.run(create_runs, [NewRun("a", "wf", None, 0, large, None)], time.time())
-    (name,) = os.listdir(payloads.folder(db_path))
-    (payloads.folder(db_path) / name).unlink()
+    (name,) = os.listdir(payloads.folder(database))
+    (payloads.folder(database) / name).unlink()
     dbfile.execute("UPDATE payloads SET refs = 5")
-    report = check.check(db_path)
+    report = check.check(database)
     assert report.counts() == {"missing_payload": 1, "refcount_mismatch": 1}
     assert name in report.summary()
 
 
-def test_a_reference_to_a_missing_payload_is_refused(dbfile: DbFile, db_path: Path) -> None:
-    asyncio.run(_open(db_path))
-    with pytest.raises(sqlite3.IntegrityError, match="reference to a missing payload"):
+def test_a_reference_to_a_missing_payload_is_refused(dbfile: DbFile, database: Path | str) -> None:
+    asyncio.run(_open(database))
+    refused = (sqlite3.IntegrityError, psycopg.errors.ForeignKeyViolation)
+    with pytest.raises(refused, match="reference to a missing payload"):
         dbfile.execute(
             "INSERT INTO runs (id, workflow, shard, status, args, created_at, updated_at)"
-            " VALUES ('x', 'wf', 0, 'running', x'003432', 0, 0)"
+            " VALUES ('x', 'wf', 0, 'running', ?, 0, 0)",
+            b"\x0042",
         )
 
 

@@ -75,8 +75,6 @@ async def test_parents_filling_the_cache_still_get_their_children_run(
         assert results == [i + 4 for i in range(12)]
 
 
-# The plan it reads is SQLite's (EXPLAIN QUERY PLAN).
-@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
 async def test_reading_the_replay_backlog_stops_at_its_limit(client: Client) -> None:
     """With a backlog of runs waiting, each poll of the replay queue must read as many entries
     as it returns, in run order, not sort the whole backlog (what made noop slower per step at

@@ -262,6 +262,12 @@ async def typed(ctx: Any, msg: Message, when: dt.datetime, ids: list[uuid.UUID])
     return dataclasses.replace(reply, spans=(int(point.x), int(point.y)))
 
 
+@pytest.fixture
+def database(database_url: str) -> str:
+    """The test with a database runs on SQLite and on PostgreSQL."""
+    return database_url
+
+
 @pytest.mark.anyio
 async def test_typed_values_round_trip_through_the_engine_and_client(
     engine_factory: EngineFactory, client: Client

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, NamedTuple, TypeVar
 
 from benchmarks import pgserver
+from benchmarks.daemons import add_arguments as daemon_arguments
 from benchmarks.measure import (
     busy_while_queued,
     cpu_s,
@@ -522,6 +523,11 @@ def run_async(loop: str, coro: Coroutine[Any, Any, T]) -> T:
 
 
 def _run(opts: Options, ns: object, folder: Path) -> dict[str, Any]:
+    daemons = getattr(ns, "daemons", 0)
+    if daemons:
+        from benchmarks import daemons as processes
+
+        return processes.run(opts, daemons, folder)
     db_path = opts.db if opts.db is not None else folder / "bench.sqlite"
     if opts.database:
         pgserver.check_fresh(opts.database)
@@ -541,6 +547,7 @@ WORKLOADS = (
         """W workflows of K sequential steps that return a small value at once: our overhead.""",
         _run,
         {"workflows": 10_000, "steps": 5},
+        daemon_arguments,
     ),
     # Its shape is the 5,000-slot target: 100 shards x 50 slots.
     Workload(

@@ -69,3 +69,8 @@ def server_cpu_s(pid: int) -> float:
         elif ppid == pid:
             total += own
     return total / _TICK
+
+
+def process_cpu_s(pid: int) -> float:
+    """CPU seconds (user + system, all threads) used so far by the live process `pid`."""
+    return _times(Path(f"/proc/{pid}/stat").read_text())[1] / _TICK

@@ -330,3 +330,23 @@ def test_profile_writes_a_report(capsys: pytest.CaptureFixture[str], tmp_path: P
     out = tmp_path / "profile.txt"
     run_main(capsys, "-W", "5", "-K", "2", "--profile", str(out), *FAST)
     assert out.read_text().strip()
+
+
+def test_noop_in_two_daemon_processes_on_postgres(
+    capsys: pytest.CaptureFixture[str], pg_empty_url: str
+) -> None:
+    report = run_main(
+        capsys,
+        *("-W", "40", "-K", "3", "--daemons", "2", "--database", pg_empty_url, *FAST),
+    )
+    assert report["completed"] is True and report["engine_crashed"] is None
+    assert report["daemons"] == 2 and report["succeeded"] == 40 and report["steps"] == 120
+    assert report["steps_per_s"] > 0 and report["wall_s"] > 0
+    assert len(report["daemon_cpu_s"]) == 2 and all(c > 0 for c in report["daemon_cpu_s"])
+    assert report["daemon_exit_codes"] == [0, 0]
+    assert report["server_cpu_us_per_step"] is None or report["server_cpu_us_per_step"] > 0
+
+
+def test_daemons_are_refused_on_sqlite(capsys: pytest.CaptureFixture[str]) -> None:
+    assert bench.main(["-W", "1", "-K", "1", "--daemons", "2"]) == 1
+    assert "--daemons needs --database postgresql://" in capsys.readouterr().err

@@ -22,7 +22,6 @@ from executor.store.conn import Conn
 from executor.store.database import transaction
 from executor.store.leases import Fence
 from executor.vocabulary import (
-    Claimed,
     Delivery,
     Outcome,
     OutcomeKind,
@@ -79,10 +78,10 @@ def claim(
     token: int,
     wants: Sequence[tuple[int, int]],
     now: float,
-    limits: bool,
     fence: Fence | None,
-) -> list[Claimed] | None:
-    """repository.claim: one statement, its own transaction."""
+) -> list[tuple[Any, ...]] | None:
+    """repository.claim: one statement, its own transaction. The claimed rows in FIFO order, in
+    select_claimed's columns (repository turns them into Claimed), or None if the epoch moved."""
     wanted = [(shard, n) for shard, n in wants if n > 0]
     rows = conn.execute(
         conn.q["claim_batch"],
@@ -101,32 +100,7 @@ def claim(
         current = conn.execute(conn.q["select_epoch"]).fetchone()[0]
         return [] if current == epoch else None
     rows.sort(key=lambda r: (r[11], r[0], r[1]))  # FIFO: the run's root, the run, the position
-    out: list[Claimed] = []
-    for row in rows:
-        run_rid, pos, shard, attempt, name, args, limit_key, run_id, workflow, unparked, ckey = row[
-            :11
-        ]
-        if not limits:
-            unparked, ckey = False, None
-        if payloads.is_ref(args):
-            args = payloads.resolve(conn, args)
-        out.append(
-            Claimed(
-                run_rid,
-                pos,
-                shard,
-                attempt,
-                name,
-                args,
-                token,
-                limit_key,
-                ckey,
-                bool(unparked),
-                run_id,
-                workflow,
-            )
-        )
-    return out
+    return [tuple(row[:11]) for row in rows]
 
 
 def one_statement(outcomes: Sequence[Outcome], unparks: Sequence[Unpark]) -> bool:

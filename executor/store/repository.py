@@ -14,7 +14,8 @@ Each public function here is one transaction (or one read) and runs on the datab
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
+from typing import Any
 
 import orjson
 
@@ -117,7 +118,8 @@ def claim(
         current = conn.execute(conn.q["select_epoch"]).fetchone()[0]
         return [] if current == epoch else None
     if conn.dialect == "postgres":  # one statement, the lease fence in it (store/pghot.py)
-        return pghot.claim(conn, engine_id, epoch, token, wants, now, limits, fence)
+        rows = pghot.claim(conn, engine_id, epoch, token, wants, now, fence)
+        return None if rows is None else _claimed(conn, rows, token, limits)
     return _claim(conn, engine_id, epoch, token, wants, now, limits, fence)
 
 
@@ -156,8 +158,14 @@ def _claim(
         ],
     )
     conn.execute(conn.q["count_claimed_attempts"], {"token": token, "now": now})
+    return _claimed(conn, conn.execute(conn.q["select_claimed"], (token,)), token, limits)
+
+
+def _claimed(conn: Conn, rows: Iterable[Sequence[Any]], token: int, limits: bool) -> list[Claimed]:
+    """Claimed tasks from rows in select_claimed's columns (both dialects), their arguments
+    read from the payload store where they were stored there."""
     out: list[Claimed] = []
-    for row in conn.execute(conn.q["select_claimed"], (token,)):
+    for row in rows:
         run_rid, pos, shard, attempt, name, args, limit_key, run_id, workflow, unparked, ckey = row
         if not limits:
             unparked, ckey = False, None

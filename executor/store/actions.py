@@ -174,17 +174,16 @@ def fork_run(
 # --- the other per-run actions, by rid -----------------------------------------------------------
 
 
-def _cancel(conn: Conn, rids: Sequence[int], now: float) -> int:
-    # Each run as the one-run verb (repository.cancel_in) ends it: its children are cancelled
-    # and its parent, if any, records ChildCancelled. A child whose parent came first in the
-    # batch is already cancelled with it, and counts as skipped.
-    error = error_blob("Cancelled", "cancelled by request")
+def _end(
+    conn: Conn, rids: Sequence[int], query: str, state: RunState, error: bytes, now: float
+) -> int:
+    # Each run as the one-run verb (repository.cancel_in, fail_parked_run) ends it: its children
+    # are cancelled and its parent, if any, records ChildCancelled or ChildFailed. A child whose
+    # parent came first in the batch is already cancelled with it, and counts as skipped.
     acted = 0
     for rid in rids:
-        if conn.execute(
-            conn.q["cancel_run_by_rid"], {"rid": rid, "now": now, "error": error}
-        ).fetchone():
-            children.ended_by_operator(conn, rid, RunState.CANCELLED, error, now)
+        if conn.execute(conn.q[query], {"rid": rid, "now": now, "error": error}).fetchone():
+            children.ended_by_operator(conn, rid, state, error, now)
             acted += 1
     return acted
 
@@ -205,18 +204,6 @@ def requeue_resumed(conn: Conn, rid: int, shard: int, seq: int, now: float) -> N
     be claimed again."""
     conn.execute(conn.q["queue_replay"], {"rid": rid, "shard": shard, "seq": seq, "now": now})
     conn.execute(conn.q["unpark_unregistered_tasks"], (rid,))
-
-
-def _fail(conn: Conn, rids: Sequence[int], reason: str, now: float) -> int:
-    error = error_blob("FailedByOperator", reason)
-    acted = 0
-    for rid in rids:
-        if conn.execute(
-            conn.q["fail_parked_run_by_rid"], {"rid": rid, "now": now, "error": error}
-        ).fetchone():
-            children.ended_by_operator(conn, rid, RunState.FAILED, error, now)
-            acted += 1
-    return acted
 
 
 def _purge(conn: Conn, rids: Sequence[int]) -> int:
@@ -248,11 +235,13 @@ def _apply(
     if action == RETRY:
         return len(_retry(conn, rids, params.get("from_step"), now))
     if action == CANCEL:
-        return _cancel(conn, rids, now)
+        error = error_blob("Cancelled", "cancelled by request")
+        return _end(conn, rids, "cancel_run_by_rid", RunState.CANCELLED, error, now)
     if action == RESUME:
         return _resume(conn, rids, now)
     if action == FAIL:
-        return _fail(conn, rids, str(params.get("reason") or "failed by an operator"), now)
+        error = error_blob("FailedByOperator", str(params.get("reason") or "failed by an operator"))
+        return _end(conn, rids, "fail_parked_run_by_rid", RunState.FAILED, error, now)
     if action == PURGE:
         return _purge(conn, rids)
     raise ValueError(f"unknown action {action!r}")

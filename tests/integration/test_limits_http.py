@@ -7,6 +7,7 @@ rate the server accepted. Steps call it through a shared keep-alive client (exec
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
@@ -174,30 +175,42 @@ async def test_sporadic_429s_far_from_the_quota_cost_little_throughput(
 ) -> None:
     # A pipeline bound by its slots and the API's latency (about 26 calls/s here, against a
     # quota of 30/s), and a provider that refuses 3% of calls at random with Retry-After: 2.
-    # Each such 429 used to halve the rate and pause the key.
+    # Each such 429 used to halve the rate and pause the key, which halved the throughput.
+    # Asserted on the mechanism, not on a throughput ratio (which the machine's load moves):
+    # the limiter saw every refusal, and none of them lowered the adaptive rate or paused the
+    # bucket, sampled all through the run; a refused step only waits for its own Retry-After
+    # (in the queue, not in its slot: runner.py releases it).
     limit = LimitSpec("api", requests_per_second=30)
-    attempt = 0
+    factors: list[float] = []
+    paused: list[float] = []
+    async with QuotaServer.running(latency_ms=150, random_429=0.03, seed=7) as server:
+        async with engine(db_path, limit, concurrency=2) as e:
+            lim = e.limiter
 
-    async def measure() -> tuple[list[float], list[Arrival]]:
-        nonlocal attempt
-        attempt += 1
-        rates = []
-        for share in (0.0, 0.03):
-            path = db_path.with_name(f"{attempt}-{share}.sqlite")
-            async with QuotaServer.running(latency_ms=150, random_429=share, seed=7) as server:
-                async with (
-                    engine(path, limit, concurrency=2),
-                    Client(path, reg=REG, shards=2) as c,
-                ):
-                    await run_all(c, [[server.port, "k", 1, False]] * 120)
-                log = await server.log()
-            rates.append(sustained_rate(accepted(log), skip_s=0.5))
-        return rates, log
+            async def sample() -> None:
+                while True:
+                    for b in lim.snapshot(time.time())["limits"]:
+                        if not b.get("idle"):
+                            factors.append(b["factor"])
+                            paused.append(b["paused_for_s"])
+                    await asyncio.sleep(0.01)
 
-    rates, log = await measured(measure, lambda m: m[0][1] >= 0.85 * m[0][0])
-    assert sum(a.why == "random" for a in log) >= 1
-    print("sustained calls/s without and with 3% random 429s:", rates)
-    assert rates[1] >= 0.85 * rates[0], rates
+            sampler = asyncio.create_task(sample())
+            try:
+                results = await run_all(client, [[server.port, "k", 1, False]] * 120)
+            finally:
+                sampler.cancel()
+            counters = dict(lim.counters)
+        log = await server.log()
+    refused = [a for a in log if a.status == 429]
+    assert results == [1] * 120
+    assert refused and all(a.why == "random" for a in refused)
+    # Every refusal reached the limiter ...
+    assert counters["rate_limited"] == len(refused), (counters, len(refused))
+    # ... and none was taken for the quota: no decrease, no pause.
+    assert counters["rate_limited_slowed"] == 0, counters
+    assert factors and min(factors) == 1.0, min(factors)
+    assert max(paused) == 0.0, max(paused)
 
 
 async def test_a_retry_after_on_one_key_does_not_slow_another(

@@ -4,8 +4,8 @@ journal rows.
 Three tiers, by the size of the encoded payload:
 
     inline  up to INLINE_MAX_BYTES: in the row itself, as always (small values cost nothing more)
-    table   a row of `payloads`, compressed with zlib when that saves enough, written in the same
-            transaction as the row that refers to it
+    table   a row of `payloads`, written in the same transaction as the row that refers to it;
+            compressed with zlib from COMPRESS_MIN_BYTES when that saves enough
     file    from FILE_MIN_BYTES: a file in the folder `<database>.payloads/` beside the database,
             written and fsynced (file and folder) before the transaction that refers to it
 
@@ -33,6 +33,7 @@ import hashlib
 import os
 import secrets
 import time
+import weakref
 import zlib
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -50,19 +51,63 @@ from executor.store.database import transaction
 INLINE_MAX_BYTES = 1024
 FILE_MIN_BYTES = 1024 * 1024
 # zlib level 1: JSON text shrinks 3-5x at ~100 MB/s; higher levels gain a few percent at 2-5x the
-# time. Kept only when it saves at least an eighth.
+# time. Kept only when it saves at least an eighth. Not below COMPRESS_MIN_BYTES: an LLM's 2.5 KB
+# of prose shrinks by 40% (1 KB) for 19 us to compress and 8 us to read back, about the whole CPU
+# per step of a plain asyncio program doing the same calls (docs/PERFORMANCE.md, issue 15, third
+# round); a kilobyte more in the file costs far less than that. Large payloads (documents, files)
+# are where the bytes add up, and where the time per byte is the same share of far fewer steps.
 ZLIB_LEVEL = 1
-COMPRESS_MIN_BYTES = 512
+COMPRESS_MIN_BYTES = 4 * 1024
 _SAVE_FRACTION = 0.875
 # Orphan files (a crash between a file's write and its commit) are swept only when older.
 ORPHAN_GRACE_S = 3600.0
 _REF_PREFIX = b"\x00"
 _SPLIT_PREFIX = b"\x01"
-# Resolved payloads kept in memory, by digest (their content), so no decompress or file read for
-# a payload many rows share (a system prompt).
-_CACHE_ENTRIES = 2048
+# Resolved payloads kept in memory, by digest (their content, so never stale), so no decompress or
+# file read for a payload many rows share (a system prompt), and no read of its row for a step's
+# arguments just stored (put_args). Bounded in entries and in bytes.
+_CACHE_ENTRIES = 8192
+_CACHE_BYTES = 16 * 1024 * 1024
 _CACHE_MAX_BYTES = 256 * 1024
-_cache: LRU[bytes, bytes] = LRU(_CACHE_ENTRIES)
+
+
+class _Resolved:
+    """A least-recently-used map of digest -> payload bytes, at most `entries` entries and
+    `budget` bytes of payloads; one larger than `largest` is not kept."""
+
+    def __init__(self, entries: int, budget: int, largest: int) -> None:
+        self._lru: LRU[bytes, bytes] = LRU(entries, callback=self._evicted)
+        self._budget = budget
+        self._largest = largest
+        self.bytes = 0
+
+    def _evicted(self, _key: bytes, value: bytes) -> None:
+        self.bytes -= len(value)
+
+    def __len__(self) -> int:
+        return len(self._lru)
+
+    def get(self, key: bytes) -> bytes | None:
+        return self._lru.get(key)
+
+    def put(self, key: bytes, value: bytes) -> None:
+        if len(value) > self._largest:
+            return
+        old = self._lru.get(key)
+        if old is not None:
+            return  # same digest, same bytes; the get made it the most recent
+        self._lru[key] = value
+        self.bytes += len(value)
+        while self.bytes > self._budget:
+            _, dropped = self._lru.popitem(least_recent=True)
+            self.bytes -= len(dropped)
+
+    def clear(self) -> None:
+        self._lru.clear()
+        self.bytes = 0
+
+
+_cache = _Resolved(_CACHE_ENTRIES, _CACHE_BYTES, _CACHE_MAX_BYTES)
 
 
 def is_ref(blob: bytes | None) -> bool:
@@ -75,12 +120,21 @@ def folder(database: str | Path) -> Path:
     return Path(f"{database}.payloads")
 
 
+# A connection's database file never changes: read once (a PRAGMA per payload was 0.5% of the
+# database thread), forgotten with the connection.
+_paths: weakref.WeakKeyDictionary[Conn, str] = weakref.WeakKeyDictionary()
+
+
 def _database_path(conn: Conn) -> str:
     """The SQLite file (its payload folder is beside it); on PostgreSQL, what messages call it."""
     if not has_files(conn):
         return "the PostgreSQL database"
+    path = _paths.get(conn)
+    if path is not None:
+        return path
     for _, name, file in conn.execute("PRAGMA database_list"):
         if name == "main":
+            _paths[conn] = str(file)
             return str(file)
     raise errors.StoreError("the connection has no main database")  # pragma: no cover
 
@@ -92,8 +146,22 @@ def has_files(conn: Conn) -> bool:
     return conn.dialect == "sqlite"
 
 
+# hashlib lets go of the GIL for inputs of 2048 bytes or more; on the database thread each release
+# may cost a wait of a switch interval (5 ms) for the event loop to hand it back. Hashed in smaller
+# pieces (the same digest), it keeps it (codec.fingerprint does the same on the loop's thread).
+# Large payloads are hashed whole: those are staged in a thread of their own (`stage`).
+_HASH_PIECE = 2047
+_HASH_WHOLE = 64 * 1024
+
+
 def digest(blob: bytes) -> bytes:
-    return hashlib.blake2b(blob, digest_size=16).digest()
+    if len(blob) <= _HASH_PIECE or len(blob) >= _HASH_WHOLE:
+        return hashlib.blake2b(blob, digest_size=16).digest()
+    h = hashlib.blake2b(digest_size=16)
+    view = memoryview(blob)
+    for i in range(0, len(blob), _HASH_PIECE):
+        h.update(view[i : i + _HASH_PIECE])
+    return h.digest()
 
 
 @dataclass(slots=True)
@@ -194,12 +262,23 @@ def put_args(conn: Conn, blob: bytes | None, now: float) -> bytes | None:
         return blob
     parts = _split(blob)
     if parts is None:
-        return put(conn, blob, now)
+        if len(blob) >= FILE_MIN_BYTES:
+            return put(conn, blob, now)
+        return _REF_PREFIX + str(_insert(conn, _remembered(blob), now)).encode()
     layout: list[str | int] = [
-        p.decode() if len(p) <= INLINE_MAX_BYTES else _insert(conn, Staged(p, digest(p)), now)
+        p.decode() if len(p) <= INLINE_MAX_BYTES else _insert(conn, _remembered(p), now)
         for p in parts
     ]
     return _SPLIT_PREFIX + orjson.dumps(layout)
+
+
+def _remembered(blob: bytes) -> Staged:
+    """A step's argument, staged and kept in the cache of resolved payloads: the claim that runs
+    the step reads it back, usually within the second, and then finds it there (no read of its
+    row). Results are not: they are read back only by a replay that lost its instance."""
+    item = Staged(blob, digest(blob))
+    _cache.put(item.digest, blob)
+    return item
 
 
 def is_inline(item: bytes | Staged | None) -> bool:
@@ -221,13 +300,18 @@ def put(conn: Conn, item: bytes | Staged | None, now: float) -> bytes | None:
 
 
 def _insert(conn: Conn, item: Staged, now: float) -> int:
-    """The id of the stored payload with these bytes, inserted now if there is none."""
-    row = conn.execute(conn.q["payload_by_digest"], (item.digest,)).fetchone()
-    if row is not None:
-        if item.file is not None:  # stored meanwhile by someone else: ours is an orphan now
-            _unlink_later(conn, item.file)
-        return int(row[0])
+    """The id of the stored payload with these bytes, inserted now if there is none.
+
+    One statement (insert or get: `insert_payload`) for a payload that needs no work before its
+    insert; one that would be compressed or written to a file is looked up first, so the same
+    bytes stored already cost no compression and no file."""
     file = item.file
+    if file is not None or len(item.blob) >= COMPRESS_MIN_BYTES:
+        row = conn.execute(conn.q["payload_by_digest"], (item.digest,)).fetchone()
+        if row is not None:
+            if file is not None:  # stored meanwhile by someone else: ours is an orphan now
+                _unlink_later(conn, file)
+            return int(row[0])
     codec = item.codec
     data: bytes | None
     if file is None and len(item.blob) >= FILE_MIN_BYTES and has_files(conn):
@@ -240,7 +324,7 @@ def _insert(conn: Conn, item: Staged, now: float) -> int:
         data = None
     else:
         codec, data = _compress(item.blob)
-    (pid,) = conn.execute(
+    pid, stored_file = conn.execute(
         conn.q["insert_payload"],
         {
             "digest": item.digest,
@@ -251,6 +335,8 @@ def _insert(conn: Conn, item: Staged, now: float) -> int:
             "now": now,
         },
     ).fetchone()
+    if file is not None and stored_file != file:  # the same bytes were stored under another
+        _unlink_later(conn, file)
     return int(pid)
 
 
@@ -311,8 +397,7 @@ def _load(conn: Conn, database: str, pid: int) -> bytes:
         raise errors.StoreError(f"{database}: payload {pid} has unknown codec {codec!r}")
     if len(data) != size:
         raise errors.StoreError(f"{database}: payload {pid} is {len(data)} bytes, not {size}")
-    if size <= _CACHE_MAX_BYTES:
-        _cache[dig] = data
+    _cache.put(dig, data)
     return bytes(data)
 
 

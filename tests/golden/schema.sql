@@ -1,4 +1,4 @@
--- PRAGMA user_version = 10
+-- PRAGMA user_version = 11
 
 -- index mailbox_dedup
 CREATE UNIQUE INDEX mailbox_dedup ON mailbox (run_rid, dedup_key) WHERE dedup_key IS NOT NULL;
@@ -287,18 +287,14 @@ BEGIN
     );
 END;
 
--- trigger runs_payloads_update
-CREATE TRIGGER runs_payloads_update AFTER UPDATE OF args, result ON runs
-WHEN substr(OLD.args, 1, 1) IN (x'00', x'01') OR substr(OLD.result, 1, 1) IN (x'00', x'01')
-  OR substr(NEW.args, 1, 1) IN (x'00', x'01') OR substr(NEW.result, 1, 1) IN (x'00', x'01')
+-- trigger runs_payloads_update_args
+CREATE TRIGGER runs_payloads_update_args AFTER UPDATE OF args ON runs
+WHEN OLD.args IS NOT NEW.args
+  AND (substr(OLD.args, 1, 1) IN (x'00', x'01') OR substr(NEW.args, 1, 1) IN (x'00', x'01'))
 BEGIN
     UPDATE payloads SET refs = refs - 1 WHERE id IN (
         SELECT CAST(substr(OLD.args, 2) AS INTEGER) WHERE substr(OLD.args, 1, 1) = x'00'
         UNION SELECT value FROM json_each(CASE WHEN substr(OLD.args, 1, 1) = x'01' THEN CAST(substr(OLD.args, 2) AS TEXT) ELSE '[]' END) WHERE type = 'integer'
-    );
-    UPDATE payloads SET refs = refs - 1 WHERE id IN (
-        SELECT CAST(substr(OLD.result, 2) AS INTEGER) WHERE substr(OLD.result, 1, 1) = x'00'
-        UNION SELECT value FROM json_each(CASE WHEN substr(OLD.result, 1, 1) = x'01' THEN CAST(substr(OLD.result, 2) AS TEXT) ELSE '[]' END) WHERE type = 'integer'
     );
     UPDATE payloads SET refs = refs + 1 WHERE id IN (
         SELECT CAST(substr(NEW.args, 2) AS INTEGER) WHERE substr(NEW.args, 1, 1) = x'00'
@@ -308,6 +304,17 @@ BEGIN
     WHERE substr(NEW.args, 1, 1) IN (x'00', x'01') AND changes() < (
         SELECT count(*) FROM (SELECT CAST(substr(NEW.args, 2) AS INTEGER) WHERE substr(NEW.args, 1, 1) = x'00'
         UNION SELECT value FROM json_each(CASE WHEN substr(NEW.args, 1, 1) = x'01' THEN CAST(substr(NEW.args, 2) AS TEXT) ELSE '[]' END) WHERE type = 'integer')
+    );
+END;
+
+-- trigger runs_payloads_update_result
+CREATE TRIGGER runs_payloads_update_result AFTER UPDATE OF result ON runs
+WHEN OLD.result IS NOT NEW.result
+  AND (substr(OLD.result, 1, 1) IN (x'00', x'01') OR substr(NEW.result, 1, 1) IN (x'00', x'01'))
+BEGIN
+    UPDATE payloads SET refs = refs - 1 WHERE id IN (
+        SELECT CAST(substr(OLD.result, 2) AS INTEGER) WHERE substr(OLD.result, 1, 1) = x'00'
+        UNION SELECT value FROM json_each(CASE WHEN substr(OLD.result, 1, 1) = x'01' THEN CAST(substr(OLD.result, 2) AS TEXT) ELSE '[]' END) WHERE type = 'integer'
     );
     UPDATE payloads SET refs = refs + 1 WHERE id IN (
         SELECT CAST(substr(NEW.result, 2) AS INTEGER) WHERE substr(NEW.result, 1, 1) = x'00'
@@ -358,18 +365,14 @@ BEGIN
     );
 END;
 
--- trigger steps_payloads_update
-CREATE TRIGGER steps_payloads_update AFTER UPDATE OF args, result ON steps
-WHEN substr(OLD.args, 1, 1) IN (x'00', x'01') OR substr(OLD.result, 1, 1) IN (x'00', x'01')
-  OR substr(NEW.args, 1, 1) IN (x'00', x'01') OR substr(NEW.result, 1, 1) IN (x'00', x'01')
+-- trigger steps_payloads_update_args
+CREATE TRIGGER steps_payloads_update_args AFTER UPDATE OF args ON steps
+WHEN OLD.args IS NOT NEW.args
+  AND (substr(OLD.args, 1, 1) IN (x'00', x'01') OR substr(NEW.args, 1, 1) IN (x'00', x'01'))
 BEGIN
     UPDATE payloads SET refs = refs - 1 WHERE id IN (
         SELECT CAST(substr(OLD.args, 2) AS INTEGER) WHERE substr(OLD.args, 1, 1) = x'00'
         UNION SELECT value FROM json_each(CASE WHEN substr(OLD.args, 1, 1) = x'01' THEN CAST(substr(OLD.args, 2) AS TEXT) ELSE '[]' END) WHERE type = 'integer'
-    );
-    UPDATE payloads SET refs = refs - 1 WHERE id IN (
-        SELECT CAST(substr(OLD.result, 2) AS INTEGER) WHERE substr(OLD.result, 1, 1) = x'00'
-        UNION SELECT value FROM json_each(CASE WHEN substr(OLD.result, 1, 1) = x'01' THEN CAST(substr(OLD.result, 2) AS TEXT) ELSE '[]' END) WHERE type = 'integer'
     );
     UPDATE payloads SET refs = refs + 1 WHERE id IN (
         SELECT CAST(substr(NEW.args, 2) AS INTEGER) WHERE substr(NEW.args, 1, 1) = x'00'
@@ -379,6 +382,17 @@ BEGIN
     WHERE substr(NEW.args, 1, 1) IN (x'00', x'01') AND changes() < (
         SELECT count(*) FROM (SELECT CAST(substr(NEW.args, 2) AS INTEGER) WHERE substr(NEW.args, 1, 1) = x'00'
         UNION SELECT value FROM json_each(CASE WHEN substr(NEW.args, 1, 1) = x'01' THEN CAST(substr(NEW.args, 2) AS TEXT) ELSE '[]' END) WHERE type = 'integer')
+    );
+END;
+
+-- trigger steps_payloads_update_result
+CREATE TRIGGER steps_payloads_update_result AFTER UPDATE OF result ON steps
+WHEN OLD.result IS NOT NEW.result
+  AND (substr(OLD.result, 1, 1) IN (x'00', x'01') OR substr(NEW.result, 1, 1) IN (x'00', x'01'))
+BEGIN
+    UPDATE payloads SET refs = refs - 1 WHERE id IN (
+        SELECT CAST(substr(OLD.result, 2) AS INTEGER) WHERE substr(OLD.result, 1, 1) = x'00'
+        UNION SELECT value FROM json_each(CASE WHEN substr(OLD.result, 1, 1) = x'01' THEN CAST(substr(OLD.result, 2) AS TEXT) ELSE '[]' END) WHERE type = 'integer'
     );
     UPDATE payloads SET refs = refs + 1 WHERE id IN (
         SELECT CAST(substr(NEW.result, 2) AS INTEGER) WHERE substr(NEW.result, 1, 1) = x'00'

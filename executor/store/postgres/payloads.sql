@@ -6,12 +6,13 @@
 SELECT id FROM payloads WHERE digest = %s;
 
 -- name: insert_payload
--- Two writers may store the same bytes at once (SQLite has one writer): the second gets the
--- first's row, and the file it wrote, if any, becomes an orphan that the sweep removes.
+-- Insert or get, in one statement (store/payloads.py). Two writers may store the same bytes at
+-- once: the second gets the first's row. The update also locks the row until this transaction
+-- ends, so a purge cannot delete it between here and the reference that counts it.
 INSERT INTO payloads (digest, size, codec, data, file, created_at)
 VALUES (%(digest)s, %(size)s, %(codec)s, %(data)s, %(file)s, %(now)s)
 ON CONFLICT (digest) DO UPDATE SET digest = excluded.digest
-RETURNING id;
+RETURNING id, file;
 
 -- name: payload_digest
 SELECT digest FROM payloads WHERE id = %s;

@@ -4,9 +4,13 @@
 SELECT id FROM payloads WHERE digest = ?;
 
 -- name: insert_payload
+-- Insert or get: the id (and file) of the payload with these bytes, stored now if there is none,
+-- in one statement (store/payloads.py). On a hit the no-op update rewrites the row, which the
+-- reference-count trigger of the row that refers to it does in this transaction anyway.
 INSERT INTO payloads (digest, size, codec, data, file, created_at)
 VALUES (:digest, :size, :codec, :data, :file, :now)
-RETURNING id;
+ON CONFLICT (digest) DO UPDATE SET digest = excluded.digest
+RETURNING id, file;
 
 -- name: payload_digest
 SELECT digest FROM payloads WHERE id = ?;

@@ -156,13 +156,26 @@ def _is_plain(value: Any, depth: int = 0) -> bool:
     if depth >= _MAX_DEPTH:
         return False
     if t is list or t is tuple:
-        for item in value:  # noqa: SIM110 - a plain loop, not all() over a generator: hot path
+        for item in value:
+            # Scalars checked here, without a call each: most arguments are flat lists of them.
+            ti = type(item)
+            if ti is str or ti is bool or item is None:
+                continue
+            if ti is int:
+                if _MIN_INT <= item < _MAX_INT:
+                    continue
+                return False
             if not _is_plain(item, depth + 1):
                 return False
         return True
     if t is dict:
         for k, v in value.items():
-            if type(k) is not str or not _is_plain(v, depth + 1):
+            if type(k) is not str:
+                return False
+            tv = type(v)
+            if tv is str or tv is bool or v is None:
+                continue
+            if not _is_plain(v, depth + 1):
                 return False
         return True
     return False
@@ -304,7 +317,13 @@ def _refusal(value: Any, what: str) -> errors.PayloadError | None:
 
 def encode(value: Any, *, what: str = "value", limit: int = DEFAULT_LIMIT_BYTES) -> bytes:
     """Serialize `value` to JSON bytes, or raise PayloadError naming the bad part of it."""
-    data = to_json(value, what=what)
+    if _is_plain(value):
+        try:
+            data = orjson.dumps(value)
+        except orjson.JSONEncodeError:  # a lone surrogate in a str: to_json names it
+            data = to_json(value, what=what)
+    else:
+        data = to_json(value, what=what)
     if len(data) > limit:
         raise errors.PayloadError(
             f"{what}: {len(data)} bytes is over the payload limit of {limit}"

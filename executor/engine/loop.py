@@ -23,6 +23,20 @@ log = logging.getLogger("executor.workflow")
 SLOW_ACTIVATION_S = 1.0
 
 
+class _Soon(list[Any]):
+    """A callback queued by call_soon: [callback, args, context]. Lighter than asyncio.Handle
+    (its __init__ and _run are Python code, run for every result a workflow is given); `cancel`
+    is all a caller can do with it."""
+
+    __slots__ = ()
+
+    def cancel(self) -> None:
+        self[0] = None
+
+    def cancelled(self) -> bool:
+        return self[0] is None
+
+
 class InstanceLoop(asyncio.AbstractEventLoop):
     """Just enough of an event loop for Futures and Tasks, run by hand."""
 
@@ -30,7 +44,7 @@ class InstanceLoop(asyncio.AbstractEventLoop):
         # A list, swapped out whole on each pass: same FIFO order as a deque, and an empty list
         # costs 56 bytes where a deque allocates a 500-byte block (tens of thousands of these
         # live at once).
-        self._ready: list[asyncio.Handle] = []
+        self._ready: list[_Soon] = []
         self._workflow = workflow
         self._run_id = run_id
         self._closed = False
@@ -43,9 +57,11 @@ class InstanceLoop(asyncio.AbstractEventLoop):
         *args: Any,
         context: contextvars.Context | None = None,
     ) -> asyncio.Handle:
-        handle = asyncio.Handle(callback, args, self, context)
+        if context is None:  # as asyncio.Handle does (Futures and Tasks always pass theirs)
+            context = contextvars.copy_context()
+        handle = _Soon((callback, args, context))
         self._ready.append(handle)
-        return handle
+        return handle  # type: ignore[return-value]
 
     def create_future(self) -> asyncio.Future[Any]:
         return asyncio.Future(loop=self)
@@ -96,9 +112,18 @@ class InstanceLoop(asyncio.AbstractEventLoop):
         try:
             while self._ready:
                 ready, self._ready = self._ready, []
-                for handle in ready:
-                    if not handle._cancelled:
-                        handle._run()
+                for soon in ready:
+                    callback, args, context = soon
+                    if callback is None:
+                        continue  # cancelled
+                    try:
+                        context.run(callback, *args)
+                    except (SystemExit, KeyboardInterrupt):
+                        raise
+                    except BaseException as exc:
+                        self.call_exception_handler(
+                            {"message": f"Exception in callback {callback!r}", "exception": exc}
+                        )
         finally:
             asyncio.events._set_running_loop(outer)
             took_s = time.monotonic() - started

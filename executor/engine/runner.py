@@ -1,20 +1,31 @@
 """The step runner: one claimed attempt of a step, from its claim to its outcome.
 
-Each claimed task runs as one asyncio task holding one slot of its shard. The runner looks the
-step up, decodes its arguments, asks the limiter (engine/limits/) and acts on its decision,
-calls the step under its timeout, encodes the result, and decides between success, retry and
-failure. The outcome goes to the recorder; the slot goes back to the pool, or is held for the
-run's next step when the step finished.
+Each claimed attempt holds one slot of its shard. The runner looks the step up, decodes its
+arguments, asks the limiter (engine/limits/) and acts on its decision, calls the step under its
+timeout, encodes the result, and decides between success, retry and failure. The outcome goes to
+the recorder; the slot goes back to the pool, or is held for the run's next step when the step
+finished.
+
+Attempts do not get an asyncio task each: a task costs more than a step that returns at once
+(a Task, its Handle, its entry in asyncio's WeakSet of tasks: ~6 us against ~1). Claimed attempts
+queue for worker tasks; a worker runs them one after another while each returns without waiting,
+and when one waits (on I/O, a sleep, the limiter) the worker stays with it and hands the rest of
+the queue to new workers at once. Each attempt runs in a context of its own (contextvars set by
+one step do not leak into the next), and a cancellation the engine did not ask for retires the
+worker that saw it.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import enum
 import logging
 import random
 import time
-from collections.abc import Callable
+import types
+from collections import deque
+from collections.abc import Callable, Coroutine, Generator
 from pathlib import Path
 from typing import Any
 
@@ -45,13 +56,15 @@ class CancelReason(enum.Enum):
 
 
 class _Attempt:
-    """One in-flight attempt: its task, and why it was cancelled, if it was."""
+    """One claimed attempt: the worker task running it (None while queued), and why the
+    engine cancelled it, if it did (None: a CancelledError is the step's own failure)."""
 
-    __slots__ = ("reason", "shard", "task")
+    __slots__ = ("cancelled", "claim", "reason", "task")
 
-    def __init__(self, shard: int) -> None:
-        self.reason = CancelReason.DRAIN
-        self.shard = shard
+    def __init__(self, claim: Claimed) -> None:
+        self.claim = claim
+        self.reason: CancelReason | None = None
+        self.cancelled = False  # cancelled while queued: it never starts
         self.task: asyncio.Task[None] | None = None
 
 
@@ -80,7 +93,11 @@ class StepRunner:
         self._payload_limit = payload_limit
         self._payload_folder = payload_folder
         self._telemetry = telemetry
-        self._inflight: dict[TaskKey, _Attempt] = {}
+        self._inflight: dict[TaskKey, _Attempt] = {}  # claimed: queued or running
+        self._queue: deque[_Attempt] = deque()  # claimed, not started yet (FIFO)
+        self._workers: set[asyncio.Task[None]] = set()  # strong references: asyncio keeps weak
+        self._starting = 0  # workers created that have not taken from the queue yet
+        self._idle: asyncio.Event | None = None  # set when nothing is in flight (drain)
         self._rng = random.Random()
         self.counters = {"steps": 0, "retries": 0}
 
@@ -91,55 +108,108 @@ class StepRunner:
     def start(self, c: Claimed) -> None:
         """Run a claimed task in a slot of its shard."""
         self._pool.occupy(c.shard)
-        attempt = _Attempt(c.shard)
+        attempt = _Attempt(c)
         self._inflight[(c.run_rid, c.pos)] = attempt
-        # Unnamed: a name per step costs a string and a call, and the step's own frames say
-        # which step it is in any traceback.
-        attempt.task = asyncio.create_task(self._run(c, attempt))
+        self._queue.append(attempt)
+        if self._starting == 0:
+            self._spawn()
+
+    def _spawn(self) -> None:
+        self._starting += 1
+        # Unnamed: the step's own frames say which step a worker is in.
+        self._workers.add(asyncio.create_task(self._work()))
+
+    def _blocked(self) -> None:
+        """The attempt a worker runs waits: the queue behind it goes to new workers now."""
+        for _ in range(len(self._queue) - self._starting):
+            self._spawn()
+
+    async def _work(self) -> None:
+        self._starting -= 1
+        task = asyncio.current_task()
+        assert task is not None
+        queue = self._queue
+        try:
+            while queue:
+                attempt = queue.popleft()
+                attempt.task = task
+                try:
+                    await _isolated(self._run(attempt), self._blocked)
+                except asyncio.CancelledError:
+                    break  # a drain's cancel, re-raised by its attempt: this worker is done
+                except Exception:
+                    log.exception("step runner: attempt of step %s failed", attempt.claim.name)
+                if task.cancelling():
+                    break  # a cancel its attempt did not take: it must not reach the next one
+        finally:
+            self._workers.discard(task)
+        if queue and self._starting == 0:
+            self._spawn()
 
     def cancel(self, key: TaskKey, reason: CancelReason) -> bool:
         """Cancel the in-flight attempt of task `key`, saying why; False if there is none."""
         attempt = self._inflight.get(key)
-        if attempt is None or attempt.task is None:
+        if attempt is None:
             return False
-        attempt.reason = reason
-        attempt.task.cancel()
+        self._cancel(attempt, reason)
         return True
+
+    def _cancel(self, attempt: _Attempt, reason: CancelReason) -> None:
+        attempt.reason = reason
+        if attempt.task is None:
+            attempt.cancelled = True  # queued: it ends without running
+        else:
+            attempt.task.cancel()  # its worker is waiting inside this attempt
 
     def in_flight_in(self, shard: int) -> int:
         """Attempts running in `shard` (a shard is handed over when it has none)."""
-        return sum(1 for a in self._inflight.values() if a.shard == shard)
+        return sum(1 for a in self._inflight.values() if a.claim.shard == shard)
 
     def cancel_shards(self, shards: frozenset[int]) -> None:
         """Cancel the attempts of `shards` without an outcome: the shard went (or goes) to
         another engine, whose lease takes their claims back to the queue."""
-        for attempt in self._inflight.values():
-            if attempt.shard in shards and attempt.task is not None:
-                attempt.reason = CancelReason.DRAIN
-                attempt.task.cancel()
+        for attempt in list(self._inflight.values()):
+            if attempt.claim.shard in shards:
+                self._cancel(attempt, CancelReason.DRAIN)
 
     async def drain(self, timeout_s: float) -> None:
         """Wait up to `timeout_s` for in-flight steps; cancel the rest (back to the queue)."""
-        tasks = [a.task for a in self._inflight.values() if a.task is not None]
-        if not tasks:
+        if not self._inflight:
             return
-        _, late = await asyncio.wait(tasks, timeout=timeout_s)
-        if late:
-            log.warning("drain timeout: cancelling %d steps; they go back to the queue", len(late))
-            for task in late:
-                task.cancel()
-            await asyncio.wait(late, timeout=5.0)
+        self._idle = idle = asyncio.Event()
+        try:
+            await asyncio.wait_for(idle.wait(), timeout_s)
+            return
+        except TimeoutError:
+            pass
+        late = list(self._inflight.values())
+        log.warning("drain timeout: cancelling %d steps; they go back to the queue", len(late))
+        for attempt in late:
+            self._cancel(attempt, CancelReason.DRAIN)
+        try:
+            await asyncio.wait_for(idle.wait(), 5.0)
+        except TimeoutError:
+            log.warning("drain: %d steps did not stop", len(self._inflight))
 
-    async def _run(self, c: Claimed, attempt: _Attempt) -> None:
+    async def _run(self, attempt: _Attempt) -> None:
+        c = attempt.claim
         outcome = None
         began = time.monotonic()
         try:
-            outcome = await self._execute(c, attempt)
+            if not attempt.cancelled:
+                outcome = await self._execute(c, attempt)
+            elif attempt.reason is CancelReason.RUN_CANCELLED:
+                outcome = _failed_for_good(
+                    c, errors.error_blob("Cancelled", "the run was cancelled")
+                )
         finally:
+            attempt.task = None
             # After a retry in place, a new attempt of the same step may run beside this one
             # (whose result the fence will drop): each removes only its own entry.
             if self._inflight.get((c.run_rid, c.pos)) is attempt:
                 del self._inflight[(c.run_rid, c.pos)]
+                if self._idle is not None and not self._inflight:
+                    self._idle.set()
             if outcome is not None and outcome.kind is _DONE:
                 self._pool.hold(c.run_rid, c.pos, c.shard)
             else:
@@ -201,9 +271,10 @@ class StepRunner:
                 done.stored = await asyncio.to_thread(payloads.stage, self._payload_folder, blob)
             return done
         except asyncio.CancelledError as exc:
-            task = asyncio.current_task()
-            if task is None or not task.cancelling():
-                return self._failed(c, st, exc)  # raised by the step's own code
+            if attempt.reason is None:
+                # Raised by the step's own code, or a cancel the engine did not ask for (its
+                # worker retires after it): the step's failure, retried by its policy.
+                return self._failed(c, st, exc)
             if attempt.reason is CancelReason.RUN_CANCELLED:
                 # Fenced away (the run is not running): this just deletes the task row.
                 return _failed_for_good(c, errors.error_blob("Cancelled", "the run was cancelled"))
@@ -286,3 +357,32 @@ def _log_step_failed(c: Claimed, outcome: Outcome) -> None:
         error_line(error),
         extra={"run": c.run_id, "workflow": c.workflow, "step": c.name, "pos": c.pos},
     )
+
+
+@types.coroutine
+def _isolated(
+    coro: Coroutine[Any, Any, None], blocked: Callable[[], None]
+) -> Generator[Any, Any, None]:
+    """Await `coro` from the current task, in a context of its own; `blocked()` the first time
+    it waits. A plain `await` would run it in the worker's context, where what one step sets in
+    a ContextVar would be seen by the next."""
+    context = contextvars.copy_context()
+    send, throw = coro.send, coro.throw
+    try:
+        yielded = context.run(send, None)
+    except StopIteration:
+        return
+    blocked()
+    while True:
+        try:
+            value = yield yielded
+        except BaseException as exc:  # a cancel (or close) of the worker: the attempt's to take
+            try:
+                yielded = context.run(throw, exc)
+            except StopIteration:
+                return
+        else:
+            try:
+                yielded = context.run(send, value)
+            except StopIteration:
+                return

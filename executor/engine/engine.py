@@ -5,7 +5,7 @@ Work moves through a pipeline of named background tasks, each batching one kind 
 transaction (a transaction is one thread hop, see store.database), each owned by one piece:
 
     dispatch  (dispatch.py)  claims queued tasks for shards with free slots (slots.py)
-    (steps)   (runner.py)    one asyncio task per claimed step, holding one slot of its shard
+    (steps)   (runner.py)    worker tasks run claimed steps, each holding one slot of its shard
     flush     (recorder.py)  records finished steps and unparks many per transaction
     replay    (replayer.py)  feeds recorded results to workflow code; commits its next steps
     timers    (upkeep.py)    fires durable sleeps that are due

@@ -1,5 +1,5 @@
-"""The payload store: arguments and results above a size, stored once by content, out of the
-journal rows.
+"""The payload store: arguments and results above a size, out of the journal rows, stored once
+by content where that pays.
 
 Three tiers, by the size of the encoded payload:
 
@@ -15,11 +15,12 @@ passed along with small ones that differ per call: when an argument is over INLI
 such argument is stored on its own, and the row holds the byte 0x01 and a JSON array with one item
 per argument: a string holding the argument's JSON, or the id of its stored payload. JSON never
 starts with 0x00 or 0x01, so rows written before the store read as they always did (codec.py
-names the format bytes). Payloads are addressed by the digest of their encoded bytes: the same
-system prompt passed to 100,000 steps is stored once, and a fork or a retry that copies a journal
-row copies only its references. Reference counts are kept by triggers
-on the tables that hold payloads (migrations/0004_payloads.sql), so no writer can forget one;
-a reference to a missing payload aborts its statement.
+names the format bytes). Arguments (and results from SHARE_MIN_BYTES) are addressed by the
+digest of their encoded bytes: the same system prompt passed to 100,000 steps is stored once.
+Smaller results, read back once if at all, get a row of their own under a unique key instead
+(`put`). A fork or a retry that copies a journal row copies only its references. Reference counts
+are kept by triggers on the tables that hold payloads (sqlite migrations 0006 and 0011), so no
+writer can forget one; a reference to a missing payload aborts its statement.
 
 Files get a unique name each time one is written, never reused: deleting the row of a file makes
 the file unreachable for good, so it can be unlinked after the commit with no race. A crash
@@ -58,6 +59,8 @@ FILE_MIN_BYTES = 1024 * 1024
 # are where the bytes add up, and where the time per byte is the same share of far fewer steps.
 ZLIB_LEVEL = 1
 COMPRESS_MIN_BYTES = 4 * 1024
+# Results below this are stored unshared (see `put`); arguments are always stored by content.
+SHARE_MIN_BYTES = 64 * 1024
 _SAVE_FRACTION = 0.875
 # Orphan files (a crash between a file's write and its commit) are swept only when older.
 ORPHAN_GRACE_S = 3600.0
@@ -287,16 +290,54 @@ def is_inline(item: bytes | Staged | None) -> bool:
 
 
 def put(conn: Conn, item: bytes | Staged | None, now: float) -> bytes | None:
-    """Inside a write transaction: what the row should hold for this payload (itself when small,
-    else a reference to its stored copy, inserted now unless the same bytes are stored already).
-    The reference counts itself when the row is written (the triggers)."""
+    """Inside a write transaction: what the row should hold for a result (itself when small,
+    else a reference to its stored copy). The reference counts itself when the row is written
+    (the triggers).
+
+    A result up to SHARE_MIN_BYTES is stored as its own row under a unique key: results are
+    read back once if at all, rarely equal to another payload, and a content digest in the
+    unique index is a write to a random page of it per payload (15% of the CPU per step of the
+    llm benchmark). Larger results are stored by content, once, like arguments."""
     if item is None:
         return None
     if not isinstance(item, Staged):
         if len(item) <= INLINE_MAX_BYTES:
             return item
+        if len(item) < SHARE_MIN_BYTES:
+            return _REF_PREFIX + str(_insert_unshared(conn, bytes(item), now)).encode()
         item = Staged(bytes(item), digest(item))
     return _REF_PREFIX + str(_insert(conn, item, now)).encode()
+
+
+class _Keys:
+    """Unique keys for unshared payloads, in the `digest` column: 8 random bytes drawn once per
+    process (again in a forked child) and a counter, so each process appends at one place of
+    the unique index. A repeat (two processes drawing the same 64 bits) fails its insert on the
+    unique constraint: never a reference to another payload."""
+
+    def __init__(self) -> None:
+        self._fresh()
+        os.register_at_fork(after_in_child=self._fresh)
+
+    def _fresh(self) -> None:
+        self._prefix = os.urandom(8)
+        self._n = 0
+
+    def next(self) -> bytes:
+        self._n += 1
+        return self._prefix + self._n.to_bytes(8, "big")
+
+
+_keys = _Keys()
+
+
+def _insert_unshared(conn: Conn, blob: bytes, now: float) -> int:
+    codec, data = _compress(blob)
+    (pid,) = conn.execute(
+        conn.q["insert_payload_unshared"],
+        {"key": _keys.next(), "size": len(blob), "codec": codec, "data": data, "now": now},
+    ).fetchone()
+    return int(pid)
 
 
 def _insert(conn: Conn, item: Staged, now: float) -> int:

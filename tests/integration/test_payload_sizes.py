@@ -37,6 +37,7 @@ EDGES = sorted(
             payloads._HASH_PIECE,
             2 * payloads._HASH_PIECE,
             payloads.COMPRESS_MIN_BYTES,
+            payloads.SHARE_MIN_BYTES,
         )
         for d in (-2, -1, 0, 1, 2)
     }
@@ -146,17 +147,26 @@ def test_any_size_round_trips_stored_once_and_counted(
         assert _payload_problems(conn) == []
         if size <= payloads.INLINE_MAX_BYTES:
             return
-        # One row for the value wherever it is: the run's and the step's arguments (apart from
-        # the small 7) and results; its digest is of the whole value, however it was hashed.
+        # The arguments by content: one row for the value in the run's and the step's arguments
+        # (apart from the small 7), its digest of the whole value however it was hashed.
+        # Results under SHARE_MIN_BYTES: a row of their own each; larger, by content too.
         digest = hashlib.blake2b(value, digest_size=16).digest()
-        how, data, refs = conn.execute(
-            _q(conn, "SELECT codec, data, refs FROM payloads WHERE digest = ?"), (digest,)
-        ).fetchone()
-    assert refs >= 4
+        select = "SELECT id, codec, data, refs FROM payloads WHERE "
+        shared = conn.execute(_q(conn, select + "digest = ?"), (digest,)).fetchone()
+        results = [int(bytes(_row(conn, t, rid)[1])[1:]) for t in ("runs", "steps")]
+        rows = [shared] + [
+            conn.execute(_q(conn, select + "id = ?"), (i,)).fetchone() for i in results
+        ]
+    if size >= payloads.SHARE_MIN_BYTES:
+        assert results == [shared[0]] * 2 and shared[3] >= 4
+    else:
+        assert shared[0] not in results and results[0] != results[1] and shared[3] >= 2
+        assert [r[3] for r in rows[1:]] == [1, 1]
     packed = zlib.compress(value, payloads.ZLIB_LEVEL)
     squeezed = len(packed) <= len(value) * 0.875
-    assert how == ("zlib" if size >= payloads.COMPRESS_MIN_BYTES and squeezed else "json")
-    assert bytes(data) == (packed if how == "zlib" else value)
+    for _, how, data, _ in rows:
+        assert how == ("zlib" if size >= payloads.COMPRESS_MIN_BYTES and squeezed else "json")
+        assert bytes(data) == (packed if how == "zlib" else value)
 
 
 def _payload_versions(conn: Conn, digest: bytes) -> Any:
@@ -239,5 +249,8 @@ def test_a_populated_database_migrates_to_the_new_triggers(
             _record(conn, rid, prompt)
         counts = conn.execute("SELECT size, refs FROM payloads ORDER BY id").fetchall()
         assert _payload_problems(conn) == []
-    # Each prompt: the run's and the step's arguments and results.
-    assert [tuple(c) for c in counts] == [(len(p), 4) for p in prompts]
+    # Each prompt: once by content for the run's and the step's arguments (2 references), and
+    # the step's and the run's results (all three recorded: one before the migration) a row each.
+    assert sorted(tuple(c) for c in counts) == sorted(
+        [(len(p), 2) for p in prompts] + [(len(p), 1) for p in prompts for _ in range(2)]
+    )

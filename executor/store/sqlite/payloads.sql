@@ -12,6 +12,13 @@ VALUES (:digest, :size, :codec, :data, :file, :now)
 ON CONFLICT (digest) DO UPDATE SET digest = excluded.digest
 RETURNING id, file;
 
+-- name: insert_payload_unshared
+-- A result stored as its own row under a unique key (store/payloads.py, put): no lookup, and a
+-- key that repeats fails on the unique index instead of naming another payload.
+INSERT INTO payloads (digest, size, codec, data, file, created_at)
+VALUES (:key, :size, :codec, :data, NULL, :now)
+RETURNING id;
+
 -- name: payload_digest
 SELECT digest FROM payloads WHERE id = ?;
 

@@ -10,7 +10,8 @@ The life of one step, by record:
 
     NewStep       the workflow asked for a step (WorkflowInstance.schedule)
     ReplayOutput  what one replay of one run produced, committed by repository.commit_replays
-    Claimed       a queued task taken by an engine (repository.claim)
+    Claimed       a queued task taken by an engine (repository.claim), or by the replay commit
+                  that queued it, for the slot its run holds (NextClaim)
     Outcome       what one attempt came to, recorded by repository.record (with the limiter's
                   Unparks, in the same group commit)
     Delivery      a journal entry just recorded (or read back for a full replay), fed to the
@@ -287,6 +288,23 @@ class ReplayOutput:
     # Set by commit_replays: the run was no longer running in that generation (cancelled, or
     # retried), so nothing of this output was written. The instance that made it is stale.
     dropped: bool = False
+    # Slots the run holds for its next steps (the engine's SlotPool.reserve): with a NextClaim,
+    # the commit claims up to this many of its new plain steps for them, when FIFO allows.
+    claim: int = 0
+    # Set by commit_replays once committed: the tasks it claimed for this run (claim's records).
+    claimed: list[Claimed] = field(default_factory=list)
+
+
+@dataclass(frozen=True, slots=True)
+class NextClaim:
+    """The claim a replay commit makes for the runs' held slots (repository.commit_replays), as
+    repository.claim would: the engine, its epoch, the claim token, and whether to read what the
+    limiter needs."""
+
+    engine: int
+    epoch: int
+    token: int
+    limits: bool
 
 
 class RunRow(NamedTuple):

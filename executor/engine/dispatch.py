@@ -8,6 +8,7 @@ nothing is claimed and the engine drains.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import time
 from collections.abc import Callable
@@ -23,6 +24,12 @@ from executor.store.leases import Fence
 from executor.vocabulary import NEWER_EPOCH
 
 log = logging.getLogger("executor.engine")
+
+
+def claim_tokens(engine_id: int) -> Callable[[], int]:
+    """Claim tokens for the dispatcher's claims and the replay commits' (replayer.py): unique
+    per claim across engines, the engine id in the high bits."""
+    return itertools.count((engine_id << 32) + 1).__next__
 
 
 class Dispatcher:
@@ -42,6 +49,7 @@ class Dispatcher:
         request_stop: Callable[[str], None],
         poll_interval_s: Callable[[], float],
         fence: Callable[[], Fence],
+        next_token: Callable[[], int],
     ) -> None:
         self._db = db
         self._fence = fence  # the shards we own (engine/leases.py): claimed only there
@@ -54,8 +62,7 @@ class Dispatcher:
         self._stopping = stopping
         self._request_stop = request_stop
         self._poll_interval_s = poll_interval_s  # the engine's, which SIGHUP may change
-        # Claim tokens: unique per claim across engines (the engine id in the high bits).
-        self._token = engine_id << 32
+        self._next_token = next_token  # unique per claim across engines (claim_tokens)
 
     async def run(self) -> None:
         next_poll = 0.0
@@ -66,13 +73,12 @@ class Dispatcher:
                 next_poll = now + self._poll_interval_s()
             wants = self._pool.wants(poll)
             if wants or poll:
-                self._token += 1
                 try:
                     claimed = await self._db.run(
                         repo.claim,
                         self._engine_id,
                         self._epoch,
-                        self._token,
+                        self._next_token(),
                         wants,
                         time.time(),
                         self._limiter.active,

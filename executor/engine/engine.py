@@ -32,7 +32,7 @@ from typing import Any
 from executor import config, errors, registry, resources
 from executor.engine import lag
 from executor.engine.cache import HydrationCache
-from executor.engine.dispatch import Dispatcher
+from executor.engine.dispatch import Dispatcher, claim_tokens
 from executor.engine.health import WriteHealth
 from executor.engine.leases import Leases, split_limits
 from executor.engine.limits import Limiter, WakeTimer
@@ -46,13 +46,21 @@ from executor.store import engines, payloads
 from executor.store import samples as stored_samples
 from executor.store.database import Store, open_database
 from executor.telemetry import Telemetry
-from executor.vocabulary import EngineState, ReplayArgs
+from executor.vocabulary import EngineState, NextClaim, ReplayArgs
 
 log = logging.getLogger("executor.engine")
 # The counters of the runner and the replayer, all zero before start.
 # At most this share of the time goes to counting the queues for the samples (see sample()).
 QUEUE_COUNT_SHARE = 0.01
-_COUNTERS = ("steps", "retries", "replays", "full_replays", "finished", "replay_args_changed")
+_COUNTERS = (
+    "steps",
+    "retries",
+    "replays",
+    "full_replays",
+    "finished",
+    "replay_args_changed",
+    "claimed_in_commit",
+)
 
 
 class EngineCrashed(errors.ExecutorError):
@@ -66,6 +74,7 @@ class _Pieces:
         cfg = engine.cfg
         poll_interval_s = engine.poll_interval  # read on every pass: SIGHUP may change it
         self.pool = SlotPool(db.shards, engine.concurrency)
+        next_token = claim_tokens(engine.engine_id)
         self.wakes = WakeTimer(self.pool.wake)
         self.health = WriteHealth(cfg.write_failure_limit_s)
         self.replayer = Replayer(
@@ -82,6 +91,11 @@ class _Pieces:
             sleeps_queued=lambda: self.upkeep.wake_timers(),
             on_finish=engine.on_finish,
             fence=lambda: self.leases.fence(),
+            # A run's next steps claimed in the commit that queues them, as the dispatcher would.
+            claim_next=lambda: NextClaim(
+                engine.engine_id, engine.epoch, next_token(), engine.limiter.active
+            ),
+            start=lambda c: self.runner.start(c),
         )
         self.recorder = Recorder(
             db,
@@ -118,6 +132,7 @@ class _Pieces:
             request_stop=engine.request_stop,
             poll_interval_s=poll_interval_s,
             fence=lambda: self.leases.fence(),
+            next_token=next_token,
         )
         self.leases = Leases(
             db,

@@ -28,7 +28,9 @@ from executor.store.history import error_line
 from executor.store.leases import Fence
 from executor.vocabulary import (
     SETTLED_KINDS,
+    Claimed,
     Delivery,
+    NextClaim,
     ReplayArgs,
     ReplayOutput,
     RunSnapshot,
@@ -120,8 +122,14 @@ class Replayer:
         sleeps_queued: Callable[[], None],
         on_finish: Callable[[str, str], None] | None,
         fence: Callable[[], Fence],
+        claim_next: Callable[[], NextClaim] | None = None,
+        start: Callable[[Claimed], None] | None = None,
     ) -> None:
         self._db = db
+        # Claiming a run's next steps in the commit that queues them, for the slots it holds
+        # (a fresh claim token each commit), and handing them to the step runner (`start`).
+        self._claim_next = claim_next
+        self._start = start
         self._fence = fence  # the shards we own (engine/leases.py): replayed and committed only
         self._registry = reg
         self._pool = pool
@@ -148,6 +156,7 @@ class Replayer:
             "caught_up": 0,
             "finished": 0,
             "replay_args_changed": 0,
+            "claimed_in_commit": 0,
         }
 
     def deliver(self, deliveries: list[Delivery]) -> None:
@@ -323,9 +332,11 @@ class Replayer:
                 inst = built
             outputs.append(_output(inst))
             replayed[rid] = inst
+        claim = self._reserve(outputs)
         try:
-            await self._db.run(repo.commit_replays, outputs, time.time(), self._fence())
+            await self._db.run(repo.commit_replays, outputs, time.time(), self._fence(), claim)
         except errors.StoreError as exc:
+            self._run_claimed(outputs)  # committed before the part that failed (PostgreSQL)
             for rid in chunk:
                 self._pool.release(rid)
             # The replay entries are still there: a later poll replays these runs from scratch.
@@ -336,10 +347,43 @@ class Replayer:
             self._health.failed(exc, "replay")
             return
         self._health.ok("replay")
+        self._run_claimed(outputs)
         for rid in chunk:
             self._pool.release(rid)  # their next steps, if any, are queued now
         self.deliver([d for out in outputs for d in out.recorded])  # waits that found a message
         self._committed(outputs, replayed, run_ids, workflows)
+
+    def _reserve(self, outputs: list[ReplayOutput]) -> NextClaim | None:
+        """Ask the commit to claim each run's next plain steps for the slots it holds (`claim`
+        on its output, the slots reserved in the pool until after the commit). Not for steps
+        under a limit: those go through the dispatcher's claim, and the limiter, as before."""
+        if self._claim_next is None or self._stopping.is_set():
+            return None
+        steps = self._registry.steps
+        step = StepKind.STEP
+        any_claim = False
+        for out in outputs:
+            if out.finished is not None or out.parked is not None or not out.new_steps:
+                continue
+            if any(
+                s.kind == step and (s.limit_key is not None or _limited(steps.get(s.name)))
+                for s in out.new_steps
+            ):
+                continue
+            out.claim = self._pool.reserve(out.run_rid)
+            any_claim = any_claim or out.claim > 0
+        return self._claim_next() if any_claim else None
+
+    def _run_claimed(self, outputs: list[ReplayOutput]) -> None:
+        """Start the tasks the commit claimed, in the slots their runs held for them."""
+        if self._start is None:
+            return
+        for out in outputs:
+            if out.claimed:
+                self._pool.run_next(out.run_rid, len(out.claimed))
+                self.counters["claimed_in_commit"] += len(out.claimed)
+                for c in out.claimed:
+                    self._start(c)
 
     def _committed(
         self,
@@ -357,7 +401,7 @@ class Replayer:
                     self.instances.pop(out.run_rid)
                     inst.close()
                 continue
-            if out.new_steps:
+            if len(out.new_steps) > len(out.claimed):
                 queued_shards.add(out.shard)
             if out.finished is not None or out.parked is not None:
                 if inst is not None:
@@ -475,6 +519,11 @@ def _log_run_stopped(run_id: str, workflow: str, out: ReplayOutput) -> None:
         error_line(error),
         extra={"run": run_id, "workflow": workflow, "step": step},
     )
+
+
+def _limited(st: registry.StepDef[Any, Any] | None) -> bool:
+    """A step the limiter may hold back (or one not registered here: the runner parks it)."""
+    return st is None or bool(st.limits)
 
 
 def _close_instance(inst: WorkflowInstance) -> None:

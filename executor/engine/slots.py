@@ -1,9 +1,11 @@
 """The slot pool: how many steps each shard runs at once, and which shards are worth a claim.
 
 The pool is the only writer of slot state. Everything else tells it what happened: a claim took
-slots (`occupy`), a step finished (`hold` or `free`), a run's next step was queued or dropped
-(`release`), tasks became claimable somewhere (`wake`, `wake_all`). The dispatcher asks it what to
-claim (`wants`) and sleeps on `wait` until something changed.
+slots (`occupy`), a step finished (`hold` or `free`), a replay commit is about to queue a run's
+next steps (`reserve`), the commit claimed them for the run's held slots (`run_next`), a run's
+next step was queued or dropped (`release`), tasks became claimable somewhere (`wake`,
+`wake_all`). The dispatcher asks it what to claim (`wants`) and sleeps on `wait` until something
+changed.
 """
 
 from __future__ import annotations
@@ -35,6 +37,9 @@ class SlotPool:
         # workflow's queued step before this run's next step exists: FIFO completion would
         # suffer, and the run would wait a whole step time for the next free slot.
         self._held: dict[int, dict[int, tuple[int, float]]] = {}
+        # Runs whose replay commit is in flight with their held slots reserved for it: never
+        # released as stale meanwhile (the commit may claim their next steps for them).
+        self._reserved: set[int] = set()
         self._changed = asyncio.Event()
 
     @property
@@ -108,8 +113,37 @@ class SlotPool:
             self.release(rid, pos)  # an older attempt of it (a retry in place) still holds one
         self._held.setdefault(rid, {})[pos] = (shard, time.monotonic())
 
+    def reserve(self, rid: int) -> int:
+        """A replay commit that may claim run `rid`'s next steps is about to start: keep the
+        slots the run holds for it, however long it takes (until `run_next` or `release`).
+        Returns how many it holds; 0 if its shard is not one we run steps for (handed over)."""
+        held = self._held.get(rid)
+        if not held:
+            return 0
+        shard = next(iter(held.values()))[0]
+        if shard not in self.owned:
+            return 0
+        self._reserved.add(rid)
+        return len(held)
+
+    def run_next(self, rid: int, n: int) -> None:
+        """The replay commit claimed `n` next steps of run `rid` for the slots it holds: they
+        pass to the runner, whose `start` occupies each again. Nothing else can take them in
+        between (no await), and they never look free: no wake, no hungry shard."""
+        held = self._held.get(rid)
+        if not held:
+            return
+        for pos in list(held)[:n]:
+            shard, _ = held.pop(pos)
+            self._busy[shard] -= 1
+        if not held:
+            del self._held[rid]
+            self._reserved.discard(rid)
+
     def release(self, rid: int, pos: int | None = None) -> None:
         """Free the slots held for run `rid` (only the one of step `pos`, if given)."""
+        if pos is None:
+            self._reserved.discard(rid)
         held = self._held.get(rid)
         if not held:
             return
@@ -134,7 +168,7 @@ class SlotPool:
             (rid, pos)
             for rid, held in self._held.items()
             for pos, (_, since) in held.items()
-            if since < cutoff
+            if since < cutoff and rid not in self._reserved
         ]
         for rid, pos in stale:
             self.release(rid, pos)

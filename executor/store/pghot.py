@@ -23,6 +23,7 @@ from executor.store.database import transaction
 from executor.store.leases import Fence
 from executor.vocabulary import (
     Delivery,
+    NextClaim,
     Outcome,
     OutcomeKind,
     Recorded,
@@ -59,6 +60,10 @@ def _blobs(items: Iterable[bytes | None]) -> str:
     return "{" + ",".join("NULL" if b is None else '"\\\\x' + b.hex() + '"' for b in items) + "}"
 
 
+def _bools(items: Iterable[bool]) -> str:
+    return "{" + ",".join("t" if b else "f" for b in items) + "}"
+
+
 def _lease(fence: Fence | None) -> dict[str, Any]:
     """The parameters of a statement's `lease` CTE."""
     if fence is None:
@@ -81,7 +86,7 @@ def claim(
     fence: Fence | None,
 ) -> list[tuple[Any, ...]] | None:
     """repository.claim: one statement, its own transaction. The claimed rows in FIFO order, in
-    select_claimed's columns (repository turns them into Claimed), or None if the epoch moved."""
+    select_claimed's columns (claims.records makes them Claimed), or None if the epoch moved."""
     wanted = [(shard, n) for shard, n in wants if n > 0]
     rows = conn.execute(
         conn.q["claim_batch"],
@@ -157,7 +162,13 @@ def batchable(out: ReplayOutput) -> bool:
 
 
 def commit_replays(
-    conn: Conn, outputs: Sequence[ReplayOutput], now: float, fence: Fence | None, each: Each
+    conn: Conn,
+    outputs: Sequence[ReplayOutput],
+    now: float,
+    fence: Fence | None,
+    each: Each,
+    claim: NextClaim | None = None,
+    claimed: list[Sequence[Any]] | None = None,
 ) -> int:
     """repository.commit_replays: the batchable outputs in one statement (commit_batch), the
     others through `each` (repository.commit_each, a few statements per output).
@@ -166,12 +177,21 @@ def commit_replays(
     to store first. Finished runs with a parent or children, which it leaves alone, then go
     through `each` in a transaction of their own (they are in shards it let through); else
     everything shares one transaction, fenced once at its start.
+
+    With `claim`, the statement also claims the batchable outputs' next tasks (commit_batch);
+    their rows, in select_claimed's columns, go to `claimed` as soon as they are committed.
+    The outputs `each` writes are queued as before (not the hot path).
     """
     batch = [o for o in outputs if batchable(o)]
     rest = [o for o in outputs if not batchable(o)]
     if rest or not all(_inline(o) for o in batch):
-        return transaction(_commit_all)(conn, batch, rest, now, fence, each)
-    queued, deferred = commit_batch(conn, batch, now, fence)
+        queued, rows = transaction(_commit_all)(conn, batch, rest, now, fence, each, claim)
+        if claimed is not None:
+            claimed.extend(rows)
+        return queued
+    queued, deferred, rows = commit_batch(conn, batch, now, fence, claim)
+    if claimed is not None:
+        claimed.extend(rows)
     if deferred:
         queued += transaction(each)(conn, deferred, now)
     return queued
@@ -184,15 +204,16 @@ def _commit_all(
     now: float,
     fence: Fence | None,
     each: Each,
-) -> int:
+    claim: NextClaim | None,
+) -> tuple[int, list[tuple[Any, ...]]]:
     owned = leases.owned(conn, fence)
     if owned is not None:
         for out in (*batch, *rest):
             out.dropped = out.shard not in owned
         batch = [o for o in batch if not o.dropped]
         rest = [o for o in rest if not o.dropped]
-    queued, deferred = commit_batch(conn, batch, now, None)
-    return queued + each(conn, deferred + rest, now)
+    queued, deferred, rows = commit_batch(conn, batch, now, None, claim)
+    return queued + each(conn, deferred + rest, now), rows
 
 
 def _inline(out: ReplayOutput) -> bool:
@@ -200,13 +221,18 @@ def _inline(out: ReplayOutput) -> bool:
 
 
 def commit_batch(
-    conn: Conn, outputs: Sequence[ReplayOutput], now: float, fence: Fence | None
-) -> tuple[int, list[ReplayOutput]]:
+    conn: Conn,
+    outputs: Sequence[ReplayOutput],
+    now: float,
+    fence: Fence | None,
+    claim: NextClaim | None = None,
+) -> tuple[int, list[ReplayOutput], list[tuple[Any, ...]]]:
     """Write the batchable outputs in one statement; mark those of shards the fence refused, and
-    of runs no longer running in their generation, as dropped. Returns the tasks queued and the
-    outputs left for the per-row path (finished runs with a parent or children)."""
+    of runs no longer running in their generation, as dropped. Returns the tasks queued, the
+    outputs left for the per-row path (finished runs with a parent or children), and the tasks
+    it claimed (with `claim`) in select_claimed's columns."""
     if not outputs:
-        return 0, []
+        return 0, [], []
     steps = [(out.run_rid, s) for out in outputs for s in out.new_steps]
     rows = conn.execute(
         conn.q["commit_batch"],
@@ -227,13 +253,41 @@ def commit_batch(
             "sfp": _texts(s.fingerprint for _, s in steps),
             "sargs": _blobs(payloads.put_args(conn, s.args, now) for _, s in steps),
             "skey": _texts(s.limit_key for _, s in steps),
+            "stake": _bools(_to_claim(outputs, claim)),
+            "token": None if claim is None else claim.token,
+            "engine": None if claim is None else claim.engine,
+            "epoch": None if claim is None else claim.epoch,
             "now": now,
             **_lease(fence),
         },
     ).fetchall()
-    deferred_of = {rid: deferred for rid, deferred, _, _ in rows if rid >= 0}
-    owned = next(set(shards) for rid, _, _, shards in rows if rid < 0)
-    queued = max((int(count) for rid, _, count, _ in rows if rid >= 0), default=0)
+    deferred_of = {rid: deferred for rid, deferred, _, _, _, _, _, _ in rows if rid >= 0}
+    owned = next(set(shards) for rid, _, _, shards, _, _, _, _ in rows if rid == -1)
+    queued = max((int(count) for rid, _, count, _, _, _, _, _ in rows if rid >= 0), default=0)
+    claimed = []
+    if claim is not None:
+        step_of = {(rid, s.pos): s for rid, s in steps}
+        shard_of = {out.run_rid: out.shard for out in outputs}
+        for kind, _, rid, _, pos, run_id, workflow, ckey in rows:
+            if kind == -2:
+                s = step_of[(rid, pos)]
+                # select_claimed's columns: a new task's first attempt, never unparked.
+                claimed.append(
+                    (
+                        rid,
+                        pos,
+                        shard_of[rid],
+                        1,
+                        s.name,
+                        s.args,
+                        s.limit_key,
+                        run_id,
+                        workflow,
+                        False,
+                        ckey,
+                    )
+                )
+        claimed.sort(key=lambda r: (r[0], r[1]))
     deferred = []
     for out in outputs:
         if fence is not None and out.shard not in owned:
@@ -248,4 +302,18 @@ def commit_batch(
                 )
         elif deferred_of[out.run_rid]:
             deferred.append(out)
-    return queued, deferred
+    return queued, deferred, claimed
+
+
+def _to_claim(outputs: Sequence[ReplayOutput], claim: NextClaim | None) -> list[bool]:
+    """Per new step (in the statement's order): whether to claim it for a slot its run holds.
+    A run's first `out.claim` steps without a limit_key, up to the first that has one (FIFO
+    within the run); commit_batch still checks the epoch and the shard's older tasks."""
+    take: list[bool] = []
+    for out in outputs:
+        left = out.claim if claim is not None else 0
+        for s in out.new_steps:
+            ok = left > 0 and s.limit_key is None
+            left = left - 1 if ok else 0
+            take.append(ok)
+    return take

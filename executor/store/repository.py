@@ -14,14 +14,14 @@ Each public function here is one transaction (or one read) and runs on the datab
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import orjson
 
 from executor import errors
 from executor.errors import error_blob
-from executor.store import actions, children, journal, leases, payloads, pghot, signals
+from executor.store import actions, children, claims, journal, leases, payloads, pghot, signals
 from executor.store.conn import Conn
 from executor.store.database import transaction
 from executor.store.leases import Fence
@@ -30,6 +30,7 @@ from executor.vocabulary import (
     Claimed,
     Delivery,
     NewRun,
+    NextClaim,
     Outcome,
     OutcomeKind,
     Recorded,
@@ -93,101 +94,9 @@ def create_runs(conn: Conn, runs: Sequence[NewRun], now: float) -> list[str]:
     return ids
 
 
-# --- claiming ------------------------------------------------------------------------------------
+# --- claiming (store/claims.py, under the name the engine has always called) ----------------------
 
-
-def claim(
-    conn: Conn,
-    engine_id: int,
-    epoch: int,
-    token: int,
-    wants: Sequence[tuple[int, int]],
-    now: float,
-    limits: bool = True,
-    fence: Fence | None = None,
-) -> list[Claimed] | None:
-    """Claim up to n queued tasks for each (shard, n), oldest workflow first.
-
-    Returns None, claiming nothing, when the stored epoch has moved past ours: we must drain.
-    Tasks are marked in flight, never deleted. `limits`: also read what the limiter needs (the
-    run's concurrency key, whether the task was unparked); an engine without limits skips it.
-    `fence`: claim only in shards the engine still owns at the epochs it holds (store/leases).
-    """
-    if not any(n > 0 for _, n in wants):
-        # Nothing to claim: check the epoch with a read, without taking the write lock.
-        current = conn.execute(conn.q["select_epoch"]).fetchone()[0]
-        return [] if current == epoch else None
-    if conn.dialect == "postgres":  # one statement, the lease fence in it (store/pghot.py)
-        rows = pghot.claim(conn, engine_id, epoch, token, wants, now, fence)
-        return None if rows is None else _claimed(conn, rows, token, limits)
-    return _claim(conn, engine_id, epoch, token, wants, now, limits, fence)
-
-
-@transaction
-def _claim(
-    conn: Conn,
-    engine_id: int,
-    epoch: int,
-    token: int,
-    wants: Sequence[tuple[int, int]],
-    now: float,
-    limits: bool,
-    fence: Fence | None,
-) -> list[Claimed] | None:
-    if conn.execute(conn.q["select_epoch"]).fetchone()[0] != epoch:
-        return None
-    owned = leases.owned(conn, fence)
-    if owned is not None:
-        wants = [(shard, n) for shard, n in wants if shard in owned]
-    # Set-based: a few statements for the whole batch. sqlite3 lets go of the GIL around each
-    # statement step, and the engine's event loop keeps it busy, so every step of this thread
-    # can wait for the GIL: per-row statements made claims the slowest transaction we had.
-    conn.executemany(
-        conn.q["mark_claimed"],
-        [
-            {
-                "token": token,
-                "engine": engine_id,
-                "epoch": epoch,
-                "now": now,
-                "shard": shard,
-                "limit": limit,
-            }
-            for shard, limit in wants
-            if limit > 0
-        ],
-    )
-    conn.execute(conn.q["count_claimed_attempts"], {"token": token, "now": now})
-    return _claimed(conn, conn.execute(conn.q["select_claimed"], (token,)), token, limits)
-
-
-def _claimed(conn: Conn, rows: Iterable[Sequence[Any]], token: int, limits: bool) -> list[Claimed]:
-    """Claimed tasks from rows in select_claimed's columns (both dialects), their arguments
-    read from the payload store where they were stored there."""
-    out: list[Claimed] = []
-    for row in rows:
-        run_rid, pos, shard, attempt, name, args, limit_key, run_id, workflow, unparked, ckey = row
-        if not limits:
-            unparked, ckey = False, None
-        if payloads.is_ref(args):
-            args = payloads.resolve(conn, args)
-        out.append(
-            Claimed(
-                run_rid,
-                pos,
-                shard,
-                attempt,
-                name,
-                args,
-                token,
-                limit_key,
-                ckey,
-                bool(unparked),
-                run_id,
-                workflow,
-            )
-        )
-    return out
+claim = claims.claim
 
 
 # --- recording results ---------------------------------------------------------------------------
@@ -334,7 +243,11 @@ load_deliveries = journal.load_deliveries
 
 
 def commit_replays(
-    conn: Conn, outputs: Sequence[ReplayOutput], now: float, fence: Fence | None = None
+    conn: Conn,
+    outputs: Sequence[ReplayOutput],
+    now: float,
+    fence: Fence | None = None,
+    claim: NextClaim | None = None,
 ) -> int:
     """Commit what a batch of replays produced, deleting the replay entries they consumed.
 
@@ -346,26 +259,67 @@ def commit_replays(
     the run must not get steps, tasks or timers of the old code path (out.dropped is set).
     With `fence`, neither is an output of a shard the engine no longer owns at the epoch it holds
     (its new owner replays the run from the journal).
+
+    With `claim`, each output's first `out.claim` new plain tasks (without a limit_key) are
+    claimed in this transaction, as `claim` would claim them, when the stored epoch is still
+    `claim.epoch` and no task a claim of their shard would take first is queued; they go into
+    `out.claimed` once committed (and only then: a later failure leaves them there, claimed).
     """
     if conn.dialect == "postgres":  # the plain outputs in one statement (store/pghot.py)
-        return pghot.commit_replays(conn, outputs, now, fence, commit_each)
-    return _commit_replays(conn, outputs, now, fence)
+        rows: list[Sequence[Any]] = []  # claimed, committed: filled even if a later part fails
+        try:
+            return pghot.commit_replays(conn, outputs, now, fence, commit_each, claim, rows)
+        finally:
+            if rows and claim is not None:  # their arguments are the replay's, never a reference
+                _hand_claimed(outputs, claims.records(conn, rows, claim.token, claim.limits))
+    queued, claimed = _commit_replays(conn, outputs, now, fence, claim)
+    _hand_claimed(outputs, claimed)
+    return queued
+
+
+def _hand_claimed(outputs: Sequence[ReplayOutput], claimed: list[Claimed]) -> None:
+    if not claimed:
+        return
+    of: dict[int, list[Claimed]] = {}
+    for c in claimed:
+        of.setdefault(c.run_rid, []).append(c)
+    for out in outputs:
+        if out.run_rid in of:
+            out.claimed.extend(of.pop(out.run_rid))
 
 
 @transaction
 def _commit_replays(
-    conn: Conn, outputs: Sequence[ReplayOutput], now: float, fence: Fence | None
-) -> int:
+    conn: Conn,
+    outputs: Sequence[ReplayOutput],
+    now: float,
+    fence: Fence | None,
+    claim: NextClaim | None,
+) -> tuple[int, list[Claimed]]:
     owned = leases.owned(conn, fence)
     if owned is not None:
         for out in outputs:
             out.dropped = out.shard not in owned
         outputs = [out for out in outputs if not out.dropped]
-    return commit_each(conn, outputs, now)
+    if claim is not None and not any(out.claim for out in outputs):
+        claim = None
+    if claim is not None and conn.execute(conn.q["select_epoch"]).fetchone()[0] != claim.epoch:
+        claim = None  # the dispatcher's next claim finds out, and the engine drains
+    queued = commit_each(conn, outputs, now, claim)
+    if claim is None:
+        return queued, []
+    # What the claim's last two statements do, for the tasks claimed above (one token).
+    conn.execute(conn.q["count_claimed_attempts"], {"token": claim.token, "now": now})
+    rows = conn.execute(conn.q["select_claimed"], (claim.token,))
+    return queued, claims.records(conn, rows, claim.token, claim.limits)
 
 
-def commit_each(conn: Conn, outputs: Sequence[ReplayOutput], now: float) -> int:
-    """commit_replays inside an open transaction, a statement or a few per output."""
+def commit_each(
+    conn: Conn, outputs: Sequence[ReplayOutput], now: float, claim: NextClaim | None = None
+) -> int:
+    """commit_replays inside an open transaction, a statement or a few per output; with `claim`
+    (epoch checked), a run's first `out.claim` new plain tasks are inserted claimed when FIFO
+    allows (claim_next_task), the caller then counting their attempts and reading them back."""
     queued = 0
     for out in outputs:
         if not out.inactive:
@@ -379,6 +333,7 @@ def commit_each(conn: Conn, outputs: Sequence[ReplayOutput], now: float) -> int:
                         (out.run_rid, out.consumed_seq, out.run_rid),
                     )
                 continue
+        take = out.claim if claim is not None else 0
         for s in out.new_steps:
             if s.kind == StepKind.EVENT:
                 assert s.args is not None
@@ -422,8 +377,15 @@ def commit_each(conn: Conn, outputs: Sequence[ReplayOutput], now: float) -> int:
             elif s.kind == StepKind.CHILD:
                 children.start(conn, out.run_rid, s, True, now)
             else:
-                conn.execute(conn.q["insert_task"], (out.run_rid, s.pos, out.shard))
                 queued += 1
+                if take > 0 and claim is not None and s.limit_key is None:
+                    args = {"rid": out.run_rid, "pos": s.pos, "shard": out.shard, "now": now}
+                    args.update(token=claim.token, engine=claim.engine, epoch=claim.epoch)
+                    if conn.execute(conn.q["claim_next_task"], args).rowcount:
+                        take -= 1
+                        continue
+                take = 0  # FIFO: a later step of the run does not go before this one
+                conn.execute(conn.q["insert_task"], (out.run_rid, s.pos, out.shard))
         if out.finished is not None:
             changed = conn.execute(
                 conn.q["finish_run"],

@@ -624,11 +624,13 @@ async def test_a_cancel_between_a_replays_load_and_its_commit_leaves_no_task(
     commit = repo.commit_replays
     raced: list[bool] = []
 
-    def cancel_then_commit(conn: Any, outputs: Any, now: float, fence: Any = None) -> int:
+    def cancel_then_commit(
+        conn: Any, outputs: Any, now: float, fence: Any = None, claim: Any = None
+    ) -> int:
         if not raced and any(o.run_rid == target and o.new_steps for o in outputs):
             repo.cancel_run(conn, run, now)  # another process's cancel, committed first
             raced.append(True)
-        return commit(conn, outputs, now, fence)
+        return commit(conn, outputs, now, fence, claim)
 
     monkeypatch.setattr(repo, "commit_replays", cancel_then_commit)
     async with engine_factory(reg):

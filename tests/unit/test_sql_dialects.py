@@ -30,6 +30,9 @@ DIALECT_ONLY: dict[str, str] = {
     "mark_claimed": "sqlite",
     "count_claimed_attempts": "sqlite",
     "select_claimed": "sqlite",
+    # A run's next task claimed in the replay commit that queues it: PostgreSQL does it inside
+    # commit_batch (its per-row path, for rarer outputs, queues them as before).
+    "claim_next_task": "sqlite",
     **{
         f"record_in_{part}": "sqlite"
         for part in [

@@ -111,7 +111,15 @@ SELECT -1, NULL, ARRAY(SELECT shard FROM lease);
 -- run's queued tasks, timers and waits go with it, in this statement; a finished run with a
 -- parent or children is left alone here ("deferred": its tree is finished by
 -- children.run_left, in the transaction of the per-row path). Returns each live run, whether
--- it was deferred, and the tasks queued; and a last row with the shards the fence let through.
+-- it was deferred, and the tasks queued; a row with the shards the fence let through (rid -1);
+-- and a row per task claimed here (-2, its run and position, the run's id, workflow and
+-- concurrency key).
+-- Claiming (%(stake)s, per new step: a slot its run holds; pghot._to_claim): the step's task is
+-- inserted already claimed with %(token)s, as claim_batch would claim it, and its step counts
+-- the attempt, when the stored epoch is still ours and no unclaimed task of its shard that a
+-- claim would take first is queued (one probe of tasks_queued; this statement's own inserts
+-- are not in its snapshot, and pghot._to_claim keeps a run's claimed steps a prefix of its new
+-- ones). Rows this statement inserts cannot be updated by it: hence claimed when inserted.
 WITH lease AS (          -- the shards we still own at the epochs we hold (store/leases.owned)
     SELECT l.shard FROM shard_leases AS l
     JOIN unnest(%(lshards)s::bigint[], %(lepochs)s::bigint[]) AS e (shard, epoch)
@@ -135,21 +143,43 @@ WITH lease AS (          -- the shards we still own at the epochs we hold (store
     FOR NO KEY UPDATE OF r
 ), act AS (             -- the live runs this statement writes
     SELECT rid FROM live WHERE NOT deferred
-), n AS (
-    SELECT * FROM unnest(%(srid)s::bigint[], %(spos)s::bigint[], %(sname)s::text[],
-                         %(sfp)s::text[], %(sargs)s::bytea[], %(skey)s::text[])
-        AS n (rid, pos, name, fp, args, limit_key)
+), n AS MATERIALIZED (  -- materialized: `take` is read twice below, computed once
+    SELECT n.*,
+           CASE WHEN n.stake THEN
+               (SELECT value FROM meta WHERE key = 'epoch') = %(epoch)s::bigint
+               AND NOT EXISTS (  -- the shard's first queued task goes before this one
+                   SELECT 1 FROM (
+                       SELECT t.order_rid, t.run_rid, t.pos FROM tasks AS t
+                       WHERE t.shard = r.shard AND t.claim_token IS NULL AND t.parked IS NULL
+                       ORDER BY t.order_rid, t.run_rid, t.pos
+                       LIMIT 1
+                   ) AS f
+                   WHERE (f.order_rid, f.run_rid, f.pos) < (coalesce(r.root_rid, r.rid), r.rid, n.pos))
+           ELSE false END AS take
+    FROM unnest(%(srid)s::bigint[], %(spos)s::bigint[], %(sname)s::text[],
+                %(sfp)s::text[], %(sargs)s::bytea[], %(skey)s::text[], %(stake)s::boolean[])
+        AS n (rid, pos, name, fp, args, limit_key, stake)
+    JOIN runs AS r ON r.rid = n.rid
     WHERE n.rid = ANY (ARRAY(SELECT rid FROM act))
 ), ins AS (
-    INSERT INTO steps (run_rid, pos, kind, name, fingerprint, args, status, created_at, limit_key)
-    SELECT rid, pos, 'step', name, fp, args, 'pending', %(now)s, limit_key FROM n
+    INSERT INTO steps (run_rid, pos, kind, name, fingerprint, args, status, created_at, limit_key,
+                       attempts, started_at)
+    SELECT rid, pos, 'step', name, fp, args, 'pending', %(now)s, limit_key,
+           CASE WHEN take THEN 1 ELSE 0 END,
+           CASE WHEN take THEN %(now)s::double precision END
+    FROM n
     ON CONFLICT DO NOTHING
-    RETURNING run_rid, pos
+    RETURNING run_rid, pos, attempts > 0 AS take
 ), tk AS (
-    INSERT INTO tasks (run_rid, pos, shard, order_rid)
-    SELECT i.run_rid, i.pos, r.shard, coalesce(r.root_rid, r.rid)
+    INSERT INTO tasks (run_rid, pos, shard, order_rid, claim_token, claim_engine, claim_epoch,
+                       claimed_at)
+    SELECT i.run_rid, i.pos, r.shard, coalesce(r.root_rid, r.rid),
+           CASE WHEN i.take THEN %(token)s::bigint END,
+           CASE WHEN i.take THEN %(engine)s::bigint END,
+           CASE WHEN i.take THEN %(epoch)s::bigint END,
+           CASE WHEN i.take THEN %(now)s::double precision END
     FROM ins AS i JOIN runs AS r ON r.rid = i.run_rid
-    RETURNING 1
+    RETURNING run_rid, pos, claim_token IS NOT NULL AS claimed
 ), gone AS (            -- finished here
     UPDATE runs AS r
     SET status = o.finished, result = o.result, error = o.error, finished_at = %(now)s,
@@ -169,9 +199,15 @@ WITH lease AS (          -- the shards we still own at the epochs we hold (store
     WHERE p.run_rid = ANY (ARRAY(SELECT rid FROM act))
       AND p.run_rid = o.rid AND (o.finished IS NOT NULL OR p.seq <= o.consumed)
 )
-SELECT rid, deferred, (SELECT count(*) FROM tk), NULL::bigint[] FROM live
-UNION ALL               -- and the shards the fence let through (rid = -1)
-SELECT -1, false, 0, ARRAY(SELECT shard FROM lease);
+SELECT rid, deferred, (SELECT count(*) FROM tk), NULL::bigint[], NULL::bigint, NULL::text,
+       NULL::text, NULL::text
+FROM live
+UNION ALL               -- the shards the fence let through (rid = -1)
+SELECT -1, false, 0, ARRAY(SELECT shard FROM lease), NULL, NULL, NULL, NULL
+UNION ALL               -- the tasks claimed here (-2)
+SELECT -2, false, c.run_rid, NULL, c.pos, r.id, r.workflow, r.concurrency_key
+FROM tk AS c JOIN runs AS r ON r.rid = c.run_rid
+WHERE c.claimed;
 
 -- name: select_runs_for_replay
 -- select_run_for_replay for a batch of runs (store/pghot.py load_runs), with the rid first.

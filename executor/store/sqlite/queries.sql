@@ -110,6 +110,21 @@ VALUES (?, ?, ?, ?, ?, ?, 'pending', ?);
 INSERT INTO tasks (run_rid, pos, shard, order_rid)
 SELECT ?1, ?2, ?3, coalesce(root_rid, rid) FROM runs WHERE rid = ?1;
 
+-- name: claim_next_task
+-- insert_task, already claimed (as mark_claimed would) for a slot its run holds, if FIFO allows:
+-- no unclaimed task of its shard that a claim would take first (an older workflow's, or an
+-- earlier step of its run) is queued, due or not (one probe of tasks_queued). Else nothing.
+INSERT INTO tasks (run_rid, pos, shard, order_rid, claim_token, claim_engine, claim_epoch,
+                   claimed_at)
+SELECT r.rid, :pos, :shard, coalesce(r.root_rid, r.rid), :token, :engine, :epoch, :now
+FROM runs AS r
+WHERE r.rid = :rid
+  AND NOT EXISTS (
+    SELECT 1 FROM tasks AS t
+    WHERE t.shard = :shard AND t.claim_token IS NULL AND t.parked IS NULL
+      AND (t.order_rid, t.run_rid, t.pos) < (coalesce(r.root_rid, r.rid), r.rid, :pos)
+  );
+
 -- name: insert_timer
 INSERT OR IGNORE INTO timers (run_rid, pos, shard, fire_at) VALUES (?, ?, ?, ?);
 

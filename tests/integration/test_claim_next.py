@@ -1,0 +1,320 @@
+"""A run's next step claimed in the replay commit that queues it (issue 15): for the slot its run
+holds, only when FIFO allows, exactly as the dispatcher's claim would have claimed it, on SQLite
+and on PostgreSQL. Store-level tests drive repository.commit_replays with a NextClaim; engine
+tests check the path is taken, stays out of limited steps, and that such a claim is reclaimed
+like any other when its engine dies.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import pytest
+
+from executor import Client, Registry, codec, step, workflow
+from executor.store import engines, leases
+from executor.store import repository as repo
+from executor.store.database import Store, open_database
+from executor.store.leases import Fence
+from executor.vocabulary import NewRun, NewStep, NextClaim, ReplayOutput, StepKind
+
+if TYPE_CHECKING:
+    from tests.support.engine import DbFile, EngineFactory, WaitUntil
+
+from tests.support.engine import database_config
+
+pytestmark = pytest.mark.anyio
+
+DEADLINE_S = 15.0
+
+
+@pytest.fixture
+def database(database_url: str) -> str:
+    """Every test runs on SQLite and on PostgreSQL."""
+    return database_url
+
+
+@pytest.fixture
+async def db(database: Path | str) -> AsyncIterator[Store]:
+    store = await open_database(database_config(database), shards=2)
+    try:
+        await store.run(leases.ensure, store.shards)
+        yield store
+    finally:
+        await store.close()
+
+
+async def start(db: Store, n: int, shard: int = 0) -> list[int]:
+    """Start n runs in `shard`; their rids, oldest first."""
+    now = time.time()
+    runs = [NewRun(f"run-{shard}-{i}-{now}", "wf", None, shard, b"[]", None) for i in range(n)]
+    await db.run(repo.create_runs, runs, now)
+    rows = [await db.run(repo.get_run, r.id) for r in runs]
+    return [row.rid for row in rows if row is not None]
+
+
+def steps(*positions: int, limit_key: str | None = None) -> list[NewStep]:
+    blob = codec.encode([7])
+    fp = codec.fingerprint(blob)
+    return [NewStep(p, StepKind.STEP, "s", fp, blob, None, limit_key) for p in positions]
+
+
+def output(rid: int, new: list[NewStep], claim: int = 0, shard: int = 0) -> ReplayOutput:
+    return ReplayOutput(rid, shard, 0, new, claim=claim)
+
+
+async def own(db: Store, engine: int) -> Fence:
+    """Make `engine` the owner of every shard (epoch + 1); the fence it writes under."""
+
+    def take(conn: Any) -> dict[int, int]:
+        mark = "%s" if conn.dialect == "postgres" else "?"
+        conn.execute(f"UPDATE shard_leases SET owner = {mark}, epoch = epoch + 1", (engine,))
+        return dict(conn.execute("SELECT shard, epoch FROM shard_leases").fetchall())
+
+    return Fence(engine, await db.run(take))
+
+
+async def registered(db: Store) -> tuple[int, int, Fence]:
+    engine, epoch = await db.run(engines.register_engine, 1, "test", time.time())
+    return engine, epoch, await own(db, engine)
+
+
+async def test_the_commit_claims_as_the_dispatcher_would(db: Store, dbfile: DbFile) -> None:
+    a, b = await start(db, 2)
+    engine, epoch, fence = await registered(db)
+    now = time.time()
+    # Run a: queued, then claimed by the dispatcher's claim. Run b: claimed in its commit.
+    await db.run(repo.commit_replays, [output(a, steps(0))], now, fence)
+    [by_claim] = await db.run(repo.claim, engine, epoch, 41, [(0, 10)], now, True, fence) or []
+    out = output(b, steps(0), claim=1)
+    claim = NextClaim(engine, epoch, 42, True)
+    assert await db.run(repo.commit_replays, [out], now, fence, claim) == 1
+    [in_commit] = out.claimed
+    assert in_commit._replace(run_rid=0, run_id="") == by_claim._replace(
+        run_rid=0, run_id="", token=42
+    )
+    assert (in_commit.run_rid, in_commit.token, codec.decode(in_commit.args)) == (b, 42, [7])
+    assert dbfile.query(
+        "SELECT run_rid, claim_token, claim_engine, claim_epoch, claimed_at FROM tasks"
+        " ORDER BY run_rid"
+    ) == [(a, 41, engine, epoch, now), (b, 42, engine, epoch, now)]
+    assert dbfile.query("SELECT run_rid, attempts, started_at FROM steps ORDER BY run_rid") == [
+        (a, 1, now),
+        (b, 1, now),
+    ]
+
+
+async def test_at_most_the_slots_the_run_holds(db: Store, dbfile: DbFile) -> None:
+    [a] = await start(db, 1)
+    engine, epoch, fence = await registered(db)
+    out = output(a, steps(0, 1, 2), claim=2)
+    await db.run(repo.commit_replays, [out], time.time(), fence, NextClaim(engine, epoch, 5, True))
+    assert [c.pos for c in out.claimed] == [0, 1]
+    assert dbfile.query("SELECT pos, claim_token FROM tasks ORDER BY pos") == [
+        (0, 5),
+        (1, 5),
+        (2, None),
+    ]
+    assert dbfile.query("SELECT pos, attempts FROM steps ORDER BY pos") == [(0, 1), (1, 1), (2, 0)]
+
+
+async def test_an_older_runs_queued_task_in_the_shard_keeps_fifo(db: Store, dbfile: DbFile) -> None:
+    older, newer = await start(db, 2)
+    [elsewhere] = await start(db, 1, shard=1)
+    engine, epoch, fence = await registered(db)
+    now = time.time()
+    await db.run(repo.commit_replays, [output(older, steps(0))], now, fence)
+    # An older run's queued task in another shard does not hold it back: one in its own does.
+    blocked = output(newer, steps(0), claim=1)
+    free = output(elsewhere, steps(0), claim=1, shard=1)
+    claim = NextClaim(engine, epoch, 6, True)
+    await db.run(repo.commit_replays, [blocked, free], now, fence, claim)
+    assert (blocked.claimed, [c.run_rid for c in free.claimed]) == ([], [elsewhere])
+    assert dbfile.query("SELECT run_rid, claim_token FROM tasks ORDER BY run_rid") == [
+        (older, None),
+        (newer, None),
+        (elsewhere, 6),
+    ]
+    # The dispatcher's claim then takes the older one first.
+    got = await db.run(repo.claim, engine, epoch, 7, [(0, 1)], now, True, fence) or []
+    assert [c.run_rid for c in got] == [older]
+
+
+async def test_an_older_task_that_is_not_due_still_counts(db: Store) -> None:
+    """The probe does not look at not_before (one index seek): a task of an older run waiting
+    for its retry keeps newer runs of its shard on the dispatcher's claim."""
+    older, newer = await start(db, 2)
+    engine, epoch, fence = await registered(db)
+    now = time.time()
+    await db.run(repo.commit_replays, [output(older, steps(0))], now, fence)
+
+    def later(conn: Any) -> None:
+        conn.execute("UPDATE tasks SET not_before = 1e12")
+
+    await db.run(later)
+    out = output(newer, steps(0), claim=1)
+    await db.run(repo.commit_replays, [out], now, fence, NextClaim(engine, epoch, 8, True))
+    assert out.claimed == []
+
+
+async def test_a_limit_key_step_and_those_after_it_are_queued(db: Store, dbfile: DbFile) -> None:
+    [a] = await start(db, 1)
+    engine, epoch, fence = await registered(db)
+    new = [*steps(0, limit_key="k"), *steps(1)]
+    out = output(a, new, claim=2)
+    await db.run(repo.commit_replays, [out], time.time(), fence, NextClaim(engine, epoch, 9, True))
+    assert out.claimed == []
+    assert dbfile.query("SELECT pos, claim_token FROM tasks ORDER BY pos") == [(0, None), (1, None)]
+
+
+async def test_a_new_epoch_or_a_stolen_shard_claims_nothing(db: Store, dbfile: DbFile) -> None:
+    a, b = await start(db, 2)
+    engine, epoch, fence = await registered(db)
+    now = time.time()
+    # A newer epoch (executor bump-epoch): the commit writes, claims nothing.
+    await db.run(engines.bump_epoch)
+    stale_epoch = output(a, steps(0), claim=1)
+    await db.run(repo.commit_replays, [stale_epoch], now, fence, NextClaim(engine, epoch, 10, True))
+    assert (stale_epoch.claimed, stale_epoch.dropped) == ([], False)
+    assert dbfile.query("SELECT run_rid, claim_token FROM tasks") == [(a, None)]
+    # The shard went to another engine: neither the output nor a claim is written.
+    await own(db, 99)
+    stolen = output(b, steps(0), claim=1)
+    await db.run(repo.commit_replays, [stolen], now, fence, NextClaim(engine, epoch, 11, True))
+    assert (stolen.claimed, stolen.dropped) == ([], True)
+    assert dbfile.value("SELECT count(*) FROM tasks WHERE run_rid = ?", b) == 0
+
+
+# --- in the engine -------------------------------------------------------------------------------
+
+
+def chain(reg: Registry, ran: list[tuple[int, int]], k: int) -> None:
+    @step(registry=reg, name="claim_next.link")
+    async def link(i: int, j: int) -> int:
+        ran.append((i, j))
+        return j
+
+    @workflow(registry=reg, name="claim_next.chain")
+    async def chained(ctx: Any, i: int) -> int:
+        total = 0
+        for j in range(k):
+            total += await link(i, j)
+        return total
+
+
+async def test_the_engine_runs_next_steps_claimed_in_the_commit(
+    engine_factory: EngineFactory, client: Client, dbfile: DbFile
+) -> None:
+    reg = Registry()
+    ran: list[tuple[int, int]] = []
+    chain(reg, ran, 5)
+    ids = await client.start_many("claim_next.chain", [[i] for i in range(20)])
+    async with engine_factory(reg) as engine:
+        results = [await client.result(r, timeout=DEADLINE_S) for r in ids]
+        load = engine.load()
+    assert results == [10] * 20
+    assert sorted(ran) == [(i, j) for i in range(20) for j in range(5)]
+    # Each run's first step comes from the dispatcher; most later ones from the commits.
+    assert 0 < load["claimed_in_commit"] <= 20 * 4
+    assert load["steps"] == 100
+    assert dbfile.query("SELECT DISTINCT attempts FROM steps") == [(1,)]
+
+
+async def test_limited_steps_go_through_the_dispatchers_claim(
+    engine_factory: EngineFactory, client: Client
+) -> None:
+    from executor.config import LimitSpec
+
+    reg = Registry()
+
+    @step(registry=reg, name="claim_next.paced", limits=["api"])
+    async def paced(j: int) -> int:
+        return j
+
+    @workflow(registry=reg, name="claim_next.limited")
+    async def limited(ctx: Any) -> int:
+        return sum([await paced(j) for j in range(4)])
+
+    ids = await client.start_many("claim_next.limited", [[] for _ in range(3)])
+    spec = LimitSpec(name="api", requests_per_second=10_000)
+    async with engine_factory(reg, limits=[spec]) as engine:
+        results = [await client.result(r, timeout=DEADLINE_S) for r in ids]
+        load = engine.load()
+    assert results == [6, 6, 6]
+    assert load["claimed_in_commit"] == 0
+
+
+async def test_a_claim_of_a_crashed_engine_made_in_its_commit_is_reclaimed(
+    engine_factory: EngineFactory, client: Client, dbfile: DbFile, wait_until: WaitUntil
+) -> None:
+    """An engine claimed run a's next step in its replay commit and died before recording it (no
+    stop: its claim stays, its heartbeat and leases age). The next engine reclaims it."""
+    reg = Registry()
+    ran: list[tuple[int, int]] = []
+    chain(reg, ran, 2)
+    [run] = await client.start_many("claim_next.chain", [[3]])
+    db = client.db
+    row = await db.run(repo.get_run, run)
+    assert row is not None
+    long_ago = time.time() - 60
+    ghost, epoch = await db.run(engines.register_engine, 4242, "ghost-host", long_ago)
+    await db.run(leases.ensure, db.shards)
+    fence = await own(db, ghost)
+
+    def expire(conn: Any) -> None:
+        mark = "%s" if conn.dialect == "postgres" else "?"
+        conn.execute(f"UPDATE shard_leases SET expires_at = {mark}", (long_ago,))
+
+    blob = codec.encode([3, 0])
+    first = NewStep(0, StepKind.STEP, "claim_next.link", codec.fingerprint(blob), blob, None)
+    out = ReplayOutput(row.rid, row.shard, 0, [first], claim=1)
+    await db.run(repo.commit_replays, [out], long_ago, fence, NextClaim(ghost, epoch, 77, True))
+    assert [c.pos for c in out.claimed] == [0]
+    await db.run(expire)
+    assert dbfile.query("SELECT claim_engine FROM tasks") == [(ghost,)]
+    async with engine_factory(reg):
+        assert await client.result(run, timeout=DEADLINE_S) == 1
+        await wait_until(
+            lambda: dbfile.value("SELECT state FROM engines WHERE id = ?", ghost) == "dead",
+            "a heartbeat of the engine to mark the ghost dead",
+        )
+    assert ran == [(3, 0), (3, 1)]
+    assert dbfile.query("SELECT pos, attempts FROM steps ORDER BY pos") == [(0, 2), (1, 1)]
+
+
+async def test_a_step_claimed_in_the_commit_drained_at_stop_runs_again(
+    engine_factory: EngineFactory, client: Client, dbfile: DbFile, wait_until: WaitUntil
+) -> None:
+    """The engine stops while a step it claimed in a commit is in flight: cancelled by the
+    drain, no outcome recorded, its claim goes back to the queue, the next engine runs it."""
+    reg = Registry()
+    gate = asyncio.Event()
+    calls: list[int] = []
+
+    @step(registry=reg, name="claim_next.first")
+    async def first() -> int:
+        return 1
+
+    @step(registry=reg, name="claim_next.second")
+    async def second() -> int:
+        calls.append(1)
+        if len(calls) == 1:
+            await gate.wait()  # the first attempt never finishes
+        return 2
+
+    @workflow(registry=reg, name="claim_next.pair")
+    async def pair(ctx: Any) -> int:
+        return await first() + await second()
+
+    run = await client.start(pair)
+    async with engine_factory(reg, drain_timeout_s=0.2) as engine:
+        await wait_until(lambda: calls == [1], "the second step in flight")
+        assert engine.load()["claimed_in_commit"] == 1
+    assert dbfile.query("SELECT pos, claim_token FROM tasks") == [(1, None)]
+    async with engine_factory(reg):
+        assert await client.result(run, timeout=DEADLINE_S) == 3
+    assert calls == [1, 1]

@@ -251,6 +251,7 @@ async def run_engine(opts: Options, db_path: Path) -> dict[str, Any]:
             start_s = time.perf_counter() - t_start0
             start_cpu_s = cpu_s() - cpu_start0
             cpu0 = cpu_s()
+            loop0 = time.thread_time()  # this thread runs the event loop
             server0 = pgserver.server_cpu_s(server) if server else math.nan
             t0 = time.perf_counter()
             await engine.start()
@@ -263,6 +264,7 @@ async def run_engine(opts: Options, db_path: Path) -> dict[str, Any]:
             await client.open()
             rss_idle = current_rss_kib()
             cpu0 = cpu_s()
+            loop0 = time.thread_time()  # this thread runs the event loop
             server0 = pgserver.server_cpu_s(server) if server else math.nan
             t0 = time.perf_counter()
         sampler = asyncio.create_task(
@@ -278,6 +280,7 @@ async def run_engine(opts: Options, db_path: Path) -> dict[str, Any]:
             {done, stopped}, timeout=opts.timeout, return_when=asyncio.FIRST_COMPLETED
         )
         cpu_used = cpu_s() - cpu0
+        loop_used = time.thread_time() - loop0
         server_used = pgserver.server_cpu_s(server) - server0 if server else math.nan
         t_wait_end = time.perf_counter()
         done.cancel()
@@ -318,6 +321,8 @@ async def run_engine(opts: Options, db_path: Path) -> dict[str, Any]:
         engine_load=load,
         file_bytes=None if opts.database else file_bytes(db_path),
     )
+    if result["steps"]:
+        result["loop_cpu_s_per_1000_steps"] = round(loop_used / result["steps"] * 1000, 4)
     if opts.database:
         steps = opts.workflows * opts.steps_per_workflow
         result.update(

@@ -75,6 +75,8 @@ output fields (one JSON object on stdout):
   start_s, start_runs_per_s              time to start all W runs (and the start rate)
   cpu_s_per_1000_steps                   user+sys CPU of this process (all its threads,
                                          getrusage RUSAGE_SELF) over the window, per 1,000 steps
+  loop_cpu_s_per_1000_steps              the same for the event loop's thread alone (thread_time):
+                                         the rest is the database thread's (and SQLite's)
   cpu_cores                              that CPU time over wall_s (2.0 = both cores busy)
   latency_p50_s/_p99_s/_max_s            per-run latency, nearest-rank percentiles
   first_10pct_done_s (and _frac)         when 10% of the runs (any of them) had finished,

@@ -62,8 +62,17 @@ class HydrationCache:
 
     def put(self, key: Hashable, value: Any, size: int) -> None:
         """Keep a value we already have decoded (it must be immutable)."""
-        if self._lru is not None and size <= self._max_bytes:
+        lru = self._lru
+        if lru is None or size > self._max_bytes:
+            return
+        # _keep inlined for the common case, a new key and room in the budget: this runs for
+        # every result a live workflow is given.
+        charge = sys.getsizeof(value) + ENTRY_OVERHEAD_BYTES
+        if key in lru or self.bytes + charge > self.budget_bytes:
             self._keep(key, value)
+            return
+        self.bytes += charge
+        lru[key] = value  # may evict one entry by count (the callback subtracts it)
 
     def _keep(self, key: Hashable, value: Any) -> None:
         lru = self._lru

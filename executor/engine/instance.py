@@ -456,15 +456,19 @@ class WorkflowInstance:
             else:
                 fut.set_exception(errors.ChildFailed(child, error.get("error") or error))
         elif d.status == _SUCCEEDED:
+            # Cached by (run, generation, position): a retry from an earlier position records
+            # new results there.
+            run = self.run
             if d.has_value:
                 value = d.value
-                self.cache.put(self._cache_key(d.pos), value, len(d.result or b""))
+                self.cache.put((run.rid, run.generation, d.pos), value, len(d.result or b""))
             elif d.result is None:
                 value = None
             else:
-                value = self.cache.get(self._cache_key(d.pos), d.result)
+                value = self.cache.get((run.rid, run.generation, d.pos), d.result)
             st = self.registry.workflows.get(name) if child else self.registry.steps.get(name)
-            if st is not None and st.types is not None:
+            # The message names the step only when its declared type has a decoder to run.
+            if st is not None and st.types is not None and st.types.result is not None:
                 try:
                     value = st.types.decode_result(value, f"result of step {name} at {d.pos}")
                 except errors.ExecutorError as exc:  # does not fit, or an unresolvable type
@@ -493,10 +497,6 @@ class WorkflowInstance:
             fut.set_result(default)
         else:
             fut.set_exception(errors.WaitTimeout(topics, timeout, d.pos))
-
-    def _cache_key(self, pos: int) -> tuple[int, int, int]:
-        # With the generation: a retry from an earlier position records new results there.
-        return (self.run.rid, self.run.generation, pos)
 
     def replay(self, entries: list[JournalEntry]) -> None:
         """Feed every recorded journal entry, in recorded order (full replay)."""

@@ -253,6 +253,10 @@ class Replayer:
     ) -> list[Delivery] | None:
         """What to feed a live instance: our results past its position, if they are contiguous
         and reach every result we know of; None if it needs a full replay."""
+        if len(ds) == 1:  # the usual case: the one result of the step it waits for
+            seq = ds[0].seq
+            if seq == inst.last_seq + 1:
+                return ds if seq >= known_seq else None
         ds = sorted((d for d in ds if d.seq > inst.last_seq), key=lambda d: d.seq)
         expected = inst.last_seq
         for d in ds:

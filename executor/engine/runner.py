@@ -27,7 +27,7 @@ import types
 from collections import deque
 from collections.abc import Callable, Coroutine, Generator
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from executor import codec, errors, registry
 from executor.engine.limits import CostTooHigh, Decision, Limiter, Ticket, WakeTimer
@@ -40,6 +40,7 @@ from executor.vocabulary import Claimed, Outcome, OutcomeKind, StepState
 log = logging.getLogger("executor.engine")
 
 TaskKey = tuple[int, int]  # (run rid, position)
+_T = TypeVar("_T")
 
 # Looking an enum member up on its class costs ~150 ns in CPython 3.11: the per-step paths use
 # these module-level names instead.
@@ -133,14 +134,27 @@ class StepRunner:
             while queue:
                 attempt = queue.popleft()
                 attempt.task = task
+                c = attempt.claim
+                outcome = None
+                drained = False
+                began = time.monotonic()
                 try:
-                    await _isolated(self._run(attempt), self._blocked)
+                    if not attempt.cancelled:
+                        outcome = await _isolated(self._execute(c, attempt), self._blocked)
+                    elif attempt.reason is CancelReason.RUN_CANCELLED:
+                        outcome = _failed_for_good(
+                            c, errors.error_blob("Cancelled", "the run was cancelled")
+                        )
                 except asyncio.CancelledError:
-                    break  # a drain's cancel, re-raised by its attempt: this worker is done
+                    drained = True  # a drain's cancel, re-raised by its attempt
                 except Exception:
-                    log.exception("step runner: attempt of step %s failed", attempt.claim.name)
-                if task.cancelling():
-                    break  # a cancel its attempt did not take: it must not reach the next one
+                    log.exception("step runner: attempt of step %s failed", c.name)
+                try:
+                    self._finish(attempt, outcome, began)
+                except Exception:
+                    log.exception("step runner: the outcome of step %s was lost", c.name)
+                if drained or task.cancelling():
+                    break  # a cancel its attempt did not take must not reach the next one
         finally:
             self._workers.discard(task)
         if queue and self._starting == 0:
@@ -191,36 +205,26 @@ class StepRunner:
         except TimeoutError:
             log.warning("drain: %d steps did not stop", len(self._inflight))
 
-    async def _run(self, attempt: _Attempt) -> None:
+    def _finish(self, attempt: _Attempt, outcome: Outcome | None, began: float) -> None:
         c = attempt.claim
-        outcome = None
-        began = time.monotonic()
-        try:
-            if not attempt.cancelled:
-                outcome = await self._execute(c, attempt)
-            elif attempt.reason is CancelReason.RUN_CANCELLED:
-                outcome = _failed_for_good(
-                    c, errors.error_blob("Cancelled", "the run was cancelled")
-                )
-        finally:
-            attempt.task = None
-            # After a retry in place, a new attempt of the same step may run beside this one
-            # (whose result the fence will drop): each removes only its own entry.
-            if self._inflight.get((c.run_rid, c.pos)) is attempt:
-                del self._inflight[(c.run_rid, c.pos)]
-                if self._idle is not None and not self._inflight:
-                    self._idle.set()
-            if outcome is not None and outcome.kind is _DONE:
-                self._pool.hold(c.run_rid, c.pos, c.shard)
-            else:
-                self._pool.free(c.shard)
-            if outcome is not None:
-                outcome.shard = c.shard
-                if outcome.kind is _DONE and outcome.status == _FAILED:
-                    _log_step_failed(c, outcome)
-                if self._telemetry is not None:
-                    self._telemetry.outcome(c, outcome, time.monotonic() - began)
-                self._record(outcome)
+        attempt.task = None
+        # After a retry in place, a new attempt of the same step may run beside this one
+        # (whose result the fence will drop): each removes only its own entry.
+        if self._inflight.get((c.run_rid, c.pos)) is attempt:
+            del self._inflight[(c.run_rid, c.pos)]
+            if self._idle is not None and not self._inflight:
+                self._idle.set()
+        if outcome is not None and outcome.kind is _DONE:
+            self._pool.hold(c.run_rid, c.pos, c.shard)
+        else:
+            self._pool.free(c.shard)
+        if outcome is not None:
+            outcome.shard = c.shard
+            if outcome.kind is _DONE and outcome.status == _FAILED:
+                _log_step_failed(c, outcome)
+            if self._telemetry is not None:
+                self._telemetry.outcome(c, outcome, time.monotonic() - began)
+            self._record(outcome)
 
     async def _execute(self, c: Claimed, attempt: _Attempt) -> Outcome | None:
         st = self._registry.steps.get(c.name)
@@ -361,8 +365,8 @@ def _log_step_failed(c: Claimed, outcome: Outcome) -> None:
 
 @types.coroutine
 def _isolated(
-    coro: Coroutine[Any, Any, None], blocked: Callable[[], None]
-) -> Generator[Any, Any, None]:
+    coro: Coroutine[Any, Any, _T], blocked: Callable[[], None]
+) -> Generator[Any, Any, _T]:
     """Await `coro` from the current task, in a context of its own; `blocked()` the first time
     it waits. A plain `await` would run it in the worker's context, where what one step sets in
     a ContextVar would be seen by the next."""
@@ -370,8 +374,8 @@ def _isolated(
     send, throw = coro.send, coro.throw
     try:
         yielded = context.run(send, None)
-    except StopIteration:
-        return
+    except StopIteration as stop:
+        return stop.value  # type: ignore[no-any-return]
     blocked()
     while True:
         try:
@@ -379,10 +383,10 @@ def _isolated(
         except BaseException as exc:  # a cancel (or close) of the worker: the attempt's to take
             try:
                 yielded = context.run(throw, exc)
-            except StopIteration:
-                return
+            except StopIteration as stop:
+                return stop.value  # type: ignore[no-any-return]
         else:
             try:
                 yielded = context.run(send, value)
-            except StopIteration:
-                return
+            except StopIteration as stop:
+                return stop.value  # type: ignore[no-any-return]

@@ -162,7 +162,7 @@ async def _retry_beside(opts: Options, ns: argparse.Namespace, folder: Path) -> 
             alone = (_work(engine) - steps0) / alone_s
             alone_replays = (engine.counters["replays"] - replays0) / alone_s
 
-            finishes.expected, finishes.at = 2 * n, dict(finishes.at)
+            finishes.expected = 2 * n
             finishes.all_done.clear()
             argv = [sys.executable, "-m", "executor", "runs", "retry", "--status", "failed"]
             argv += ["--workflow", REPAIR_WORKFLOW, "--yes", "--json", "--config", str(cfg_path)]

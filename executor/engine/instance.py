@@ -255,12 +255,14 @@ class WorkflowInstance:
         # Pending waits by position: (topics, many, timeout, default). None until the first one.
         self._waits: dict[int, tuple[list[str], bool, float | None, Any]] | None = None
         self._children: dict[int, str] | None = None  # pending children by position: run id
-        self.new_steps: list[NewStep] = []
+        # Both start as the shared empty tuple, a list only once something is added: a live run
+        # holds two objects fewer for the garbage collector to walk (and 112 bytes less).
+        self.new_steps: list[NewStep] | tuple[()] = ()
         self.nondeterminism: errors.NonDeterminismError | None = None
         self.replay_args = replay_args
         # Recorded steps whose arguments the code now gives differently (replay_args "log"):
         # (position, step name, journal fingerprint, code fingerprint).
-        self.args_changed: list[tuple[int, str, str, str]] = []
+        self.args_changed: list[tuple[int, str, str, str]] | tuple[()] = ()
         self._closing = False
         context = contextvars.copy_context()
         context.run(registry.current_context.set, self.ctx)
@@ -270,8 +272,10 @@ class WorkflowInstance:
         self.loop.run_until_quiet()
 
     async def _body(self, args: list[Any]) -> Any:
+        call = self.wf.fn(self.ctx, *args)
+        del args  # not kept for the life of the run
         try:
-            return await self.wf.fn(self.ctx, *args)
+            return await call
         except (KeyboardInterrupt, SystemExit) as exc:
             # asyncio re-raises these out of the loop that runs the task, and from there out of
             # the engine's own loop: carry them as an ordinary error, the run's failure.
@@ -314,7 +318,11 @@ class WorkflowInstance:
                 if self.replay_args is ReplayArgs.LOG:
                     # The journal stands: its recorded result is what this call returns (or,
                     # pending, its task runs with the recorded arguments). Counted and logged.
-                    self.args_changed.append((pos, name, entry.fingerprint, fp))
+                    change = (pos, name, entry.fingerprint, fp)
+                    if self.args_changed:
+                        self.args_changed.append(change)
+                    else:
+                        self.args_changed = [change]
                 else:
                     self._mismatch(
                         pos,
@@ -329,7 +337,7 @@ class WorkflowInstance:
                 )
         elif self.nondeterminism is None:
             fire_at = None if sleep_s is None else self._real_now() + sleep_s
-            self.new_steps.append(NewStep(pos, kind, name, fp, blob, fire_at, limit_key, target))
+            self._add(NewStep(pos, kind, name, fp, blob, fire_at, limit_key, target))
         fut: asyncio.Future[Any] = self.loop.create_future()
         self.pending[pos] = (name, fut)
         return fut
@@ -377,9 +385,7 @@ class WorkflowInstance:
                     f"{StepKind.START} {workflow} (args fingerprint {fp})",
                 )
         elif self.nondeterminism is None:
-            self.new_steps.append(
-                NewStep(pos, StepKind.START, workflow, fp, blob, None, target=run_id)
-            )
+            self._add(NewStep(pos, StepKind.START, workflow, fp, blob, None, target=run_id))
         return run_id
 
     def publish(self, key: str, value: Any) -> None:
@@ -397,7 +403,7 @@ class WorkflowInstance:
                     pos, f"{entry.kind} {entry.name}", f"{StepKind.EVENT} {key} (ctx.set_event)"
                 )
         elif self.nondeterminism is None:
-            self.new_steps.append(NewStep(pos, StepKind.EVENT, key, fp, blob, None))
+            self._add(NewStep(pos, StepKind.EVENT, key, fp, blob, None))
 
     def patch(self, patch_id: str, *, deprecated: bool) -> bool:
         if self._closing:
@@ -413,7 +419,7 @@ class WorkflowInstance:
             return True
         self.next_pos += 1
         if self.nondeterminism is None:
-            self.new_steps.append(NewStep(pos, StepKind.PATCH, patch_id, "", None, None))
+            self._add(NewStep(pos, StepKind.PATCH, patch_id, "", None, None))
         return True
 
     def _real_now(self) -> float:
@@ -522,9 +528,15 @@ class WorkflowInstance:
                 p: e for p, e in self.journal.items() if p >= self.next_pos or p in pending
             }
 
+    def _add(self, step: NewStep) -> None:
+        if self.new_steps:
+            self.new_steps.append(step)
+        else:
+            self.new_steps = [step]
+
     def take_steps(self) -> list[NewStep]:
-        steps, self.new_steps = self.new_steps, []
-        return steps
+        steps, self.new_steps = self.new_steps, ()
+        return steps if steps else []
 
     def outcome(self) -> tuple[RunState | None, bytes | None, bytes | None]:
         """(succeeded | failed | None while running, result, error)."""

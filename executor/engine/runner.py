@@ -60,10 +60,10 @@ class _Attempt:
     """One claimed attempt: the worker task running it (None while queued), and why the
     engine cancelled it, if it did (None: a CancelledError is the step's own failure)."""
 
-    __slots__ = ("cancelled", "claim", "reason", "task")
+    __slots__ = ("cancelled", "reason", "task", "work")
 
     def __init__(self, claim: Claimed) -> None:
-        self.claim = claim
+        self.work = claim
         self.reason: CancelReason | None = None
         self.cancelled = False  # cancelled while queued: it never starts
         self.task: asyncio.Task[None] | None = None
@@ -134,7 +134,7 @@ class StepRunner:
             while queue:
                 attempt = queue.popleft()
                 attempt.task = task
-                c = attempt.claim
+                c = attempt.work
                 outcome = None
                 drained = False
                 began = time.monotonic()
@@ -177,13 +177,13 @@ class StepRunner:
 
     def in_flight_in(self, shard: int) -> int:
         """Attempts running in `shard` (a shard is handed over when it has none)."""
-        return sum(1 for a in self._inflight.values() if a.claim.shard == shard)
+        return sum(1 for a in self._inflight.values() if a.work.shard == shard)
 
     def cancel_shards(self, shards: frozenset[int]) -> None:
         """Cancel the attempts of `shards` without an outcome: the shard went (or goes) to
         another engine, whose lease takes their claims back to the queue."""
         for attempt in list(self._inflight.values()):
-            if attempt.claim.shard in shards:
+            if attempt.work.shard in shards:
                 self._cancel(attempt, CancelReason.DRAIN)
 
     async def drain(self, timeout_s: float) -> None:
@@ -206,7 +206,7 @@ class StepRunner:
             log.warning("drain: %d steps did not stop", len(self._inflight))
 
     def _finish(self, attempt: _Attempt, outcome: Outcome | None, began: float) -> None:
-        c = attempt.claim
+        c = attempt.work
         attempt.task = None
         # After a retry in place, a new attempt of the same step may run beside this one
         # (whose result the fence will drop): each removes only its own entry.

@@ -43,37 +43,25 @@ def record_one(conn: Conn, o: Outcome, now: float) -> Delivery | None:
 def record_many(done: list[Outcome], conn: Conn, now: float) -> list[Delivery]:
     """Record finished steps with a few statements over the whole batch.
 
-    The same fences as journal.record_one, one statement each: our claim token still holds the
-    task, the step is still pending, the run is running or parked. sqlite3 lets go of the GIL
-    around every statement step, and the event loop keeps it busy, so per-row statements made
-    this the most expensive transaction of the engine.
+    The same fences as journal.record_one: our claim token still holds the task, the step is
+    still pending, the run is running or parked; a step twice in the batch counts once. sqlite3
+    lets go of the GIL around every statement step, and the event loop keeps it busy, so
+    per-row statements made this the most expensive transaction of the engine; the statements
+    over the batch cost less per row the fewer passes they make over it (one fence, and the
+    numbering only for a batch with several results of one run).
     """
     if not done:
         return []
     if conn.dialect == "postgres":  # the fence was checked by the caller, in this transaction
         return pghot.record(done, conn, now, None).deliveries
+    rows, several = _rows(done, conn, now)
     conn.execute(conn.q["record_in_create"])
-    conn.execute(conn.q["record_in_index"])
     conn.execute(conn.q["record_in_clear"])
-    conn.executemany(
-        conn.q["record_in_add"],
-        [
-            (
-                i,
-                o.run_rid,
-                o.pos,
-                o.token,
-                o.status,
-                payloads.put(conn, o.stored or o.result, now),
-                o.error,
-            )
-            for i, o in enumerate(done)
-        ],
-    )
-    conn.execute(conn.q["record_in_fence_claim"])
+    conn.executemany(conn.q["record_in_add"], rows)
+    conn.execute(conn.q["record_in_fence"])
+    if several:
+        conn.execute(conn.q["record_in_number"])
     conn.execute(conn.q["record_in_delete_tasks"])
-    conn.execute(conn.q["record_in_fence_step"])
-    conn.execute(conn.q["record_in_number"])
     conn.execute(conn.q["record_in_steps"], {"now": now})
     conn.execute(conn.q["record_in_runs"], {"now": now})
     conn.execute(conn.q["record_in_replays"], {"now": now})
@@ -85,6 +73,38 @@ def record_many(done: list[Outcome], conn: Conn, now: float) -> list[Delivery]:
         )
     conn.execute(conn.q["record_in_clear"])
     return events
+
+
+def _rows(done: list[Outcome], conn: Conn, now: float) -> tuple[list[tuple[Any, ...]], bool]:
+    """record_in_add's rows: each outcome with its place in the batch and its place k among its
+    run's outcomes (from 1); and whether some run has several. A later copy of an outcome with
+    the same step and claim is left out: it could only be recorded where the first was not."""
+    put = payloads.put
+    if len({o.run_rid for o in done}) == len(done):  # the common case: a result per run
+        return [
+            (
+                i,
+                o.run_rid,
+                o.pos,
+                o.token,
+                o.status,
+                put(conn, o.stored or o.result, now),
+                o.error,
+                1,
+            )
+            for i, o in enumerate(done)
+        ], False
+    rows = []
+    seen: set[tuple[int, int, int | None]] = set()
+    k: dict[int, int] = {}
+    for i, o in enumerate(done):
+        step = (o.run_rid, o.pos, o.token)
+        if step not in seen:
+            seen.add(step)
+            k[o.run_rid] = k.get(o.run_rid, 0) + 1
+            blob = put(conn, o.stored or o.result, now)
+            rows.append((i, o.run_rid, o.pos, o.token, o.status, blob, o.error, k[o.run_rid]))
+    return rows, True
 
 
 def drop_pending_work(conn: Conn, rid: int) -> None:

@@ -234,7 +234,7 @@ def pending_replays(
         rows = conn.execute(conn.q["pending_replays"], (limit,))
     else:
         rows = conn.execute(conn.q["pending_replays_owned"], (engine_id, limit))
-    return [(r, s, g) for r, s, g in rows]
+    return rows.fetchall()  # tuples already (both drivers' default rows): no copy per row
 
 
 # The replay's reads (store/journal.py), under the names the engine has always called.

@@ -37,13 +37,11 @@ DIALECT_ONLY: dict[str, str] = {
         f"record_in_{part}": "sqlite"
         for part in [
             "create",
-            "index",
             "clear",
             "add",
-            "fence_claim",
-            "delete_tasks",
-            "fence_step",
+            "fence",
             "number",
+            "delete_tasks",
             "steps",
             "runs",
             "replays",

@@ -285,60 +285,67 @@ ORDER BY t.order_rid, t.run_rid, t.pos;
 -- a temporary table, and each fence and write is one statement over the whole batch.
 
 -- name: record_in_create
+-- Keyed by step, then place in the batch: no second index to keep.
 CREATE TEMP TABLE IF NOT EXISTS record_in (
-    i      INTEGER PRIMARY KEY,  -- order in the batch
     rid    INTEGER NOT NULL,
     pos    INTEGER NOT NULL,
+    i      INTEGER NOT NULL,  -- place in the batch
     token  INTEGER,
     status TEXT NOT NULL,
     result BLOB,
     error  BLOB,
+    k      INTEGER NOT NULL,  -- place among the run's outcomes in the batch, from 1
     ok     INTEGER NOT NULL DEFAULT 0,  -- 1: our claim still holds the task; 2: recorded
-    seq    INTEGER
-);
-
--- name: record_in_index
-CREATE INDEX IF NOT EXISTS temp.record_in_step ON record_in (rid, pos);
+    seq    INTEGER,
+    PRIMARY KEY (rid, pos, i)
+) WITHOUT ROWID;
 
 -- name: record_in_clear
 DELETE FROM temp.record_in;
 
 -- name: record_in_add
-INSERT INTO temp.record_in (i, rid, pos, token, status, result, error)
-VALUES (?, ?, ?, ?, ?, ?, ?);
+-- journal.record_many leaves out a later copy of an outcome with the same step and claim (a
+-- step twice in one batch counts once; with two claims, at most one still holds the task).
+INSERT INTO temp.record_in (i, rid, pos, token, status, result, error, k)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?);
 
--- name: record_in_fence_claim
-UPDATE temp.record_in SET ok = 1
-WHERE EXISTS (
-    SELECT 1 FROM tasks AS t
-    WHERE t.run_rid = record_in.rid AND t.pos = record_in.pos AND t.claim_token = record_in.token
+-- name: record_in_fence
+-- Our claim must still hold the task (else ok = 0, and the task is not ours to delete); the step
+-- must still be pending and its run running (or parked: a resumed run finds the results of
+-- steps that finished meanwhile) for the result to be recorded (ok = 2), with the seq that
+-- follows the run's last one, by its place k among the run's outcomes in the batch.
+UPDATE temp.record_in SET (ok, seq) = (
+    SELECT CASE
+               WHEN t.run_rid IS NULL THEN 0
+               WHEN s.run_rid IS NULL OR r.rid IS NULL THEN 1
+               ELSE 2
+           END,
+           r.last_seq + record_in.k
+    FROM (SELECT 1)
+    LEFT JOIN tasks AS t
+        ON t.run_rid = record_in.rid AND t.pos = record_in.pos
+        AND t.claim_token = record_in.token
+    LEFT JOIN steps AS s
+        ON s.run_rid = record_in.rid AND s.pos = record_in.pos AND s.status = 'pending'
+    LEFT JOIN runs AS r ON r.rid = record_in.rid AND r.status IN ('running', 'parked')
 );
 
--- name: record_in_delete_tasks
-DELETE FROM tasks
-WHERE (run_rid, pos) IN (SELECT rid, pos FROM temp.record_in WHERE ok = 1);
-
--- name: record_in_fence_step
--- The step must still be pending and its run running (or parked: a resumed run finds the
--- results of steps that finished meanwhile); a step twice in one batch counts once.
-UPDATE temp.record_in SET ok = 2
-WHERE ok = 1
-  AND i = (SELECT min(r.i) FROM temp.record_in AS r
-           WHERE r.rid = record_in.rid AND r.pos = record_in.pos AND r.ok = 1)
-  AND EXISTS (SELECT 1 FROM steps AS s
-              WHERE s.run_rid = record_in.rid AND s.pos = record_in.pos AND s.status = 'pending')
-  AND EXISTS (SELECT 1 FROM runs AS r
-              WHERE r.rid = record_in.rid AND r.status IN ('running', 'parked'));
-
 -- name: record_in_number
+-- When a run has several outcomes in the batch (one of them may not have been recorded):
+-- number its recorded ones without a gap, in batch order.
 UPDATE temp.record_in SET seq = n.seq
 FROM (
-    SELECT b.i AS i,
+    SELECT b.rid, b.pos, b.i,
            r.last_seq + row_number() OVER (PARTITION BY b.rid ORDER BY b.i) AS seq
     FROM temp.record_in AS b JOIN runs AS r ON r.rid = b.rid
     WHERE b.ok = 2
 ) AS n
-WHERE record_in.i = n.i;
+WHERE record_in.rid = n.rid AND record_in.pos = n.pos AND record_in.i = n.i;
+
+-- name: record_in_delete_tasks
+-- Every task our claim still held goes, recorded or not (invariant 3).
+DELETE FROM tasks
+WHERE (run_rid, pos) IN (SELECT rid, pos FROM temp.record_in WHERE ok > 0);
 
 -- name: record_in_steps
 UPDATE steps

@@ -21,7 +21,17 @@ import orjson
 
 from executor import errors
 from executor.errors import error_blob
-from executor.store import actions, children, claims, journal, leases, payloads, pghot, signals
+from executor.store import (
+    actions,
+    children,
+    claims,
+    commitbatch,
+    journal,
+    leases,
+    payloads,
+    pghot,
+    signals,
+)
 from executor.store.conn import Conn
 from executor.store.database import transaction
 from executor.store.leases import Fence
@@ -305,7 +315,20 @@ def _commit_replays(
         claim = None
     if claim is not None and conn.execute(conn.q["select_epoch"]).fetchone()[0] != claim.epoch:
         claim = None  # the dispatcher's next claim finds out, and the engine drains
-    queued = commit_each(conn, outputs, now, claim)
+    # The plain outputs set-based (store/commitbatch.py), the others a few statements each. A
+    # claim of the first part may go before an extra step (beyond the slots its run holds) of
+    # an older run that the second part queues: one step, in a commit mixing both kinds.
+    fast: list[ReplayOutput] = []
+    rest: list[ReplayOutput] = []
+    if len(outputs) >= commitbatch.MIN_OUTPUTS:
+        for out in outputs:
+            (fast if commitbatch.plain(out) else rest).append(out)
+    else:
+        rest = list(outputs)
+    queued, stale, left = commitbatch.commit(conn, fast, now, claim)
+    for out in stale:
+        _stale(conn, out)
+    queued += commit_each(conn, [*left, *rest], now, claim)
     if claim is None:
         return queued, []
     # What the claim's last two statements do, for the tasks claimed above (one token).
@@ -322,17 +345,8 @@ def commit_each(
     allows (claim_next_task), the caller then counting their attempts and reading them back."""
     queued = 0
     for out in outputs:
-        if not out.inactive:
-            state = conn.execute(conn.q["run_state_for_commit"], (out.run_rid,)).fetchone()
-            if state is None or state[0] != RunState.RUNNING or state[1] != out.generation:
-                out.dropped = True
-                if state is not None and state[1] == out.generation:
-                    # Cancelled (or parked) in this generation: its entry, if any, is stale.
-                    conn.execute(
-                        conn.q["delete_inactive_replay"],
-                        (out.run_rid, out.consumed_seq, out.run_rid),
-                    )
-                continue
+        if not out.inactive and _stale(conn, out):
+            continue
         take = out.claim if claim is not None else 0
         for s in out.new_steps:
             if s.kind == StepKind.EVENT:
@@ -414,6 +428,19 @@ def commit_each(
         else:
             conn.execute(conn.q["delete_replay_through"], (out.run_rid, out.consumed_seq))
     return queued
+
+
+def _stale(conn: Conn, out: ReplayOutput) -> bool:
+    """Whether the output's run is no longer running in the generation its replay read (then
+    it is dropped, nothing of it written)."""
+    state = conn.execute(conn.q["run_state_for_commit"], (out.run_rid,)).fetchone()
+    if state is not None and state[0] == RunState.RUNNING and state[1] == out.generation:
+        return False
+    out.dropped = True
+    if state is not None and state[1] == out.generation:
+        # Cancelled (or parked) in this generation: its entry, if any, is stale.
+        conn.execute(conn.q["delete_inactive_replay"], (out.run_rid, out.consumed_seq, out.run_rid))
+    return True
 
 
 # --- client and operator -------------------------------------------------------------------------

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 from executor import Client, Registry, codec, step, workflow
-from executor.store import engines, leases
+from executor.store import commitbatch, engines, leases
 from executor.store import repository as repo
 from executor.store.database import Store, open_database
 from executor.store.leases import Fence
@@ -38,8 +38,16 @@ def database(database_url: str) -> str:
     return database_url
 
 
+@pytest.fixture(params=["set-based", "per-row"])
+def commit_path(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """SQLite commits plain outputs set-based from commitbatch.MIN_OUTPUTS outputs on: each
+    store test runs both ways (PostgreSQL has one path: it runs twice)."""
+    monkeypatch.setattr(commitbatch, "MIN_OUTPUTS", 1 if request.param == "set-based" else 10**9)
+    return str(request.param)
+
+
 @pytest.fixture
-async def db(database: Path | str) -> AsyncIterator[Store]:
+async def db(database: Path | str, commit_path: str) -> AsyncIterator[Store]:
     store = await open_database(database_config(database), shards=2)
     try:
         await store.run(leases.ensure, store.shards)
@@ -187,6 +195,44 @@ async def test_a_new_epoch_or_a_stolen_shard_claims_nothing(db: Store, dbfile: D
     await db.run(repo.commit_replays, [stolen], now, fence, NextClaim(engine, epoch, 11, True))
     assert (stolen.claimed, stolen.dropped) == ([], True)
     assert dbfile.value("SELECT count(*) FROM tasks WHERE run_rid = ?", b) == 0
+
+
+async def test_a_second_replay_of_the_same_steps_writes_no_second_task(
+    db: Store, dbfile: DbFile
+) -> None:
+    """Two replays of a run (two engines, say) produce the same steps: the second commit adds
+    no step, no task and claims nothing; its replay entry still goes."""
+    a, b = await start(db, 2)
+    engine, epoch, fence = await registered(db)
+    now = time.time()
+    await db.run(repo.commit_replays, [output(a, steps(0, 1))], now, fence)
+    again, other = output(a, steps(0, 1), claim=1), output(b, steps(0), claim=1)
+    claim = NextClaim(engine, epoch, 12, True)
+    assert await db.run(repo.commit_replays, [again, other], now, fence, claim) == 1
+    assert (again.claimed, again.dropped, other.claimed) == ([], False, [])
+    assert dbfile.query("SELECT run_rid, pos, claim_token FROM tasks ORDER BY run_rid, pos") == [
+        (a, 0, None),
+        (a, 1, None),
+        (b, 0, None),
+    ]
+    assert dbfile.value("SELECT count(*) FROM replays") == 0
+
+
+async def test_a_cancelled_runs_output_is_dropped_beside_the_others(
+    db: Store, dbfile: DbFile
+) -> None:
+    a, b = await start(db, 2)
+    engine, epoch, fence = await registered(db)
+    now = time.time()
+    row = await db.run(repo.get_run, dbfile.value("SELECT id FROM runs WHERE rid = ?", a))
+    assert row is not None and await db.run(repo.cancel_run, row.id, now)
+    gone, kept = output(a, steps(0), claim=1), output(b, steps(0), claim=1)
+    claim = NextClaim(engine, epoch, 13, True)
+    assert await db.run(repo.commit_replays, [gone, kept], now, fence, claim) == 1
+    assert (gone.dropped, gone.claimed, kept.dropped) == (True, [], False)
+    assert [c.run_rid for c in kept.claimed] == [b]
+    assert dbfile.query("SELECT run_rid, claim_token FROM tasks") == [(b, 13)]
+    assert dbfile.query("SELECT run_rid FROM replays") == []
 
 
 # --- in the engine -------------------------------------------------------------------------------

@@ -29,8 +29,11 @@ from executor.vocabulary import (
     StepKind,
 )
 
-# PostgreSQL text cannot hold NUL; anything else goes.
-TEXTS = st.lists(st.none() | st.text(st.characters(exclude_characters="\x00")), max_size=8)
+# PostgreSQL text cannot hold NUL, nor UTF-8 a lone surrogate (Python str can); anything else goes.
+TEXTS = st.lists(
+    st.none() | st.text(st.characters(exclude_characters="\x00", exclude_categories=["Cs"])),
+    max_size=8,
+)
 BLOBS = st.lists(st.none() | st.binary(max_size=64), max_size=8)
 INTS = st.lists(st.none() | st.integers(-(2**63), 2**63 - 1), max_size=8)
 

@@ -33,6 +33,27 @@ DIALECT_ONLY: dict[str, str] = {
     # A run's next task claimed in the replay commit that queues it: PostgreSQL does it inside
     # commit_batch (its per-row path, for rarer outputs, queues them as before).
     "claim_next_task": "sqlite",
+    # SQLite's replay commit of plain outputs, set-based over temporary tables
+    # (store/commitbatch.py); PostgreSQL's is commit_batch.
+    **{
+        f"commit_in_{part}": "sqlite"
+        for part in [
+            "create",
+            "steps_create",
+            "add",
+            "steps_add",
+            "live",
+            "stale",
+            "steps_new",
+            "steps_insert",
+            "queue",
+            "claim",
+            "queue_rest",
+            "replays",
+            "steps_clear",
+            "clear",
+        ]
+    },
     **{
         f"record_in_{part}": "sqlite"
         for part in [

@@ -368,3 +368,107 @@ ON CONFLICT (run_rid) DO UPDATE SET seq = max(seq, excluded.seq);
 
 -- name: record_in_recorded
 SELECT i, seq FROM temp.record_in WHERE ok = 2 ORDER BY i;
+
+-- Committing the plain outputs of a batch of replays, set-based (store/commitbatch.py): the
+-- outputs and their new steps go into temporary tables from two JSON arrays, and each fence
+-- and write is one statement over the whole batch (repository.commit_each's, for each output).
+
+-- name: commit_in_create
+CREATE TEMP TABLE IF NOT EXISTS commit_in (
+    rid      INTEGER PRIMARY KEY,
+    gen      INTEGER NOT NULL,          -- the generation the replay read
+    consumed INTEGER NOT NULL,          -- the seq it consumed
+    live     INTEGER NOT NULL DEFAULT 0 -- 1: still running in that generation: written
+);
+
+-- name: commit_in_steps_create
+CREATE TEMP TABLE IF NOT EXISTS commit_in_steps (
+    rid       INTEGER NOT NULL,
+    pos       INTEGER NOT NULL,
+    shard     INTEGER NOT NULL,
+    name      TEXT NOT NULL,
+    fp        TEXT NOT NULL,
+    args      BLOB,
+    limit_key TEXT,
+    take      INTEGER NOT NULL,          -- 1: to claim for a slot its run holds
+    new       INTEGER NOT NULL DEFAULT 0, -- 1: not in the journal yet: written now
+    PRIMARY KEY (rid, pos)
+);
+
+-- name: commit_in_add
+INSERT INTO temp.commit_in (rid, gen, consumed)
+SELECT json_extract(value, '$[0]'), json_extract(value, '$[1]'), json_extract(value, '$[2]')
+FROM json_each(?);
+
+-- name: commit_in_steps_add
+INSERT INTO temp.commit_in_steps (rid, pos, shard, name, fp, args, limit_key, take)
+SELECT json_extract(value, '$[0]'), json_extract(value, '$[1]'), json_extract(value, '$[2]'),
+       json_extract(value, '$[3]'), json_extract(value, '$[4]'),
+       CAST(json_extract(value, '$[5]') AS BLOB), json_extract(value, '$[6]'),
+       json_extract(value, '$[7]')
+FROM json_each(?);
+
+-- name: commit_in_live
+-- run_state_for_commit's fence for the batch: only runs still running in the generation their
+-- replay read are written.
+UPDATE temp.commit_in SET live = 1
+WHERE EXISTS (SELECT 1 FROM runs AS r
+              WHERE r.rid = commit_in.rid AND r.status = 'running' AND r.generation = commit_in.gen);
+
+-- name: commit_in_stale
+SELECT rid FROM temp.commit_in WHERE live = 0;
+
+-- name: commit_in_steps_new
+-- insert_step's OR IGNORE: a step already in the journal (another replay of the run wrote it)
+-- gets no second task.
+UPDATE temp.commit_in_steps SET new = 1
+WHERE rid IN (SELECT rid FROM temp.commit_in WHERE live = 1)
+  AND NOT EXISTS (SELECT 1 FROM steps AS s
+                  WHERE s.run_rid = commit_in_steps.rid AND s.pos = commit_in_steps.pos);
+
+-- name: commit_in_steps_insert
+INSERT INTO steps (run_rid, pos, kind, name, fingerprint, args, status, created_at, limit_key)
+SELECT rid, pos, 'step', name, fp, args, 'pending', :now, limit_key
+FROM temp.commit_in_steps WHERE new = 1;
+
+-- name: commit_in_queue
+-- insert_task for the new steps not to be claimed here.
+INSERT INTO tasks (run_rid, pos, shard, order_rid)
+SELECT s.rid, s.pos, s.shard, coalesce(r.root_rid, r.rid)
+FROM temp.commit_in_steps AS s JOIN runs AS r ON r.rid = s.rid
+WHERE s.new = 1 AND s.take = 0;
+
+-- name: commit_in_claim
+-- claim_next_task for the batch: inserted claimed when no unclaimed task of its shard that a
+-- claim would take first is queued (a seek of tasks_queued each). The SELECT reads tasks, so
+-- SQLite runs it whole before inserting: the probes see the queue as the statement found it.
+INSERT INTO tasks (run_rid, pos, shard, order_rid, claim_token, claim_engine, claim_epoch,
+                   claimed_at)
+SELECT s.rid, s.pos, s.shard, coalesce(r.root_rid, r.rid), :token, :engine, :epoch, :now
+FROM temp.commit_in_steps AS s JOIN runs AS r ON r.rid = s.rid
+WHERE s.new = 1 AND s.take = 1
+  AND NOT EXISTS (
+    SELECT 1 FROM tasks AS t
+    WHERE t.shard = s.shard AND t.claim_token IS NULL AND t.parked IS NULL
+      AND (t.order_rid, t.run_rid, t.pos) < (coalesce(r.root_rid, r.rid), r.rid, s.pos)
+  );
+
+-- name: commit_in_queue_rest
+-- The steps to claim that FIFO held back: queued.
+INSERT INTO tasks (run_rid, pos, shard, order_rid)
+SELECT s.rid, s.pos, s.shard, coalesce(r.root_rid, r.rid)
+FROM temp.commit_in_steps AS s JOIN runs AS r ON r.rid = s.rid
+WHERE s.new = 1 AND s.take = 1
+  AND NOT EXISTS (SELECT 1 FROM tasks AS t WHERE t.run_rid = s.rid AND t.pos = s.pos);
+
+-- name: commit_in_replays
+-- delete_replay_through for the batch.
+DELETE FROM replays
+WHERE run_rid IN (SELECT rid FROM temp.commit_in WHERE live = 1)
+  AND seq <= (SELECT consumed FROM temp.commit_in AS o WHERE o.rid = replays.run_rid);
+
+-- name: commit_in_steps_clear
+DELETE FROM temp.commit_in_steps;
+
+-- name: commit_in_clear
+DELETE FROM temp.commit_in;

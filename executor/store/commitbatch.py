@@ -1,0 +1,92 @@
+"""SQLite's replay commit of plain outputs, set-based: what a batch of replays produced for runs
+that only asked for plain steps (or for nothing new) in a few statements over the whole batch,
+as PostgreSQL's commit_batch does in one (store/pghot.py).
+
+repository.commit_each wrote such an output with four statements (the run's state, its step,
+its task, its replay entry), each a hand-off of the GIL around sqlite3_step while the event loop
+keeps it busy: a quarter of the database thread in the noop benchmark. Here the outputs and
+their steps go into two temporary tables from two JSON arrays, and each fence and write below is
+one statement: the same fences and writes as commit_each's, in the same transaction. Outputs
+that finish, park, wait, sleep, start children or carry arguments for the payload store stay on
+the per-row path.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import orjson
+
+from executor.store import payloads
+from executor.store.conn import Conn
+from executor.vocabulary import NextClaim, ReplayOutput, StepKind
+
+# Fewer outputs than this go through the per-row path: the dozen statements here cost more
+# than four per output for a few (the long benchmark, one run: 0.49-0.54 against 0.43-0.46 ms
+# of CPU per step with every commit set-based).
+MIN_OUTPUTS = 8
+
+
+def plain(out: ReplayOutput) -> bool:
+    """Whether this output goes through `commit`: still running, only plain steps, each with
+    inline arguments (UTF-8 JSON, as the codec writes them)."""
+    if out.inactive or out.finished is not None or out.parked is not None:
+        return False
+    step = StepKind.STEP
+    return all(s.kind == step and payloads.is_inline(s.args) for s in out.new_steps)
+
+
+def commit(
+    conn: Conn, outputs: Sequence[ReplayOutput], now: float, claim: NextClaim | None
+) -> tuple[int, list[ReplayOutput], list[ReplayOutput]]:
+    """Write `plain` outputs inside an open transaction. With `claim` (its epoch checked by the
+    caller), each run's first `out.claim` steps without a limit_key are inserted claimed when
+    no task a claim of their shard would take first is queued (as claim_next_task). Returns the
+    tasks written; the outputs whose run is no longer running in their generation (not written:
+    the caller settles them as commit_each does); and those left to the per-row path (arguments
+    that are not UTF-8, which JSON cannot carry)."""
+    rows = []
+    steps: list[tuple[object, ...]] = []
+    rest = []
+    for out in outputs:
+        left = out.claim if claim is not None else 0
+        mine = []
+        try:
+            for s in out.new_steps:
+                take = left > 0 and s.limit_key is None
+                left = left - 1 if take else 0
+                args = None if s.args is None else s.args.decode()
+                mine.append(
+                    (out.run_rid, s.pos, out.shard, s.name, s.fingerprint, args, s.limit_key, take)
+                )
+        except UnicodeDecodeError:
+            rest.append(out)
+            continue
+        rows.append((out.run_rid, out.generation, out.consumed_seq))
+        steps += mine
+    if not rows:
+        return 0, [], rest
+    conn.execute(conn.q["commit_in_create"])
+    conn.execute(conn.q["commit_in_steps_create"])
+    conn.execute(conn.q["commit_in_add"], (orjson.dumps(rows).decode(),))
+    conn.execute(conn.q["commit_in_live"])
+    stale = {rid for (rid,) in conn.execute(conn.q["commit_in_stale"]).fetchall()}
+    queued = 0
+    if steps:
+        conn.execute(conn.q["commit_in_steps_add"], (orjson.dumps(steps).decode(),))
+        conn.execute(conn.q["commit_in_steps_new"])
+        queued = conn.execute(conn.q["commit_in_steps_insert"], {"now": now}).rowcount
+        conn.execute(conn.q["commit_in_queue"])
+        if claim is not None:
+            # Claimed where FIFO allows, then the others queued: a claim sees the batch's steps
+            # it would take after them (queued just above), and a step that FIFO held back
+            # holds back every later one of its shard too.
+            conn.execute(
+                conn.q["commit_in_claim"],
+                {"token": claim.token, "engine": claim.engine, "epoch": claim.epoch, "now": now},
+            )
+            conn.execute(conn.q["commit_in_queue_rest"])
+        conn.execute(conn.q["commit_in_steps_clear"])
+    conn.execute(conn.q["commit_in_replays"])
+    conn.execute(conn.q["commit_in_clear"])
+    return queued, [out for out in outputs if out.run_rid in stale], rest

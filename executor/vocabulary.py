@@ -290,7 +290,7 @@ class ReplayOutput:
     dropped: bool = False
     # Slots the run holds for its next steps (the engine's SlotPool.reserve): with a NextClaim,
     # the commit claims up to this many of its new plain steps for them, when FIFO allows.
-    claim: int = 0
+    claimable: int = 0
     # Set by commit_replays once committed: the tasks it claimed for this run (claim's records).
     claimed: list[Claimed] = field(default_factory=list)
 

@@ -144,6 +144,7 @@ class Replayer:
         self._sleeps_queued = sleeps_queued
         self._on_finish = on_finish
         self.instances = InstanceCache(instances, _close_instance)
+        self._free_steps: set[str] = set()  # registered steps that draw on no quota
         self._inbox: dict[int, list[Delivery]] = {}
         self._wake = asyncio.Event()
         self._gated = False  # runs were left waiting for room in the instance cache
@@ -358,25 +359,35 @@ class Replayer:
         self._committed(outputs, replayed, run_ids, workflows)
 
     def _reserve(self, outputs: list[ReplayOutput]) -> NextClaim | None:
-        """Ask the commit to claim each run's next plain steps for the slots it holds (`claim`
-        on its output, the slots reserved in the pool until after the commit). Not for steps
-        under a limit: those go through the dispatcher's claim, and the limiter, as before."""
+        """Ask the commit to claim each run's next plain steps for the slots it holds
+        (`claimable` on its output, the slots reserved in the pool until after the commit). Not
+        for steps under a limit: those go through the dispatcher's claim, and the limiter."""
         if self._claim_next is None or self._stopping.is_set():
             return None
-        steps = self._registry.steps
+        free = self._free_steps
+        reserve = self._pool.reserve
         step = StepKind.STEP
         any_claim = False
         for out in outputs:
-            if out.finished is not None or out.parked is not None or not out.new_steps:
+            if not out.new_steps or out.finished is not None or out.parked is not None:
                 continue
-            if any(
-                s.kind == step and (s.limit_key is not None or _limited(steps.get(s.name)))
-                for s in out.new_steps
-            ):
-                continue
-            out.claim = self._pool.reserve(out.run_rid)
-            any_claim = any_claim or out.claim > 0
+            for s in out.new_steps:
+                if s.kind == step and (
+                    s.limit_key is not None or (s.name not in free and not self._free(s.name))
+                ):
+                    break
+            else:
+                out.claimable = n = reserve(out.run_rid)
+                any_claim = any_claim or n > 0
         return self._claim_next() if any_claim else None
+
+    def _free(self, name: str) -> bool:
+        """Whether step `name` is registered and draws on no quota (remembered once known)."""
+        st = self._registry.steps.get(name)
+        if st is None or st.limits:
+            return False
+        self._free_steps.add(name)
+        return True
 
     def _run_claimed(self, outputs: list[ReplayOutput]) -> None:
         """Start the tasks the commit claimed, in the slots their runs held for them."""
@@ -523,11 +534,6 @@ def _log_run_stopped(run_id: str, workflow: str, out: ReplayOutput) -> None:
         error_line(error),
         extra={"run": run_id, "workflow": workflow, "step": step},
     )
-
-
-def _limited(st: registry.StepDef[Any, Any] | None) -> bool:
-    """A step the limiter may hold back (or one not registered here: the runner parks it)."""
-    return st is None or bool(st.limits)
 
 
 def _close_instance(inst: WorkflowInstance) -> None:

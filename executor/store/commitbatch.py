@@ -40,7 +40,7 @@ def commit(
     conn: Conn, outputs: Sequence[ReplayOutput], now: float, claim: NextClaim | None
 ) -> tuple[int, list[ReplayOutput], list[ReplayOutput]]:
     """Write `plain` outputs inside an open transaction. With `claim` (its epoch checked by the
-    caller), each run's first `out.claim` steps without a limit_key are inserted claimed when
+    caller), each run's first `out.claimable` steps without a limit_key are inserted claimed when
     no task a claim of their shard would take first is queued (as claim_next_task). Returns the
     tasks written; the outputs whose run is no longer running in their generation (not written:
     the caller settles them as commit_each does); and those left to the per-row path (arguments
@@ -49,7 +49,7 @@ def commit(
     steps: list[tuple[object, ...]] = []
     rest = []
     for out in outputs:
-        left = out.claim if claim is not None else 0
+        left = out.claimable if claim is not None else 0
         mine = []
         try:
             for s in out.new_steps:

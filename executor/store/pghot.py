@@ -307,11 +307,11 @@ def commit_batch(
 
 def _to_claim(outputs: Sequence[ReplayOutput], claim: NextClaim | None) -> list[bool]:
     """Per new step (in the statement's order): whether to claim it for a slot its run holds.
-    A run's first `out.claim` steps without a limit_key, up to the first that has one (FIFO
+    A run's first `out.claimable` steps without a limit_key, up to the first that has one (FIFO
     within the run); commit_batch still checks the epoch and the shard's older tasks."""
     take: list[bool] = []
     for out in outputs:
-        left = out.claim if claim is not None else 0
+        left = out.claimable if claim is not None else 0
         for s in out.new_steps:
             ok = left > 0 and s.limit_key is None
             left = left - 1 if ok else 0

@@ -270,7 +270,7 @@ def commit_replays(
     With `fence`, neither is an output of a shard the engine no longer owns at the epoch it holds
     (its new owner replays the run from the journal).
 
-    With `claim`, each output's first `out.claim` new plain tasks (without a limit_key) are
+    With `claim`, each output's first `out.claimable` new plain tasks (without a limit_key) are
     claimed in this transaction, as `claim` would claim them, when the stored epoch is still
     `claim.epoch` and no task a claim of their shard would take first is queued; they go into
     `out.claimed` once committed (and only then: a later failure leaves them there, claimed).
@@ -311,7 +311,7 @@ def _commit_replays(
         for out in outputs:
             out.dropped = out.shard not in owned
         outputs = [out for out in outputs if not out.dropped]
-    if claim is not None and not any(out.claim for out in outputs):
+    if claim is not None and not any(out.claimable for out in outputs):
         claim = None
     if claim is not None and conn.execute(conn.q["select_epoch"]).fetchone()[0] != claim.epoch:
         claim = None  # the dispatcher's next claim finds out, and the engine drains
@@ -341,13 +341,13 @@ def commit_each(
     conn: Conn, outputs: Sequence[ReplayOutput], now: float, claim: NextClaim | None = None
 ) -> int:
     """commit_replays inside an open transaction, a statement or a few per output; with `claim`
-    (epoch checked), a run's first `out.claim` new plain tasks are inserted claimed when FIFO
+    (epoch checked), a run's first `out.claimable` new plain tasks are inserted claimed when FIFO
     allows (claim_next_task), the caller then counting their attempts and reading them back."""
     queued = 0
     for out in outputs:
         if not out.inactive and _stale(conn, out):
             continue
-        take = out.claim if claim is not None else 0
+        take = out.claimable if claim is not None else 0
         for s in out.new_steps:
             if s.kind == StepKind.EVENT:
                 assert s.args is not None

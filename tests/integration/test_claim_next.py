@@ -72,7 +72,7 @@ def steps(*positions: int, limit_key: str | None = None) -> list[NewStep]:
 
 
 def output(rid: int, new: list[NewStep], claim: int = 0, shard: int = 0) -> ReplayOutput:
-    return ReplayOutput(rid, shard, 0, new, claim=claim)
+    return ReplayOutput(rid, shard, 0, new, claimable=claim)
 
 
 async def own(db: Store, engine: int) -> Fence:
@@ -317,7 +317,7 @@ async def test_a_claim_of_a_crashed_engine_made_in_its_commit_is_reclaimed(
 
     blob = codec.encode([3, 0])
     first = NewStep(0, StepKind.STEP, "claim_next.link", codec.fingerprint(blob), blob, None)
-    out = ReplayOutput(row.rid, row.shard, 0, [first], claim=1)
+    out = ReplayOutput(row.rid, row.shard, 0, [first], claimable=1)
     await db.run(repo.commit_replays, [out], long_ago, fence, NextClaim(ghost, epoch, 77, True))
     assert [c.pos for c in out.claimed] == [0]
     await db.run(expire)

@@ -32,6 +32,8 @@ NOT_VOCABULARY = {
     "$.message",
     "$.step",
     "$.type",
+    # The replay commit's batch rows, read from JSON arrays (commit_in_add, commit_in_steps_add).
+    *(f"$[{i}]" for i in range(8)),
     # The payload store (migrations/0006_payloads.sql, payloads.sql): the format bytes of a
     # reference (x'00', x'01'), json_each's names, the trigger's error, check's column labels.
     "00",

@@ -3,6 +3,8 @@ returns what was put for as long as it holds it."""
 
 from __future__ import annotations
 
+import sys
+
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -31,3 +33,15 @@ def test_the_cache_is_bounded_in_entries_and_bytes(ops: list[tuple[int, bool]]) 
         assert all(v is None or v == bytes([i]) * i * 2 for i, v in enumerate(held))
         assert len(cache) <= 8
         assert cache.bytes == sum(len(v) for v in held if v is not None) <= 100
+
+
+def test_an_evicted_payload_is_freed() -> None:
+    """Nothing keeps a payload the cache let go of, whichever bound evicted it."""
+    for entries, budget in ((2, 10**6), (10**6, 64)):
+        cache = _Resolved(entries=entries, budget=budget, largest=64)
+        values = [bytes([i]) * 40 for i in range(4)]  # distinct objects, 40 bytes each
+        before = [sys.getrefcount(v) for v in values]
+        for i, v in enumerate(values):
+            cache.put(bytes([i]), v)
+        assert cache.get(bytes([0])) is None  # evicted
+        assert sys.getrefcount(values[0]) == before[0]

@@ -85,7 +85,9 @@ class HydrationCache:
         self.bytes += charge
         lru[key] = value  # may evict one entry by count (the callback subtracts it)
         while self.bytes > self.budget_bytes:
-            _, gone = lru.popitem(least_recent=True)
+            # Not popitem: lru-dict 1.4.1's keeps a reference to every item it pops.
+            oldest, gone = lru.peek_last_item()
+            del lru[oldest]
             self.bytes -= _charge(gone)
 
     def __len__(self) -> int:

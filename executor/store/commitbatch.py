@@ -1,14 +1,14 @@
 """SQLite's replay commit of plain outputs, set-based: what a batch of replays produced for runs
-that only asked for plain steps (or for nothing new) in a few statements over the whole batch,
-as PostgreSQL's commit_batch does in one (store/pghot.py).
+that only asked for plain steps (or for nothing new), or that ended, in a few statements over
+the whole batch, as PostgreSQL's commit_batch does in one (store/pghot.py).
 
 repository.commit_each wrote such an output with four statements (the run's state, its step,
 its task, its replay entry), each a hand-off of the GIL around sqlite3_step while the event loop
 keeps it busy: a quarter of the database thread in the noop benchmark. Here the outputs and
 their steps go into two temporary tables from two JSON arrays, and each fence and write below is
 one statement: the same fences and writes as commit_each's, in the same transaction. Outputs
-that finish, park, wait, sleep, start children or carry arguments for the payload store stay on
-the per-row path.
+that park, wait, sleep, start children, carry payloads for the payload store, or end a run with
+a parent or children stay on the per-row path.
 """
 
 from __future__ import annotations
@@ -28,10 +28,14 @@ MIN_OUTPUTS = 8
 
 
 def plain(out: ReplayOutput) -> bool:
-    """Whether this output goes through `commit`: still running, only plain steps, each with
-    inline arguments (UTF-8 JSON, as the codec writes them)."""
-    if out.inactive or out.finished is not None or out.parked is not None:
+    """Whether this output goes through `commit`: only plain steps, each with inline arguments
+    (UTF-8 JSON, as the codec writes them); or the run's end, with an inline result and
+    nothing new (a run with a parent or children is then left to the per-row path: `commit`
+    finds out)."""
+    if out.inactive or out.parked is not None:
         return False
+    if out.finished is not None:
+        return not out.new_steps and payloads.is_inline(out.result)
     step = StepKind.STEP
     return all(s.kind == step and payloads.is_inline(s.args) for s in out.new_steps)
 
@@ -43,8 +47,8 @@ def commit(
     caller), each run's first `out.claimable` steps without a limit_key are inserted claimed when
     no task a claim of their shard would take first is queued (as claim_next_task). Returns the
     tasks written; the outputs whose run is no longer running in their generation (not written:
-    the caller settles them as commit_each does); and those left to the per-row path (arguments
-    that are not UTF-8, which JSON cannot carry)."""
+    the caller settles them as commit_each does); and those left to the per-row path (bytes
+    that are not UTF-8, which JSON cannot carry; the end of a run with a parent or children)."""
     rows = []
     steps: list[tuple[object, ...]] = []
     rest = []
@@ -59,10 +63,13 @@ def commit(
                 mine.append(
                     (out.run_rid, s.pos, out.shard, s.name, s.fingerprint, args, s.limit_key, take)
                 )
+            result = None if out.result is None else out.result.decode()
+            error = None if out.error is None else out.error.decode()
         except UnicodeDecodeError:
             rest.append(out)
             continue
-        rows.append((out.run_rid, out.generation, out.consumed_seq))
+        finished = None if out.finished is None else str(out.finished)
+        rows.append((out.run_rid, out.generation, out.consumed_seq, finished, result, error))
         steps += mine
     if not rows:
         return 0, [], rest
@@ -70,7 +77,18 @@ def commit(
     conn.execute(conn.q["commit_in_steps_create"])
     conn.execute(conn.q["commit_in_add"], (orjson.dumps(rows).decode(),))
     conn.execute(conn.q["commit_in_live"])
-    stale = {rid for (rid,) in conn.execute(conn.q["commit_in_stale"]).fetchall()}
+    conn.execute(conn.q["commit_in_family"])
+    stale: set[int] = set()
+    family: set[int] = set()
+    for rid, of_family in conn.execute(conn.q["commit_in_stale"]).fetchall():
+        (family if of_family else stale).add(rid)
+    if any(out.finished is not None for out in outputs):
+        # finish_run, then run_left's drop_pending_work (no parent, no children: nothing else);
+        # first, so that the claims below do not wait behind tasks that go now.
+        conn.execute(conn.q["commit_in_finish"], {"now": now})
+        conn.execute(conn.q["commit_in_finished_tasks"])
+        conn.execute(conn.q["commit_in_finished_timers"])
+        conn.execute(conn.q["commit_in_finished_waits"])
     queued = 0
     if steps:
         conn.execute(conn.q["commit_in_steps_add"], (orjson.dumps(steps).decode(),))
@@ -89,4 +107,5 @@ def commit(
         conn.execute(conn.q["commit_in_steps_clear"])
     conn.execute(conn.q["commit_in_replays"])
     conn.execute(conn.q["commit_in_clear"])
+    rest += [out for out in outputs if out.run_rid in family]
     return queued, [out for out in outputs if out.run_rid in stale], rest

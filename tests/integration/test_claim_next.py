@@ -20,7 +20,7 @@ from executor.store import commitbatch, engines, leases
 from executor.store import repository as repo
 from executor.store.database import Store, open_database
 from executor.store.leases import Fence
-from executor.vocabulary import NewRun, NewStep, NextClaim, ReplayOutput, StepKind
+from executor.vocabulary import NewRun, NewStep, NextClaim, ReplayOutput, RunState, StepKind
 
 if TYPE_CHECKING:
     from tests.support.engine import DbFile, EngineFactory, WaitUntil
@@ -235,6 +235,39 @@ async def test_a_cancelled_runs_output_is_dropped_beside_the_others(
     assert dbfile.query("SELECT run_rid FROM replays") == []
 
 
+async def test_a_run_that_ends_drops_its_queued_work_and_every_replay_entry(
+    db: Store, dbfile: DbFile
+) -> None:
+    a, b = await start(db, 2)
+    engine, epoch, fence = await registered(db)
+    now = time.time()
+    await db.run(repo.commit_replays, [output(a, steps(0, 1)), output(b, steps(0))], now, fence)
+    [in_flight] = await db.run(repo.claim, engine, epoch, 20, [(0, 1)], now, True, fence) or []
+    assert (in_flight.run_rid, in_flight.pos) == (a, 0)
+
+    def queued_again(conn: Any) -> None:  # results recorded since (seq 5): replays queued again
+        mark = "%s" if conn.dialect == "postgres" else "?"
+        for rid in (a, b):
+            conn.execute(f"INSERT INTO replays VALUES ({mark}, 0, 5, 0)", (rid,))
+
+    await db.run(queued_again)
+    ends = ReplayOutput(a, 0, 0, [], finished=RunState.SUCCEEDED, result=b"3")
+    goes_on = output(b, steps(1))
+    assert await db.run(repo.commit_replays, [ends, goes_on], now + 1, fence) == 1
+    assert dbfile.query("SELECT rid, status, result, finished_at FROM runs ORDER BY rid") == [
+        (a, "succeeded", b"3", now + 1),
+        (b, "running", None, None),
+    ]
+    # a's step that was never awaited goes; its claimed one stays until its result is fenced.
+    assert dbfile.query("SELECT run_rid, pos, claim_token FROM tasks ORDER BY run_rid, pos") == [
+        (a, 0, 20),
+        (b, 0, None),
+        (b, 1, None),
+    ]
+    # Every entry of a run that ended goes; another run's only up to the seq it consumed.
+    assert dbfile.query("SELECT run_rid, seq FROM replays") == [(b, 5)]
+
+
 # --- in the engine -------------------------------------------------------------------------------
 
 
@@ -364,3 +397,49 @@ async def test_a_step_claimed_in_the_commit_drained_at_stop_runs_again(
     async with engine_factory(reg):
         assert await client.result(run, timeout=DEADLINE_S) == 3
     assert calls == [1, 1]
+
+
+async def test_children_end_through_the_per_row_path_when_commits_are_set_based(
+    engine_factory: EngineFactory,
+    client: Client,
+    dbfile: DbFile,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Every SQLite commit set-based: a child's end still goes into its parent's journal, and a
+    parent that ends cancels the child it never awaited (children.run_left, per row)."""
+    monkeypatch.setattr(commitbatch, "MIN_OUTPUTS", 1)
+    reg = Registry()
+    gate = asyncio.Event()
+
+    @step(registry=reg, name="claim_next.wait_forever")
+    async def wait_forever() -> int:
+        await gate.wait()
+        return 0
+
+    @workflow(registry=reg, name="claim_next.leaf")
+    async def leaf(ctx: Any, i: int) -> int:
+        return await plus_one(i)
+
+    @workflow(registry=reg, name="claim_next.stuck")
+    async def stuck(ctx: Any) -> int:
+        return await wait_forever()
+
+    @step(registry=reg, name="claim_next.plus_one")
+    async def plus_one(i: int) -> int:
+        return i + 1
+
+    @workflow(registry=reg, name="claim_next.parent")
+    async def parent(ctx: Any) -> int:
+        ctx.child(stuck)  # never awaited: cancelled when the parent ends
+        return sum([await ctx.child(leaf, i) for i in range(3)])
+
+    run = await client.start(parent)
+    async with engine_factory(reg):
+        assert await client.result(run, timeout=DEADLINE_S) == 6
+        gate.set()
+    runs = dict(dbfile.query("SELECT DISTINCT workflow, status FROM runs"))
+    assert runs == {
+        "claim_next.parent": "succeeded",
+        "claim_next.leaf": "succeeded",
+        "claim_next.stuck": "cancelled",
+    }

@@ -378,7 +378,11 @@ CREATE TEMP TABLE IF NOT EXISTS commit_in (
     rid      INTEGER PRIMARY KEY,
     gen      INTEGER NOT NULL,          -- the generation the replay read
     consumed INTEGER NOT NULL,          -- the seq it consumed
-    live     INTEGER NOT NULL DEFAULT 0 -- 1: still running in that generation: written
+    finished TEXT,                      -- the run ends: its status, result and error
+    result   BLOB,
+    error    BLOB,
+    live     INTEGER NOT NULL DEFAULT 0, -- 1: still running in that generation: written
+    family   INTEGER NOT NULL DEFAULT 0  -- 1: it ends with a parent or children: per row
 );
 
 -- name: commit_in_steps_create
@@ -396,8 +400,10 @@ CREATE TEMP TABLE IF NOT EXISTS commit_in_steps (
 );
 
 -- name: commit_in_add
-INSERT INTO temp.commit_in (rid, gen, consumed)
-SELECT json_extract(value, '$[0]'), json_extract(value, '$[1]'), json_extract(value, '$[2]')
+INSERT INTO temp.commit_in (rid, gen, consumed, finished, result, error)
+SELECT json_extract(value, '$[0]'), json_extract(value, '$[1]'), json_extract(value, '$[2]'),
+       json_extract(value, '$[3]'), CAST(json_extract(value, '$[4]') AS BLOB),
+       CAST(json_extract(value, '$[5]') AS BLOB)
 FROM json_each(?);
 
 -- name: commit_in_steps_add
@@ -415,8 +421,18 @@ UPDATE temp.commit_in SET live = 1
 WHERE EXISTS (SELECT 1 FROM runs AS r
               WHERE r.rid = commit_in.rid AND r.status = 'running' AND r.generation = commit_in.gen);
 
+-- name: commit_in_family
+-- A run that ends with a parent (its end goes into the parent's journal) or children (they are
+-- cancelled with it) is left to the per-row path (children.run_left).
+UPDATE temp.commit_in SET live = 0, family = 1
+WHERE live = 1 AND finished IS NOT NULL
+  AND EXISTS (SELECT 1 FROM runs AS r
+              WHERE r.rid = commit_in.rid
+                AND (r.parent_rid IS NOT NULL
+                     OR EXISTS (SELECT 1 FROM runs AS c WHERE c.parent_rid = r.rid)));
+
 -- name: commit_in_stale
-SELECT rid FROM temp.commit_in WHERE live = 0;
+SELECT rid, family FROM temp.commit_in WHERE live = 0;
 
 -- name: commit_in_steps_new
 -- insert_step's OR IGNORE: a step already in the journal (another replay of the run wrote it)
@@ -461,11 +477,35 @@ FROM temp.commit_in_steps AS s JOIN runs AS r ON r.rid = s.rid
 WHERE s.new = 1 AND s.take = 1
   AND NOT EXISTS (SELECT 1 FROM tasks AS t WHERE t.run_rid = s.rid AND t.pos = s.pos);
 
+-- name: commit_in_finish
+-- finish_run for the batch, by rid (`+status`: not a walk of runs_status, every running run).
+UPDATE runs
+SET (status, result, error) = (SELECT o.finished, o.result, o.error
+                               FROM temp.commit_in AS o WHERE o.rid = runs.rid),
+    finished_at = :now, updated_at = :now
+WHERE rid IN (SELECT rid FROM temp.commit_in WHERE live = 1 AND finished IS NOT NULL)
+  AND +status = 'running';
+
+-- name: commit_in_finished_tasks
+-- journal.drop_pending_work for the runs that ended here: steps started but never awaited.
+DELETE FROM tasks
+WHERE run_rid IN (SELECT rid FROM temp.commit_in WHERE live = 1 AND finished IS NOT NULL)
+  AND claim_token IS NULL;
+
+-- name: commit_in_finished_timers
+DELETE FROM timers
+WHERE run_rid IN (SELECT rid FROM temp.commit_in WHERE live = 1 AND finished IS NOT NULL);
+
+-- name: commit_in_finished_waits
+DELETE FROM waits
+WHERE run_rid IN (SELECT rid FROM temp.commit_in WHERE live = 1 AND finished IS NOT NULL);
+
 -- name: commit_in_replays
--- delete_replay_through for the batch.
+-- delete_replay_through for the batch; every entry of a run that ended (delete_replay).
 DELETE FROM replays
 WHERE run_rid IN (SELECT rid FROM temp.commit_in WHERE live = 1)
-  AND seq <= (SELECT consumed FROM temp.commit_in AS o WHERE o.rid = replays.run_rid);
+  AND (SELECT o.finished IS NOT NULL OR replays.seq <= o.consumed
+       FROM temp.commit_in AS o WHERE o.rid = replays.run_rid);
 
 -- name: commit_in_steps_clear
 DELETE FROM temp.commit_in_steps;

@@ -130,20 +130,20 @@ def snapshot(conn: Conn, row: Sequence[Any], entries: list[JournalEntry]) -> Run
 
 
 def load_runs(conn: Conn, rids: Iterable[int]) -> dict[int, RunSnapshot]:
-    """Everything a full replay needs, for each run (missing runs are left out)."""
-    conn.execute(conn.q["begin_read"])  # one snapshot across the run rows and their journals
+    """Everything a full replay needs, for each run (missing runs are left out): two statements
+    for the whole batch, in one read snapshot across the run rows and their journals."""
+    rids = list(rids)
+    # The batch as the dialect takes a list: an array on PostgreSQL, a JSON array on SQLite.
+    batch = rids if conn.dialect == "postgres" else "[" + ",".join(map(str, rids)) + "]"
+    conn.execute(conn.q["begin_read"])
     try:
-        if conn.dialect == "postgres":
-            return _load_batch(conn, list(rids))
-        out = {}
-        for rid in rids:
-            row = conn.execute(conn.q["select_run_for_replay"], (rid,)).fetchone()
-            if row is not None:
-                entries = [JournalEntry(*j) for j in conn.execute(conn.q["select_journal"], (rid,))]
-                out[rid] = snapshot(conn, row, entries)
+        entries: dict[int, list[JournalEntry]] = {}
+        for rid, *entry in conn.execute(conn.q["select_journals"], (batch,)):
+            entries.setdefault(rid, []).append(JournalEntry(*entry))
+        rows = {row[0]: row for row in conn.execute(conn.q["select_runs_for_replay"], (batch,))}
+        return {rid: snapshot(conn, rows[rid], entries.get(rid, [])) for rid in rids if rid in rows}
     finally:
         conn.execute("COMMIT")
-    return out
 
 
 def load_deliveries(conn: Conn, after: Mapping[int, int]) -> dict[int, list[Delivery]]:
@@ -175,12 +175,3 @@ def load_deliveries(conn: Conn, after: Mapping[int, int]) -> dict[int, list[Deli
     finally:
         conn.execute("COMMIT")
     return out
-
-
-def _load_batch(conn: Conn, rids: list[int]) -> dict[int, RunSnapshot]:
-    """load_runs on PostgreSQL, inside its read snapshot: two statements for the whole batch."""
-    entries: dict[int, list[JournalEntry]] = {}
-    for rid, *entry in conn.execute(conn.q["select_journals"], (rids,)):
-        entries.setdefault(rid, []).append(JournalEntry(*entry))
-    rows = {row[0]: row for row in conn.execute(conn.q["select_runs_for_replay"], (rids,))}
-    return {rid: snapshot(conn, rows[rid], entries.get(rid, [])) for rid in rids if rid in rows}

@@ -26,7 +26,7 @@ DIALECT_ONLY: dict[str, str] = {
     "freelist_count": "sqlite",
     # The hot transactions: SQLite claims and records with a few statements over the batch (a
     # temporary table for the record); PostgreSQL runs each as one statement over arrays
-    # (store/pghot.py, postgres/hot.sql), and reads a batch of runs to replay in two.
+    # (store/pghot.py, postgres/hot.sql).
     "mark_claimed": "sqlite",
     "count_claimed_attempts": "sqlite",
     "select_claimed": "sqlite",
@@ -77,8 +77,6 @@ DIALECT_ONLY: dict[str, str] = {
     "claim_batch": "postgres",
     "record_batch": "postgres",
     "commit_batch": "postgres",
-    "select_runs_for_replay": "postgres",
-    "select_journals": "postgres",
     # Opening a PostgreSQL database (store/pgdatabase.py): SQLite has PRAGMA application_id,
     # user_version and BEGIN IMMEDIATE where PostgreSQL needs a meta row, a catalog probe and an
     # advisory lock.

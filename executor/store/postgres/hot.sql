@@ -210,13 +210,14 @@ FROM tk AS c JOIN runs AS r ON r.rid = c.run_rid
 WHERE c.claimed;
 
 -- name: select_runs_for_replay
--- select_run_for_replay for a batch of runs (store/pghot.py load_runs), with the rid first.
+-- Each run of a batch as a full replay needs it (journal.load_runs), with the rid first.
 SELECT rid, id, workflow, version, shard, status, args, created_at, last_seq, generation,
        coalesce(seed, id), coalesce(clock_origin, created_at), coalesce(forked_at, 0)
 FROM runs WHERE rid = ANY (%s::bigint[]);
 
 -- name: select_journals
--- select_journal for a batch of runs, each run's entries in position order after its rid.
+-- The journals of a batch of runs, each run's entries in position order after its rid. A
+-- child's result is not copied into its parent's journal: it is read from the child's row.
 SELECT s.run_rid, s.pos, s.kind, s.name, s.fingerprint, s.status,
        CASE WHEN s.kind = 'child' AND s.status = 'succeeded'
             THEN (SELECT c.result FROM runs AS c

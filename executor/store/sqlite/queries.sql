@@ -76,20 +76,23 @@ SELECT run_rid, pos, kind FROM timers WHERE fire_at <= ? ORDER BY fire_at LIMIT 
 -- name: run_status_of_rid
 SELECT status FROM runs WHERE rid = ?;
 
--- name: select_run_for_replay
+-- name: select_runs_for_replay
+-- Each run of a batch as a full replay needs it (journal.load_runs), with the rid first; the
+-- rids as a JSON array.
 SELECT rid, id, workflow, version, shard, status, args, created_at, last_seq, generation,
        coalesce(seed, id), coalesce(clock_origin, created_at), coalesce(forked_at, 0)
-FROM runs WHERE rid = ?;
+FROM runs WHERE rid IN (SELECT value FROM json_each(?));
 
--- name: select_journal
--- A child's result is not copied into its parent's journal: it is read from the child's row.
-SELECT s.pos, s.kind, s.name, s.fingerprint, s.status,
+-- name: select_journals
+-- The journals of a batch of runs, each run's entries in position order after its rid. A
+-- child's result is not copied into its parent's journal: it is read from the child's row.
+SELECT s.run_rid, s.pos, s.kind, s.name, s.fingerprint, s.status,
        CASE WHEN s.kind = 'child' AND s.status = 'succeeded'
             THEN (SELECT c.result FROM runs AS c
                   WHERE c.parent_rid = s.run_rid AND c.parent_pos = s.pos)
             ELSE s.result END,
        s.error, s.seq, s.finished_at
-FROM steps AS s WHERE s.run_rid = ? ORDER BY s.pos;
+FROM steps AS s WHERE s.run_rid IN (SELECT value FROM json_each(?)) ORDER BY s.run_rid, s.pos;
 
 -- name: select_journal_after
 -- The results recorded after a seq, for a live instance to catch up (repository.load_deliveries).

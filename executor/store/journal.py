@@ -115,7 +115,7 @@ def drop_pending_work(conn: Conn, rid: int) -> None:
 
 
 def snapshot(conn: Conn, row: Sequence[Any], entries: list[JournalEntry]) -> RunSnapshot:
-    """A run as a full replay needs it, from its select_run_for_replay row and its journal, with
+    """A run as a full replay needs it, from its select_runs_for_replay row and its journal, with
     stored payloads read back."""
     if any(payloads.is_ref(j.result) for j in entries):
         entries = [

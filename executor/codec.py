@@ -355,15 +355,20 @@ def decode(data: bytes | str) -> Any:
 _HASH_PIECE = 2047
 
 
-def fingerprint(data: bytes) -> str:
-    """A short stable digest of encoded arguments, for checking replays against the journal."""
+def blake2b_keeping_gil(data: bytes, digest_size: int) -> hashlib.blake2b:
+    """blake2b of `data` fed in pieces below hashlib's GIL-release size (the same digest)."""
     if len(data) <= _HASH_PIECE:
-        return hashlib.blake2b(data, digest_size=8).hexdigest()
-    h = hashlib.blake2b(digest_size=8)
+        return hashlib.blake2b(data, digest_size=digest_size)
+    h = hashlib.blake2b(digest_size=digest_size)
     view = memoryview(data)
     for i in range(0, len(data), _HASH_PIECE):
         h.update(view[i : i + _HASH_PIECE])
-    return h.hexdigest()
+    return h
+
+
+def fingerprint(data: bytes) -> str:
+    """A short stable digest of encoded arguments, for checking replays against the journal."""
+    return blake2b_keeping_gil(data, 8).hexdigest()
 
 
 def is_immutable(value: Any) -> bool:

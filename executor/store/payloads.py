@@ -44,7 +44,7 @@ from typing import NamedTuple, overload
 import orjson
 from lru import LRU
 
-from executor import errors
+from executor import codec, errors
 from executor.store.conn import Conn
 from executor.store.database import transaction
 
@@ -155,21 +155,16 @@ def has_files(conn: Conn) -> bool:
 
 
 # hashlib lets go of the GIL for inputs of 2048 bytes or more; on the database thread each release
-# may cost a wait of a switch interval (5 ms) for the event loop to hand it back. Hashed in smaller
-# pieces (the same digest), it keeps it (codec.fingerprint does the same on the loop's thread).
+# may cost a wait of a switch interval (5 ms) for the event loop to hand it back, so payloads are
+# hashed in smaller pieces (codec.blake2b_keeping_gil, as fingerprints are on the loop's thread).
 # Large payloads are hashed whole: those are staged in a thread of their own (`stage`).
-_HASH_PIECE = 2047
 _HASH_WHOLE = 64 * 1024
 
 
 def digest(blob: bytes) -> bytes:
-    if len(blob) <= _HASH_PIECE or len(blob) >= _HASH_WHOLE:
+    if len(blob) >= _HASH_WHOLE:
         return hashlib.blake2b(blob, digest_size=16).digest()
-    h = hashlib.blake2b(digest_size=16)
-    view = memoryview(blob)
-    for i in range(0, len(blob), _HASH_PIECE):
-        h.update(view[i : i + _HASH_PIECE])
-    return h.digest()
+    return codec.blake2b_keeping_gil(blob, 16).digest()
 
 
 @dataclass(slots=True)

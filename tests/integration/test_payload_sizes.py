@@ -34,8 +34,8 @@ EDGES = sorted(
         edge + d
         for edge in (
             payloads.INLINE_MAX_BYTES,
-            payloads._HASH_PIECE,
-            2 * payloads._HASH_PIECE,
+            codec._HASH_PIECE,
+            2 * codec._HASH_PIECE,
             payloads.COMPRESS_MIN_BYTES,
             payloads.SHARE_MIN_BYTES,
         )

@@ -84,16 +84,19 @@ async def test_two_signals_go_to_two_waits_in_order(
         assert await client.signal(a, "t", 2)
         assert await client.result(a, timeout=DEADLINE_S) == [2, 1]
 
-        b = await client.start("seq")
-        for n in (1, 2, 3):  # sent before the waits: FIFO all the same; the third stays unread
-            assert await client.signal(b, "t", n)
+    # Sent before the waits: FIFO all the same; the third stays unread. Sent while no engine
+    # runs, so all three are in before the run waits: with one running, the run may take the
+    # first two and finish before the third is sent, which is then refused (as below).
+    b = await client.start("seq")
+    for n in (1, 2, 3):
+        assert await client.signal(b, "t", n)
+    async with engine_factory(reg):
         assert await client.result(b, timeout=DEADLINE_S) == [1, 2]
-        unread = dbfile.query(
-            "SELECT payload FROM mailbox AS m JOIN runs AS r ON r.rid = m.run_rid"
-            " WHERE r.id = ? AND m.consumed_pos IS NULL",
-            b,
-        )
-        assert unread == [(b"3",)]
+    unread = "SELECT payload FROM mailbox AS m JOIN runs AS r ON r.rid = m.run_rid WHERE r.id = ?"
+    assert dbfile.query(unread + " AND m.consumed_pos IS NULL", b) == [(b"3",)]
+    # A signal to the finished run is refused, and leaves nothing in its mailbox.
+    assert await client.signal(b, "t", 4) is False
+    assert sorted(dbfile.query(unread, b)) == [(b"1",), (b"2",), (b"3",)]
 
 
 async def test_timeout_raises_a_catchable_wait_timeout_or_gives_the_default(

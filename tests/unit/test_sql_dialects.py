@@ -65,6 +65,7 @@ DIALECT_ONLY: dict[str, str] = {
             "create",
             "clear",
             "add",
+            "add_plain",
             "fence",
             "number",
             "delete_tasks",

@@ -312,6 +312,12 @@ DELETE FROM temp.record_in;
 INSERT INTO temp.record_in (i, rid, pos, token, status, result, error, k)
 VALUES (?, ?, ?, ?, ?, ?, ?, ?);
 
+-- name: record_in_add_plain
+-- A batch with a result per run and no error (the common case): k is 1 and the error NULL, two
+-- parameters fewer a row to bind.
+INSERT INTO temp.record_in (i, rid, pos, token, status, result, k)
+VALUES (?, ?, ?, ?, ?, ?, 1);
+
 -- name: record_in_fence
 -- Our claim must still hold the task (else ok = 0, and the task is not ours to delete); the step
 -- must still be pending and its run running (or parked: a resumed run finds the results of
@@ -370,7 +376,9 @@ WHERE r.rid IN (SELECT rid FROM temp.record_in WHERE ok = 2)
 ON CONFLICT (run_rid) DO UPDATE SET seq = max(seq, excluded.seq);
 
 -- name: record_in_recorded
-SELECT i, seq FROM temp.record_in WHERE ok = 2 ORDER BY i;
+-- One row, not one hand-off of the GIL per recorded step: the places in the batch and the seqs
+-- of the recorded outcomes, in the same order.
+SELECT json_group_array(i), json_group_array(seq) FROM temp.record_in WHERE ok = 2;
 
 -- Committing the plain outputs of a batch of replays, set-based (store/commitbatch.py): the
 -- outputs and their new steps go into temporary tables from two JSON arrays, and each fence

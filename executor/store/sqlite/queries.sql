@@ -298,6 +298,8 @@ CREATE TEMP TABLE IF NOT EXISTS record_in (
     result BLOB,
     error  BLOB,
     k      INTEGER NOT NULL,  -- place among the run's outcomes in the batch, from 1
+    shard  INTEGER,           -- the run's (from the fence)
+    last   INTEGER NOT NULL DEFAULT 1,  -- 1: the run's last recorded outcome of the batch
     ok     INTEGER NOT NULL DEFAULT 0,  -- 1: our claim still holds the task; 2: recorded
     seq    INTEGER,
     PRIMARY KEY (rid, pos, i)
@@ -323,13 +325,14 @@ VALUES (?, ?, ?, ?, ?, ?, 1);
 -- must still be pending and its run running (or parked: a resumed run finds the results of
 -- steps that finished meanwhile) for the result to be recorded (ok = 2), with the seq that
 -- follows the run's last one, by its place k among the run's outcomes in the batch.
-UPDATE temp.record_in SET (ok, seq) = (
+UPDATE temp.record_in SET (ok, seq, shard) = (
     SELECT CASE
                WHEN t.run_rid IS NULL THEN 0
                WHEN s.run_rid IS NULL OR r.rid IS NULL THEN 1
                ELSE 2
            END,
-           r.last_seq + record_in.k
+           r.last_seq + record_in.k,
+           r.shard
     FROM (SELECT 1)
     LEFT JOIN tasks AS t
         ON t.run_rid = record_in.rid AND t.pos = record_in.pos
@@ -341,11 +344,12 @@ UPDATE temp.record_in SET (ok, seq) = (
 
 -- name: record_in_number
 -- When a run has several outcomes in the batch (one of them may not have been recorded):
--- number its recorded ones without a gap, in batch order.
-UPDATE temp.record_in SET seq = n.seq
+-- number its recorded ones without a gap, in batch order, and mark the last of them.
+UPDATE temp.record_in SET seq = n.seq, last = n.last
 FROM (
     SELECT b.rid, b.pos, b.i,
-           r.last_seq + row_number() OVER (PARTITION BY b.rid ORDER BY b.i) AS seq
+           r.last_seq + row_number() OVER (PARTITION BY b.rid ORDER BY b.i) AS seq,
+           row_number() OVER (PARTITION BY b.rid ORDER BY b.i DESC) = 1 AS last
     FROM temp.record_in AS b JOIN runs AS r ON r.rid = b.rid
     WHERE b.ok = 2
 ) AS n
@@ -364,15 +368,15 @@ FROM temp.record_in AS b
 WHERE b.ok = 2 AND steps.run_rid = b.rid AND steps.pos = b.pos;
 
 -- name: record_in_runs
-UPDATE runs SET last_seq = m.seq, updated_at = :now
-FROM (SELECT rid, max(seq) AS seq FROM temp.record_in WHERE ok = 2 GROUP BY rid) AS m
-WHERE runs.rid = m.rid;
+-- From each run's last recorded outcome (one row a run: no grouping, nothing materialized).
+UPDATE runs SET last_seq = b.seq, updated_at = :now
+FROM temp.record_in AS b
+WHERE b.ok = 2 AND b.last AND runs.rid = b.rid;
 
 -- name: record_in_replays
+-- The shard came with the fence: no second look-up of the run.
 INSERT INTO replays (run_rid, shard, seq, created_at)
-SELECT r.rid, r.shard, r.last_seq, :now
-FROM runs AS r
-WHERE r.rid IN (SELECT rid FROM temp.record_in WHERE ok = 2)
+SELECT rid, shard, seq, :now FROM temp.record_in WHERE ok = 2 AND last
 ON CONFLICT (run_rid) DO UPDATE SET seq = max(seq, excluded.seq);
 
 -- name: record_in_recorded

@@ -291,7 +291,12 @@ class ReplayOutput:
     # Slots the run holds for its next steps (the engine's SlotPool.reserve): with a NextClaim,
     # the commit claims up to this many of its new plain steps for them, when FIFO allows.
     claimable: int = 0
-    # Set by commit_replays once committed: the tasks it claimed for this run (claim's records).
+    # All the slots the run holds for this commit (claimable <= holds): with a NextClaim, those
+    # its own next steps do not take go to the head of its shard's queue, as the dispatcher's
+    # claim would (a run that ends, sleeps or waits leaves its slot to the next in line).
+    holds: int = 0
+    # Set by commit_replays once committed: the tasks it claimed for the slots this run holds,
+    # its own next steps first (claim's records).
     claimed: list[Claimed] = field(default_factory=list)
 
 

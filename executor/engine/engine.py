@@ -60,6 +60,7 @@ _COUNTERS = (
     "finished",
     "replay_args_changed",
     "claimed_in_commit",
+    "heads_in_commit",
 )
 
 

@@ -158,6 +158,7 @@ class Replayer:
             "finished": 0,
             "replay_args_changed": 0,
             "claimed_in_commit": 0,
+            "heads_in_commit": 0,  # of those, the head of the shard's queue for a slot left
         }
 
     def deliver(self, deliveries: list[Delivery]) -> None:
@@ -359,9 +360,11 @@ class Replayer:
         self._committed(outputs, replayed, run_ids, workflows)
 
     def _reserve(self, outputs: list[ReplayOutput]) -> NextClaim | None:
-        """Ask the commit to claim each run's next plain steps for the slots it holds
-        (`claimable` on its output, the slots reserved in the pool until after the commit). Not
-        for steps under a limit: those go through the dispatcher's claim, and the limiter."""
+        """Ask the commit to fill the slots each run holds (`holds` on its output, reserved in
+        the pool until after the commit): with the run's next plain steps first (`claimable`;
+        not steps under a limit, which go through the limiter after a claim of their shard),
+        then with the head of the shard's queue, as the dispatcher's claim would. A run that
+        ends, sleeps or waits so leaves its slot to the next in line without a wake between."""
         if self._claim_next is None or self._stopping.is_set():
             return None
         free = self._free_steps
@@ -369,6 +372,10 @@ class Replayer:
         step = StepKind.STEP
         any_claim = False
         for out in outputs:
+            out.holds = n = reserve(out.run_rid)
+            if not n:
+                continue
+            any_claim = True
             if not out.new_steps or out.finished is not None or out.parked is not None:
                 continue
             for s in out.new_steps:
@@ -377,8 +384,7 @@ class Replayer:
                 ):
                     break
             else:
-                out.claimable = n = reserve(out.run_rid)
-                any_claim = any_claim or n > 0
+                out.claimable = n
         return self._claim_next() if any_claim else None
 
     def _free(self, name: str) -> bool:
@@ -397,6 +403,7 @@ class Replayer:
             if out.claimed:
                 self._pool.run_next(out.run_rid, len(out.claimed))
                 self.counters["claimed_in_commit"] += len(out.claimed)
+                self.counters["heads_in_commit"] += max(0, len(out.claimed) - out.claimable)
                 for c in out.claimed:
                     self._start(c)
 

@@ -1,11 +1,11 @@
 """The slot pool: how many steps each shard runs at once, and which shards are worth a claim.
 
 The pool is the only writer of slot state. Everything else tells it what happened: a claim took
-slots (`occupy`), a step finished (`hold` or `free`), a replay commit is about to queue a run's
-next steps (`reserve`), the commit claimed them for the run's held slots (`run_next`), a run's
-next step was queued or dropped (`release`), tasks became claimable somewhere (`wake`,
-`wake_all`). The dispatcher asks it what to claim (`wants`) and sleeps on `wait` until something
-changed.
+slots (`occupy`), a step finished (`hold` or `free`), a replay commit is about to fill a run's
+held slots (`reserve`), the commit claimed tasks for them (`run_next`: the run's next steps or
+the head of its shard's queue), the rest of them are free (`release`), tasks became claimable
+somewhere (`wake`, `wake_all`). The dispatcher asks it what to claim (`wants`) and sleeps on
+`wait` until something changed.
 """
 
 from __future__ import annotations
@@ -127,9 +127,10 @@ class SlotPool:
         return len(held)
 
     def run_next(self, rid: int, n: int) -> None:
-        """The replay commit claimed `n` next steps of run `rid` for the slots it holds: they
-        pass to the runner, whose `start` occupies each again. Nothing else can take them in
-        between (no await), and they never look free: no wake, no hungry shard."""
+        """The replay commit claimed `n` tasks for the slots run `rid` holds (its next steps, or
+        the head of its shard's queue): they pass to the runner, whose `start` occupies each
+        again. Nothing else can take them in between (no await), and they never look free: no
+        wake, no hungry shard."""
         held = self._held.get(rid)
         if not held:
             return

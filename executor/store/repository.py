@@ -272,30 +272,90 @@ def commit_replays(
 
     With `claim`, each output's first `out.claimable` new plain tasks (without a limit_key) are
     claimed in this transaction, as `claim` would claim them, when the stored epoch is still
-    `claim.epoch` and no task a claim of their shard would take first is queued; they go into
-    `out.claimed` once committed (and only then: a later failure leaves them there, claimed).
+    `claim.epoch` and no task a claim of their shard would take first is queued. Then the slots
+    the outputs hold (`out.holds`) that their own steps did not take are filled from the head of
+    each shard's queue, as the dispatcher's claim would fill them (claim_heads; PostgreSQL:
+    claim_batch, after commit_batch). Each claimed task goes into the `claimed` of an output
+    that holds its slot (its own run's first) once committed (and only then: a later failure
+    leaves them there, claimed).
     """
     if conn.dialect == "postgres":  # the plain outputs in one statement (store/pghot.py)
         rows: list[Sequence[Any]] = []  # claimed, committed: filled even if a later part fails
         try:
-            return pghot.commit_replays(conn, outputs, now, fence, commit_each, claim, rows)
+            queued = pghot.commit_replays(conn, outputs, now, fence, commit_each, claim, rows)
+            if claim is not None:
+                rows += _claim_heads_pg(conn, outputs, rows, now, fence, claim)
+            return queued
         finally:
-            if rows and claim is not None:  # their arguments are the replay's, never a reference
+            if rows and claim is not None:
                 _hand_claimed(outputs, claims.records(conn, rows, claim.token, claim.limits))
     queued, claimed = _commit_replays(conn, outputs, now, fence, claim)
     _hand_claimed(outputs, claimed)
     return queued
 
 
+def _heads(outputs: Sequence[ReplayOutput], taken: Sequence[int]) -> dict[int, int]:
+    """The slots per shard that the outputs hold and their own claimed steps (`taken`: the
+    shard of each) left: for the head of the shard's queue."""
+    heads: dict[int, int] = {}
+    for out in outputs:
+        if out.holds:
+            heads[out.shard] = heads.get(out.shard, 0) + out.holds
+    for shard in taken:
+        if shard in heads:
+            heads[shard] -= 1
+    return {shard: n for shard, n in heads.items() if n > 0}
+
+
+def _claim_heads_pg(
+    conn: Conn,
+    outputs: Sequence[ReplayOutput],
+    own: Sequence[Sequence[Any]],
+    now: float,
+    fence: Fence | None,
+    claim: NextClaim,
+) -> list[tuple[Any, ...]]:
+    """PostgreSQL: claim_batch for the slots left, after the commit (its lease and epoch
+    fences in it). Its own statement: a commit_batch alone is its own transaction."""
+    heads = _heads(outputs, [row[2] for row in own])
+    if not heads:
+        return []
+    wants = sorted(heads.items())
+    rows = pghot.claim(conn, claim.engine, claim.epoch, claim.token, wants, now, fence)
+    return rows or []
+
+
 def _hand_claimed(outputs: Sequence[ReplayOutput], claimed: list[Claimed]) -> None:
+    """Give each claimed task to an output that holds a slot for it: its own run's (its next
+    step), else any other of its shard with a slot left (the head of the shard's queue)."""
     if not claimed:
         return
-    of: dict[int, list[Claimed]] = {}
+    by_run = {out.run_rid: out for out in outputs}
+    room = {out.run_rid: max(out.holds, out.claimable) for out in outputs}
+    heads: list[Claimed] = []
     for c in claimed:
-        of.setdefault(c.run_rid, []).append(c)
+        out = by_run.get(c.run_rid)
+        if out is not None and room[c.run_rid] > 0:
+            room[c.run_rid] -= 1
+            out.claimed.append(c)
+        else:
+            heads.append(c)
+    if not heads:
+        return
+    of_shard: dict[int, list[ReplayOutput]] = {}
     for out in outputs:
-        if out.run_rid in of:
-            out.claimed.extend(of.pop(out.run_rid))
+        if room[out.run_rid] > 0:
+            of_shard.setdefault(out.shard, []).append(out)
+    for c in heads:
+        same = of_shard.get(c.shard)
+        if not same:  # never, by construction (claim_heads' LIMIT): still, lose no task
+            same = of_shard[c.shard] = [next(o for o in outputs if o.shard == c.shard)]
+            room[same[0].run_rid] = 1
+        out = same[0]
+        room[out.run_rid] -= 1
+        if room[out.run_rid] <= 0 and len(same) > 1:
+            same.pop(0)
+        out.claimed.append(c)
 
 
 @transaction
@@ -311,7 +371,7 @@ def _commit_replays(
         for out in outputs:
             out.dropped = out.shard not in owned
         outputs = [out for out in outputs if not out.dropped]
-    if claim is not None and not any(out.claimable for out in outputs):
+    if claim is not None and not any(out.claimable or out.holds for out in outputs):
         claim = None
     if claim is not None and conn.execute(conn.q["select_epoch"]).fetchone()[0] != claim.epoch:
         claim = None  # the dispatcher's next claim finds out, and the engine drains
@@ -331,6 +391,22 @@ def _commit_replays(
     queued += commit_each(conn, [*left, *rest], now, claim)
     if claim is None:
         return queued, []
+    heads = _heads(outputs, ())
+    if heads:  # the slots the runs' own steps left, from the head of each shard's queue
+        conn.executemany(
+            conn.q["claim_heads"],
+            [
+                {
+                    "token": claim.token,
+                    "engine": claim.engine,
+                    "epoch": claim.epoch,
+                    "now": now,
+                    "shard": shard,
+                    "held": n,
+                }
+                for shard, n in heads.items()
+            ],
+        )
     # What the claim's last two statements do, for the tasks claimed above (one token).
     conn.execute(conn.q["count_claimed_attempts"], {"token": claim.token, "now": now})
     rows = conn.execute(conn.q["select_claimed"], (claim.token,))

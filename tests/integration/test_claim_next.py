@@ -268,6 +268,112 @@ async def test_a_run_that_ends_drops_its_queued_work_and_every_replay_entry(
     assert dbfile.query("SELECT run_rid, seq FROM replays") == [(b, 5)]
 
 
+# --- the head of the shard's queue for the slots a commit's runs leave -------------------------
+
+
+def ends(rid: int, holds: int = 1, shard: int = 0) -> ReplayOutput:
+    out = ReplayOutput(rid, shard, 0, [], finished=RunState.SUCCEEDED, result=b"1")
+    out.holds = holds
+    return out
+
+
+async def test_a_run_that_ends_leaves_its_slot_to_the_head_of_the_queue(
+    db: Store, dbfile: DbFile
+) -> None:
+    """Exactly the task, and the claim, the dispatcher's claim would have made for that slot:
+    the oldest workflow's first, in the shard of the run that ended only; nothing deleted."""
+    a, b, c = await start(db, 3)
+    [elsewhere] = await start(db, 1, shard=1)
+    engine, epoch, fence = await registered(db)
+    now = time.time()
+    await db.run(repo.commit_replays, [output(a, steps(0))], now, fence)
+    queued = [output(c, steps(0, 1)), output(b, steps(0)), output(elsewhere, steps(0), shard=1)]
+    await db.run(repo.commit_replays, queued, now, fence)
+    [by_claim] = await db.run(repo.claim, engine, epoch, 30, [(0, 1)], now, True, fence) or []
+    assert (by_claim.run_rid, by_claim.pos) == (a, 0)
+
+    def unclaim(conn: Any) -> None:
+        conn.execute("UPDATE tasks SET claim_token = NULL, claim_engine = NULL")
+        conn.execute("UPDATE steps SET attempts = 0, started_at = NULL")
+
+    await db.run(unclaim)
+    out = ends(a, holds=2)  # a held two slots: its task and the next go to b's, then c's first
+    await db.run(repo.commit_replays, [out], now, fence, NextClaim(engine, epoch, 31, True))
+    got = [(t.run_rid, t.pos, t.token) for t in out.claimed]
+    assert got == [(b, 0, 31), (c, 0, 31)]
+    assert out.claimed[0] == by_claim._replace(
+        run_rid=b, pos=0, token=31, run_id=out.claimed[0].run_id
+    )
+    # a's own task went with its end (never awaited); every other task is still there.
+    assert dbfile.query("SELECT run_rid, pos, claim_token FROM tasks ORDER BY run_rid, pos") == [
+        (b, 0, 31),
+        (c, 0, 31),
+        (c, 1, None),
+        (elsewhere, 0, None),
+    ]
+    assert dbfile.query("SELECT run_rid, pos, attempts FROM steps WHERE attempts > 0") == [
+        (b, 0, 1),
+        (c, 0, 1),
+    ]
+
+
+async def test_own_next_steps_first_then_the_head_for_the_slots_left(
+    db: Store, dbfile: DbFile
+) -> None:
+    older, newer, runner = await start(db, 3)
+    engine, epoch, fence = await registered(db)
+    now = time.time()
+    await db.run(
+        repo.commit_replays, [output(older, steps(0)), output(newer, steps(0))], now, fence
+    )
+    # `runner` holds three slots: the one for its own next step cannot go before the older
+    # runs' queued tasks (FIFO); all three slots go to the shard's queue in its order.
+    mine = output(runner, steps(0), claim=1)
+    mine.holds = 3
+    await db.run(repo.commit_replays, [mine], now, fence, NextClaim(engine, epoch, 32, True))
+    assert [(t.run_rid, t.pos) for t in mine.claimed] == [(runner, 0), (older, 0), (newer, 0)]
+    assert dbfile.value("SELECT count(*) FROM tasks WHERE claim_token IS NULL") == 0
+
+
+async def test_heads_skip_parked_and_not_due_tasks_and_stop_at_the_slots_held(
+    db: Store, dbfile: DbFile
+) -> None:
+    a, parked, later, b, c = await start(db, 5)
+    engine, epoch, fence = await registered(db)
+    now = time.time()
+    queued = [output(r, steps(0)) for r in (parked, later, b, c)]
+    await db.run(repo.commit_replays, queued, now, fence)
+
+    def hold_back(conn: Any) -> None:
+        mark = "%s" if conn.dialect == "postgres" else "?"
+        conn.execute(f"UPDATE tasks SET parked = 'g' WHERE run_rid = {mark}", (parked,))
+        conn.execute(f"UPDATE tasks SET not_before = 1e12 WHERE run_rid = {mark}", (later,))
+
+    await db.run(hold_back)
+    out = ends(a)
+    await db.run(repo.commit_replays, [out], now, fence, NextClaim(engine, epoch, 33, True))
+    assert [t.run_rid for t in out.claimed] == [b]
+    assert dbfile.value("SELECT count(*) FROM tasks") == 4
+
+
+async def test_no_head_claimed_at_a_newer_epoch_or_in_a_shard_given_away(
+    db: Store, dbfile: DbFile
+) -> None:
+    a, b, queued_run = await start(db, 3)
+    engine, epoch, fence = await registered(db)
+    now = time.time()
+    await db.run(repo.commit_replays, [output(queued_run, steps(0))], now, fence)
+    await db.run(engines.bump_epoch)
+    first = ends(a)
+    await db.run(repo.commit_replays, [first], now, fence, NextClaim(engine, epoch, 34, True))
+    assert (first.claimed, first.dropped) == ([], False)
+    await own(db, 99)
+    second = ends(b)
+    await db.run(repo.commit_replays, [second], now, fence, NextClaim(engine, epoch, 35, True))
+    assert (second.claimed, second.dropped) == ([], True)
+    assert dbfile.query("SELECT run_rid, claim_token FROM tasks") == [(queued_run, None)]
+
+
 # --- in the engine -------------------------------------------------------------------------------
 
 
@@ -297,13 +403,14 @@ async def test_the_engine_runs_next_steps_claimed_in_the_commit(
         load = engine.load()
     assert results == [10] * 20
     assert sorted(ran) == [(i, j) for i in range(20) for j in range(5)]
-    # Each run's first step comes from the dispatcher; most later ones from the commits.
-    assert 0 < load["claimed_in_commit"] <= 20 * 4
+    # Each run's first step comes from the dispatcher or, for a slot a run that ended left, a
+    # commit (a head); most later ones from the commits.
+    assert 0 < load["claimed_in_commit"] - load["heads_in_commit"] <= 20 * 4
     assert load["steps"] == 100
     assert dbfile.query("SELECT DISTINCT attempts FROM steps") == [(1,)]
 
 
-async def test_limited_steps_go_through_the_dispatchers_claim(
+async def test_limited_steps_are_claimed_only_as_the_dispatcher_would(
     engine_factory: EngineFactory, client: Client
 ) -> None:
     from executor.config import LimitSpec
@@ -324,7 +431,41 @@ async def test_limited_steps_go_through_the_dispatchers_claim(
         results = [await client.result(r, timeout=DEADLINE_S) for r in ids]
         load = engine.load()
     assert results == [6, 6, 6]
-    assert load["claimed_in_commit"] == 0
+    # Never as a run's own next step; a commit may claim one for a slot its run leaves, with
+    # the dispatcher's claim (claim_heads), and the runner then asks the limiter as for any.
+    assert load["claimed_in_commit"] == load["heads_in_commit"]
+
+
+async def test_one_slot_runs_the_queue_in_order_through_the_heads(
+    engine_factory: EngineFactory, client: Client
+) -> None:
+    """One slot per shard: each run that ends hands its slot to the oldest queued run of its
+    shard in its commit, so the steps run one at a time, oldest workflow first."""
+    reg = Registry()
+    ran: list[tuple[int, int]] = []
+    running: list[int] = []
+    most = [0]
+
+    @step(registry=reg, name="claim_next.one")
+    async def one(i: int, j: int) -> int:
+        running.append(i)
+        most[0] = max(most[0], len(running))
+        await asyncio.sleep(0.002)  # a step that takes a while: another in it would show
+        running.remove(i)
+        ran.append((i, j))
+        return j
+
+    @workflow(registry=reg, name="claim_next.two")
+    async def two(ctx: Any, i: int) -> int:
+        return await one(i, 0) + await one(i, 1)
+
+    ids = await client.start_many("claim_next.two", [[i] for i in range(12)], shard_keys=["k"] * 12)
+    async with engine_factory(reg, concurrency=1) as engine:
+        assert [await client.result(r, timeout=DEADLINE_S) for r in ids] == [1] * 12
+        load = engine.load()
+    assert most == [1]
+    assert ran == [(i, j) for i in range(12) for j in range(2)]
+    assert load["heads_in_commit"] > 0
 
 
 async def test_a_claim_of_a_crashed_engine_made_in_its_commit_is_reclaimed(

@@ -270,6 +270,20 @@ WHERE (run_rid, pos) IN (
     LIMIT :limit
 );
 
+-- name: claim_heads
+-- mark_claimed in a replay commit, for the slots its runs hold in :shard and did not fill with
+-- their own next steps (claim_next_task, commit_in_claim: the tasks this token already has in
+-- the shard): the head of the shard's queue, as the dispatcher's claim would take it. LIMIT
+-- max(0, ...): a negative LIMIT is no limit in SQLite.
+UPDATE tasks
+SET claim_token = :token, claim_engine = :engine, claim_epoch = :epoch, claimed_at = :now
+WHERE (run_rid, pos) IN (
+    SELECT run_rid, pos FROM tasks
+    WHERE shard = :shard AND claim_token IS NULL AND parked IS NULL AND not_before <= :now
+    ORDER BY order_rid, run_rid, pos
+    LIMIT max(0, :held - (SELECT count(*) FROM tasks WHERE claim_token = :token AND shard = :shard))
+);
+
 -- name: count_claimed_attempts
 UPDATE steps SET attempts = attempts + 1, started_at = coalesce(started_at, :now)
 WHERE (run_rid, pos) IN (SELECT run_rid, pos FROM tasks WHERE claim_token = :token);

@@ -298,6 +298,10 @@ class ReplayOutput:
     # Set by commit_replays once committed: the tasks it claimed for the slots this run holds,
     # its own next steps first (claim's records).
     claimed: list[Claimed] = field(default_factory=list)
+    # The run's id and workflow (the replayer's instance knows them): the commit builds the
+    # Claimed of its own next steps from the output instead of reading them back. "": read.
+    run_id: str = ""
+    workflow: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -310,6 +314,9 @@ class NextClaim:
     epoch: int
     token: int
     limits: bool
+    # The token of the tasks claimed from the head of a shard's queue (0: `token`): apart from
+    # the runs' own next steps, which the commit builds without reading them back.
+    heads_token: int = 0
 
 
 class RunRow(NamedTuple):

@@ -94,7 +94,7 @@ class _Pieces:
             fence=lambda: self.leases.fence(),
             # A run's next steps claimed in the commit that queues them, as the dispatcher would.
             claim_next=lambda: NextClaim(
-                engine.engine_id, engine.epoch, next_token(), engine.limiter.active
+                engine.engine_id, engine.epoch, next_token(), engine.limiter.active, next_token()
             ),
             start=lambda c: self.runner.start(c),
         )

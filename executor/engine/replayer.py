@@ -515,6 +515,7 @@ def _output(inst: WorkflowInstance) -> ReplayOutput:
     out = ReplayOutput(
         inst.run.rid, inst.run.shard, inst.last_seq, steps, generation=inst.run.generation
     )
+    out.run_id, out.workflow = inst.run.id, inst.wf.name
     if inst.nondeterminism is not None:
         out.new_steps = []
         out.parked = errors.describe(inst.nondeterminism)

@@ -19,7 +19,7 @@ import orjson
 
 from executor.store import payloads
 from executor.store.conn import Conn
-from executor.vocabulary import NextClaim, ReplayOutput, StepKind
+from executor.vocabulary import NewStep, NextClaim, ReplayOutput, StepKind
 
 # Fewer outputs than this go through the per-row path: the dozen statements here cost more
 # than four per output for a few (the long benchmark, one run: 0.49-0.54 against 0.43-0.46 ms
@@ -40,21 +40,28 @@ def plain(out: ReplayOutput) -> bool:
     return all(s.kind == step and payloads.is_inline(s.args) for s in out.new_steps)
 
 
+Taken = list[tuple[ReplayOutput, NewStep]]  # the runs' own next steps a commit claimed
+
+
 def commit(
     conn: Conn, outputs: Sequence[ReplayOutput], now: float, claim: NextClaim | None
-) -> tuple[int, list[ReplayOutput], list[ReplayOutput]]:
+) -> tuple[int, list[ReplayOutput], list[ReplayOutput], Taken | None]:
     """Write `plain` outputs inside an open transaction. With `claim` (its epoch checked by the
     caller), each run's first `out.claimable` steps without a limit_key are inserted claimed when
     no task a claim of their shard would take first is queued (as claim_next_task). Returns the
     tasks written; the outputs whose run is no longer running in their generation (not written:
     the caller settles them as commit_each does); and those left to the per-row path (bytes
-    that are not UTF-8, which JSON cannot carry; the end of a run with a parent or children)."""
+    that are not UTF-8, which JSON cannot carry; the end of a run with a parent or children).
+    Last, each (output, step) it claimed, when the claim took every step it could (the usual
+    case); else None: which of them went, the caller reads back."""
     rows = []
     steps: list[tuple[object, ...]] = []
     rest = []
+    to_take: Taken = []
     for out in outputs:
         left = out.claimable if claim is not None else 0
         mine = []
+        mine_taken = []
         try:
             for s in out.new_steps:
                 take = left > 0 and s.limit_key is None
@@ -63,6 +70,8 @@ def commit(
                 mine.append(
                     (out.run_rid, s.pos, out.shard, s.name, s.fingerprint, args, s.limit_key, take)
                 )
+                if take:
+                    mine_taken.append((out, s))
             result = None if out.result is None else out.result.decode()
             error = None if out.error is None else out.error.decode()
         except UnicodeDecodeError:
@@ -71,8 +80,9 @@ def commit(
         finished = None if out.finished is None else str(out.finished)
         rows.append((out.run_rid, out.generation, out.consumed_seq, finished, result, error))
         steps += mine
+        to_take += mine_taken
     if not rows:
-        return 0, [], rest
+        return 0, [], rest, []
     conn.execute(conn.q["commit_in_create"])
     conn.execute(conn.q["commit_in_steps_create"])
     conn.execute(conn.q["commit_in_add"], (orjson.dumps(rows).decode(),))
@@ -90,6 +100,7 @@ def commit(
         conn.execute(conn.q["commit_in_finished_timers"])
         conn.execute(conn.q["commit_in_finished_waits"])
     queued = 0
+    taken: Taken | None = []
     if steps:
         conn.execute(conn.q["commit_in_steps_add"], (orjson.dumps(steps).decode(),))
         conn.execute(conn.q["commit_in_steps_new"])
@@ -99,13 +110,14 @@ def commit(
             # Claimed where FIFO allows, then the others queued: a claim sees the batch's steps
             # it would take after them (queued just above), and a step that FIFO held back
             # holds back every later one of its shard too.
-            conn.execute(
+            got = conn.execute(
                 conn.q["commit_in_claim"],
                 {"token": claim.token, "engine": claim.engine, "epoch": claim.epoch, "now": now},
-            )
+            ).rowcount
+            taken = to_take if got == len(to_take) else None
             conn.execute(conn.q["commit_in_queue_rest"])
         conn.execute(conn.q["commit_in_steps_clear"])
     conn.execute(conn.q["commit_in_replays"])
     conn.execute(conn.q["commit_in_clear"])
     rest += [out for out in outputs if out.run_rid in family]
-    return queued, [out for out in outputs if out.run_rid in stale], rest
+    return queued, [out for out in outputs if out.run_rid in stale], rest, taken

@@ -281,14 +281,17 @@ def commit_replays(
     """
     if conn.dialect == "postgres":  # the plain outputs in one statement (store/pghot.py)
         rows: list[Sequence[Any]] = []  # claimed, committed: filled even if a later part fails
+        heads: list[tuple[Any, ...]] = []
         try:
             queued = pghot.commit_replays(conn, outputs, now, fence, commit_each, claim, rows)
             if claim is not None:
-                rows += _claim_heads_pg(conn, outputs, rows, now, fence, claim)
+                heads = _claim_heads_pg(conn, outputs, rows, now, fence, claim)
             return queued
         finally:
-            if rows and claim is not None:
-                _hand_claimed(outputs, claims.records(conn, rows, claim.token, claim.limits))
+            if (rows or heads) and claim is not None:
+                got = claims.records(conn, rows, claim.token, claim.limits)
+                token = claim.heads_token or claim.token
+                _hand_claimed(outputs, got + claims.records(conn, heads, token, claim.limits))
     queued, claimed = _commit_replays(conn, outputs, now, fence, claim)
     _hand_claimed(outputs, claimed)
     return queued
@@ -321,8 +324,8 @@ def _claim_heads_pg(
     if not heads:
         return []
     wants = sorted(heads.items())
-    rows = pghot.claim(conn, claim.engine, claim.epoch, claim.token, wants, now, fence)
-    return rows or []
+    token = claim.heads_token or claim.token
+    return pghot.claim(conn, claim.engine, claim.epoch, token, wants, now, fence) or []
 
 
 def _hand_claimed(outputs: Sequence[ReplayOutput], claimed: list[Claimed]) -> None:
@@ -385,19 +388,22 @@ def _commit_replays(
             (fast if commitbatch.plain(out) else rest).append(out)
     else:
         rest = list(outputs)
-    queued, stale, left = commitbatch.commit(conn, fast, now, claim)
+    queued, stale, left, taken = commitbatch.commit(conn, fast, now, claim)
     for out in stale:
         _stale(conn, out)
-    queued += commit_each(conn, [*left, *rest], now, claim)
+    queued += commit_each(conn, [*left, *rest], now, claim, taken)
     if claim is None:
         return queued, []
+    heads_token = claim.heads_token or claim.token
     heads = _heads(outputs, ())
+    got_heads = 0
     if heads:  # the slots the runs' own steps left, from the head of each shard's queue
-        conn.executemany(
+        got_heads = conn.executemany(
             conn.q["claim_heads"],
             [
                 {
                     "token": claim.token,
+                    "heads": heads_token,
                     "engine": claim.engine,
                     "epoch": claim.epoch,
                     "now": now,
@@ -406,19 +412,63 @@ def _commit_replays(
                 }
                 for shard, n in heads.items()
             ],
-        )
-    # What the claim's last two statements do, for the tasks claimed above (one token).
+        ).rowcount
+    # What the claim's last two statements do, for the tasks claimed above.
     conn.execute(conn.q["count_claimed_attempts"], {"token": claim.token, "now": now})
-    rows = conn.execute(conn.q["select_claimed"], (claim.token,))
-    return queued, claims.records(conn, rows, claim.token, claim.limits)
+    built = None if heads_token == claim.token or claim.limits else _built(taken, claim.token)
+    if built is None:
+        # One token, or not known which went, or the limiter's columns wanted: read back.
+        rows = conn.execute(conn.q["select_claimed"], (claim.token,))
+        claimed = claims.records(conn, rows, claim.token, claim.limits)
+    else:
+        claimed = built
+    if heads_token != claim.token and got_heads:
+        conn.execute(conn.q["count_claimed_attempts"], {"token": heads_token, "now": now})
+        rows = conn.execute(conn.q["select_claimed"], (heads_token,))
+        claimed += claims.records(conn, rows, heads_token, claim.limits)
+    return queued, claimed
+
+
+def _built(taken: commitbatch.Taken | None, token: int) -> list[Claimed] | None:
+    """The Claimed a read back (select_claimed, claims.records) would give for the runs' own
+    new steps this commit claimed, built from the outputs: a new task's first attempt, never
+    unparked, its arguments the replay's (no limiter columns: the caller reads back then).
+    None if that is not known (which steps went, an output without its run's id)."""
+    if taken is None:
+        return None
+    out: list[Claimed] = []
+    for o, s in taken:
+        if not o.run_id or s.args is None:
+            return None
+        out.append(
+            Claimed(
+                o.run_rid,
+                s.pos,
+                o.shard,
+                1,
+                s.name,
+                s.args,
+                token,
+                None,
+                None,
+                False,
+                o.run_id,
+                o.workflow,
+            )
+        )
+    return out
 
 
 def commit_each(
-    conn: Conn, outputs: Sequence[ReplayOutput], now: float, claim: NextClaim | None = None
+    conn: Conn,
+    outputs: Sequence[ReplayOutput],
+    now: float,
+    claim: NextClaim | None = None,
+    taken: commitbatch.Taken | None = None,
 ) -> int:
     """commit_replays inside an open transaction, a statement or a few per output; with `claim`
     (epoch checked), a run's first `out.claimable` new plain tasks are inserted claimed when FIFO
-    allows (claim_next_task), the caller then counting their attempts and reading them back."""
+    allows (claim_next_task, each then in `taken`), the caller counting their attempts."""
     queued = 0
     for out in outputs:
         if not out.inactive and _stale(conn, out):
@@ -473,6 +523,8 @@ def commit_each(
                     args.update(token=claim.token, engine=claim.engine, epoch=claim.epoch)
                     if conn.execute(conn.q["claim_next_task"], args).rowcount:
                         take -= 1
+                        if taken is not None:
+                            taken.append((out, s))
                         continue
                 take = 0  # FIFO: a later step of the run does not go before this one
                 conn.execute(conn.q["insert_task"], (out.run_rid, s.pos, out.shard))

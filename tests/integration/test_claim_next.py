@@ -116,6 +116,27 @@ async def test_the_commit_claims_as_the_dispatcher_would(db: Store, dbfile: DbFi
     ]
 
 
+async def test_claims_built_from_the_output_are_those_read_back(db: Store) -> None:
+    """With a token apart for the heads and no limiter, the commit builds its runs' own claims
+    from the outputs instead of reading them back: the same Claimed as the dispatcher's."""
+    a, b, c = await start(db, 3)
+    engine, epoch, fence = await registered(db)
+    now = time.time()
+    await db.run(repo.commit_replays, [output(a, steps(0))], now, fence)
+    [by_claim] = await db.run(repo.claim, engine, epoch, 50, [(0, 1)], now, False, fence) or []
+    run_b = await db.run(repo.get_run, f"run-0-1-{by_claim.run_id.split('-', 3)[3]}")
+    assert run_b is not None and run_b.rid == b
+    mine = output(b, steps(0, 1), claim=1)
+    mine.run_id, mine.workflow, mine.holds = run_b.id, "wf", 1
+    ends_c = ends(c)
+    claim = NextClaim(engine, epoch, 51, False, heads_token=52)
+    await db.run(repo.commit_replays, [mine, ends_c], now, fence, claim)
+    [built] = mine.claimed
+    assert built == by_claim._replace(run_rid=b, token=51, run_id=run_b.id)
+    # c's slot went to the head of the queue: b's second step, read back under its own token.
+    assert [(t.run_rid, t.pos, t.token) for t in ends_c.claimed] == [(b, 1, 52)]
+
+
 async def test_at_most_the_slots_the_run_holds(db: Store, dbfile: DbFile) -> None:
     [a] = await start(db, 1)
     engine, epoch, fence = await registered(db)

@@ -272,11 +272,12 @@ WHERE (run_rid, pos) IN (
 
 -- name: claim_heads
 -- mark_claimed in a replay commit, for the slots its runs hold in :shard and did not fill with
--- their own next steps (claim_next_task, commit_in_claim: the tasks this token already has in
--- the shard): the head of the shard's queue, as the dispatcher's claim would take it. LIMIT
+-- their own next steps (claim_next_task, commit_in_claim: the tasks :token already has in the
+-- shard): the head of the shard's queue, as the dispatcher's claim would take it, marked with
+-- :heads (the same as :token, or apart: the commit builds its own steps' claims itself). LIMIT
 -- max(0, ...): a negative LIMIT is no limit in SQLite.
 UPDATE tasks
-SET claim_token = :token, claim_engine = :engine, claim_epoch = :epoch, claimed_at = :now
+SET claim_token = :heads, claim_engine = :engine, claim_epoch = :epoch, claimed_at = :now
 WHERE (run_rid, pos) IN (
     SELECT run_rid, pos FROM tasks
     WHERE shard = :shard AND claim_token IS NULL AND parked IS NULL AND not_before <= :now

@@ -28,6 +28,7 @@ from executor import (
     Engine,
     Registry,
     RetryPolicy,
+    WorkflowFailed,
     resources,
     step,
     workflow,
@@ -114,15 +115,42 @@ def accepted(log: list[Arrival], key: str | None = None) -> list[Arrival]:
 # --- tests --------------------------------------------------------------------------------------
 
 
-async def test_request_and_token_rates_are_never_exceeded_over_any_window(
-    db_path: Path, client: Client
-) -> None:
+async def test_request_and_token_rates_are_never_exceeded_over_any_window(db_path: Path) -> None:
     limit = LimitSpec("api", requests_per_second=20, tokens_per_second=2000)
     tokens = [50 + (i * 37) % 201 for i in range(36)]  # 50 to 250: either budget can bind
-    async with QuotaServer.running([Window(1.0, 20, 2000)]) as server:
-        async with engine(db_path, limit):
-            results = await run_all(client, [[server.port, "k", n, False] for n in tokens])
-        log = await server.log()
+    attempt = 0
+
+    async def measure() -> tuple[list[Any], list[Arrival]]:
+        # The server referees arrivals, not sends: on a machine starved of CPU, requests the
+        # limiter spaced can reach it bunched and be refused (and retried). So a miss is
+        # measured once more if, and only if, the machine was starved; the assertions below
+        # are the same either way.
+        nonlocal attempt
+        attempt += 1
+        path = db_path.with_name(f"{attempt}.sqlite")
+        ApiClient.made.clear()
+        async with QuotaServer.running([Window(1.0, 20, 2000)]) as server:
+            async with engine(path, limit), Client(path, reg=REG, shards=2) as c:
+                ids = await c.start_many(one_call, [[server.port, "k", n, False] for n in tokens])
+                results: list[Any] = []
+                for run_id in ids:
+                    try:
+                        results.append(await c.result(run_id, timeout=DEADLINE_S))
+                    except WorkflowFailed as failed:
+                        results.append(failed)
+            return results, await server.log()
+
+    def good(measurement: tuple[list[Any], list[Arrival]]) -> bool:
+        results, log = measurement
+        return (
+            results == tokens
+            and len(log) == len(tokens)
+            and {a.status for a in log} == {200}
+            and most_in_any_window(log, 1.0) <= 20
+            and most_in_any_window(log, 1.0, tokens=True) <= 2000
+        )
+
+    results, log = await measured(measure, good)
     assert results == tokens
     assert len(log) == len(tokens) and {a.status for a in log} == {200}
     assert most_in_any_window(log, 1.0) <= 20

@@ -235,7 +235,7 @@ async def run_engine(opts: Options, db_path: Path) -> dict[str, Any]:
     clock = StepClock(opts.trace_steps or opts.workload == "long")
     reg, wf, args_of = build_workload(opts, clock)
     durability: config.Durability = opts.durability or "normal"
-    db_cfg = config.DatabaseConfig(path=db_path, url=opts.database or "", durability=durability)
+    db_cfg = opts.database_config(db_path)
     server = pgserver.postmaster_pid(opts.database) if opts.database else None
     eng_cfg = config.EngineConfig(
         shards=opts.shards,

@@ -7,6 +7,7 @@ defaults of the shared options it wants, any options of its own, and the functio
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -134,6 +135,12 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _compress_min(text: str) -> int:
+    if text == "off":
+        return -1
+    return _non_negative_int(text)
+
+
 def _non_negative_int(text: str) -> int:
     value = int(text)
     if value < 0:
@@ -247,6 +254,22 @@ def build_parser(workloads: Sequence[Workload], prog: str | None = None) -> argp
         help="llm and floor: each step sleeps between S and this many seconds (spread evenly,"
         " the same for the same run and step in every program); 0 or less than S: exactly S"
         " (default: llm 0.8, others 0)",
+    )
+    parser.add_argument(
+        "--page-size",
+        dest="page_size",
+        type=int,
+        default=None,
+        help="SQLite page size of the new database file (database.page_size; default: its"
+        f" default, {config.DatabaseConfig().page_size})",
+    )
+    parser.add_argument(
+        "--compress-min",
+        dest="compress_min",
+        type=_compress_min,
+        default=None,
+        help="zlib on stored payloads from this many bytes, or off"
+        " (database.payload_compress_min_bytes and payload_compression; default: theirs)",
     )
     parser.add_argument(
         "--vs-floor",
@@ -399,6 +422,24 @@ class Options:
     metrics: bool = True  # the engine's telemetry and sample row per heartbeat ([metrics])
     tune_gc: bool = True  # gcsettings.tune() once the engine has started, as the daemon does
     database: str | None = None  # a PostgreSQL URL: run there instead of on a SQLite file
+    page_size: int | None = None  # database.page_size; None: the default
+    compress_min: int | None = None  # database.payload_compress_min_bytes; -1: off
+
+    def database_config(self, path: Path) -> config.DatabaseConfig:
+        """The [database] settings of the run: its file (or URL) and the options above."""
+        cfg = config.DatabaseConfig(
+            path=path, url=self.database or "", durability=self.durability or "normal"
+        )
+        if self.page_size is not None:
+            cfg = dataclasses.replace(cfg, page_size=self.page_size)
+        if self.compress_min is not None:
+            off = self.compress_min < 0
+            cfg = dataclasses.replace(
+                cfg,
+                payload_compression=not off,
+                payload_compress_min_bytes=max(0, self.compress_min),
+            )
+        return cfg
 
     @property
     def steps_per_workflow(self) -> int:
@@ -465,4 +506,6 @@ def resolve(ns: argparse.Namespace, workloads: Sequence[Workload]) -> Options:
         vs_floor=ns.vs_floor,
         metrics=not ns.no_metrics,
         tune_gc=not ns.default_gc,
+        page_size=ns.page_size,
+        compress_min=ns.compress_min,
     )

@@ -10,13 +10,13 @@ from typing import Any
 
 from benchmarks.engine_run import file_bytes, prose, prose_words, run_async
 from benchmarks.options import Options, Workload
-from executor import config, errors
+from executor import errors
 from executor.client import Client
 
 
 async def _start(opts: Options, db_path: Path, prompt_bytes: int) -> dict[str, Any]:
     prompt = prose(prose_words(), prompt_bytes, 0)
-    db_cfg = config.DatabaseConfig(path=db_path, durability=opts.durability or "normal")
+    db_cfg = opts.database_config(db_path)
     t0 = time.perf_counter()
     async with Client(db_cfg, shards=opts.shards) as client:
         for first in range(0, opts.workflows, opts.batch):

@@ -45,6 +45,20 @@ class DatabaseConfig:
     # The daemon runs SQLite's quick_check before it writes anything (about a second per GB):
     # a damaged file stops it with exit 3 instead of being written to.
     quick_check_on_start: bool = True
+    # SQLite's page size for a NEW file (an existing file keeps its own). 16 KiB: an LLM's
+    # 2.5 KB prompt or answer shares its page with five others instead of taking a 4 KiB page
+    # alone (docs/PAYLOADS.md).
+    page_size: int = 16 * 1024
+    # zlib on stored payloads (arguments and results over 1 KiB) of at least this many encoded
+    # bytes, kept when it saves an eighth; off: never. Below 4 KiB it costs more CPU per step
+    # than the whole of a plain asyncio program's (docs/PAYLOADS.md).
+    payload_compression: bool = True
+    payload_compress_min_bytes: int = 4 * 1024
+
+    @property
+    def compress_min_bytes(self) -> int | None:
+        """Stored payloads of at least this many encoded bytes are compressed; None: never."""
+        return self.payload_compress_min_bytes if self.payload_compression else None
 
     @property
     def where(self) -> str:
@@ -223,6 +237,9 @@ _KEYS: dict[str, cv.Spec] = {
     "database.busy_timeout_s": cv.Seconds(),
     "database.group_readable": cv.Bool(),
     "database.quick_check_on_start": cv.Bool(),
+    "database.page_size": cv.PowerOfTwo(4 * _KIB, 64 * _KIB),
+    "database.payload_compression": cv.Bool(),
+    "database.payload_compress_min_bytes": cv.Int(0, _GIB),
     "engine.shards": cv.Int(1, 4096),
     "engine.concurrency": cv.Int(1, 100_000),
     "engine.poll_interval_s": cv.Seconds(),

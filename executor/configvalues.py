@@ -79,6 +79,20 @@ class Int(Spec):
             return text
 
 
+class PowerOfTwo(Int):
+    """An integer power of two within [low, high] (SQLite's page size)."""
+
+    def __init__(self, low: int, high: int) -> None:
+        super().__init__(low, high)
+        self.expected = f"a power of two from {low} to {high}"
+
+    def parse(self, value: object) -> object:
+        value = super().parse(value)
+        if not isinstance(value, int) or value & (value - 1):
+            raise self.fail()
+        return value
+
+
 class Seconds(Spec):
     expected = "a number of seconds greater than 0"
 

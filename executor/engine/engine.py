@@ -120,6 +120,7 @@ class _Pieces:
             # PostgreSQL keeps large payloads in its table: no folder (store/payloads.py).
             payload_folder=payloads.folder(db.path) if db.dialect == "sqlite" else None,
             telemetry=engine.telemetry,
+            payload_compress_min=engine.db_cfg.compress_min_bytes,
         )
         self.dispatcher = Dispatcher(
             db,

@@ -84,6 +84,7 @@ class StepRunner:
         payload_limit: int,
         payload_folder: Path | None,
         telemetry: Telemetry | None,
+        payload_compress_min: int | None = payloads.COMPRESS_MIN_BYTES,
     ) -> None:
         self._registry = reg
         self._pool = pool
@@ -93,6 +94,7 @@ class StepRunner:
         self._unparks_ready = unparks_ready
         self._payload_limit = payload_limit
         self._payload_folder = payload_folder
+        self._payload_compress_min = payload_compress_min  # database.payload_compression
         self._telemetry = telemetry
         self._inflight: dict[TaskKey, _Attempt] = {}  # claimed: queued or running
         self._queue: deque[_Attempt] = deque()  # claimed, not started yet (FIFO)
@@ -272,7 +274,9 @@ class StepRunner:
             if len(blob) >= payloads.FILE_MIN_BYTES and self._payload_folder is not None:
                 # A large result goes to its file (fsynced) here, off the database thread and
                 # outside the write lock; the flush then only commits its row.
-                done.stored = await asyncio.to_thread(payloads.stage, self._payload_folder, blob)
+                done.stored = await asyncio.to_thread(
+                    payloads.stage, self._payload_folder, blob, self._payload_compress_min
+                )
             return done
         except asyncio.CancelledError as exc:
             if attempt.reason is None:

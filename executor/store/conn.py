@@ -12,7 +12,11 @@ import sqlite3
 from collections.abc import Iterable, Iterator, Mapping
 from typing import Any, Protocol
 
+from executor import config
 from executor.store import sql
+
+# Until the opener sets it from the file's configuration (database.payload_compression).
+_COMPRESS_MIN_BYTES = config.DatabaseConfig().compress_min_bytes
 
 
 class Cursor(Protocol):
@@ -44,6 +48,12 @@ class Conn(Protocol):
     @property
     def in_transaction(self) -> bool: ...
 
+    @property
+    def compress_min_bytes(self) -> int | None:
+        """Stored payloads of at least this many encoded bytes are compressed; None: never
+        (database.payload_compression, set by the opener; store/payloads.py)."""
+        ...
+
     def execute(self, sql: str, parameters: Any = ..., /) -> Cursor: ...
 
     def executemany(self, sql: str, parameters: Iterable[Any], /) -> Cursor: ...
@@ -55,3 +65,4 @@ class SqliteConn(sqlite3.Connection):
 
     q: Mapping[str, str] = sql.queries("sqlite")
     dialect = "sqlite"
+    compress_min_bytes: int | None = _COMPRESS_MIN_BYTES

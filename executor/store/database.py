@@ -284,6 +284,7 @@ class Database:
         conn = await _connect(path, blocker is not None, cfg.busy_timeout_s, blocker)
         # The SqliteConn _connector made; only ever used on aiosqlite's own thread.
         raw = cast(SqliteConn, conn._conn)
+        raw.compress_min_bytes = cfg.compress_min_bytes
         db = cls(path, conn, raw)
         db.read_only = blocker
         try:
@@ -403,8 +404,10 @@ def _setup(
             )
         return
     if version == 0 and tables == 0:
-        # Only possible before the first table: lets purges give space back to the file system
-        # in small steps (PRAGMA incremental_vacuum) instead of one VACUUM of the whole file.
+        # Both only possible before the first table (and the page size before WAL). Incremental
+        # vacuum lets purges give space back to the file system in small steps instead of one
+        # VACUUM of the whole file; the page size is the file's for good (docs/PAYLOADS.md).
+        conn.execute(f"PRAGMA page_size = {int(cfg.page_size)}")
         conn.execute("PRAGMA auto_vacuum = INCREMENTAL")
     conn.execute("PRAGMA journal_mode = WAL")
     synchronous = "FULL" if cfg.durability == "full" else "NORMAL"

@@ -178,8 +178,9 @@ class Staged:
     codec: str = "json"
 
 
-def _compress(blob: bytes) -> tuple[str, bytes]:
-    if len(blob) < COMPRESS_MIN_BYTES:
+def _compress(blob: bytes, min_bytes: int | None) -> tuple[str, bytes]:
+    """zlib when the payload is at least `min_bytes` (None: never) and that saves enough."""
+    if min_bytes is None or len(blob) < min_bytes:
         return "json", blob
     packed = zlib.compress(blob, ZLIB_LEVEL)
     if len(packed) <= len(blob) * _SAVE_FRACTION:
@@ -232,14 +233,17 @@ def _write_file(directory: Path, dig: bytes, data: bytes) -> str:
     return name
 
 
-def stage(directory: Path, blob: bytes) -> bytes | Staged:
+def stage(
+    directory: Path, blob: bytes, compress_min_bytes: int | None = COMPRESS_MIN_BYTES
+) -> bytes | Staged:
     """Make a payload ready before the transaction that stores it (in any thread): a large one is
-    compressed and written to a file of its own now, outside the write lock. If the same bytes
-    turn out to be stored already, `put` references those and removes this file."""
+    compressed (from `compress_min_bytes`, the connection's setting) and written to a file of its
+    own now, outside the write lock. If the same bytes turn out to be stored already, `put`
+    references those and removes this file."""
     if len(blob) < FILE_MIN_BYTES:
         return blob
     dig = digest(blob)
-    codec, data = _compress(blob)
+    codec, data = _compress(blob, compress_min_bytes)
     return Staged(blob, dig, _write_file(directory, dig, data), codec)
 
 
@@ -332,7 +336,7 @@ _keys = _Keys()
 
 
 def _insert_unshared(conn: Conn, blob: bytes, now: float) -> int:
-    codec, data = _compress(blob)
+    codec, data = _compress(blob, conn.compress_min_bytes)
     (pid,) = conn.execute(
         conn.q["insert_payload_unshared"],
         {"key": _keys.next(), "size": len(blob), "codec": codec, "data": data, "now": now},
@@ -347,7 +351,8 @@ def _insert(conn: Conn, item: Staged, now: float) -> int:
     insert; one that would be compressed or written to a file is looked up first, so the same
     bytes stored already cost no compression and no file."""
     file = item.file
-    if file is not None or len(item.blob) >= COMPRESS_MIN_BYTES:
+    compress = conn.compress_min_bytes
+    if file is not None or (compress is not None and len(item.blob) >= compress):
         row = conn.execute(conn.q["payload_by_digest"], (item.digest,)).fetchone()
         if row is not None:
             if file is not None:  # stored meanwhile by someone else: ours is an orphan now
@@ -357,14 +362,14 @@ def _insert(conn: Conn, item: Staged, now: float) -> int:
     data: bytes | None
     if file is None and len(item.blob) >= FILE_MIN_BYTES and has_files(conn):
         # Not staged: write it now, under the write lock (callers stage large ones first).
-        codec, packed = _compress(item.blob)
+        codec, packed = _compress(item.blob, compress)
         file = _write_file(folder(_database_path(conn)), item.digest, packed)
     if file is not None:
         if not (folder(_database_path(conn)) / file).exists():
             raise errors.StoreError(f"payload file {file} vanished before its commit")
         data = None
     else:
-        codec, data = _compress(item.blob)
+        codec, data = _compress(item.blob, compress)
     pid, stored_file = conn.execute(
         conn.q["insert_payload"],
         {

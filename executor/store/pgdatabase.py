@@ -51,8 +51,13 @@ class PgConn:
     q: Mapping[str, str] = sql.queries("postgres")
     dialect = "postgres"
 
-    def __init__(self, raw: psycopg.Connection[Any]) -> None:
+    def __init__(
+        self,
+        raw: psycopg.Connection[Any],
+        compress_min_bytes: int | None = config.DatabaseConfig().compress_min_bytes,
+    ) -> None:
         self.raw = raw
+        self.compress_min_bytes = compress_min_bytes
         # COMMITs sent so far: a function that committed must not be run again on a retry.
         self.commits = 0
 
@@ -113,6 +118,7 @@ class PostgresDatabase:
         self.read_only: str | None = None
         self._connect_timeout = max(2, round(cfg.busy_timeout_s))
         self._options = dict(options)
+        self._compress_min_bytes = cfg.compress_min_bytes
         self._thread = ThreadPoolExecutor(1, thread_name_prefix="executor-postgres")
         self._conn: PgConn | None = None  # only touched on self._thread
 
@@ -207,7 +213,7 @@ class PostgresDatabase:
             raise self._error(exc, what, started) from exc
         # Every named statement of the store stays prepared (psycopg keeps 100 by default).
         raw.prepared_max = 1024
-        self._conn = PgConn(raw)
+        self._conn = PgConn(raw, self._compress_min_bytes)
         return self._conn
 
     def _settle(self, conn: PgConn) -> None:

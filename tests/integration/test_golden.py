@@ -115,8 +115,19 @@ async def finish_golden_runs(src: Path, tmp_path: Path) -> Path:
 async def test_golden_file_migrates_replays_and_finishes(src: Path, tmp_path: Path) -> None:
     """Files from earlier schema versions migrate (with runs in flight) and finish like the rest."""
     db_path = await finish_golden_runs(src, tmp_path)
-    # Migrated or not, the file has exactly the schema of a new one.
+    # Migrated or not, the file has exactly the schema of a new one, and keeps its page size
+    # (4 KiB then; new files get database.page_size).
     assert schema_dump(db_path) == SCHEMA_FILE.read_text()
+    assert _page_size(db_path) == _page_size(src) == 4096
+
+
+def _page_size(path: Path) -> int:
+    conn = sqlite3.connect(path)
+    try:
+        size: int = conn.execute("PRAGMA page_size").fetchone()[0]
+    finally:
+        conn.close()
+    return size
 
 
 def test_the_golden_files_cover_every_earlier_schema_version() -> None:

@@ -290,6 +290,22 @@ def test_section_that_is_not_a_table(tmp_path: Path) -> None:
             "[database]\ngroup_readable = 1",
             "database.group_readable: expected true or false, got 1",
         ),
+        (
+            "[database]\npage_size = 12288",
+            "database.page_size: expected a power of two from 4096 to 65536, got 12288",
+        ),
+        ("[database]\npage_size = 2048", "database.page_size: expected a power of two from"),
+        ("[database]\npage_size = 131072", "database.page_size: expected a power of two from"),
+        ("[database]\npage_size = '16384'", "database.page_size: expected a power of two"),
+        (
+            "[database]\npayload_compression = 'off'",
+            'database.payload_compression: expected true or false, got "off"',
+        ),
+        (
+            "[database]\npayload_compress_min_bytes = -1",
+            "database.payload_compress_min_bytes: expected an integer from 0 to 1073741824, got -1",
+        ),
+        ("[database]\npayload_compress_min_bytes = 4.5", "payload_compress_min_bytes: expected"),
         ("[daemon]\nloop = 'trio'", 'daemon.loop: expected one of "auto", "uvloop", "asyncio"'),
         ("[log]\nlevel = 'verbose'", 'log.level: expected one of "debug", "info", "warning"'),
         ("[log]\nformat = 'xml'", 'log.format: expected one of "auto", "text", "json", got "xml"'),
@@ -382,6 +398,8 @@ def test_unknown_executor_variable_is_an_error() -> None:
             "maybe",
             'database.group_readable: expected true, false, yes, no, 1 or 0, got "maybe"',
         ),
+        ("EXECUTOR_DATABASE_PAGE_SIZE", "5000", "database.page_size: expected a power of two"),
+        ("EXECUTOR_DATABASE_PAYLOAD_COMPRESSION", "never", "payload_compression: expected true"),
         ("EXECUTOR_LOG_LEVEL", "loud", 'log.level: expected one of "debug"'),
         ("EXECUTOR_DATABASE_PATH", "", "database.path: expected a non-empty path string"),
         (

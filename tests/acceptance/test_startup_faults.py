@@ -104,8 +104,10 @@ def test_an_immutable_file_at_start_exits_3_naming_the_cause(
 def damage_deep_inside(db: Path) -> None:
     """Overwrite pages in the middle: the header and the schema stay intact, so the file opens."""
     data = db.read_bytes()
-    middle = len(data) // 2 // 4096 * 4096
-    db.write_bytes(data[:middle] + b"\x5a" * 8192 + data[middle + 8192 :])
+    page = int.from_bytes(data[16:18], "big")  # the header's page size (1 means 65536)
+    page = 65536 if page == 1 else page
+    middle = len(data) // 2 // page * page  # two whole pages, headers and all
+    db.write_bytes(data[:middle] + b"\x5a" * 2 * page + data[middle + 2 * page :])
 
 
 def populated(tmp_path: Path) -> tuple[Path, Path]:

@@ -236,8 +236,10 @@ async def test_damage_deep_inside_is_found_by_check(tmp_path: Path) -> None:
     data = await _real_database(db)
     # Overwrite pages in the middle: the header and the schema are intact, so the file opens,
     # but check reads every page.
-    middle = len(data) // 2 // 4096 * 4096
-    db.write_bytes(data[:middle] + b"\x5a" * 8192 + data[middle + 8192 :])
+    page = int.from_bytes(data[16:18], "big")  # the header's page size (1 means 65536)
+    page = 65536 if page == 1 else page
+    middle = len(data) // 2 // page * page  # two whole pages, headers and all
+    db.write_bytes(data[:middle] + b"\x5a" * 2 * page + data[middle + 2 * page :])
     report = await asyncio.to_thread(check.check, db)
     assert [p.kind for p in report.problems][:1] == [check.CORRUPT_FILE], report.summary()
     done = await asyncio.to_thread(_run_cli, "check", "--json", config=_config(tmp_path, db))

@@ -33,19 +33,20 @@ from __future__ import annotations
 import hashlib
 import os
 import secrets
+import sqlite3
 import time
 import weakref
 import zlib
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import NamedTuple, overload
+from typing import NamedTuple, cast, overload
 
 import orjson
 from lru import LRU
 
 from executor import codec, errors
-from executor.store.conn import Conn
+from executor.store.conn import Conn, Cursor
 from executor.store.database import transaction
 
 # Chosen from `scripts/bench.py --result-bytes` (docs/PERFORMANCE.md, "Payload sizes").
@@ -337,17 +338,37 @@ _keys = _Keys()
 
 def _insert_unshared(conn: Conn, blob: bytes, now: float) -> int:
     codec, data = _compress(blob, conn.compress_min_bytes)
-    (pid,) = conn.execute(
-        conn.q["insert_payload_unshared"],
-        {"key": _keys.next(), "size": len(blob), "codec": codec, "data": data, "now": now},
-    ).fetchone()
+    row = {"key": _keys.next(), "size": len(blob), "codec": codec, "data": data, "now": now}
+    if conn.dialect == "sqlite":  # no RETURNING there (payloads.sql, insert_payload_new)
+        return _rowid(conn.execute(conn.q["insert_payload_row"], row))
+    (pid,) = conn.execute(conn.q["insert_payload_unshared"], row).fetchone()
     return int(pid)
+
+
+def _rowid(cursor: Cursor) -> int:
+    """The id of the row a SQLite INSERT just stored."""
+    pid = cast(sqlite3.Cursor, cursor).lastrowid
+    if pid is None or cursor.rowcount != 1:  # pragma: no cover (an INSERT that stored a row)
+        raise errors.StoreError("a payload insert stored no row")
+    return pid
+
+
+def _insert_row(conn: Conn, row: dict[str, object]) -> tuple[int, str | None]:
+    """Insert or get the payload of `row` (by its digest): its id and file."""
+    if conn.dialect != "sqlite":
+        pid, file = conn.execute(conn.q["insert_payload"], row).fetchone()
+        return int(pid), file
+    cursor = conn.execute(conn.q["insert_payload_new"], row)
+    if cursor.rowcount == 1:
+        return _rowid(cursor), cast("str | None", row["file"])
+    pid, file = conn.execute(conn.q["payload_by_digest_file"], (row["digest"],)).fetchone()
+    return int(pid), file
 
 
 def _insert(conn: Conn, item: Staged, now: float) -> int:
     """The id of the stored payload with these bytes, inserted now if there is none.
 
-    One statement (insert or get: `insert_payload`) for a payload that needs no work before its
+    One statement (insert or get: `_insert_row`) for a payload that needs no work before its
     insert; one that would be compressed or written to a file is looked up first, so the same
     bytes stored already cost no compression and no file."""
     file = item.file
@@ -370,8 +391,8 @@ def _insert(conn: Conn, item: Staged, now: float) -> int:
         data = None
     else:
         codec, data = _compress(item.blob, compress)
-    pid, stored_file = conn.execute(
-        conn.q["insert_payload"],
+    pid, stored_file = _insert_row(
+        conn,
         {
             "digest": item.digest,
             "size": len(item.blob),
@@ -380,10 +401,10 @@ def _insert(conn: Conn, item: Staged, now: float) -> int:
             "file": file,
             "now": now,
         },
-    ).fetchone()
+    )
     if file is not None and stored_file != file:  # the same bytes were stored under another
         _unlink_later(conn, file)
-    return int(pid)
+    return pid
 
 
 def _unlink_later(conn: Conn, name: str) -> None:

@@ -24,6 +24,13 @@ DIALECT_ONLY: dict[str, str] = {
     "incremental_vacuum": "sqlite",
     "auto_vacuum_mode": "sqlite",
     "freelist_count": "sqlite",
+    # Payload inserts: SQLite's without RETURNING (its temporary table per run costs more than
+    # the insert; the id is the cursor's lastrowid), PostgreSQL's with (store/payloads.py).
+    "insert_payload_new": "sqlite",
+    "payload_by_digest_file": "sqlite",
+    "insert_payload_row": "sqlite",
+    "insert_payload": "postgres",
+    "insert_payload_unshared": "postgres",
     # The hot transactions: SQLite claims and records with a few statements over the batch (a
     # temporary table for the record); PostgreSQL runs each as one statement over arrays
     # (store/pghot.py, postgres/hot.sql).

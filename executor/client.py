@@ -195,7 +195,7 @@ class Client(ScheduleCalls):
             validate.text("concurrency_key", concurrency_key)
         if shard_key is not None:
             validate.text("shard_key", shard_key)
-            run_id = sharding.random_uuid()
+            run_id = sharding.time_ordered_uuid()
             shard = sharding.shard_of(shard_key, self.db.shards)
         else:
             # Runs without a shard key are dealt round-robin, so every shard's pool gets its

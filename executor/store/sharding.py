@@ -6,6 +6,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import os
+import time
 import zlib
 from collections.abc import Sequence
 
@@ -39,23 +40,32 @@ class _Randomness:
 _random = _Randomness()
 
 
-def random_uuid() -> str:
-    """A random UUID (version 4) as str(uuid.uuid4()) writes it, from the buffered randomness."""
+def time_ordered_uuid() -> str:
+    """A UUID version 7 (RFC 9562) as str(uuid.UUID) writes it: 48 bits of UNIX milliseconds, then
+    random bits from the buffered randomness.
+
+    Run ids are the key of a unique index: random (version 4) ids put each new run on a random
+    leaf page of it, so a batch of starts dirtied about one page per run once the index outgrew a
+    batch (and read it back when the file outgrew the page cache), and the cost of starting a
+    run grew with the runs stored (docs/PERFORMANCE.md, issue 15, flatness). Ids that grow with
+    time are appended at the index's right edge, whatever the backlog.
+    """
     b = bytearray(_random.take16())
-    b[6] = (b[6] & 0x0F) | 0x40  # version 4
-    b[8] = (b[8] & 0x3F) | 0x80  # the RFC 4122 variant
+    b[0:6] = (time.time_ns() // 1_000_000).to_bytes(6, "big")
+    b[6] = (b[6] & 0x0F) | 0x70  # version 7
+    b[8] = (b[8] & 0x3F) | 0x80  # the RFC 4122 (9562) variant
     h = b.hex()
     return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
 
 def run_id_for_shard(shard: int, shards: int) -> str:
-    """A random UUID-shaped run id whose shard_of() is `shard`.
+    """A time-ordered run id (time_ordered_uuid) whose shard_of() is `shard`.
 
     The last three hex digits are chosen, continuing the crc32 of the rest, so the id needs about
     `shards` crc32 steps over three bytes, not a retry per random id.
     """
     while True:
-        head = random_uuid()[:-3]
+        head = time_ordered_uuid()[:-3]
         crc = zlib.crc32(head.encode())
         for ending in _ENDINGS:
             if zlib.crc32(ending, crc) % shards == shard:

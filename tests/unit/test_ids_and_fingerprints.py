@@ -1,9 +1,10 @@
-"""Run ids from buffered randomness, and fingerprints hashed in pieces: the same values as the
-plain calls they replace (uuid.uuid4, one blake2b over the whole input)."""
+"""Run ids (time-ordered UUIDs) from buffered randomness, and fingerprints hashed in pieces: the
+same values as the plain calls they replace (uuid.UUID's layout, one blake2b over the input)."""
 
 from __future__ import annotations
 
 import hashlib
+import time
 import uuid
 
 from hypothesis import given
@@ -13,12 +14,27 @@ from executor import codec
 from executor.store import sharding
 
 
-def test_random_uuids_are_version_4_rfc_4122_and_distinct() -> None:
-    ids = [sharding.random_uuid() for _ in range(3000)]  # several refills of the buffer
+def test_run_uuids_are_version_7_rfc_4122_and_distinct() -> None:
+    before = time.time_ns() // 1_000_000
+    ids = [sharding.time_ordered_uuid() for _ in range(3000)]  # several refills of the buffer
+    after = time.time_ns() // 1_000_000
     assert len(set(ids)) == len(ids)
     for text in ids:
         parsed = uuid.UUID(text)
-        assert (parsed.version, parsed.variant, str(parsed)) == (4, uuid.RFC_4122, text)
+        assert (parsed.version, parsed.variant, str(parsed)) == (7, uuid.RFC_4122, text)
+        assert before <= parsed.int >> 80 <= after  # 48 bits of UNIX milliseconds
+
+
+def test_run_ids_grow_with_time() -> None:
+    # Appended at the right edge of the unique index on runs.id, not on a random page of it:
+    # ids made a millisecond apart sort in that order (within one millisecond, any order).
+    earlier = [sharding.run_id_for_shard(s % 8, 8) for s in range(200)]
+    deadline = time.monotonic() + 1.0
+    first_ms = max(uuid.UUID(i).int >> 80 for i in earlier)
+    while time.time_ns() // 1_000_000 <= first_ms and time.monotonic() < deadline:
+        time.sleep(0.0005)
+    later = [sharding.run_id_for_shard(s % 8, 8) for s in range(200)]
+    assert max(earlier) < min(later)
 
 
 def test_run_ids_land_on_their_shard() -> None:

@@ -852,9 +852,14 @@ async def test_claims_of_a_draining_engine_with_a_fresh_heartbeat_are_kept(
             # The ghost goes quiet: after its lease its claims come back and get done.
             alive = False
             results = [await client.result(r, timeout=DEADLINE_S) for r in ids]
+            # The claims come back when the ghost's lease runs out; the engine marks it dead at
+            # one of its next heartbeats, not necessarily before the results are in.
+            await wait_until(
+                lambda: dbfile.value("SELECT state FROM engines WHERE id = ?", ghost) == "dead",
+                "a heartbeat of the engine to mark the ghost dead",
+            )
     assert results == [0, 1, 4]
     assert sorted(ran) == [0, 1, 2]
-    assert dbfile.value("SELECT state FROM engines WHERE id = ?", ghost) == "dead"
 
 
 # --- a second engine on the same file ------------------------------------------------------------

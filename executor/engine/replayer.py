@@ -423,7 +423,9 @@ class Replayer:
                     self.instances.pop(out.run_rid)
                     inst.close()
                 continue
-            if len(out.new_steps) > len(out.claimed):
+            # Its own steps not claimed here are queued: a claim of the shard may take them (the
+            # tasks it claimed for its slots may be other runs', from the shard's queue).
+            if len(out.new_steps) > sum(1 for c in out.claimed if c.run_rid == out.run_rid):
                 queued_shards.add(out.shard)
             if out.finished is not None or out.parked is not None:
                 if inst is not None:

@@ -234,12 +234,14 @@ async def test_a_damaged_or_foreign_file_is_refused_naming_it(tmp_path: Path, ho
 async def test_damage_deep_inside_is_found_by_check(tmp_path: Path) -> None:
     db = tmp_path / "deep.sqlite"
     data = await _real_database(db)
-    # Overwrite pages in the middle: the header and the schema are intact, so the file opens,
+    # Overwrite the root page of the runs table, header and all: the file's header and schema
+    # (which may span pages of their own, wherever they fall) are intact, so the file opens,
     # but check reads every page.
     page = int.from_bytes(data[16:18], "big")  # the header's page size (1 means 65536)
     page = 65536 if page == 1 else page
-    middle = len(data) // 2 // page * page  # two whole pages, headers and all
-    db.write_bytes(data[:middle] + b"\x5a" * 2 * page + data[middle + 2 * page :])
+    ((root,),) = _sql(db, "SELECT rootpage FROM sqlite_schema WHERE name = 'runs'")
+    at = (root - 1) * page
+    db.write_bytes(data[:at] + b"\x5a" * page + data[at + page :])
     report = await asyncio.to_thread(check.check, db)
     assert [p.kind for p in report.problems][:1] == [check.CORRUPT_FILE], report.summary()
     done = await asyncio.to_thread(_run_cli, "check", "--json", config=_config(tmp_path, db))

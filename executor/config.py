@@ -45,10 +45,10 @@ class DatabaseConfig:
     # The daemon runs SQLite's quick_check before it writes anything (about a second per GB):
     # a damaged file stops it with exit 3 instead of being written to.
     quick_check_on_start: bool = True
-    # SQLite's page size for a NEW file (an existing file keeps its own). 16 KiB: an LLM's
-    # 2.5 KB prompt or answer shares its page with five others instead of taking a 4 KiB page
-    # alone (docs/PAYLOADS.md).
-    page_size: int = 16 * 1024
+    # SQLite's page size for a NEW file (an existing file keeps its own). 8 KiB: an LLM's
+    # 2.5 KB prompt or answer shares its page with two others instead of taking a 4 KiB page
+    # alone; 16 KiB saves no more and makes each commit's WAL frames longer (docs/PAYLOADS.md).
+    page_size: int = 8 * 1024
     # zlib on stored payloads (arguments and results over 1 KiB) of at least this many encoded
     # bytes, kept when it saves an eighth; off: never. Below 4 KiB it costs more CPU per step
     # than the whole of a plain asyncio program's (docs/PAYLOADS.md).

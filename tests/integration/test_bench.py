@@ -236,7 +236,7 @@ def test_prompt(capsys: pytest.CaptureFixture[str]) -> None:
     report = run_main(capsys, "--workload", "prompt", "-W", "300", "--prompt-bytes", "20000")
     assert report["runs"] == 300 and report["prompt_bytes"] == 20000
     # One stored copy of the prompt, not 300: far less than 300 x 20,000 bytes (an empty file
-    # is ~0.6 MB with 16 KiB pages: a page per table and index).
+    # is ~0.3 MB with 8 KiB pages: a page per table and index).
     assert 0 < report["file_bytes"] < 300 * 20000 / 3
 
 

@@ -59,7 +59,7 @@ async def test_a_new_file_gets_the_page_size_and_an_existing_file_keeps_its_own(
         assert _pragmas(path) == (size, "wal")
     default = tmp_path / "default.sqlite"
     await (await Database.open(DatabaseConfig(path=default), shards=2)).close()
-    assert _pragmas(default) == (DatabaseConfig().page_size, "wal") == (16384, "wal")
+    assert _pragmas(default) == (DatabaseConfig().page_size, "wal") == (8192, "wal")
 
 
 def _prose(n: int, seed: int) -> str:

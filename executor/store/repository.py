@@ -398,21 +398,29 @@ def _commit_replays(
     heads = _heads(outputs, ())
     got_heads = 0
     if heads:  # the slots the runs' own steps left, from the head of each shard's queue
-        got_heads = conn.executemany(
-            conn.q["claim_heads"],
-            [
-                {
-                    "token": claim.token,
-                    "heads": heads_token,
-                    "engine": claim.engine,
-                    "epoch": claim.epoch,
-                    "now": now,
-                    "shard": shard,
-                    "held": n,
-                }
-                for shard, n in heads.items()
-            ],
-        ).rowcount
+        # What the runs' own steps took of each shard's slots: known from `taken` when it lists
+        # them all, else counted once for the batch (a count per shard in claim_heads walked
+        # every task of the token, and its row for the shard, once per shard).
+        own: dict[int, int] = {}
+        if taken is not None:
+            for o, _ in taken:
+                own[o.shard] = own.get(o.shard, 0) + 1
+        else:
+            own = dict(conn.execute(conn.q["claimed_by_shard"], (claim.token,)).fetchall())
+        wants = [
+            {
+                "heads": heads_token,
+                "engine": claim.engine,
+                "epoch": claim.epoch,
+                "now": now,
+                "shard": shard,
+                "left": n - own.get(shard, 0),
+            }
+            for shard, n in heads.items()
+            if n > own.get(shard, 0)
+        ]
+        if wants:
+            got_heads = conn.executemany(conn.q["claim_heads"], wants).rowcount
     # What the claim's last two statements do, for the tasks claimed above.
     conn.execute(conn.q["count_claimed_attempts"], {"token": claim.token, "now": now})
     built = None if heads_token == claim.token or claim.limits else _built(taken, claim.token)

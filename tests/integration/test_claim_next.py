@@ -356,6 +356,24 @@ async def test_own_next_steps_first_then_the_head_for_the_slots_left(
     assert dbfile.value("SELECT count(*) FROM tasks WHERE claim_token IS NULL") == 0
 
 
+async def test_heads_fill_the_slots_each_shards_own_claims_left(db: Store, dbfile: DbFile) -> None:
+    """Runs of two shards claim their own next steps, then the heads of their own shard's queue
+    for the slots left: what the own claims took is counted per shard, not over the batch."""
+    x, q0 = await start(db, 2)
+    y, q1, q2 = await start(db, 3, shard=1)
+    engine, epoch, fence = await registered(db)
+    now = time.time()
+    queued = [output(q0, steps(0)), output(q1, steps(0), shard=1), output(q2, steps(0), shard=1)]
+    await db.run(repo.commit_replays, queued, now, fence)
+    mine = [output(x, steps(0), claim=1), output(y, steps(0), claim=1, shard=1)]
+    for out in mine:
+        out.holds = 2
+    await db.run(repo.commit_replays, mine, now, fence, NextClaim(engine, epoch, 34, True))
+    assert [(t.run_rid, t.pos) for t in mine[0].claimed] == [(x, 0), (q0, 0)]
+    assert [(t.run_rid, t.pos) for t in mine[1].claimed] == [(y, 0), (q1, 0)]
+    assert dbfile.query("SELECT run_rid FROM tasks WHERE claim_token IS NULL") == [(q2,)]
+
+
 async def test_heads_skip_parked_and_not_due_tasks_and_stop_at_the_slots_held(
     db: Store, dbfile: DbFile
 ) -> None:

@@ -43,6 +43,7 @@ DIALECT_ONLY: dict[str, str] = {
     # The head of a shard's queue claimed in the replay commit for the slots its runs leave
     # unused: PostgreSQL runs claim_batch for them after commit_batch (repository.py).
     "claim_heads": "sqlite",
+    "claimed_by_shard": "sqlite",
     # SQLite's replay commit of plain outputs, set-based over temporary tables
     # (store/commitbatch.py); PostgreSQL's is commit_batch.
     **{

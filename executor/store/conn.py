@@ -14,6 +14,7 @@ from typing import Any, Protocol
 
 from executor import config
 from executor.store import sql
+from executor.store.turnstile import Turnstile
 
 # Until the opener sets it from the file's configuration (database.payload_compression).
 _COMPRESS_MIN_BYTES = config.DatabaseConfig().compress_min_bytes
@@ -54,6 +55,17 @@ class Conn(Protocol):
         (database.payload_compression, set by the opener; store/payloads.py)."""
         ...
 
+    @property
+    def turnstile(self) -> Turnstile | None:
+        """SQLite: the file's write turnstile in this process (store/turnstile.py), which
+        database.transaction takes around each write; None where there is none to take."""
+        ...
+
+    @property
+    def busy_timeout_s(self) -> float:
+        """How long a write waits for the write lock in all (database.busy_timeout_s)."""
+        ...
+
     def execute(self, sql: str, parameters: Any = ..., /) -> Cursor: ...
 
     def executemany(self, sql: str, parameters: Iterable[Any], /) -> Cursor: ...
@@ -66,3 +78,6 @@ class SqliteConn(sqlite3.Connection):
     q: Mapping[str, str] = sql.queries("sqlite")
     dialect = "sqlite"
     compress_min_bytes: int | None = _COMPRESS_MIN_BYTES
+    # Set by the opener for a file it may write (database.Database.open).
+    turnstile: Turnstile | None = None
+    busy_timeout_s: float = config.DatabaseConfig().busy_timeout_s

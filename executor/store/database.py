@@ -22,7 +22,7 @@ from typing import Concatenate, ParamSpec, Protocol, TypeVar, cast
 import aiosqlite
 
 from executor import config, errors
-from executor.store import sql
+from executor.store import sql, turnstile
 from executor.store.conn import Conn, SqliteConn
 
 P = ParamSpec("P")
@@ -43,16 +43,50 @@ def transaction(fn: Callable[Concatenate[C, P], T]) -> Callable[Concatenate[C, P
 
     @functools.wraps(fn)
     def wrapper(conn: C, *args: P.args, **kwargs: P.kwargs) -> T:
-        conn.execute(conn.q["begin_write"])
+        gate = conn.turnstile
+        if gate is not None:  # SQLite: take turns with this process's other connections
+            _begin_in_turn(conn, gate)
+        else:
+            conn.execute(conn.q["begin_write"])
         try:
-            result = fn(conn, *args, **kwargs)
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
-        conn.execute("COMMIT")
-        return result
+            try:
+                result = fn(conn, *args, **kwargs)
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            conn.execute("COMMIT")
+            return result
+        finally:
+            if gate is not None:
+                gate.release()
 
     return wrapper  # type: ignore[return-value]
+
+
+def _begin_in_turn(conn: Conn, gate: turnstile.Turnstile) -> None:
+    """BEGIN IMMEDIATE once this process's other writers of the file have had their turn
+    (store/turnstile.py), within database.busy_timeout_s in all."""
+    timeout_s = conn.busy_timeout_s
+    waited = gate.acquire(timeout_s)
+    try:
+        if waited < _SHORT_WAIT_S:
+            conn.execute(conn.q["begin_write"])
+            return
+        # What is left of the timeout for SQLite's own wait (another process's writer).
+        left_ms = max(1, int((timeout_s - waited) * 1000))
+        conn.execute(f"PRAGMA busy_timeout = {left_ms}")
+        try:
+            conn.execute(conn.q["begin_write"])
+        finally:
+            conn.execute(f"PRAGMA busy_timeout = {int(timeout_s * 1000)}")
+    except BaseException:
+        gate.release()
+        raise
+
+
+# A wait for the turnstile shorter than this is not taken off SQLite's own busy timeout (two
+# PRAGMAs for a few ms of bound are not worth it).
+_SHORT_WAIT_S = 0.05
 
 
 def classify(path: Path, what: str, exc: sqlite3.Error, read_only: str | None = None) -> Exception:
@@ -285,6 +319,7 @@ class Database:
         # The SqliteConn _connector made; only ever used on aiosqlite's own thread.
         raw = cast(SqliteConn, conn._conn)
         raw.compress_min_bytes = cfg.compress_min_bytes
+        raw.busy_timeout_s = cfg.busy_timeout_s
         db = cls(path, conn, raw)
         db.read_only = blocker
         try:
@@ -293,6 +328,8 @@ class Database:
         except BaseException:
             await conn.close()
             raise
+        if blocker is None:
+            raw.turnstile = turnstile.for_file(path)
         return db
 
     async def run(

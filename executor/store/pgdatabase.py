@@ -31,6 +31,7 @@ from psycopg.pq import TransactionStatus
 
 from executor import config, configvalues, errors
 from executor.store import sql
+from executor.store.turnstile import Turnstile
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -50,6 +51,9 @@ class PgConn:
 
     q: Mapping[str, str] = sql.queries("postgres")
     dialect = "postgres"
+    # The server queues writers itself: no turnstile (store/turnstile.py is SQLite's).
+    turnstile: Turnstile | None = None
+    busy_timeout_s = 0.0
 
     def __init__(
         self,

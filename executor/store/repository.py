@@ -64,23 +64,28 @@ def create_runs(conn: Conn, runs: Sequence[NewRun], now: float) -> list[str]:
     and starts nothing (the whole batch is rolled back).
     """
     before = conn.execute(conn.q["max_rid"]).fetchone()[0]
-    conn.executemany(
-        conn.q["insert_run"],
-        [
-            {
-                "id": r.id,
-                "workflow": r.workflow,
-                "version": r.version,
-                "shard": r.shard,
-                "args": payloads.put_args(conn, r.args, now),
-                "key": r.idempotency_key,
-                "now": now,
-                "concurrency_key": r.concurrency_key,
-                "labels": r.labels,
-            }
-            for r in runs
-        ],
-    )
+    stored = [payloads.put_args(conn, r.args, now) for r in runs]
+    batch = _runs_json(runs, stored) if conn.dialect == "sqlite" else None
+    if batch is not None:
+        conn.execute(conn.q["insert_runs_json"], {"runs": batch, "now": now})
+    else:
+        conn.executemany(
+            conn.q["insert_run"],
+            [
+                {
+                    "id": r.id,
+                    "workflow": r.workflow,
+                    "version": r.version,
+                    "shard": r.shard,
+                    "args": args,
+                    "key": r.idempotency_key,
+                    "now": now,
+                    "concurrency_key": r.concurrency_key,
+                    "labels": r.labels,
+                }
+                for r, args in zip(runs, stored, strict=True)
+            ],
+        )
     conn.execute(conn.q["queue_new_runs"], (before,))
     ids = []
     for r in runs:
@@ -102,6 +107,32 @@ def create_runs(conn: Conn, runs: Sequence[NewRun], now: float) -> list[str]:
             )
         ids.append(run_id)
     return ids
+
+
+def _runs_json(runs: Sequence[NewRun], stored: Sequence[bytes | None]) -> bytes | None:
+    """The batch as insert_runs_json takes it, or None where that statement would not store the
+    same values: an argument blob that is not UTF-8 (the statement stores its text back with
+    CAST AS BLOB), or a NUL anywhere (a payload reference, b"\\x00<id>", or a key holding one),
+    since SQLite's JSON functions cut a string at an escaped NUL."""
+    try:
+        batch = orjson.dumps(
+            [
+                [
+                    r.id,
+                    r.workflow,
+                    r.version,
+                    r.shard,
+                    None if args is None else args.decode(),
+                    r.idempotency_key,
+                    r.concurrency_key,
+                    r.labels,
+                ]
+                for r, args in zip(runs, stored, strict=True)
+            ]
+        )
+    except (UnicodeDecodeError, orjson.JSONEncodeError):
+        return None
+    return None if b"\\u0000" in batch else batch
 
 
 # --- claiming (store/claims.py, under the name the engine has always called) ----------------------

@@ -31,6 +31,10 @@ DIALECT_ONLY: dict[str, str] = {
     "insert_payload_row": "sqlite",
     "insert_payload": "postgres",
     "insert_payload_unshared": "postgres",
+    # A batch of runs in one statement over a JSON array (repository.create_runs): SQLite's
+    # executemany costs three times its CPU and takes the GIL back after every row while it
+    # holds the write lock. PostgreSQL keeps executemany (psycopg pipelines it).
+    "insert_runs_json": "sqlite",
     # The hot transactions: SQLite claims and records with a few statements over the batch (a
     # temporary table for the record); PostgreSQL runs each as one statement over arrays
     # (store/pghot.py, postgres/hot.sql).

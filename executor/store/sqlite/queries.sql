@@ -32,6 +32,20 @@ VALUES (:id, :workflow, :version, :shard, 'running', :args, :key, :now, :now, :c
         :labels)
 ON CONFLICT (idempotency_key) DO NOTHING;
 
+-- name: insert_runs_json
+-- insert_run for a whole batch in one statement, each run a JSON array [id, workflow, version,
+-- shard, args as text, key, concurrency_key, labels] (repository.create_runs): a third of the
+-- CPU of executemany (14.4 -> 5.4 ms per 1,000 runs), and the write lock is held through one
+-- statement that runs without the GIL, where executemany took the GIL back after each row and
+-- queued behind the engine's threads for it while holding the lock (its transaction at W=10^6:
+-- 43 ms of wall for 19 ms of CPU). `WHERE true`: SQLite's parser needs it before ON CONFLICT.
+INSERT INTO runs (id, workflow, version, shard, status, args, idempotency_key, created_at, updated_at,
+                  concurrency_key, labels)
+SELECT j.value ->> 0, j.value ->> 1, j.value ->> 2, j.value ->> 3, 'running',
+       CAST(j.value ->> 4 AS BLOB), j.value ->> 5, :now, :now, j.value ->> 6, j.value ->> 7
+FROM json_each(:runs) AS j WHERE true
+ON CONFLICT (idempotency_key) DO NOTHING;
+
 -- name: run_id_by_key
 SELECT id, workflow, args, status FROM runs WHERE idempotency_key = ?;
 

@@ -248,8 +248,17 @@ class Client(ScheduleCalls):
         concurrency_keys: Sequence[str | None] | None = None,
         labels: dict[str, str] | None = None,
     ) -> list[str]:
-        """Start many runs of one workflow in one transaction; return their ids in order.
-        `labels` are given to every one of them."""
+        """Start many runs of one workflow; return their ids in order. `labels` are given to
+        every one of them.
+
+        Every argument list is checked first: a bad one starts nothing. Up to 1,000 runs
+        (bulk.START_CHUNK) start in one transaction, all or none. More start 1,000 per
+        transaction, so that an engine working on the file gets the write lock between them
+        instead of waiting for the whole call (a million runs would hold it for seconds, past
+        database.busy_timeout_s): if a later transaction fails (an idempotency conflict, a
+        full disk), the runs of the earlier ones, the first ones of `args_list`, stay started,
+        and the error's notes say how many. While an engine of another process works on a
+        SQLite file, the client pauses between transactions as long as each took."""
         name, version, wf = self._resolve(workflow)
         stored_labels = runfilter.check_labels(labels)
         try:
@@ -287,7 +296,9 @@ class Client(ScheduleCalls):
             )
         if not batch:
             return []
-        return await self.db.run(repo.create_runs, batch, time.time())
+        if len(batch) <= bulk.START_CHUNK:
+            return await self.db.run(repo.create_runs, batch, time.time())
+        return await bulk.start(self.db, batch)
 
     # -- watching --
 

@@ -65,6 +65,18 @@ def register_engine(
     return int(engine_id), epoch
 
 
+def live_elsewhere(conn: Conn, pid: int, host: str, now: float, lease_s: float) -> bool:
+    """Whether an engine of another process works on this database (its heartbeat is fresh)."""
+    return any(
+        state in LIVE_ENGINE_STATES
+        and beat >= now - lease_s
+        and (other_pid, other_host) != (pid, host)
+        for _id, _epoch, other_pid, other_host, state, _started, beat in conn.execute(
+            conn.q["list_engines"]
+        )
+    )
+
+
 def engines_on_host(conn: Conn, host: str) -> list[tuple[int, int]]:
     """(engine id, pid) of engines on this host that the table says are alive."""
     return [(i, p) for i, p in conn.execute(conn.q["live_engines_on_host"], (host,))]

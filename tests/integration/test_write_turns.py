@@ -1,12 +1,15 @@
-"""Two connections of one process to one file take turns at the write lock (store/turnstile.py):
-a writer that waits goes next, instead of sleeping in SQLite's busy handler while the other
-takes the lock again as soon as it commits (an engine beside a Client starting runs in batches
-back to back). And a batch of runs is stored byte for byte as its arguments were encoded,
-whichever way create_runs inserts it (one JSON statement, or row by row for payload refs)."""
+"""Writes while runs are started. Two connections of one process to one file take turns at the
+write lock (store/turnstile.py): a writer that waits goes next, instead of sleeping in SQLite's
+busy handler while the other takes the lock again as soon as it commits (an engine beside a
+Client starting runs in batches back to back). A batch of runs is stored byte for byte as its
+arguments were encoded, whichever way create_runs inserts it (one JSON statement, or row by row
+for payload refs); and a start_many larger than one transaction commits in batches."""
 
 from __future__ import annotations
 
 import asyncio
+import os
+import socket
 import sqlite3
 import threading
 import time
@@ -18,8 +21,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from executor import Client, codec, config
-from executor.store import database, payloads, turnstile
+from executor import Client, bulk, codec, config, errors
+from executor.store import database, engines, payloads, turnstile
 from executor.store.conn import Conn
 
 pytestmark = pytest.mark.anyio
@@ -191,3 +194,60 @@ def _stored(conn: Conn, run_id: str) -> tuple[bytes, str | None, dict[str, str] 
     resolved = payloads.resolve(conn, blob)
     assert isinstance(resolved, bytes)
     return resolved, key, None if labels is None else orjson.loads(labels)
+
+
+async def test_a_large_start_many_commits_in_batches_and_says_how_many_started(
+    db_path: Path,
+) -> None:
+    async with Client(db_path, shards=2) as client:
+        await client.start_many("wf", [["other"]], idempotency_keys=["k"])
+        n = 2 * bulk.START_CHUNK + 10
+        keys: list[str | None] = [None] * n
+        keys[-1] = "k"  # held by a run with other arguments: the last transaction fails
+        with pytest.raises(errors.IdempotencyConflict) as caught:
+            await client.start_many("wf", [[i] for i in range(n)], idempotency_keys=keys)
+        started = 2 * bulk.START_CHUNK
+        assert f"the first {started} of its {n} runs were started" in "".join(
+            caught.value.__notes__
+        )
+        assert await client.count() == 1 + started
+        # The batches before it are whole, in order: the first `started` argument lists.
+        firsts = await client.db.run(_first_args, started + 1)
+        assert firsts == [b'["other"]'] + [codec.encode([i]) for i in range(started)]
+        # Without a conflict every run starts, across batches, ids in order of the input.
+        ids = await client.start_many("wf", [[i] for i in range(n)])
+        assert len(set(ids)) == n
+        assert await client.db.run(_first_args, 1 + started + n) == firsts + [
+            codec.encode([i]) for i in range(n)
+        ]
+
+
+def _first_args(conn: Conn, limit: int) -> list[bytes]:
+    return [a for (a,) in conn.execute("SELECT args FROM runs ORDER BY rid LIMIT ?", (limit,))]
+
+
+async def test_a_large_start_many_pauses_only_for_an_engine_of_another_process(
+    db_path: Path,
+) -> None:
+    async with Client(db_path, shards=2) as client:
+        now = time.time()
+        here = (os.getpid(), socket.gethostname())
+        assert not await client.db.run(engines.live_elsewhere, *here, now, 15.0)
+        await client.db.run(_add_engine, os.getpid(), socket.gethostname(), now)  # this process
+        assert not await client.db.run(engines.live_elsewhere, *here, now, 15.0)
+        await client.db.run(_add_engine, 1, "another-host", now - 60)  # stale heartbeat
+        assert not await client.db.run(engines.live_elsewhere, *here, now, 15.0)
+        await client.db.run(_add_engine, 1, "another-host", now)
+        assert await client.db.run(engines.live_elsewhere, *here, now, 15.0)
+        # With the pauses, every run still starts.
+        ids = await client.start_many("wf", [[i] for i in range(bulk.START_CHUNK + 1)])
+        assert len(set(ids)) == bulk.START_CHUNK + 1
+
+
+@database.transaction
+def _add_engine(conn: Conn, pid: int, host: str, beat: float) -> None:
+    conn.execute(
+        "INSERT INTO engines (epoch, pid, host, state, started_at, heartbeat_at)"
+        " VALUES (1, ?, ?, 'running', ?, ?)",
+        (pid, host, beat, beat),
+    )

@@ -10,8 +10,10 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import logging
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from executor import errors
@@ -21,6 +23,41 @@ log = logging.getLogger("executor.workflow")
 # One activation (the code run for one event) taking longer than this blocked the engine's event
 # loop for that long: it is logged as a warning naming the workflow and the run.
 SLOW_ACTIVATION_S = 1.0
+
+
+class _Activations(threading.local):
+    """This thread's batch of activations (`activations`): the loop to give back at its end,
+    and the instance loop set as the running loop now (None: no batch)."""
+
+    outer: asyncio.AbstractEventLoop | None = None
+    current: asyncio.AbstractEventLoop | None = None
+    active = False
+
+
+_batch = _Activations()
+
+
+@contextmanager
+def activations() -> Iterator[None]:
+    """Run many activations (deliveries, builds) in a row, in code that neither awaits nor uses
+    the running loop between them: each sets its own loop as the running one and leaves it
+    set, and the loop found at the start is given back once, at the end. In CPython 3.11
+    getting and setting the running loop each call getpid() (a system call): three per
+    activation otherwise, one here (none for the same instance again)."""
+    get, set_ = asyncio.events._get_running_loop, asyncio.events._set_running_loop
+    if _batch.active:  # nested: the outer batch gives the loop back
+        yield
+        return
+    outer = get()
+    _batch.outer = _batch.current = outer
+    _batch.active = True
+    try:
+        yield
+    finally:
+        _batch.active = False
+        if _batch.current is not outer:
+            set_(outer)
+        _batch.outer = _batch.current = None
 
 
 class _Soon(list[Any]):
@@ -106,8 +143,15 @@ class InstanceLoop(asyncio.AbstractEventLoop):
     create_connection = create_server = getaddrinfo = _not_durable
 
     def run_until_quiet(self) -> None:
-        outer = asyncio.events._get_running_loop()
-        asyncio.events._set_running_loop(self)
+        batch = _batch
+        if batch.active:  # inside activations(): set once, given back at the batch's end
+            outer = None
+            if batch.current is not self:
+                asyncio.events._set_running_loop(self)
+                batch.current = self
+        else:
+            outer = asyncio.events._get_running_loop()
+            asyncio.events._set_running_loop(self)
         started = time.monotonic()
         try:
             while self._ready:
@@ -125,7 +169,8 @@ class InstanceLoop(asyncio.AbstractEventLoop):
                             {"message": f"Exception in callback {callback!r}", "exception": exc}
                         )
         finally:
-            asyncio.events._set_running_loop(outer)
+            if not batch.active:
+                asyncio.events._set_running_loop(outer)
             took_s = time.monotonic() - started
             if took_s > SLOW_ACTIVATION_S:
                 log.warning(

@@ -20,6 +20,7 @@ from executor import codec, errors, registry
 from executor.engine.cache import HydrationCache, InstanceCache
 from executor.engine.health import WriteHealth
 from executor.engine.instance import RunInfo, WorkflowInstance
+from executor.engine.loop import activations
 from executor.engine.slots import SlotPool
 from executor.engine.wakeup import sleep_until
 from executor.store import repository as repo
@@ -314,30 +315,33 @@ class Replayer:
         replayed: dict[int, WorkflowInstance | None] = {}
         run_ids: dict[int, str] = {}
         workflows: dict[int, str] = {}
-        for rid in chunk:
-            self.counters["replays"] += 1
-            if rid in live:
-                inst = self.instances.get(rid)
-                for d in live[rid]:
-                    inst.deliver(d)
-            else:
-                snap = snapshots.get(rid)
-                if snap is None:
-                    continue
-                if snap.status != RunState.RUNNING:
-                    outputs.append(ReplayOutput(rid, snap.shard, snap.last_seq, [], inactive=True))
-                    continue
-                self.counters["full_replays"] += 1
-                run_ids[rid] = snap.id
-                workflows[rid] = snap.workflow
-                built = self._build(snap)
-                if isinstance(built, ReplayOutput):
-                    outputs.append(built)
-                    replayed[rid] = None
-                    continue
-                inst = built
-            outputs.append(_output(inst))
-            replayed[rid] = inst
+        with activations():  # nothing awaits in here: the running loop is set once a run
+            for rid in chunk:
+                self.counters["replays"] += 1
+                if rid in live:
+                    inst = self.instances.get(rid)
+                    for d in live[rid]:
+                        inst.deliver(d)
+                else:
+                    snap = snapshots.get(rid)
+                    if snap is None:
+                        continue
+                    if snap.status != RunState.RUNNING:
+                        outputs.append(
+                            ReplayOutput(rid, snap.shard, snap.last_seq, [], inactive=True)
+                        )
+                        continue
+                    self.counters["full_replays"] += 1
+                    run_ids[rid] = snap.id
+                    workflows[rid] = snap.workflow
+                    built = self._build(snap)
+                    if isinstance(built, ReplayOutput):
+                        outputs.append(built)
+                        replayed[rid] = None
+                        continue
+                    inst = built
+                outputs.append(_output(inst))
+                replayed[rid] = inst
         claim = self._reserve(outputs)
         try:
             await self._db.run(repo.commit_replays, outputs, time.time(), self._fence(), claim)

@@ -44,11 +44,17 @@ Taken = list[tuple[ReplayOutput, NewStep]]  # the runs' own next steps a commit 
 
 
 def commit(
-    conn: Conn, outputs: Sequence[ReplayOutput], now: float, claim: NextClaim | None
+    conn: Conn,
+    outputs: Sequence[ReplayOutput],
+    now: float,
+    claim: NextClaim | None,
+    counted: bool = False,
 ) -> tuple[int, list[ReplayOutput], list[ReplayOutput], Taken | None]:
     """Write `plain` outputs inside an open transaction. With `claim` (its epoch checked by the
     caller), each run's first `out.claimable` steps without a limit_key are inserted claimed when
-    no task a claim of their shard would take first is queued (as claim_next_task). Returns the
+    no task a claim of their shard would take first is queued (as claim_next_task); `counted`:
+    with their first attempt counted when the claim took all of them (the last return value is
+    not None), else the caller's count_claimed_attempts counts them. Returns the
     tasks written; the outputs whose run is no longer running in their generation (not written:
     the caller settles them as commit_each does); and those left to the per-row path (bytes
     that are not UTF-8, which JSON cannot carry; the end of a run with a parent or children).
@@ -104,7 +110,6 @@ def commit(
     if steps:
         conn.execute(conn.q["commit_in_steps_add"], (orjson.dumps(steps).decode(),))
         conn.execute(conn.q["commit_in_steps_new"])
-        queued = conn.execute(conn.q["commit_in_steps_insert"], {"now": now}).rowcount
         conn.execute(conn.q["commit_in_queue"])
         if claim is not None:
             # Claimed where FIFO allows, then the others queued: a claim sees the batch's steps
@@ -116,6 +121,12 @@ def commit(
             ).rowcount
             taken = to_take if got == len(to_take) else None
             conn.execute(conn.q["commit_in_queue_rest"])
+        # The steps after their tasks: when the claim took every step marked to take (each of
+        # them new, then), those are written with their attempt counted.
+        queued = conn.execute(
+            conn.q["commit_in_steps_insert"],
+            {"now": now, "counted": counted and claim is not None and taken is not None},
+        ).rowcount
         conn.execute(conn.q["commit_in_steps_clear"])
     conn.execute(conn.q["commit_in_replays"])
     conn.execute(conn.q["commit_in_clear"])

@@ -419,13 +419,20 @@ def _commit_replays(
             (fast if commitbatch.plain(out) else rest).append(out)
     else:
         rest = list(outputs)
-    queued, stale, left, taken = commitbatch.commit(conn, fast, now, claim)
+    heads_token = 0 if claim is None else claim.heads_token or claim.token
+    # With the heads under a token apart, every task of claim.token is a step new in this
+    # commit: the set-based part writes those it claimed with their attempt counted.
+    counted = claim is not None and heads_token != claim.token
+    queued, stale, left, taken = commitbatch.commit(conn, fast, now, claim, counted)
+    counted = counted and taken is not None  # then the set-based part counted its claims
     for out in stale:
         _stale(conn, out)
-    queued += commit_each(conn, [*left, *rest], now, claim, taken)
+    each: commitbatch.Taken = []  # what the per-row path claimed
+    queued += commit_each(conn, [*left, *rest], now, claim, each)
     if claim is None:
         return queued, []
-    heads_token = claim.heads_token or claim.token
+    if taken is not None:
+        taken += each
     heads = _heads(outputs, ())
     got_heads = 0
     if heads:  # the slots the runs' own steps left, from the head of each shard's queue
@@ -452,8 +459,12 @@ def _commit_replays(
         ]
         if wants:
             got_heads = conn.executemany(conn.q["claim_heads"], wants).rowcount
-    # What the claim's last two statements do, for the tasks claimed above.
-    conn.execute(conn.q["count_claimed_attempts"], {"token": claim.token, "now": now})
+    # What the claim's last two statements do, for the tasks claimed above (those of the
+    # set-based part already counted, when `counted`: then only the per-row path's, if any).
+    if not counted:
+        conn.execute(conn.q["count_claimed_attempts"], {"token": claim.token, "now": now})
+    elif each:
+        conn.execute(conn.q["count_claimed_attempts_new"], {"token": claim.token, "now": now})
     built = None if heads_token == claim.token or claim.limits else _built(taken, claim.token)
     if built is None:
         # One token, or not known which went, or the limiter's columns wanted: read back.

@@ -137,6 +137,72 @@ async def test_claims_built_from_the_output_are_those_read_back(db: Store) -> No
     assert [(t.run_rid, t.pos, t.token) for t in ends_c.claimed] == [(b, 1, 52)]
 
 
+async def test_attempts_are_counted_once_for_own_claims_and_heads(
+    db: Store, dbfile: DbFile
+) -> None:
+    """A token apart for the heads: the commit's own claimed steps are written with their first
+    attempt counted, a head (here a retry waiting in the queue) gets one more, and the steps
+    left queued none: as the dispatcher's claim counts them."""
+    b, a, c = await start(db, 3)
+    engine, epoch, fence = await registered(db)
+    earlier = time.time() - 60
+    await db.run(repo.commit_replays, [output(a, steps(0)), output(c, steps(0))], earlier, fence)
+
+    def retried(conn: Any) -> None:
+        mark = "%s" if conn.dialect == "postgres" else "?"
+        conn.execute(
+            f"UPDATE steps SET attempts = 2, started_at = {mark} WHERE run_rid = {mark}",
+            (earlier, a),
+        )
+
+    await db.run(retried)
+    now = time.time()
+    mine = output(b, steps(0, 1), claim=1)
+    mine.holds = 2
+    claim = NextClaim(engine, epoch, 61, False, heads_token=62)
+    await db.run(repo.commit_replays, [mine], now, fence, claim)
+    # b's first step was claimed for it; its second is queued (FIFO: the slot left goes to the
+    # oldest task of the shard, b's own second step).
+    assert sorted((t.run_rid, t.pos, t.token) for t in mine.claimed) == [(b, 0, 61), (b, 1, 62)]
+    assert dbfile.query("SELECT run_rid, pos, attempts, started_at FROM steps ORDER BY 1, 2") == [
+        (b, 0, 1, now),
+        (b, 1, 1, now),
+        (a, 0, 2, earlier),
+        (c, 0, 0, None),
+    ]
+    out = output(a, [], shard=0)
+    out.holds = 1
+    await db.run(repo.commit_replays, [out], now, fence, NextClaim(engine, epoch, 63, False, 64))
+    assert [(t.run_rid, t.pos, t.token, t.attempt) for t in out.claimed] == [(a, 0, 64, 1)]
+    assert dbfile.query("SELECT attempts, started_at FROM steps WHERE run_rid = ?", a) == [
+        (3, earlier)
+    ]
+
+
+async def test_attempts_are_counted_for_what_went_when_fifo_held_a_step_back(
+    db: Store, dbfile: DbFile
+) -> None:
+    """Of two runs' own next steps, FIFO holds one back (an older task queued in its shard):
+    only the one claimed gets its attempt, and the slot left goes to the older task."""
+    q, r = await start(db, 2)
+    [t] = await start(db, 1, shard=1)
+    engine, epoch, fence = await registered(db)
+    now = time.time()
+    await db.run(repo.commit_replays, [output(q, steps(0))], now, fence)
+    mine = [output(r, steps(0), claim=1), output(t, steps(0), claim=1, shard=1)]
+    for out in mine:
+        out.holds = 1
+    claim = NextClaim(engine, epoch, 71, False, heads_token=72)
+    await db.run(repo.commit_replays, mine, now, fence, claim)
+    assert [(c.run_rid, c.token) for c in mine[0].claimed] == [(q, 72)]
+    assert [(c.run_rid, c.token) for c in mine[1].claimed] == [(t, 71)]
+    assert dbfile.query("SELECT run_rid, attempts, started_at FROM steps ORDER BY 1") == [
+        (q, 1, now),
+        (r, 0, None),
+        (t, 1, now),
+    ]
+
+
 async def test_at_most_the_slots_the_run_holds(db: Store, dbfile: DbFile) -> None:
     [a] = await start(db, 1)
     engine, epoch, fence = await registered(db)

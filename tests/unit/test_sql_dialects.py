@@ -40,6 +40,7 @@ DIALECT_ONLY: dict[str, str] = {
     # (store/pghot.py, postgres/hot.sql).
     "mark_claimed": "sqlite",
     "count_claimed_attempts": "sqlite",
+    "count_claimed_attempts_new": "sqlite",
     "select_claimed": "sqlite",
     # A run's next task claimed in the replay commit that queues it: PostgreSQL does it inside
     # commit_batch (its per-row path, for rarer outputs, queues them as before).

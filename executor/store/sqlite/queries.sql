@@ -307,6 +307,13 @@ WHERE (run_rid, pos) IN (
 UPDATE steps SET attempts = attempts + 1, started_at = coalesce(started_at, :now)
 WHERE (run_rid, pos) IN (SELECT run_rid, pos FROM tasks WHERE claim_token = :token);
 
+-- name: count_claimed_attempts_new
+-- count_claimed_attempts for the steps a commit claimed that commit_in_steps_insert did not
+-- count (the per-row path's, new: no attempt yet).
+UPDATE steps SET attempts = 1, started_at = coalesce(started_at, :now)
+WHERE (run_rid, pos) IN (SELECT run_rid, pos FROM tasks WHERE claim_token = :token)
+  AND attempts = 0;
+
 -- name: select_claimed
 -- A negative not_before marks a task just unparked (see migration 0002): the limiter lets it go
 -- before newcomers. Read here for the whole batch, not per task.
@@ -491,8 +498,13 @@ WHERE rid IN (SELECT rid FROM temp.commit_in WHERE live = 1)
                   WHERE s.run_rid = commit_in_steps.rid AND s.pos = commit_in_steps.pos);
 
 -- name: commit_in_steps_insert
-INSERT INTO steps (run_rid, pos, kind, name, fingerprint, args, status, created_at, limit_key)
-SELECT rid, pos, 'step', name, fp, args, 'pending', :now, limit_key
+-- After their tasks (commit_in_queue, commit_in_claim, commit_in_queue_rest). With :counted
+-- (the claim took every step marked to take, under a token of its own), those are written with
+-- their first attempt counted: count_claimed_attempts' update of the same rows, folded in.
+INSERT INTO steps (run_rid, pos, kind, name, fingerprint, args, status, created_at, limit_key,
+                   attempts, started_at)
+SELECT rid, pos, 'step', name, fp, args, 'pending', :now, limit_key, :counted AND take,
+       CASE WHEN :counted AND take THEN :now END
 FROM temp.commit_in_steps WHERE new = 1;
 
 -- name: commit_in_queue

@@ -87,6 +87,7 @@ def records(conn: Conn, rows: Iterable[Sequence[Any]], token: int, limits: bool)
     """Claimed tasks from rows in select_claimed's columns (both dialects), their arguments
     read from the payload store where they were stored there."""
     out: list[Claimed] = []
+    new = tuple.__new__  # a NamedTuple without its Python __new__: 0.2 against 0.45 us a row
     for row in rows:
         run_rid, pos, shard, attempt, name, args, limit_key, run_id, workflow, unparked, ckey = row
         if not limits:
@@ -94,19 +95,22 @@ def records(conn: Conn, rows: Iterable[Sequence[Any]], token: int, limits: bool)
         if payloads.is_ref(args):
             args = payloads.resolve(conn, args)
         out.append(
-            Claimed(
-                run_rid,
-                pos,
-                shard,
-                attempt,
-                name,
-                args,
-                token,
-                limit_key,
-                ckey,
-                bool(unparked),
-                run_id,
-                workflow,
+            new(
+                Claimed,
+                (
+                    run_rid,
+                    pos,
+                    shard,
+                    attempt,
+                    name,
+                    args,
+                    token,
+                    limit_key,
+                    ckey,
+                    bool(unparked),
+                    run_id,
+                    workflow,
+                ),
             )
         )
     return out

@@ -78,10 +78,14 @@ def record_many(done: list[Outcome], conn: Conn, now: float) -> list[Delivery]:
     places, seqs = conn.execute(conn.q["record_in_recorded"]).fetchone()
     conn.execute(conn.q["record_in_clear"])
     events = []
+    new = tuple.__new__  # a NamedTuple without its Python __new__: a third less per row
     for i, seq in sorted(zip(orjson.loads(places), orjson.loads(seqs), strict=True)):
         o = done[i]
         events.append(
-            Delivery(o.run_rid, o.pos, seq, o.status, o.result, o.error, now, o.value, o.has_value)
+            new(
+                Delivery,
+                (o.run_rid, o.pos, seq, o.status, o.result, o.error, now, o.value, o.has_value),
+            )
         )
     return events
 

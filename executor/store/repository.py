@@ -487,23 +487,27 @@ def _built(taken: commitbatch.Taken | None, token: int) -> list[Claimed] | None:
     if taken is None:
         return None
     out: list[Claimed] = []
+    new = tuple.__new__  # a NamedTuple without its Python __new__: 0.2 against 0.45 us a row
     for o, s in taken:
         if not o.run_id or s.args is None:
             return None
         out.append(
-            Claimed(
-                o.run_rid,
-                s.pos,
-                o.shard,
-                1,
-                s.name,
-                s.args,
-                token,
-                None,
-                None,
-                False,
-                o.run_id,
-                o.workflow,
+            new(
+                Claimed,
+                (
+                    o.run_rid,
+                    s.pos,
+                    o.shard,
+                    1,
+                    s.name,
+                    s.args,
+                    token,
+                    None,
+                    None,
+                    False,
+                    o.run_id,
+                    o.workflow,
+                ),
             )
         )
     return out

@@ -490,6 +490,39 @@ def test_the_hydration_cache_is_bounded_and_keeps_only_immutable_values() -> Non
     assert len(HydrationCache(0, 64)) == 0
 
 
+def test_a_live_result_is_kept_for_replays_unless_decoding_it_costs_less() -> None:
+    """A live workflow's result goes into the hydration cache for a later replay, except a tiny
+    one (a small int, a short str), which that replay decodes for less than a put costs; the
+    replay then keeps it, and gets the same values either way."""
+    reg = Registry()
+    sequential(reg)
+    small, large = 7, "x" * 40  # 1 and 42 bytes of JSON
+    cache = HydrationCache(100, 65536)
+    snap = vocabulary.RunSnapshot(
+        1, "run-1", "long", None, 0, vocabulary.RunState.RUNNING, b"[2]", 10.0, 0, []
+    )
+    inst = replay_run(snap, reg, cache)
+    journal = []
+    for seq, value in ((1, small), (2, large)):
+        [pos] = inst.pending
+        blob = orjson.dumps(value)
+        ok = vocabulary.StepState.SUCCEEDED
+        inst.deliver(vocabulary.Delivery(1, pos, seq, ok, blob, None, 11.0, value, True))
+        fp = codec.fingerprint(orjson.dumps([pos]))
+        journal.append(vocabulary.JournalEntry(pos, "step", "same", fp, ok, blob, None, seq, 11.0))
+    assert inst.outcome()[:2] == (vocabulary.RunState.SUCCEEDED, b"2")
+    inst.close()
+    assert dict(cache._lru.items()) == {(1, 0, 1): large}
+    before = codec.stats.decodes
+    again = replay_run(snap._replace(journal=journal, last_seq=2), reg, cache)
+    try:
+        assert again.outcome()[:2] == (vocabulary.RunState.SUCCEEDED, b"2")
+    finally:
+        again.close()
+    assert codec.stats.decodes - before == 2  # the run's arguments and the small result
+    assert dict(cache._lru.items()) == {(1, 0, 1): large, (1, 0, 0): small}
+
+
 async def test_a_workflow_mutating_a_result_does_not_change_a_later_replay(
     engine_factory: EngineFactory, client: Client
 ) -> None:

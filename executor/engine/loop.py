@@ -12,8 +12,7 @@ import contextvars
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from typing import Any
 
 from executor import errors
@@ -26,38 +25,35 @@ SLOW_ACTIVATION_S = 1.0
 
 
 class _Activations(threading.local):
-    """This thread's batch of activations (`activations`): the loop to give back at its end,
-    and the instance loop set as the running loop now (None: no batch)."""
+    """This thread's batch of activations (`activations()`): how deep in batches it is, the
+    loop found running before the batch's first activation (to give back at its end), and the
+    instance loop set as the running one since (None: no activation yet)."""
 
+    depth = 0
     outer: asyncio.AbstractEventLoop | None = None
     current: asyncio.AbstractEventLoop | None = None
-    active = False
+
+    def __enter__(self) -> None:
+        self.depth += 1
+
+    def __exit__(self, *exc: object) -> None:
+        self.depth -= 1
+        if not self.depth and self.current is not None:
+            asyncio.events._set_running_loop(self.outer)
+            self.outer = self.current = None
 
 
 _batch = _Activations()
 
 
-@contextmanager
-def activations() -> Iterator[None]:
-    """Run many activations (deliveries, builds) in a row, in code that neither awaits nor uses
-    the running loop between them: each sets its own loop as the running one and leaves it
-    set, and the loop found at the start is given back once, at the end. In CPython 3.11
-    getting and setting the running loop each call getpid() (a system call): three per
-    activation otherwise, one here (none for the same instance again)."""
-    get, set_ = asyncio.events._get_running_loop, asyncio.events._set_running_loop
-    if _batch.active:  # nested: the outer batch gives the loop back
-        yield
-        return
-    outer = get()
-    _batch.outer = _batch.current = outer
-    _batch.active = True
-    try:
-        yield
-    finally:
-        _batch.active = False
-        if _batch.current is not outer:
-            set_(outer)
-        _batch.outer = _batch.current = None
+def activations() -> _Activations:
+    """A batch of activations (deliveries, builds) in a row, for code that neither awaits nor
+    uses the running loop between them: `with activations(): ...`. Each sets its own loop as
+    the running one and leaves it set; the loop found before the first is given back once, at
+    the batch's end (also when it raises). In CPython 3.11 getting and setting the running
+    loop each call getpid() (a system call): three per activation otherwise, one here (none
+    for the same instance again), plus two per batch."""
+    return _batch
 
 
 class _Soon(list[Any]):
@@ -144,9 +140,11 @@ class InstanceLoop(asyncio.AbstractEventLoop):
 
     def run_until_quiet(self) -> None:
         batch = _batch
-        if batch.active:  # inside activations(): set once, given back at the batch's end
+        if batch.depth:  # inside activations(): left set, given back at the batch's end
             outer = None
             if batch.current is not self:
+                if batch.current is None:
+                    batch.outer = asyncio.events._get_running_loop()
                 asyncio.events._set_running_loop(self)
                 batch.current = self
         else:
@@ -169,7 +167,7 @@ class InstanceLoop(asyncio.AbstractEventLoop):
                             {"message": f"Exception in callback {callback!r}", "exception": exc}
                         )
         finally:
-            if not batch.active:
+            if not batch.depth:
                 asyncio.events._set_running_loop(outer)
             took_s = time.monotonic() - started
             if took_s > SLOW_ACTIVATION_S:

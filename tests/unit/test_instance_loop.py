@@ -115,7 +115,12 @@ def test_a_batch_of_activations_runs_each_on_its_own_loop_and_gives_the_outer_on
             b = replay_run(snap(2, "b"), reg)
             a.deliver(_result(a, 1, 1))
             b.deliver(_result(b, 1, 2))
-            a.deliver(_result(a, 2, 3))
+            with activations():  # nested: the outermost batch gives the loop back
+                a.deliver(_result(a, 2, 3))
+            assert asyncio.events._get_running_loop() is a.loop
+        assert asyncio.events._get_running_loop() is found
+        with activations():  # no activation: nothing to give back
+            assert asyncio.events._get_running_loop() is found
         assert asyncio.events._get_running_loop() is found
         with pytest.raises(RuntimeError, match="after an activation"), activations():
             b.deliver(_result(b, 2, 4))

@@ -305,8 +305,8 @@ def commit_replays(
     claimed in this transaction, as `claim` would claim them, when the stored epoch is still
     `claim.epoch` and no task a claim of their shard would take first is queued. Then the slots
     the outputs hold (`out.holds`) that their own steps did not take are filled from the head of
-    each shard's queue, as the dispatcher's claim would fill them (claim_heads; PostgreSQL:
-    claim_batch, after commit_batch). Each claimed task goes into the `claimed` of an output
+    each shard's queue, with the dispatcher's own claim (mark_claimed; PostgreSQL: claim_batch,
+    after commit_batch). Each claimed task goes into the `claimed` of an output
     that holds its slot (its own run's first) once committed (and only then: a later failure
     leaves them there, claimed).
     """
@@ -382,7 +382,7 @@ def _hand_claimed(outputs: Sequence[ReplayOutput], claimed: list[Claimed]) -> No
             of_shard.setdefault(out.shard, []).append(out)
     for c in heads:
         same = of_shard.get(c.shard)
-        if not same:  # never, by construction (claim_heads' LIMIT): still, lose no task
+        if not same:  # never, by construction (the heads' LIMIT): still, lose no task
             same = of_shard[c.shard] = [next(o for o in outputs if o.shard == c.shard)]
             room[same[0].run_rid] = 1
         out = same[0]
@@ -437,7 +437,7 @@ def _commit_replays(
     got_heads = 0
     if heads:  # the slots the runs' own steps left, from the head of each shard's queue
         # What the runs' own steps took of each shard's slots: known from `taken` when it lists
-        # them all, else counted once for the batch (a count per shard in claim_heads walked
+        # them all, else counted once for the batch (a count per shard in the claim walked
         # every task of the token, and its row for the shard, once per shard).
         own: dict[int, int] = {}
         if taken is not None:
@@ -447,18 +447,19 @@ def _commit_replays(
             own = dict(conn.execute(conn.q["claimed_by_shard"], (claim.token,)).fetchall())
         wants = [
             {
-                "heads": heads_token,
+                "token": heads_token,
                 "engine": claim.engine,
                 "epoch": claim.epoch,
                 "now": now,
                 "shard": shard,
-                "left": n - own.get(shard, 0),
+                "limit": n - own.get(shard, 0),
             }
             for shard, n in heads.items()
             if n > own.get(shard, 0)
         ]
         if wants:
-            got_heads = conn.executemany(conn.q["claim_heads"], wants).rowcount
+            # The dispatcher's claim itself (claims.claim), for the slots left.
+            got_heads = conn.executemany(conn.q["mark_claimed"], wants).rowcount
     # What the claim's last two statements do, for the tasks claimed above (those of the
     # set-based part already counted, when `counted`: then only the per-row path's, if any).
     if not counted:

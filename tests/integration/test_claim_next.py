@@ -537,7 +537,7 @@ async def test_limited_steps_are_claimed_only_as_the_dispatcher_would(
         load = engine.load()
     assert results == [6, 6, 6]
     # Never as a run's own next step; a commit may claim one for a slot its run leaves, with
-    # the dispatcher's claim (claim_heads), and the runner then asks the limiter as for any.
+    # the dispatcher's claim (mark_claimed), and the runner then asks the limiter as for any.
     assert load["claimed_in_commit"] == load["heads_in_commit"]
 
 

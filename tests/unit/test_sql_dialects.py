@@ -45,9 +45,8 @@ DIALECT_ONLY: dict[str, str] = {
     # A run's next task claimed in the replay commit that queues it: PostgreSQL does it inside
     # commit_batch (its per-row path, for rarer outputs, queues them as before).
     "claim_next_task": "sqlite",
-    # The head of a shard's queue claimed in the replay commit for the slots its runs leave
-    # unused: PostgreSQL runs claim_batch for them after commit_batch (repository.py).
-    "claim_heads": "sqlite",
+    # What a replay commit's runs claimed of each shard, for the head claims (mark_claimed) of
+    # the slots they leave unused: PostgreSQL runs claim_batch after commit_batch (repository.py).
     "claimed_by_shard": "sqlite",
     # SQLite's replay commit of plain outputs, set-based over temporary tables
     # (store/commitbatch.py); PostgreSQL's is commit_batch.

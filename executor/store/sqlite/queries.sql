@@ -286,22 +286,9 @@ WHERE (run_rid, pos) IN (
 
 -- name: claimed_by_shard
 -- The tasks a replay commit claimed so far under :token (its runs' own next steps), by shard:
--- one pass over them for the whole batch (claim_heads' LIMIT, per shard, is computed from it).
+-- one pass over them for the whole batch (the LIMIT of the heads' mark_claimed, per shard, is
+-- computed from it).
 SELECT shard, count(*) FROM tasks WHERE claim_token = ? GROUP BY shard;
-
--- name: claim_heads
--- mark_claimed in a replay commit, for the :left slots its runs hold in :shard and did not fill
--- with their own next steps (claim_next_task, commit_in_claim; counted by claimed_by_shard): the
--- head of the shard's queue, as the dispatcher's claim would take it, marked with :heads (the
--- same as the commit's token, or apart: the commit builds its own steps' claims itself).
-UPDATE tasks
-SET claim_token = :heads, claim_engine = :engine, claim_epoch = :epoch, claimed_at = :now
-WHERE (run_rid, pos) IN (
-    SELECT run_rid, pos FROM tasks
-    WHERE shard = :shard AND claim_token IS NULL AND parked IS NULL AND not_before <= :now
-    ORDER BY order_rid, run_rid, pos
-    LIMIT :left
-);
 
 -- name: count_claimed_attempts
 UPDATE steps SET attempts = attempts + 1, started_at = coalesce(started_at, :now)

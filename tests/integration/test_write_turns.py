@@ -179,10 +179,10 @@ def test_a_batch_is_stored_as_its_arguments_were_encoded(
                     key,
                     None if labels is None else labels,
                 )
-            if keys and keys[0] is not None:
-                assert ids[-1] == ids[0]
-            else:
-                assert len(set(ids)) == len(ids)
+            # Two positions are one run exactly when they carry the same key.
+            for i, (id_i, key_i) in enumerate(zip(ids, keys, strict=True)):
+                for id_j, key_j in zip(ids[i + 1 :], keys[i + 1 :], strict=True):
+                    assert (id_i == id_j) == (key_i is not None and key_i == key_j)
 
     asyncio.run(go())
 
